@@ -1,0 +1,1 @@
+"""Caches: the in-process verification cache, Redis fan-out, rate-limit storage."""

@@ -1,0 +1,217 @@
+"""``keyplane``: serve, migrate, and script tenants, users, service accounts and keys.
+
+Commands act directly on the configured database as the operator. Every command takes
+``--json`` for scripts; people get Rich tables.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from keyplane.cli.output import emit_json, fail, fields, table
+from keyplane.core.errors import KeyplaneError
+from keyplane.core.model import PrincipalKind
+from keyplane.core.rights import SYSTEM
+
+app = typer.Typer(help="Keyplane: API keys and connected apps for your product's API.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants (customers; their id is the Location ID).",
+                          no_args_is_help=True)
+users_app = typer.Typer(help="Members who sign in.", no_args_is_help=True)
+sa_app = typer.Typer(help="Service accounts (API only: they own keys, never sign in).",
+                     no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(users_app, name="users")
+app.add_typer(sa_app, name="service-accounts")
+app.add_typer(keys_app, name="keys")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant id (Location ID).")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _keyplane(migrate_db: bool = False) -> Any:
+    from keyplane.bootstrap import build
+    from keyplane.config import Settings
+
+    kp = build(Settings(), migrate_db=migrate_db)
+    kp.catalogue.seed()
+    return kp
+
+
+def handled(fn: F) -> F:
+    """Domain errors become a one-line message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyplaneError as exc:
+            fail(f"{exc.field}: {exc.message}" if exc.field and exc.field not in exc.message
+                 else exc.message)
+        except ValueError as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- serve and db ---------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (default KEYPLANE_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default KEYPLANE_PORT)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    demo: Annotated[bool, typer.Option(help="Create a demo tenant on an empty database")] = False,
+    migrate: Annotated[bool, typer.Option(help="Upgrade the schema first")] = True,
+) -> None:
+    """Run the HTTP API (migrating the database first)."""
+    import os
+
+    import uvicorn
+
+    from keyplane.bootstrap import build
+    from keyplane.config import Settings
+    from keyplane.demo import ensure_demo
+    from keyplane.logs import configure_logging
+
+    settings = Settings()
+    host = host or settings.host
+    port = port or settings.port
+    os.environ["KEYPLANE_HOST"], os.environ["KEYPLANE_PORT"] = host, str(port)
+    configure_logging(settings.log_level)
+    kp = build(settings, migrate_db=migrate)
+    kp.catalogue.seed()
+    creds = ensure_demo(kp) if demo else None
+    kp.close()
+    base = f"http://{host}:{port}"
+    if creds:
+        from keyplane.cli.output import console
+
+        console.print("\n[bold green]Keyplane demo tenant created[/]")
+        console.print(f"  Location ID (tenant id): {creds.tenant_id}")
+        console.print(f"  Admin sign-in:           {creds.admin_email} / {creds.admin_password}")
+        console.print(f"  Management key (keys:write, members:write, tenant:write; shown once):\n"
+                      f"    {creds.management_key}", soft_wrap=True)
+        console.print(f"  Verifier key (operator, keys:verify; shown once):\n"
+                      f"    {creds.verifier_key}", soft_wrap=True)
+        console.print(f"\n  Try: curl -H 'Authorization: Bearer <management key>' {base}/v1/keys")
+    print(f"Keyplane listening on {base}  (API docs: {base}/docs)", flush=True)
+    uvicorn.run("keyplane.web.asgi:app_factory", factory=True, host=host, port=port,
+                workers=workers, access_log=False, log_level=settings.log_level,
+                proxy_headers=False, server_header=False)
+
+
+@db_app.command("upgrade")
+@handled
+def db_upgrade(json_out: JsonOpt = False) -> None:
+    """Create or upgrade the schema to the newest migration."""
+    from keyplane.storage.sql import migrate
+
+    kp = _keyplane(migrate_db=True)
+    rev = migrate.current(kp.engine)
+    kp.close()
+    emit_json({"revision": rev}) if json_out else print(f"database at revision {rev}")
+
+
+@db_app.command("current")
+@handled
+def db_current(json_out: JsonOpt = False) -> None:
+    """Show the schema revision."""
+    from keyplane.bootstrap import build
+    from keyplane.config import Settings
+    from keyplane.storage.sql import migrate
+
+    kp = build(Settings())
+    rev, head = migrate.current(kp.engine), migrate.head()
+    kp.close()
+    emit_json({"revision": rev, "head": head}) if json_out else print(f"{rev} (head {head})")
+
+
+# -- tenants --------------------------------------------------------------------------------
+
+@tenants_app.command("create")
+@handled
+def tenants_create(name: str, json_out: JsonOpt = False) -> None:
+    """Create a tenant; prints its id (the Location ID)."""
+    from keyplane.web.schemas import tenant_out
+
+    kp = _keyplane()
+    out = tenant_out(kp.tenants.create(SYSTEM, {"name": name}))
+    kp.close()
+    emit_json(out) if json_out else fields("tenant", out)
+
+
+@tenants_app.command("list")
+@handled
+def tenants_list(json_out: JsonOpt = False, limit: int = 200) -> None:
+    """List tenants, newest first."""
+    from keyplane.web.schemas import tenant_out
+
+    kp = _keyplane()
+    items = [tenant_out(t) for t in kp.tenants.list(SYSTEM, limit=limit, cursor=None).items]
+    kp.close()
+    if json_out:
+        emit_json({"items": items})
+    else:
+        table("tenants", ["id", "name", "enabled", "created"],
+              [(t["id"], t["name"], t["enabled"], t["created_at"]) for t in items])
+
+
+# -- users and service accounts ------------------------------------------------------------
+
+@users_app.command("create")
+@handled
+def users_create(
+    tenant: TenantOpt,
+    email: Annotated[str, typer.Option(help="Sign-in email")],
+    role: Annotated[str, typer.Option(help="admin, member or read_only")] = "member",
+    name: Annotated[str | None, typer.Option(help="Display name")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin",
+                                                 help="Read the password from stdin")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a member of a tenant."""
+    from keyplane.web.schemas import principal_out
+
+    body: dict[str, Any] = {"email": email, "role": role}
+    if name:
+        body["name"] = name
+    if password_stdin:
+        body["password"] = sys.stdin.readline().rstrip("\r\n")
+    kp = _keyplane()
+    out = principal_out(kp.principals.create(SYSTEM, tenant, PrincipalKind.MEMBER, body))
+    kp.close()
+    emit_json(out) if json_out else fields("member", out)
+
+
+@sa_app.command("create")
+@handled
+def sa_create(
+    tenant: TenantOpt,
+    name: Annotated[str, typer.Option(help="e.g. 'API - Zapier'")],
+    role: Annotated[str, typer.Option(help="admin, member or read_only")] = "member",
+    group: Annotated[list[str] | None, typer.Option("--group", help="Group id (repeat)")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an API-only service account that can own keys."""
+    from keyplane.web.schemas import principal_out
+
+    kp = _keyplane()
+    out = principal_out(kp.principals.create(
+        SYSTEM, tenant, PrincipalKind.SERVICE_ACCOUNT,
+        {"name": name, "role": role, "group_ids": list(group or [])},
+    ))
+    kp.close()
+    emit_json(out) if json_out else fields("service account", out)
+
+
+from keyplane.cli import keys as _keys  # noqa: E402,F401  (registers the keys commands)

@@ -1,0 +1,1 @@
+"""The domain core: pure Python, no web, SQL or Redis imports."""

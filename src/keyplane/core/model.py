@@ -1,0 +1,137 @@
+"""The domain's records, as plain dataclasses. Storage maps them; the web serialises them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+    READ_ONLY = "read_only"
+
+
+class PrincipalKind(StrEnum):
+    MEMBER = "member"
+    SERVICE_ACCOUNT = "service_account"
+
+
+@dataclass
+class TenantPolicy:
+    default_expiry_days: int = 90
+    max_expiry_days: int | None = 365
+    allow_non_expiring: bool = False
+    allowed_ips: list[str] = field(default_factory=list)
+    require_tls_default: bool = True
+
+
+@dataclass
+class Tenant:
+    id: str
+    name: str
+    created_at: datetime
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+    enabled: bool = True
+
+
+@dataclass
+class Principal:
+    """A member (signs in) or a service account (API only: owns keys, never signs in)."""
+
+    id: str
+    tenant_id: str
+    kind: PrincipalKind
+    name: str
+    role: Role
+    created_at: datetime
+    email: str | None = None
+    password_hash: str | None = None
+    enabled: bool = True
+    group_ids: list[str] = field(default_factory=list)
+
+    @property
+    def can_sign_in(self) -> bool:
+        return self.kind is PrincipalKind.MEMBER and self.enabled and self.password_hash is not None
+
+
+@dataclass
+class Group:
+    """A data-access group: members of any group reach only the union of their groups' scopes."""
+
+    id: str
+    tenant_id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    limit: int
+    window_seconds: int
+
+
+@dataclass
+class KeySecret:
+    """One secret of a key. A key has one, or two while a rotation's grace period runs."""
+
+    id: str
+    key_id: str
+    digest: str
+    pepper_id: str
+    start: str
+    created_at: datetime
+    expires_at: datetime | None
+
+
+@dataclass
+class ApiKey:
+    id: str
+    tenant_id: str | None  # None: an operator (platform) key
+    owner_id: str | None  # None: an operator key
+    name: str
+    prefix: str
+    start: str
+    scopes: list[str]
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    lifetime_days: int | None
+    description: str = ""
+    created_by: str | None = None
+    last_used_at: datetime | None = None
+    allowed_ips: list[str] = field(default_factory=list)
+    require_tls: bool = True
+    enabled: bool = True
+    revoked_at: datetime | None = None
+    ratelimit: RateLimit | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    previous_expires_at: datetime | None = None  # deadline of the old secret during a grace
+
+    @property
+    def is_operator(self) -> bool:
+        return self.tenant_id is None
+
+
+@dataclass
+class AuditEvent:
+    id: str
+    at: datetime
+    tenant_id: str | None
+    actor: str
+    action: str
+    target: str
+    outcome: str = "success"
+    ip: str | None = None
+    request_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None

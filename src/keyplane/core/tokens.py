@@ -1,0 +1,132 @@
+"""The credential format: ``<prefix>_<body><check>``.
+
+``body`` is 32 base62 characters from the OS CSPRNG (about 190 bits); ``check`` is the CRC32 of
+``<prefix>_<body>`` written as 6 base62 characters, so a typo or a random string is refused before
+any storage is touched, and secret scanners can match keys with few false positives.
+
+Only a keyed digest is stored: ``HMAC-SHA-256(pepper, key)``. Peppers carry an id so they can be
+rotated: digests made under an older pepper still verify while that pepper is configured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import zlib
+from collections.abc import Collection
+from dataclasses import dataclass
+
+ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+BODY_LENGTH = 32
+CHECK_LENGTH = 6
+START_LENGTH = 8
+MAX_BODY_LENGTH = 128
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{1,15}$")
+_BASE62 = frozenset(ALPHABET)
+
+
+def base62(number: int, width: int) -> str:
+    """``number`` in base62, left-padded with ``0`` to ``width`` characters."""
+    if number < 0:
+        raise ValueError("number must be non-negative")
+    digits: list[str] = []
+    while number:
+        number, rem = divmod(number, 62)
+        digits.append(ALPHABET[rem])
+    text = "".join(reversed(digits)) or "0"
+    return text.rjust(width, "0")
+
+
+def checksum(prefix: str, body: str) -> str:
+    return base62(zlib.crc32(f"{prefix}_{body}".encode()), CHECK_LENGTH)
+
+
+def valid_prefix(prefix: str) -> bool:
+    return bool(_PREFIX_RE.match(prefix))
+
+
+def generate(prefix: str) -> str:
+    """A new secret credential with ``prefix``; the body comes from :mod:`secrets`."""
+    if not valid_prefix(prefix):
+        raise ValueError("prefix must be 2-16 lowercase letters or digits, starting with a letter")
+    body = "".join(secrets.choice(ALPHABET) for _ in range(BODY_LENGTH))
+    return f"{prefix}_{body}{checksum(prefix, body)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    prefix: str
+    body: str
+    raw: str
+
+    @property
+    def start(self) -> str:
+        """The first characters after the prefix, kept in clear to recognise a key in lists."""
+        return self.body[:START_LENGTH]
+
+
+def parse(raw: str, prefixes: Collection[str] | None = None) -> ParsedKey | None:
+    """Parse and checksum-verify ``raw``; ``None`` when it is not a well-formed credential.
+
+    Costs a CRC32 and touches no storage. ``prefixes`` restricts the accepted prefixes.
+    """
+    if not isinstance(raw, str) or len(raw) > MAX_BODY_LENGTH + 20:
+        return None
+    prefix, sep, rest = raw.partition("_")
+    if not sep or not valid_prefix(prefix):
+        return None
+    if prefixes is not None and prefix not in prefixes:
+        return None
+    if len(rest) < BODY_LENGTH + CHECK_LENGTH or len(rest) > MAX_BODY_LENGTH:
+        return None
+    if not _BASE62.issuperset(rest):
+        return None
+    body, check = rest[:-CHECK_LENGTH], rest[-CHECK_LENGTH:]
+    if not hmac.compare_digest(check, checksum(prefix, body)):
+        return None
+    return ParsedKey(prefix=prefix, body=body, raw=raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Pepper:
+    """A server-side secret mixed into every stored digest; never stored in the database."""
+
+    id: str
+    secret: bytes
+
+    def __repr__(self) -> str:
+        return f"Pepper(id={self.id!r}, secret=<hidden>)"
+
+
+class Hasher:
+    """Keyed digests with a current pepper and older ones still accepted."""
+
+    def __init__(self, peppers: list[Pepper]) -> None:
+        if not peppers:
+            raise ValueError("at least one pepper is required")
+        self.current = peppers[0]
+        self._by_id = {p.id: p for p in peppers}
+
+    @property
+    def pepper_ids(self) -> list[str]:
+        return list(self._by_id)
+
+    def digest(self, raw: str, pepper_id: str | None = None) -> str:
+        pepper = self.current if pepper_id is None else self._by_id[pepper_id]
+        return hmac.new(pepper.secret, raw.encode(), hashlib.sha256).hexdigest()
+
+    def candidates(self, raw: str) -> list[tuple[str, str]]:
+        """``(pepper_id, digest)`` for every configured pepper, the current one first."""
+        return [(pid, self.digest(raw, pid)) for pid in self._by_id]
+
+    def matches(self, raw: str, pepper_id: str, stored_digest: str) -> bool:
+        if pepper_id not in self._by_id:
+            return False
+        return hmac.compare_digest(self.digest(raw, pepper_id), stored_digest)
+
+
+def fingerprint(raw: str) -> str:
+    """A short public SHA-256 fragment of a secret, safe for logs and leak reports."""
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]

@@ -1,0 +1,40 @@
+"""Authenticating management calls: a bearer key becomes a Caller, or an error says why."""
+
+from __future__ import annotations
+
+from keyplane.core.decisions import Code
+from keyplane.core.errors import AuthenticationError, PermissionDenied
+from keyplane.core.policy import Address
+from keyplane.core.rights import Caller, CredentialKind
+from keyplane.services.verify import Verdict, Verifier
+
+_FORBIDDEN = {Code.IP_NOT_ALLOWED, Code.TLS_REQUIRED}
+
+
+def authenticate(verifier: Verifier, raw: str | None, *, ip: Address | None, tls: bool,
+                 request_id: str | None = None) -> Caller:
+    if not raw:
+        raise AuthenticationError("a bearer credential is required", code="unauthenticated")
+    return caller_from(verifier.verify(raw, ip=ip, tls=tls), ip=ip, request_id=request_id)
+
+
+def caller_from(verdict: Verdict, *, ip: Address | None, request_id: str | None) -> Caller:
+    """The caller a verdict stands for, or the error that refuses it."""
+    snap = verdict.snapshot
+    if not verdict.valid or snap is None:
+        code = verdict.decision.code
+        if code in _FORBIDDEN:
+            raise PermissionDenied(verdict.decision.reason, code=code.value.lower())
+        if code is Code.RATE_LIMITED:
+            raise PermissionDenied(verdict.decision.reason, code="rate_limited")
+        # unknown, malformed, expired, revoked and locked look alike: no state oracle
+        raise AuthenticationError("the credential is not valid", code="invalid_credential")
+    if snap.kind == "access_token":
+        kind = CredentialKind.ACCESS_TOKEN
+    elif snap.tenant_id is None:
+        kind = CredentialKind.OPERATOR_KEY
+    else:
+        kind = CredentialKind.TENANT_KEY
+    return Caller(kind=kind, scopes=snap.scopes, tenant_id=snap.tenant_id,
+                  principal_id=snap.owner_id, key_id=snap.key_id,
+                  ip=str(ip) if ip else None, request_id=request_id)

@@ -1,0 +1,94 @@
+"""What every use case needs: the unit-of-work factory, the clock, the hasher, the catalogue."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from keyplane.core import ids
+from keyplane.core.model import AuditEvent
+from keyplane.core.ports import Clock, UnitOfWork
+from keyplane.core.rights import Caller
+from keyplane.core.scopes import Catalogue
+from keyplane.core.tokens import Hasher
+
+Listener = Callable[[str, str], None]
+
+
+class LocalBus:
+    """In-process invalidation: listeners (caches) hear of every change after its commit.
+
+    Cross-process fan-out (Redis, change polling) subscribes here and republishes.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def publish(self, kind: str, ref: str) -> None:
+        for listener in list(self._listeners):
+            listener(kind, ref)
+
+
+@dataclass
+class Context:
+    uow: Callable[..., UnitOfWork]
+    clock: Clock
+    hasher: Hasher
+    key_prefix: str = "kp"
+    bus: LocalBus = field(default_factory=LocalBus)
+    _catalogue: Catalogue | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.bus.subscribe(self._on_change)
+
+    def _on_change(self, kind: str, ref: str) -> None:
+        if kind in ("catalogue", "all"):
+            self._catalogue = None
+
+    def catalogue(self) -> Catalogue:
+        cat = self._catalogue
+        if cat is None:
+            with self.uow(readonly=True) as uow:
+                cat = Catalogue(uow.scopes.all())
+            self._catalogue = cat
+        return cat
+
+    def changed(self, uow: UnitOfWork, kind: str, ref: str) -> None:
+        """Record a change durably in this transaction and publish it after commit."""
+        uow.changes.append(kind, ref)
+        uow.after_commit(lambda: self.bus.publish(kind, ref))
+
+    def audit(
+        self,
+        uow: UnitOfWork,
+        caller: Caller,
+        action: str,
+        target: str,
+        *,
+        tenant_id: str | None,
+        outcome: str = "success",
+        **details: Any,
+    ) -> None:
+        # details are data, never secrets; json round-trip keeps them storable
+        safe = json.loads(json.dumps(details, default=str))
+        uow.audit.add(
+            AuditEvent(
+                id=ids.new_id("evt"),
+                at=self.clock.now(),
+                tenant_id=tenant_id,
+                actor=caller.actor,
+                action=action,
+                target=target,
+                outcome=outcome,
+                ip=caller.ip,
+                request_id=caller.request_id,
+                details=safe,
+            )
+        )

@@ -1,0 +1,274 @@
+"""Members (people with a role), service accounts (API only) and data-access groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keyplane.core import ids
+from keyplane.core.errors import Conflict, NotFound, ValidationError
+from keyplane.core.model import Group, Page, Principal, PrincipalKind, Role
+from keyplane.core.ports import UnitOfWork
+from keyplane.core.rights import Caller
+from keyplane.services import validate as v
+from keyplane.services.context import Context
+from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_password
+
+
+def _role(value: Any) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        raise ValidationError(
+            "role must be one of admin, member, read_only", field="role"
+        ) from None
+
+
+def _password(value: Any) -> str:
+    if not isinstance(value, str) or not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
+        raise ValidationError(
+            f"password must be a string of {MIN_PASSWORD} to {MAX_PASSWORD} characters",
+            field="password",
+        )
+    return hash_password(value)
+
+
+class PrincipalService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def _group_ids(self, uow: UnitOfWork, tenant_id: str, value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+            raise ValidationError("group_ids must be a list of group ids", field="group_ids")
+        found = {g.id for g in uow.groups.get_many(value) if g.tenant_id == tenant_id}
+        missing = [g for g in value if g not in found]
+        if missing:
+            raise ValidationError(f"group_ids: no such group {missing[0]!r}", field="group_ids")
+        return sorted(set(value))
+
+    def create(
+        self, caller: Caller, tenant_id: str | None, kind: PrincipalKind, body: dict[str, Any]
+    ) -> Principal:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:write")
+        member = kind is PrincipalKind.MEMBER
+        v.only_fields(
+            body,
+            ("email", "name", "role", "password", "group_ids")
+            if member
+            else ("name", "role", "group_ids"),
+        )
+        email = v.email(body.get("email")) if member else None
+        name = v.text(body.get("name") or email, "name", max_len=v.MAX_NAME)
+        role = _role(body.get("role", "member"))
+        password_hash = _password(body["password"]) if member and "password" in body else None
+        with self.ctx.uow() as uow:
+            if uow.tenants.get(tid) is None:
+                raise NotFound("no such tenant")
+            if email and uow.principals.get_by_email(email) is not None:
+                raise Conflict("a member with this email already exists", field="email")
+            principal = Principal(
+                id=ids.new_id("usr" if member else "svc"),
+                tenant_id=tid,
+                kind=kind,
+                name=name,
+                role=role,
+                created_at=self.ctx.clock.now(),
+                email=email,
+                password_hash=password_hash,
+                group_ids=self._group_ids(uow, tid, body.get("group_ids", [])),
+            )
+            uow.principals.add(principal)
+            self.ctx.audit(
+                uow, caller, f"{kind.value}.created", principal.id, tenant_id=tid, role=role.value
+            )
+            uow.commit()
+        return principal
+
+    def get(self, caller: Caller, tenant_id: str | None, principal_id: str) -> Principal:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:read")
+        with self.ctx.uow(readonly=True) as uow:
+            principal = uow.principals.get(tid, principal_id)
+        if principal is None:
+            raise NotFound("no such member or service account")
+        return principal
+
+    def list(
+        self,
+        caller: Caller,
+        tenant_id: str | None,
+        *,
+        kind: PrincipalKind | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:read")
+        with self.ctx.uow(readonly=True) as uow:
+            return uow.principals.page(
+                tid, kind=kind.value if kind else None, limit=limit, cursor=cursor
+            )
+
+    def update(
+        self, caller: Caller, tenant_id: str | None, principal_id: str, body: dict[str, Any]
+    ) -> Principal:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:write")
+        with self.ctx.uow() as uow:
+            principal = uow.principals.get(tid, principal_id)
+            if principal is None:
+                raise NotFound("no such member or service account")
+            member = principal.kind is PrincipalKind.MEMBER
+            v.only_fields(
+                body,
+                ("name", "role", "enabled", "password", "group_ids")
+                if member
+                else ("name", "role", "enabled", "group_ids"),
+            )
+            if "name" in body:
+                principal.name = v.text(body["name"], "name", max_len=v.MAX_NAME)
+            if "role" in body:
+                principal.role = _role(body["role"])
+            if "enabled" in body:
+                principal.enabled = v.boolean(body["enabled"], "enabled")
+            if "password" in body:
+                principal.password_hash = _password(body["password"])
+            if "group_ids" in body:
+                principal.group_ids = self._group_ids(uow, tid, body["group_ids"])
+            uow.principals.update(principal)
+            self.ctx.audit(
+                uow,
+                caller,
+                f"{principal.kind.value}.updated",
+                principal.id,
+                tenant_id=tid,
+                fields=sorted(set(body) - {"password"}),
+            )
+            self.ctx.changed(uow, "principal", principal.id)
+            uow.commit()
+        return principal
+
+    def delete(self, caller: Caller, tenant_id: str | None, principal_id: str) -> None:
+        """Remove a principal; its keys are revoked in the same transaction."""
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:write")
+        with self.ctx.uow() as uow:
+            principal = uow.principals.get(tid, principal_id)
+            if principal is None:
+                raise NotFound("no such member or service account")
+            now = self.ctx.clock.now()
+            revoked = []
+            for key_id in uow.keys.ids_for_owner(principal.id):
+                key = uow.keys.get(tid, key_id, for_update=True)
+                if key is not None and key.revoked_at is None:
+                    key.revoked_at = now
+                    key.updated_at = now
+                    uow.keys.update(key)
+                    revoked.append(key_id)
+                    self.ctx.changed(uow, "key", key_id)
+            uow.principals.delete(tid, principal.id)
+            self.ctx.audit(
+                uow,
+                caller,
+                f"{principal.kind.value}.deleted",
+                principal.id,
+                tenant_id=tid,
+                revoked_keys=revoked,
+            )
+            self.ctx.changed(uow, "principal", principal.id)
+            uow.commit()
+
+
+class GroupService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def _scopes(self, value: Any) -> list[str]:
+        cat = self.ctx.catalogue()
+        scopes = v.scope_list(value, cat)
+        management = [s for s in scopes if s not in cat.data_scopes()]
+        if management:
+            raise ValidationError(
+                f"scopes: groups limit data access; {management[0]!r} is a management scope",
+                field="scopes",
+            )
+        return scopes
+
+    def create(self, caller: Caller, tenant_id: str | None, body: dict[str, Any]) -> Group:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:write")
+        v.only_fields(body, ("name", "description", "scopes"))
+        group = Group(
+            id=ids.new_id("grp"),
+            tenant_id=tid,
+            name=v.text(body.get("name"), "name", max_len=v.MAX_NAME),
+            description=v.text(
+                body.get("description"), "description", max_len=v.MAX_DESCRIPTION, required=False
+            ),
+            scopes=self._scopes(body.get("scopes", [])),
+            created_at=self.ctx.clock.now(),
+        )
+        with self.ctx.uow() as uow:
+            if uow.tenants.get(tid) is None:
+                raise NotFound("no such tenant")
+            if any(g.name == group.name for g in uow.groups.for_tenant(tid)):
+                raise Conflict("a group with this name already exists", field="name")
+            uow.groups.add(group)
+            self.ctx.audit(uow, caller, "group.created", group.id, tenant_id=tid)
+            uow.commit()
+        return group
+
+    def list(self, caller: Caller, tenant_id: str | None) -> list[Group]:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:read")
+        with self.ctx.uow(readonly=True) as uow:
+            return uow.groups.for_tenant(tid)
+
+    def get(self, caller: Caller, tenant_id: str | None, group_id: str) -> Group:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:read")
+        with self.ctx.uow(readonly=True) as uow:
+            group = uow.groups.get(tid, group_id)
+        if group is None:
+            raise NotFound("no such group")
+        return group
+
+    def update(
+        self, caller: Caller, tenant_id: str | None, group_id: str, body: dict[str, Any]
+    ) -> Group:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:write")
+        v.only_fields(body, ("name", "description", "scopes"))
+        with self.ctx.uow() as uow:
+            group = uow.groups.get(tid, group_id)
+            if group is None:
+                raise NotFound("no such group")
+            if "name" in body:
+                group.name = v.text(body["name"], "name", max_len=v.MAX_NAME)
+            if "description" in body:
+                group.description = v.text(
+                    body["description"], "description", max_len=v.MAX_DESCRIPTION, required=False
+                )
+            if "scopes" in body:
+                group.scopes = self._scopes(body["scopes"])
+            uow.groups.update(group)
+            self.ctx.audit(
+                uow, caller, "group.updated", group.id, tenant_id=tid, fields=sorted(body)
+            )
+            self.ctx.changed(uow, "tenant", tid)
+            uow.commit()
+        return group
+
+    def delete(self, caller: Caller, tenant_id: str | None, group_id: str) -> None:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:write")
+        with self.ctx.uow() as uow:
+            if uow.groups.get(tid, group_id) is None:
+                raise NotFound("no such group")
+            if uow.groups.member_ids(group_id):
+                # removing the last group of a principal would widen its access: refuse
+                raise Conflict("the group still has members; remove them from it first")
+            uow.groups.delete(tid, group_id)
+            self.ctx.audit(uow, caller, "group.deleted", group_id, tenant_id=tid)
+            self.ctx.changed(uow, "tenant", tid)
+            uow.commit()

@@ -1,0 +1,102 @@
+"""Tenants and their key policy. Creating and listing tenants is for the operator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from keyplane.core import ids
+from keyplane.core.errors import NotFound, ValidationError
+from keyplane.core.model import Page, Tenant, TenantPolicy
+from keyplane.core.rights import Caller
+from keyplane.services import validate as v
+from keyplane.services.context import Context
+
+MAX_DAYS = 3650
+POLICY_FIELDS = ("default_expiry_days", "max_expiry_days", "allow_non_expiring", "allowed_ips",
+                 "require_tls_default")
+
+
+def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
+    if "default_expiry_days" in body:
+        policy.default_expiry_days = v.integer(
+            body["default_expiry_days"], "default_expiry_days", minimum=1, maximum=MAX_DAYS
+        )
+    if "max_expiry_days" in body:
+        value = body["max_expiry_days"]
+        policy.max_expiry_days = None if value is None else v.integer(
+            value, "max_expiry_days", minimum=1, maximum=MAX_DAYS
+        )
+    if "allow_non_expiring" in body:
+        policy.allow_non_expiring = v.boolean(body["allow_non_expiring"], "allow_non_expiring")
+    if "allowed_ips" in body:
+        policy.allowed_ips = v.ip_list(body["allowed_ips"])
+    if "require_tls_default" in body:
+        policy.require_tls_default = v.boolean(body["require_tls_default"], "require_tls_default")
+    if policy.max_expiry_days is not None and policy.default_expiry_days > policy.max_expiry_days:
+        raise ValidationError("default_expiry_days must not exceed max_expiry_days",
+                              field="default_expiry_days")
+
+
+class TenantService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def create(self, caller: Caller, body: dict[str, Any]) -> Tenant:
+        caller.require("platform:write")
+        v.only_fields(body, ("name", "policy"))
+        name = v.text(body.get("name"), "name", max_len=v.MAX_NAME)
+        policy = TenantPolicy()
+        pol = body.get("policy") or {}
+        if not isinstance(pol, dict):
+            raise ValidationError("policy must be an object", field="policy")
+        v.only_fields(pol, POLICY_FIELDS)
+        _apply_policy(policy, pol)
+        tenant = Tenant(id=ids.new_id("loc"), name=name, created_at=self.ctx.clock.now(),
+                        policy=policy)
+        with self.ctx.uow() as uow:
+            uow.tenants.add(tenant)
+            self.ctx.audit(uow, caller, "tenant.created", tenant.id, tenant_id=tenant.id,
+                           name=name)
+            uow.commit()
+        return tenant
+
+    def get(self, caller: Caller, tenant_id: str) -> Tenant:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("tenant:read")
+        with self.ctx.uow(readonly=True) as uow:
+            tenant = uow.tenants.get(tid)
+        if tenant is None:
+            raise NotFound("no such tenant")
+        return tenant
+
+    def list(self, caller: Caller, *, limit: int, cursor: str | None) -> Page:
+        caller.require("platform:read")
+        with self.ctx.uow(readonly=True) as uow:
+            return uow.tenants.page(limit=limit, cursor=cursor)
+
+    def update(self, caller: Caller, tenant_id: str, body: dict[str, Any]) -> Tenant:
+        tid = caller.tenant_for(tenant_id)
+        caller.require("tenant:write")
+        v.only_fields(body, ("name", "enabled", "policy"))
+        if "enabled" in body:
+            caller.require("platform:write")  # suspending a tenant is the operator's call
+        with self.ctx.uow() as uow:
+            tenant = uow.tenants.get(tid)
+            if tenant is None:
+                raise NotFound("no such tenant")
+            if "name" in body:
+                tenant.name = v.text(body["name"], "name", max_len=v.MAX_NAME)
+            if "enabled" in body:
+                tenant.enabled = v.boolean(body["enabled"], "enabled")
+            if "policy" in body:
+                pol = body["policy"]
+                if not isinstance(pol, dict):
+                    raise ValidationError("policy must be an object", field="policy")
+                v.only_fields(pol, POLICY_FIELDS)
+                _apply_policy(tenant.policy, pol)
+            uow.tenants.update(tenant)
+            self.ctx.audit(uow, caller, "tenant.updated", tid, tenant_id=tid,
+                           fields=sorted(body))
+            self.ctx.changed(uow, "tenant", tid)
+            uow.commit()
+        return tenant

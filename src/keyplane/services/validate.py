@@ -1,0 +1,113 @@
+"""Input checks shared by the use cases; each failure names the field."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from keyplane.core import scopes as sc
+from keyplane.core.errors import ValidationError
+from keyplane.core.model import RateLimit
+from keyplane.core.policy import normalise_networks
+
+MAX_NAME = 200
+MAX_DESCRIPTION = 1000
+MAX_META_BYTES = 4096
+MAX_IPS = 100
+MAX_GRACE_SECONDS = 90 * 86400
+MAX_WINDOW_SECONDS = 86400
+_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
+
+
+def text(value: Any, field: str, *, max_len: int, required: bool = True) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string", field=field)
+    out: str = value.strip()
+    if required and not out:
+        raise ValidationError(f"{field} must not be empty", field=field)
+    if len(out) > max_len:
+        raise ValidationError(f"{field} must be at most {max_len} characters", field=field)
+    if any(ord(c) < 32 and c not in "\t" for c in out):
+        raise ValidationError(f"{field} must not contain control characters", field=field)
+    return out
+
+
+def email(value: Any, field: str = "email") -> str:
+    out = text(value, field, max_len=320).lower()
+    if not _EMAIL_RE.match(out):
+        raise ValidationError(f"{field} is not an email address", field=field)
+    return out
+
+
+def scope_list(value: Any, catalogue: sc.Catalogue, field: str = "scopes") -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
+        raise ValidationError(f"{field} must be a list of strings", field=field)
+    unknown = catalogue.unknown(value)
+    if unknown:
+        raise ValidationError(f"{field}: unknown scope {unknown[0]!r}", field=field)
+    return sc.normalise(value)
+
+
+def ip_list(value: Any, field: str = "allowed_ips") -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple):
+        raise ValidationError(f"{field} must be a list of CIDRs", field=field)
+    if len(value) > MAX_IPS:
+        raise ValidationError(f"{field} may hold at most {MAX_IPS} entries", field=field)
+    return normalise_networks(value, field)
+
+
+def ratelimit(value: Any, field: str = "ratelimit") -> RateLimit | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"limit", "window_seconds"}:
+        raise ValidationError(
+            f"{field} must be an object with limit and window_seconds", field=field
+        )
+    limit, window = value.get("limit"), value.get("window_seconds", 60)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValidationError(f"{field}.limit must be a positive integer", field=field)
+    if not isinstance(window, int) or isinstance(window, bool) or not (
+        1 <= window <= MAX_WINDOW_SECONDS
+    ):
+        raise ValidationError(
+            f"{field}.window_seconds must be an integer from 1 to {MAX_WINDOW_SECONDS}",
+            field=field,
+        )
+    return RateLimit(limit=limit, window_seconds=window)
+
+
+def meta(value: Any, field: str = "meta") -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError(f"{field} must be an object", field=field)
+    if len(json.dumps(value)) > MAX_META_BYTES:
+        raise ValidationError(f"{field} must be at most {MAX_META_BYTES} bytes as JSON",
+                              field=field)
+    return dict(value)
+
+
+def boolean(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(f"{field} must be true or false", field=field)
+    return value
+
+
+def integer(value: Any, field: str, *, minimum: int, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValidationError(f"{field} must be an integer", field=field)
+    if not minimum <= value <= maximum:
+        raise ValidationError(f"{field} must be between {minimum} and {maximum}", field=field)
+    return value
+
+
+def only_fields(body: dict[str, Any], allowed: Iterable[str]) -> None:
+    extra = sorted(set(body) - set(allowed))
+    if extra:
+        raise ValidationError(f"{extra[0]} is not a field that can be set here", field=extra[0])

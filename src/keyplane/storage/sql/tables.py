@@ -1,0 +1,169 @@
+"""Table definitions (SQLAlchemy Core). Migrations in ``migrations/`` create and change them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite and PostgreSQL alike."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+ID = sa.String(40)
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("default_expiry_days", sa.Integer, nullable=False),
+    sa.Column("max_expiry_days", sa.Integer, nullable=True),
+    sa.Column("allow_non_expiring", sa.Boolean, nullable=False),
+    sa.Column("allowed_ips", sa.JSON, nullable=False),
+    sa.Column("require_tls_default", sa.Boolean, nullable=False),
+)
+
+principals = sa.Table(
+    "principals",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("email", sa.String(320), nullable=True, unique=True),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("password_hash", sa.String(255), nullable=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Index("ix_principals_tenant", "tenant_id", "id"),
+)
+
+groups = sa.Table(
+    "groups",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.String(1000), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "name", name="uq_groups_tenant_name"),
+)
+
+principal_groups = sa.Table(
+    "principal_groups",
+    metadata,
+    sa.Column(
+        "principal_id", ID, sa.ForeignKey("principals.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("group_id", ID, sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    sa.Index("ix_principal_groups_group", "group_id"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=True),
+    sa.Column(
+        "owner_id", ID, sa.ForeignKey("principals.id", ondelete="SET NULL"), nullable=True
+    ),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.String(1000), nullable=False),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("start", sa.String(8), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("created_by", sa.String(80), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Column("lifetime_days", sa.Integer, nullable=True),
+    sa.Column("allowed_ips", sa.JSON, nullable=False),
+    sa.Column("require_tls", sa.Boolean, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+    sa.Column("ratelimit", sa.JSON, nullable=True),
+    sa.Column("meta", sa.JSON, nullable=False),
+    sa.Index("ix_api_keys_tenant", "tenant_id", "id"),
+    sa.Index("ix_api_keys_owner", "owner_id"),
+)
+
+key_secrets = sa.Table(
+    "key_secrets",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("key_id", ID, sa.ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("pepper_id", sa.String(40), nullable=False),
+    sa.Column("start", sa.String(8), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=True),
+    sa.Index("ix_key_secrets_key", "key_id"),
+)
+
+scopes = sa.Table(
+    "scopes",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("description", sa.String(200), nullable=False),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("tenant_id", ID, nullable=True),
+    sa.Column("actor", sa.String(80), nullable=False),
+    sa.Column("action", sa.String(60), nullable=False),
+    sa.Column("target", sa.String(80), nullable=False),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("ip", sa.String(64), nullable=True),
+    sa.Column("request_id", sa.String(64), nullable=True),
+    sa.Column("details", sa.JSON, nullable=False),
+    sa.Index("ix_audit_events_tenant", "tenant_id", "id"),
+)
+
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("ref", sa.String(40), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+)

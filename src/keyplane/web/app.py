@@ -1,0 +1,56 @@
+"""The ASGI application: ``create_app(keyplane)``. Nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from keyplane import __version__
+from keyplane.bootstrap import Keyplane
+from keyplane.core.policy import parse_networks
+from keyplane.web import errors, routes_admin, routes_keys, routes_verify
+from keyplane.web.middleware import RequestContext
+
+DESCRIPTION = """Keyplane's API: keys, tenants, members, service accounts, groups, scopes,
+verification and the audit log. Authenticate with `Authorization: Bearer <key>`."""
+
+
+def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            kp.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                kp.stop()
+
+    app = FastAPI(title="Keyplane", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.keyplane = kp
+    app.state.trusted_proxies = parse_networks(kp.settings.trusted_proxies, "trusted_proxies")
+    errors.install(app)
+    app.include_router(routes_verify.router)
+    app.include_router(routes_keys.router)
+    app.include_router(routes_admin.router)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: the database answers")
+    def readyz() -> JSONResponse:
+        try:
+            with kp.ctx.uow(readonly=True) as uow:
+                uow.changes.head()
+        except Exception:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    app.add_middleware(RequestContext)
+    return app

@@ -1,0 +1,14 @@
+"""Entry point for ASGI servers: ``uvicorn --factory keyplane.web.asgi:app_factory``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from keyplane.bootstrap import build
+from keyplane.config import Settings
+from keyplane.web.app import create_app
+
+
+def app_factory() -> FastAPI:
+    """Builds settings from the environment; each worker process calls this once."""
+    return create_app(build(Settings()))

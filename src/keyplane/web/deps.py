@@ -1,0 +1,68 @@
+"""Request-level plumbing: the Keyplane container, the authenticated caller, paging."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from keyplane.bootstrap import Keyplane
+from keyplane.core.errors import ValidationError
+from keyplane.core.model import Page
+from keyplane.core.rights import Caller
+from keyplane.services.auth import authenticate, caller_from
+from keyplane.web import net
+
+
+async def kp(request: Request) -> Keyplane:
+    container: Keyplane = request.app.state.keyplane
+    return container
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    value = value.strip()
+    # "Bearer <name>:<key>" is accepted as well as "Bearer <key>"
+    return value.rpartition(":")[2]
+
+
+async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)]) -> Caller:
+    """The authenticated credential; cache hits are answered on the event loop."""
+    trusted = request.app.state.trusted_proxies
+    raw = bearer(request)
+    ip = net.client_address(request, trusted)
+    tls = net.is_tls(request, trusted)
+    request_id = request.scope.get("keyplane.request_id")
+    if raw:
+        verdict = keyplane.verifier.verify_cached(raw, ip=ip, tls=tls)
+        if verdict is not None:
+            return caller_from(verdict, ip=ip, request_id=request_id)
+    return await run_in_threadpool(
+        authenticate, keyplane.verifier, raw, ip=ip, tls=tls, request_id=request_id
+    )
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
+KeyplaneDep = Annotated[Keyplane, Depends(kp)]
+TenantParam = Annotated[
+    str | None, Query(max_length=40, description="Operator credentials: the tenant to act on")
+]
+Limit = Annotated[int, Query(ge=1, le=200)]
+Cursor = Annotated[str | None, Query(max_length=64)]
+
+
+def page_out(page: Page, render: object) -> dict[str, object]:
+    assert callable(render)
+    return {"items": [render(i) for i in page.items], "next_cursor": page.next_cursor}
+
+
+def require_json_object(body: object) -> dict[str, object]:
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object", field="body")
+    return body

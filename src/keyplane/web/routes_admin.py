@@ -1,0 +1,170 @@
+"""/v1 tenants, members, service accounts, groups, the scope catalogue and the audit log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Path, Query, Response
+
+from keyplane.core.errors import NotFound
+from keyplane.core.model import PrincipalKind
+from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
+from keyplane.web.schemas import (
+    GroupCreate,
+    GroupPatch,
+    MemberCreate,
+    MemberPatch,
+    ScopePut,
+    ServiceAccountCreate,
+    ServiceAccountPatch,
+    TenantCreate,
+    TenantPatch,
+    audit_out,
+    group_out,
+    principal_out,
+    tenant_out,
+)
+
+router = APIRouter()
+
+
+# -- tenants ------------------------------------------------------------------------------
+
+@router.post("/v1/tenants", status_code=201, tags=["tenants"],
+             summary="Create a tenant (operator)")
+def create_tenant(body: TenantCreate, caller: CallerDep, kp: KeyplaneDep) -> dict[str, Any]:
+    return tenant_out(kp.tenants.create(caller, body.fields()))
+
+
+@router.get("/v1/tenants", tags=["tenants"], summary="List tenants (operator)")
+def list_tenants(caller: CallerDep, kp: KeyplaneDep, limit: Limit = 50,
+                 cursor: Cursor = None) -> dict[str, Any]:
+    return page_out(kp.tenants.list(caller, limit=limit, cursor=cursor), tenant_out)
+
+
+@router.get("/v1/tenants/{tenant_id}", tags=["tenants"], summary="Show a tenant and its policy")
+def show_tenant(tenant_id: str, caller: CallerDep, kp: KeyplaneDep) -> dict[str, Any]:
+    return tenant_out(kp.tenants.get(caller, tenant_id))
+
+
+@router.patch("/v1/tenants/{tenant_id}", tags=["tenants"], summary="Change a tenant's policy")
+def edit_tenant(tenant_id: str, body: TenantPatch, caller: CallerDep,
+                kp: KeyplaneDep) -> dict[str, Any]:
+    return tenant_out(kp.tenants.update(caller, tenant_id, body.fields()))
+
+
+# -- members and service accounts ---------------------------------------------------------
+
+def _principal_routes(prefix: str, kind: PrincipalKind, create_model: type,
+                      patch_model: type, tag: str) -> None:
+    @router.post(prefix, status_code=201, tags=[tag], summary=f"Create a {tag[:-1]}")
+    def create(body: create_model, caller: CallerDep, kp: KeyplaneDep,  # type: ignore[valid-type]
+               tenant_id: TenantParam = None) -> dict[str, Any]:
+        return principal_out(kp.principals.create(caller, tenant_id, kind, body.fields()))  # type: ignore[attr-defined]
+
+    @router.get(prefix, tags=[tag], summary=f"List {tag}")
+    def list_(caller: CallerDep, kp: KeyplaneDep, tenant_id: TenantParam = None,
+              limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
+        page = kp.principals.list(caller, tenant_id, kind=kind, limit=limit, cursor=cursor)
+        return page_out(page, principal_out)
+
+    @router.get(prefix + "/{principal_id}", tags=[tag], summary=f"Show a {tag[:-1]}")
+    def show(principal_id: str, caller: CallerDep, kp: KeyplaneDep,
+             tenant_id: TenantParam = None) -> dict[str, Any]:
+        principal = kp.principals.get(caller, tenant_id, principal_id)
+        if principal.kind is not kind:
+            raise NotFound(f"no such {tag[:-1]}")
+        return principal_out(principal)
+
+    @router.patch(prefix + "/{principal_id}", tags=[tag],
+                  summary=f"Change a {tag[:-1]} (role, groups, enabled)")
+    def edit(principal_id: str, body: patch_model, caller: CallerDep,  # type: ignore[valid-type]
+             kp: KeyplaneDep, tenant_id: TenantParam = None) -> dict[str, Any]:
+        show(principal_id, caller, kp, tenant_id)
+        return principal_out(
+            kp.principals.update(caller, tenant_id, principal_id, body.fields())  # type: ignore[attr-defined]
+        )
+
+    @router.delete(prefix + "/{principal_id}", status_code=204, tags=[tag],
+                   summary=f"Remove a {tag[:-1]} and revoke its keys")
+    def delete(principal_id: str, caller: CallerDep, kp: KeyplaneDep,
+               tenant_id: TenantParam = None) -> Response:
+        show(principal_id, caller, kp, tenant_id)
+        kp.principals.delete(caller, tenant_id, principal_id)
+        return Response(status_code=204)
+
+
+_principal_routes("/v1/members", PrincipalKind.MEMBER, MemberCreate, MemberPatch, "members")
+_principal_routes("/v1/service-accounts", PrincipalKind.SERVICE_ACCOUNT, ServiceAccountCreate,
+                  ServiceAccountPatch, "service-accounts")
+
+
+# -- groups -------------------------------------------------------------------------------
+
+@router.post("/v1/groups", status_code=201, tags=["groups"],
+             summary="Create a data-access group")
+def create_group(body: GroupCreate, caller: CallerDep, kp: KeyplaneDep,
+                 tenant_id: TenantParam = None) -> dict[str, Any]:
+    return group_out(kp.groups.create(caller, tenant_id, body.fields()))
+
+
+@router.get("/v1/groups", tags=["groups"], summary="List groups")
+def list_groups(caller: CallerDep, kp: KeyplaneDep,
+                tenant_id: TenantParam = None) -> dict[str, Any]:
+    return {"items": [group_out(g) for g in kp.groups.list(caller, tenant_id)],
+            "next_cursor": None}
+
+
+@router.get("/v1/groups/{group_id}", tags=["groups"], summary="Show a group")
+def show_group(group_id: str, caller: CallerDep, kp: KeyplaneDep,
+               tenant_id: TenantParam = None) -> dict[str, Any]:
+    return group_out(kp.groups.get(caller, tenant_id, group_id))
+
+
+@router.patch("/v1/groups/{group_id}", tags=["groups"], summary="Change a group")
+def edit_group(group_id: str, body: GroupPatch, caller: CallerDep, kp: KeyplaneDep,
+               tenant_id: TenantParam = None) -> dict[str, Any]:
+    return group_out(kp.groups.update(caller, tenant_id, group_id, body.fields()))
+
+
+@router.delete("/v1/groups/{group_id}", status_code=204, tags=["groups"],
+               summary="Delete an empty group")
+def delete_group(group_id: str, caller: CallerDep, kp: KeyplaneDep,
+                 tenant_id: TenantParam = None) -> Response:
+    kp.groups.delete(caller, tenant_id, group_id)
+    return Response(status_code=204)
+
+
+# -- scope catalogue ----------------------------------------------------------------------
+
+@router.get("/v1/scopes", tags=["scopes"], summary="The scope catalogue")
+def list_scopes(caller: CallerDep, kp: KeyplaneDep) -> dict[str, Any]:
+    del caller  # any valid credential may read the catalogue
+    return {"items": [{"name": n, "description": d} for n, d in kp.catalogue.list().items()],
+            "next_cursor": None}
+
+
+ScopeName = Path(max_length=64, description="area:action")
+
+
+@router.put("/v1/scopes/{name}", tags=["scopes"], summary="Add or describe a scope (operator)")
+def put_scope(body: ScopePut, caller: CallerDep, kp: KeyplaneDep,
+              name: str = ScopeName) -> dict[str, Any]:
+    return kp.catalogue.put(caller, name, body.fields())
+
+
+@router.delete("/v1/scopes/{name}", status_code=204, tags=["scopes"],
+               summary="Remove a scope (operator); keys lose it at once")
+def delete_scope(caller: CallerDep, kp: KeyplaneDep, name: str = ScopeName) -> Response:
+    kp.catalogue.delete(caller, name)
+    return Response(status_code=204)
+
+
+# -- audit --------------------------------------------------------------------------------
+
+@router.get("/v1/audit-events", tags=["audit"], summary="The audit log (newest first)")
+def list_audit(caller: CallerDep, kp: KeyplaneDep, tenant_id: TenantParam = None,
+               action: str | None = Query(default=None, max_length=60), limit: Limit = 50,
+               cursor: Cursor = None) -> dict[str, Any]:
+    page = kp.audit.list(caller, tenant_id, action=action, limit=limit, cursor=cursor)
+    return page_out(page, audit_out)

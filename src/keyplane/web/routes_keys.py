@@ -1,0 +1,72 @@
+"""/v1/keys and /v1/operator/keys: the key lifecycle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Response
+
+from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
+from keyplane.web.schemas import KeyCreate, KeyDuplicate, KeyPatch, KeyRotate, key_out
+
+router = APIRouter(tags=["keys"])
+
+
+def _routes(prefix: str, operator: bool) -> None:
+    def tid(value: str | None) -> str | None:
+        return None if operator else value
+
+    @router.post(prefix, status_code=201, summary="Create a key (the secret is shown once)")
+    def create(body: KeyCreate, caller: CallerDep, kp: KeyplaneDep,
+               tenant_id: TenantParam = None) -> dict[str, Any]:
+        issued = kp.keys.create(caller, tid(tenant_id), body.fields(), operator=operator)
+        return key_out(issued.key, issued.secret)
+
+    @router.get(prefix, summary="List keys (newest first)")
+    def list_keys(caller: CallerDep, kp: KeyplaneDep, tenant_id: TenantParam = None,
+                  owner_id: str | None = Query(default=None, max_length=40),
+                  enabled: bool | None = None,
+                  q: str | None = Query(default=None, max_length=200),
+                  limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
+        page = kp.keys.list(caller, tid(tenant_id), owner_id=owner_id, enabled=enabled, q=q,
+                            limit=limit, cursor=cursor, operator=operator)
+        return page_out(page, key_out)
+
+    @router.get(prefix + "/{key_id}", summary="Show a key")
+    def show(key_id: str, caller: CallerDep, kp: KeyplaneDep,
+             tenant_id: TenantParam = None) -> dict[str, Any]:
+        return key_out(kp.keys.get(caller, tid(tenant_id), key_id, operator=operator))
+
+    @router.patch(prefix + "/{key_id}", summary="Edit, lock or unlock a key")
+    def edit(key_id: str, body: KeyPatch, caller: CallerDep, kp: KeyplaneDep,
+             tenant_id: TenantParam = None) -> dict[str, Any]:
+        key = kp.keys.update(caller, tid(tenant_id), key_id, body.fields(), operator=operator)
+        return key_out(key)
+
+    @router.delete(prefix + "/{key_id}", status_code=204,
+                   summary="Revoke a key (immediate and irreversible)")
+    def revoke(key_id: str, caller: CallerDep, kp: KeyplaneDep,
+               tenant_id: TenantParam = None) -> Response:
+        kp.keys.revoke(caller, tid(tenant_id), key_id, operator=operator)
+        return Response(status_code=204)
+
+    @router.post(prefix + "/{key_id}/rotate",
+                 summary="Rotate: a new secret; the old one works until the grace ends")
+    def rotate(key_id: str, caller: CallerDep, kp: KeyplaneDep,
+               body: KeyRotate | None = None, tenant_id: TenantParam = None) -> dict[str, Any]:
+        fields = body.fields() if body else {}
+        issued = kp.keys.rotate(caller, tid(tenant_id), key_id, fields, operator=operator)
+        return key_out(issued.key, issued.secret)
+
+    @router.post(prefix + "/{key_id}/duplicate", status_code=201,
+                 summary="Duplicate as a new key: same settings, new name, new secret")
+    def duplicate(key_id: str, caller: CallerDep, kp: KeyplaneDep,
+                  body: KeyDuplicate | None = None,
+                  tenant_id: TenantParam = None) -> dict[str, Any]:
+        fields = body.fields() if body else {}
+        issued = kp.keys.duplicate(caller, tid(tenant_id), key_id, fields, operator=operator)
+        return key_out(issued.key, issued.secret)
+
+
+_routes("/v1/keys", operator=False)
+_routes("/v1/operator/keys", operator=True)

@@ -1,0 +1,194 @@
+"""Request bodies (for OpenAPI and type checks) and response serialisers.
+
+Models are strict and forbid unknown fields; the services validate meaning (scopes exist,
+CIDRs parse, limits hold) and name the field on failure.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Tenant
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    def fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude_unset=True)
+
+
+class RateLimitIn(Body):
+    limit: int = Field(ge=1)
+    window_seconds: int = Field(default=60, ge=1, le=86400)
+
+
+class KeyCreate(Body):
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, max_length=1000)
+    scopes: list[str] = Field(default_factory=list, max_length=200)
+    owner_id: str | None = Field(default=None, max_length=40)
+    expires_in_days: int | None = Field(default=90, description="null: never (if policy allows)")
+    allowed_ips: list[str] = Field(default_factory=list, max_length=100)
+    require_tls: bool = True
+    ratelimit: RateLimitIn | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class KeyPatch(Body):
+    name: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=1000)
+    scopes: list[str] | None = Field(default=None, max_length=200)
+    allowed_ips: list[str] | None = Field(default=None, max_length=100)
+    require_tls: bool | None = None
+    enabled: bool | None = None
+    ratelimit: RateLimitIn | None = None
+    meta: dict[str, Any] | None = None
+
+
+class KeyRotate(Body):
+    grace_period_seconds: int = Field(default=604800, ge=0, le=90 * 86400)
+
+
+class KeyDuplicate(Body):
+    name: str | None = Field(default=None, max_length=200)
+
+
+class Verify(Body):
+    key: str = Field(max_length=400)
+    scopes: list[str] = Field(default_factory=list, max_length=50)
+    ip: str | None = Field(default=None, max_length=64)
+    tls: bool | None = None
+
+
+class Policy(Body):
+    default_expiry_days: int | None = None
+    max_expiry_days: int | None = None
+    allow_non_expiring: bool | None = None
+    allowed_ips: list[str] | None = None
+    require_tls_default: bool | None = None
+
+
+class TenantCreate(Body):
+    name: str = Field(max_length=200)
+    policy: Policy | None = None
+
+
+class TenantPatch(Body):
+    name: str | None = Field(default=None, max_length=200)
+    enabled: bool | None = None
+    policy: Policy | None = None
+
+
+Roles = Literal["admin", "member", "read_only"]
+
+
+class MemberCreate(Body):
+    email: str = Field(max_length=320)
+    name: str | None = Field(default=None, max_length=200)
+    role: Roles = "member"
+    password: str | None = Field(default=None, max_length=1024)
+    group_ids: list[str] = Field(default_factory=list)
+
+
+class MemberPatch(Body):
+    name: str | None = Field(default=None, max_length=200)
+    role: Roles | None = None
+    enabled: bool | None = None
+    password: str | None = Field(default=None, max_length=1024)
+    group_ids: list[str] | None = None
+
+
+class ServiceAccountCreate(Body):
+    name: str = Field(max_length=200)
+    role: Roles = "member"
+    group_ids: list[str] = Field(default_factory=list)
+
+
+class ServiceAccountPatch(Body):
+    name: str | None = Field(default=None, max_length=200)
+    role: Roles | None = None
+    enabled: bool | None = None
+    group_ids: list[str] | None = None
+
+
+class GroupCreate(Body):
+    name: str = Field(max_length=200)
+    description: str | None = Field(default=None, max_length=1000)
+    scopes: list[str] = Field(default_factory=list)
+
+
+class GroupPatch(Body):
+    name: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=1000)
+    scopes: list[str] | None = None
+
+
+class ScopePut(Body):
+    description: str = Field(max_length=200)
+
+
+def ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def key_out(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": key.id, "object": "key", "tenant_id": key.tenant_id, "owner_id": key.owner_id,
+        "name": key.name, "description": key.description, "prefix": key.prefix,
+        "start": key.start, "scopes": list(key.scopes), "created_by": key.created_by,
+        "created_at": ts(key.created_at), "updated_at": ts(key.updated_at),
+        "last_used_at": ts(key.last_used_at), "expires_at": ts(key.expires_at),
+        "allowed_ips": list(key.allowed_ips), "require_tls": key.require_tls,
+        "enabled": key.enabled,
+        "ratelimit": (
+            {"limit": key.ratelimit.limit, "window_seconds": key.ratelimit.window_seconds}
+            if key.ratelimit else None
+        ),
+        "meta": key.meta,
+        "previous_secret_expires_at": ts(key.previous_expires_at),
+    }
+    if secret is not None:
+        out["key"] = secret
+    return out
+
+
+def tenant_out(t: Tenant) -> dict[str, Any]:
+    p = t.policy
+    return {
+        "id": t.id, "object": "tenant", "name": t.name, "enabled": t.enabled,
+        "created_at": ts(t.created_at),
+        "policy": {
+            "default_expiry_days": p.default_expiry_days, "max_expiry_days": p.max_expiry_days,
+            "allow_non_expiring": p.allow_non_expiring, "allowed_ips": p.allowed_ips,
+            "require_tls_default": p.require_tls_default,
+        },
+    }
+
+
+def principal_out(p: Principal) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": p.id, "object": p.kind.value, "tenant_id": p.tenant_id, "name": p.name,
+        "role": p.role.value, "enabled": p.enabled, "group_ids": p.group_ids,
+        "created_at": ts(p.created_at),
+    }
+    if p.email is not None:
+        out["email"] = p.email
+        out["has_password"] = p.password_hash is not None
+    return out
+
+
+def group_out(g: Group) -> dict[str, Any]:
+    return {"id": g.id, "object": "group", "tenant_id": g.tenant_id, "name": g.name,
+            "description": g.description, "scopes": g.scopes, "created_at": ts(g.created_at)}
+
+
+def audit_out(a: AuditEvent) -> dict[str, Any]:
+    return {"id": a.id, "object": "audit_event", "at": ts(a.at), "tenant_id": a.tenant_id,
+            "actor": a.actor, "action": a.action, "target": a.target, "outcome": a.outcome,
+            "ip": a.ip, "request_id": a.request_id, "details": a.details}
