@@ -1,6 +1,5 @@
 """/v1 tenants, members, service accounts, groups, the scope catalogue and the audit log."""
 
-from __future__ import annotations
 
 from typing import Any
 

@@ -17,7 +17,7 @@ def _config() -> Config:
     return Config(str(_HERE / "alembic.ini"))
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "heads") -> None:
     cfg = _config()
     with engine.connect() as conn:
         cfg.attributes["connection"] = conn
@@ -32,7 +32,8 @@ def current(engine: Engine) -> str | None:
 
 
 def head() -> str | None:
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    heads = ScriptDirectory.from_config(_config()).get_heads()
+    return ",".join(sorted(heads)) or None
 
 
 def revision(engine: Engine, message: str) -> None:

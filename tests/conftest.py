@@ -1,0 +1,134 @@
+"""Fixtures: every storage-backed test runs on SQLite and on the real PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from keyplane.bootstrap import Keyplane, build
+from keyplane.config import Settings
+from keyplane.core.model import PrincipalKind
+from keyplane.core.rights import SYSTEM
+from keyplane.web.app import create_app
+from tests.support import (
+    REQUIRE_SERVICES,
+    RunningServer,
+    SettableClock,
+    postgres_available,
+    postgres_schema,
+    redis_available,
+    sqlite_url,
+    start_server,
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if REQUIRE_SERVICES:
+        return  # CI: a missing service is a failure, never a skip
+    pg, redis = postgres_available(), redis_available()
+    for item in items:
+        if "postgres" in item.keywords and not pg:
+            item.add_marker(pytest.mark.skip(reason="PostgreSQL is not answering"))
+        if "redis" in item.keywords and not redis:
+            item.add_marker(pytest.mark.skip(reason="Redis is not answering"))
+
+
+@pytest.fixture
+def clock() -> SettableClock:
+    return SettableClock()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+    """(url, schema) of an empty database: a SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path), None
+    else:
+        with postgres_schema() as (url, schema):
+            yield url, schema
+
+
+def make_settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"data_dir": tmp_path / "data", "database_url": url,
+                              "usage_flush_seconds": 0.2}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def keyplane(database: tuple[str, str | None], tmp_path: Path,
+             clock: SettableClock) -> Iterator[Keyplane]:
+    url, schema = database
+    kp = build(make_settings(tmp_path, url), clock=clock, schema=schema, migrate_db=True)
+    kp.start()
+    try:
+        yield kp
+    finally:
+        kp.close()
+
+
+@dataclass
+class Tenant:
+    id: str
+    admin_id: str
+    admin_email: str
+    admin_password: str
+    management_key: str  # keys:write members:write tenant:write, usable over plain HTTP
+
+
+def make_tenant(kp: Keyplane, name: str = "Acme", email: str | None = None) -> Tenant:
+    tenant = kp.tenants.create(SYSTEM, {"name": name})
+    email = email or f"admin-{tenant.id[-6:].lower()}@example.com"
+    password = "correct horse battery staple"
+    admin = kp.principals.create(SYSTEM, tenant.id, PrincipalKind.MEMBER,
+                                 {"email": email, "role": "admin", "password": password})
+    issued = kp.keys.create(SYSTEM, tenant.id, {
+        "name": "ops", "owner_id": admin.id, "require_tls": False,
+        "scopes": ["keys:write", "members:write", "tenant:write"],
+    })
+    return Tenant(tenant.id, admin.id, email, password, issued.secret)
+
+
+@pytest.fixture
+def tenant(keyplane: Keyplane) -> Tenant:
+    return make_tenant(keyplane)
+
+
+@pytest.fixture
+def verifier_key(keyplane: Keyplane) -> str:
+    issued = keyplane.keys.create(SYSTEM, None, {"name": "gateway", "scopes": ["keys:verify"],
+                                                 "require_tls": False}, operator=True)
+    return issued.secret
+
+
+@pytest.fixture
+def operator_key(keyplane: Keyplane) -> str:
+    issued = keyplane.keys.create(SYSTEM, None, {"name": "platform",
+                                                 "scopes": ["platform:write", "keys:verify"],
+                                                 "require_tls": False}, operator=True)
+    return issued.secret
+
+
+@pytest.fixture
+def server(keyplane: Keyplane) -> Iterator[RunningServer]:
+    """The real app served by uvicorn on a loopback port (lifecycle owned by the fixture)."""
+    running = start_server(create_app(keyplane, manage_lifecycle=False))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def http(server: RunningServer) -> Iterator[httpx2.Client]:
+    with httpx2.Client(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
