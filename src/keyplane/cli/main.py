@@ -103,7 +103,16 @@ def serve(
                       f"    {creds.management_key}", soft_wrap=True)
         console.print(f"  Verifier key (operator, keys:verify; shown once):\n"
                       f"    {creds.verifier_key}", soft_wrap=True)
-        console.print(f"\n  Try: curl -H 'Authorization: Bearer <management key>' {base}/v1/keys")
+        console.print(f"\n  Try: curl -H 'Authorization: Bearer <management key>' {base}/v1/keys",
+                      soft_wrap=True)
+    elif demo:
+        from keyplane.cli.output import console
+
+        console.print("\nThe database already has tenants; the demo secrets were shown on the "
+                      "first "
+                      "run only.\n  New management key: keyplane keys create --tenant <id> "
+                      "--name ops --scope keys:write --no-require-tls --json\n"
+                      "  Tenants: keyplane tenants list", soft_wrap=True)
     print(f"Keyplane listening on {base}  (API docs: {base}/docs)", flush=True)
     uvicorn.run("keyplane.web.asgi:app_factory", factory=True, host=host, port=port,
                 workers=workers, access_log=False, log_level=settings.log_level,
