@@ -8,10 +8,10 @@ from typing import Any
 
 from keyplane.core import ids, tokens
 from keyplane.core import scopes as sc
-from keyplane.core.errors import NotFound, ValidationError
+from keyplane.core.errors import NotFound, PermissionDenied, ValidationError
 from keyplane.core.model import ApiKey, KeySecret, Page, Tenant
 from keyplane.core.ports import UnitOfWork
-from keyplane.core.rights import Caller, principal_rights
+from keyplane.core.rights import Caller, CredentialKind, principal_rights
 from keyplane.services import validate as v
 from keyplane.services.context import Context
 
@@ -67,8 +67,16 @@ class KeyService:
         maximum = policy.max_expiry_days or MAX_DAYS
         return v.integer(value, "expires_in_days", minimum=1, maximum=maximum)
 
-    def _check_scopes(self, uow: UnitOfWork, key: ApiKey) -> None:
+    def _check_scopes(self, uow: UnitOfWork, key: ApiKey, caller: Caller) -> None:
         cat = self.ctx.catalogue()
+        if caller.kind is not CredentialKind.OPERATOR_KEY:
+            # a credential never mints management rights it does not hold itself
+            management = [s for s in sc.expand(key.scopes) if sc.is_management(s)]
+            beyond_caller = sorted(set(management) - sc.expand(caller.scopes))
+            if beyond_caller:
+                raise PermissionDenied(
+                    f"scopes: this credential does not hold {beyond_caller[0]!r}, so it cannot "
+                    "grant it", code="insufficient_scope", field="scopes")
         if key.is_operator:
             allowed = {"keys:verify", "platform:read", "platform:write"}
             bad = [s for s in key.scopes if s not in allowed]
@@ -157,7 +165,7 @@ class KeyService:
                 lifetime_days=lifetime, description=description, created_by=caller.actor,
                 allowed_ips=allowed_ips, require_tls=require_tls, ratelimit=ratelimit, meta=meta,
             )
-            self._check_scopes(uow, key)
+            self._check_scopes(uow, key, caller)
             uow.keys.add(key)
             uow.keys.add_secret(secret)
             self.ctx.audit(uow, caller, "key.created", key.id, tenant_id=tid, name=name,
@@ -195,7 +203,7 @@ class KeyService:
                                          max_len=v.MAX_DESCRIPTION, required=False)
             if "scopes" in body:
                 key.scopes = v.scope_list(body["scopes"], self.ctx.catalogue())
-                self._check_scopes(uow, key)
+                self._check_scopes(uow, key, caller)
             if "allowed_ips" in body:
                 key.allowed_ips = v.ip_list(body["allowed_ips"])
             if "require_tls" in body:

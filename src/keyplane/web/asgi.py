@@ -6,9 +6,12 @@ from fastapi import FastAPI
 
 from keyplane.bootstrap import build
 from keyplane.config import Settings
+from keyplane.logs import configure_logging
 from keyplane.web.app import create_app
 
 
 def app_factory() -> FastAPI:
     """Builds settings from the environment; each worker process calls this once."""
-    return create_app(build(Settings()))
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(build(settings))
