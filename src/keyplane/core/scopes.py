@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-SCOPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}:[a-z][a-z0-9_-]{0,19}$")
+SCOPE_RE = re.compile(r"\A[a-z][a-z0-9_-]{0,39}:[a-z][a-z0-9_-]{0,19}\Z")
 
 DATA_AREAS: dict[str, str] = {
     "contacts": "Contacts",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +16,7 @@ from keyplane.core.policy import normalise_networks
 MAX_NAME = 200
 MAX_DESCRIPTION = 1000
 MAX_META_BYTES = 4096
+MAX_META_DEPTH = 16
 MAX_IPS = 100
 MAX_GRACE_SECONDS = 90 * 86400
 MAX_WINDOW_SECONDS = 86400
@@ -31,7 +33,7 @@ def text(value: Any, field: str, *, max_len: int, required: bool = True) -> str:
         raise ValidationError(f"{field} must not be empty", field=field)
     if len(out) > max_len:
         raise ValidationError(f"{field} must be at most {max_len} characters", field=field)
-    if any(ord(c) < 32 and c not in "\t" for c in out):
+    if any(c != "\t" and unicodedata.category(c) == "Cc" for c in out):  # C0, DEL, C1
         raise ValidationError(f"{field} must not contain control characters", field=field)
     return out
 
@@ -87,10 +89,31 @@ def meta(value: Any, field: str = "meta") -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise ValidationError(f"{field} must be an object", field=field)
-    if len(json.dumps(value)) > MAX_META_BYTES:
+    if _depth(value) > MAX_META_DEPTH:
+        raise ValidationError(f"{field} may nest at most {MAX_META_DEPTH} levels", field=field)
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{field} must hold only JSON values (no NaN or Infinity)",
+                              field=field) from None
+    if len(encoded) > MAX_META_BYTES:
         raise ValidationError(f"{field} must be at most {MAX_META_BYTES} bytes as JSON",
                               field=field)
     return dict(value)
+
+
+def _depth(value: Any) -> int:
+    """How deeply objects and arrays nest (iteratively: no recursion limit to trip over)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list | tuple):
+            deepest = max(deepest, level)
+            if level > MAX_META_DEPTH:
+                break
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def boolean(value: Any, field: str) -> bool:

@@ -1,0 +1,216 @@
+"""Input checks shared by every use case: each bad input raises ValidationError naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from keyplane.core.errors import ValidationError
+from keyplane.core.model import RateLimit
+from keyplane.core.scopes import Catalogue
+from keyplane.services import validate as v
+
+CAT = Catalogue()
+
+
+def refused(field: str, fn: Any, *args: Any, **kw: Any) -> ValidationError:
+    with pytest.raises(ValidationError) as info:
+        fn(*args, **kw)
+    assert info.value.field == field, info.value.field
+    assert field.split(".")[0] in info.value.message
+    assert info.value.code == "invalid_request"
+    return info.value
+
+
+# -- text ------------------------------------------------------------------------------------
+
+def test_text_accepts_and_strips() -> None:
+    assert v.text("  zapier  ", "name", max_len=10) == "zapier"
+    assert v.text("tab\there", "name", max_len=10) == "tab\there"
+    assert v.text("Åsa ✓ 名前", "name", max_len=10) == "Åsa ✓ 名前"
+    assert v.text(None, "description", max_len=10, required=False) == ""
+    assert v.text("", "description", max_len=10, required=False) == ""
+    assert v.text("x" * 10, "name", max_len=10) == "x" * 10
+
+
+@pytest.mark.parametrize("value", [None, 1, 1.5, True, b"bytes", ["a"], {"a": 1}])
+def test_text_refuses_wrong_types(value: Any) -> None:
+    refused("name", v.text, value, "name", max_len=200)
+
+
+@pytest.mark.parametrize("value", ["", "   ", "\t"])
+def test_text_refuses_empty_when_required(value: str) -> None:
+    refused("name", v.text, value, "name", max_len=200)
+
+
+def test_text_refuses_over_long() -> None:
+    err = refused("description", v.text, "x" * 1001, "description", max_len=1000)
+    assert "1000" in err.message
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "line\nbreak", "a\rb", "esc\x1b[31m", "bell\x07",
+                                   "del\x7f", "c1\x85c1", "csi\x9b31m"])
+def test_text_refuses_control_characters(value: str) -> None:
+    refused("name", v.text, value, "name", max_len=200)
+
+
+def test_text_control_characters_message_does_not_echo_the_value() -> None:
+    err = refused("name", v.text, "evil\x1b]0;pwned\x07", "name", max_len=200)
+    assert "\x1b" not in err.message and "pwned" not in err.message
+
+
+# -- email -----------------------------------------------------------------------------------
+
+def test_email_is_lowercased() -> None:
+    assert v.email(" Ada@Example.COM ") == "ada@example.com"
+
+
+@pytest.mark.parametrize("value", [None, 5, "", "ada", "ada@", "@example.com", "ada@example",
+                                   "a b@example.com", "ada@@example.com", "x" * 65 + "@e.com"])
+def test_bad_emails(value: Any) -> None:
+    refused("email", v.email, value)
+
+
+# -- scopes ----------------------------------------------------------------------------------
+
+def test_scope_list_normalises() -> None:
+    assert v.scope_list(["contacts:write", "calendars:read", "contacts:write"], CAT) == [
+        "calendars:read", "contacts:write"]
+    assert v.scope_list([], CAT) == []
+    assert v.scope_list(("contacts:read",), CAT) == ["contacts:read"]
+
+
+@pytest.mark.parametrize("value", [None, "contacts:read", {"contacts:read": True}, [1],
+                                   ["contacts:read", None], [["contacts:read"]]])
+def test_scope_list_refuses_wrong_shapes(value: Any) -> None:
+    refused("scopes", v.scope_list, value, CAT)
+
+
+def test_scope_list_refuses_and_names_an_unknown_scope() -> None:
+    err = refused("scopes", v.scope_list, ["contacts:read", "contacts:delete"], CAT)
+    assert "contacts:delete" in err.message
+    refused("scopes", v.scope_list, ["CONTACTS:READ"], CAT)
+
+
+# -- IP lists --------------------------------------------------------------------------------
+
+def test_ip_list_normalises() -> None:
+    assert v.ip_list(None) == []
+    assert v.ip_list([]) == []
+    assert v.ip_list(["10.1.2.3/8", "::ffff:203.0.113.5"]) == ["10.0.0.0/8", "203.0.113.5/32"]
+
+
+@pytest.mark.parametrize("value", ["10.0.0.0/8", {"cidr": "10.0.0.0/8"}, 10, ["10.0.0.0/33"],
+                                   ["not-an-ip"], [None], [167772160], ["10.0.0.0/8", ""]])
+def test_ip_list_refuses_bad_values(value: Any) -> None:
+    refused("allowed_ips", v.ip_list, value)
+
+
+def test_ip_list_is_bounded() -> None:
+    refused("allowed_ips", v.ip_list, [f"10.0.{i // 256}.{i % 256}" for i in range(101)])
+    assert len(v.ip_list([f"10.0.0.{i}" for i in range(100)])) == 100
+
+
+def test_ip_list_uses_the_field_name_it_is_given() -> None:
+    refused("policy.allowed_ips", v.ip_list, ["nope"], "policy.allowed_ips")
+
+
+# -- rate limits -----------------------------------------------------------------------------
+
+def test_ratelimit_shapes_that_are_accepted() -> None:
+    assert v.ratelimit(None) is None
+    assert v.ratelimit({"limit": 10}) == RateLimit(10, 60)
+    assert v.ratelimit({"limit": 5, "window_seconds": 1}) == RateLimit(5, 1)
+    assert v.ratelimit({"limit": 5, "window_seconds": 86400}) == RateLimit(5, 86400)
+
+
+@pytest.mark.parametrize("value", [
+    10, "10/minute", [10, 60], {}, {"window_seconds": 60}, {"limit": 0}, {"limit": -1},
+    {"limit": True}, {"limit": 1.5}, {"limit": "10"}, {"limit": None},
+    {"limit": 10, "window_seconds": 0}, {"limit": 10, "window_seconds": 86401},
+    {"limit": 10, "window_seconds": True}, {"limit": 10, "window_seconds": "60"},
+    {"limit": 10, "window_seconds": None}, {"limit": 10, "burst": 5},
+])
+def test_ratelimit_shapes_that_are_refused(value: Any) -> None:
+    refused("ratelimit", v.ratelimit, value)
+
+
+# -- meta ------------------------------------------------------------------------------------
+
+def test_meta_accepts_json_objects() -> None:
+    assert v.meta(None) == {}
+    value = {"team": "growth", "n": 3, "nested": {"list": [1, "two", None, True]}, "ü": "✓"}
+    assert v.meta(value) == value
+    assert v.meta(value) is not value  # a copy
+
+
+@pytest.mark.parametrize("value", [[], "x", 5, True, [("a", 1)]])
+def test_meta_must_be_an_object(value: Any) -> None:
+    refused("meta", v.meta, value)
+
+
+def test_meta_size_is_bounded() -> None:
+    v.meta({"a": "x" * 4000})
+    err = refused("meta", v.meta, {"a": "x" * 5000})
+    assert "4096" in err.message
+    refused("meta", v.meta, {"a": "é" * 2100})  # bounded in bytes, not characters
+
+
+@pytest.mark.parametrize("value", [
+    {"x": float("nan")}, {"x": float("inf")}, {"x": {1, 2}}, {"x": b"bytes"}, {"x": object()},
+])
+def test_meta_must_be_storable_json(value: dict[str, Any]) -> None:
+    refused("meta", v.meta, value)
+
+
+def test_meta_nesting_is_bounded() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(2000):  # well under the size bound, far too deep to store and serialise
+        node["a"] = {}
+        node = node["a"]
+    refused("meta", v.meta, deep)
+    ok: dict[str, Any] = {}
+    node = ok
+    for _ in range(v.MAX_META_DEPTH - 1):
+        node["a"] = {}
+        node = node["a"]
+    assert v.meta(ok) == ok
+    refused("meta", v.meta, {"a": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]})
+
+
+# -- booleans, integers, fields --------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [1, 0, "true", "false", None, "yes", 1.0])
+def test_boolean_refuses_lookalikes(value: Any) -> None:
+    refused("require_tls", v.boolean, value, "require_tls")
+
+
+def test_boolean_accepts_booleans() -> None:
+    assert v.boolean(True, "enabled") is True
+    assert v.boolean(False, "enabled") is False
+
+
+@pytest.mark.parametrize("value", [True, False, 1.0, 30.5, "30", None, [30]])
+def test_integer_refuses_bools_floats_and_strings(value: Any) -> None:
+    err = refused("expires_in_days", v.integer, value, "expires_in_days", minimum=1, maximum=365)
+    assert "integer" in err.message
+
+
+@pytest.mark.parametrize("value", [0, -1, 366, 10**100])
+def test_integer_range(value: int) -> None:
+    err = refused("expires_in_days", v.integer, value, "expires_in_days", minimum=1, maximum=365)
+    assert "1" in err.message and "365" in err.message
+
+
+def test_integer_bounds_are_inclusive() -> None:
+    assert v.integer(1, "n", minimum=1, maximum=3) == 1
+    assert v.integer(3, "n", minimum=1, maximum=3) == 3
+
+
+def test_only_fields_names_the_first_unknown_field() -> None:
+    v.only_fields({"name": "x"}, ("name", "scopes"))
+    v.only_fields({}, ("name",))
+    refused("zeta", v.only_fields, {"name": "x", "zeta": 1}, ("name",))
+    refused("alpha", v.only_fields, {"zeta": 1, "alpha": 2}, ("name",))
