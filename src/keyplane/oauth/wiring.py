@@ -1,0 +1,63 @@
+"""Builds the connected-app services from settings and hooks them into the verify path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from keyplane.core.apps import CredentialPrefixes
+from keyplane.services.apps import AppService
+from keyplane.services.connections import ConnectionService, Lifetimes
+from keyplane.services.sessions import SessionService, SignInThrottle
+from keyplane.storage.sql.oauth_repositories import connected_repos
+
+if TYPE_CHECKING:
+    from keyplane.bootstrap import Keyplane
+
+EXTRA = "connected_apps"
+
+
+@dataclass
+class ConnectedApps:
+    prefixes: CredentialPrefixes
+    apps: AppService
+    connections: ConnectionService
+    sessions: SessionService
+    issuer: str  # the RFC 8414 issuer: settings.base_url, byte for byte
+
+
+def install(kp: Keyplane) -> ConnectedApps:
+    """Create the services, register access tokens with the verifier (same path as keys) and
+    connection usage with the usage recorder."""
+    s = kp.settings
+    prefixes = CredentialPrefixes.derive(s.key_prefix)
+    lifetimes = Lifetimes(access_token=timedelta(seconds=s.oauth_access_token_seconds),
+                          code=timedelta(seconds=s.oauth_code_seconds),
+                          refresh_family=timedelta(days=s.oauth_refresh_token_days))
+    issuer = s.base_url
+    connections = ConnectionService(kp.ctx, connected_repos, prefixes, lifetimes,
+                                    tokens_require_tls=issuer.startswith("https://"))
+    throttle = SignInThrottle(s.signin_limit_per_account, s.signin_limit_per_ip,
+                              redis_url=s.redis_url,
+                              prefix=getattr(s, "redis_prefix", "keyplane"))
+    out = ConnectedApps(
+        prefixes=prefixes,
+        apps=AppService(kp.ctx, connected_repos, prefixes),
+        connections=connections,
+        sessions=SessionService(kp.ctx, connected_repos, throttle,
+                                lifetime=timedelta(seconds=s.session_lifetime_seconds)),
+        issuer=issuer,
+    )
+    kp.verifier.register(prefixes.access_token, connections.load_access_token)
+    kp.usage.sinks.append(connections.record_usage)
+    kp.extras[EXTRA] = out
+    return out
+
+
+def connected(kp: Keyplane) -> ConnectedApps:
+    """The connected-app services of a built Keyplane."""
+    found = kp.extras.get(EXTRA)
+    if not isinstance(found, ConnectedApps):
+        found = install(kp)
+    return found

@@ -1,0 +1,218 @@
+"""OAuth 2.0 endpoints: /oauth/authorize (consent), /oauth/token, /oauth/revoke,
+/oauth/introspect and the RFC 8414 metadata document.
+
+The authorization request is validated (client, exact redirect URI, PKCE, scopes) before
+anything else: an unknown client or a redirect URI that does not match gets an error page and
+never a redirect. Only then does the member sign in; only a tenant admin sees the consent page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749 import InsecureTransportError, OAuth2Error
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from keyplane.core.apps import scope_list
+from keyplane.core.model import Role
+from keyplane.core.rights import principal_rights
+from keyplane.oauth.adapter import BodyTooLarge, Result, StarletteOAuth2Request, read_request
+from keyplane.oauth.adapter import to_response as authlib_response
+from keyplane.oauth.metadata import (
+    AUTHORIZE_PATH,
+    INTROSPECT_PATH,
+    REVOKE_PATH,
+    TOKEN_PATH,
+    WELL_KNOWN_PATH,
+    metadata,
+)
+from keyplane.oauth.server import AuthorizationServer, Member, run
+from keyplane.storage.sql.oauth_repositories import connected_repos
+from keyplane.web import pages
+
+router = APIRouter(tags=["oauth"])
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _error_page(request: Request, error: str, description: str, status: int = 400) -> Response:
+    return pages.render(request, "oauth_error.html",
+                        {"error": error, "description": description}, status=status)
+
+
+def _with_issuer(result: Result, issuer: str) -> Result:
+    """RFC 9207: every authorization response that goes back to the client names the issuer."""
+    location = result.location
+    if location and "iss=" not in (urlsplit(location).query or ""):
+        result.location = add_params_to_uri(location, [("iss", issuer)])
+    return result
+
+
+@dataclass
+class Page:
+    """What the sync part of /authorize decided; rendered on the event loop."""
+
+    kind: str  # "error", "redirect", "signin", "not_admin", "consent"
+    context: dict[str, Any]
+    status: int = 200
+    result: Result | None = None
+
+
+def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
+    kp = pages.keyplane_of(request)
+    env = pages.env_of(request)
+    ip = pages.client_ip(request)
+    rid = request.scope.get("keyplane.request_id")
+
+    # 1. the request itself: client, redirect URI, response type, PKCE, scopes
+    with kp.ctx.uow(readonly=True) as uow:
+        server = AuthorizationServer(env, kp.ctx, uow, connected_repos(uow), ip, rid)
+        try:
+            grant = server.get_consent_grant(oreq, end_user=None)
+        except OAuth2Error as err:
+            if err.redirect_uri:  # validated redirect URI: tell the client (RFC 6749 4.1.2.1)
+                return Page("redirect", {}, result=_with_issuer(Result(*err()), env.issuer))
+            return Page("error", {"error": err.error,
+                                  "description": err.get_error_description() or ""}, 400)
+        client = grant.request.client
+        requested = scope_list(grant.request.scope)
+
+    # 2. who is asking
+    raw, signed_in = pages.current_session(request)
+    if signed_in is None:
+        return Page("signin", {"next": f"{request.url.path}?{request.url.query}"})
+    context: dict[str, Any] = {
+        "app": client.app, "tenant": signed_in.tenant, "member": signed_in.principal,
+        "role": signed_in.principal.role.value.replace("_", " "),
+        "csrf_token": env.sessions.csrf_token(raw or ""),
+        "next": f"{request.url.path}?{request.url.query}",
+    }
+    if signed_in.principal.role is not Role.ADMIN:
+        return Page("not_admin", context, 403)
+
+    with kp.ctx.uow(readonly=True) as uow:
+        p = signed_in.principal
+        rights = principal_rights(p, uow.groups.get_many(p.group_ids), kp.ctx.catalogue())
+    catalogue = kp.ctx.catalogue()
+    holdable = [s for s in requested if s in rights]
+    context.update(
+        scopes=[{"name": s, "description": catalogue.describe(s), "holdable": s in rights}
+                for s in requested],
+        action=f"{AUTHORIZE_PATH}?{request.url.query}",
+        redirect_uri=oreq.payload.redirect_uri,
+        redirect_host=urlsplit(oreq.payload.redirect_uri).netloc,
+        access_minutes=int(env.connections.lifetimes.access_token.total_seconds()) // 60,
+        grant_days=env.connections.lifetimes.refresh_family.days,
+        error="",
+    )
+    if oreq.method != "POST":
+        return Page("consent", context)
+
+    # 3. the admin's decision
+    if not env.sessions.csrf_ok(raw, oreq.form.get("csrf_token")):
+        return Page("error", {"error": "invalid_request",
+                              "description": "This form has expired; start again from the app."},
+                    400)
+    decision = oreq.form.get("decision")
+    chosen = [v for k, v in oreq.form_items if k == "scope"]
+    if decision not in ("allow", "deny") or any(s not in holdable for s in chosen):
+        return Page("error", {"error": "invalid_request",
+                              "description": "The consent form was tampered with."}, 400)
+    if decision == "allow" and not chosen:
+        context["error"] = "Choose at least one permission, or deny the request."
+        return Page("consent", context, 400)
+    member = Member(principal=signed_in.principal, tenant=signed_in.tenant)
+
+    def decide(srv: AuthorizationServer) -> Result:
+        grant = srv.get_consent_grant(oreq, end_user=member)
+        oreq.granted_scopes = chosen
+        if decision == "deny":
+            srv.ctx.audit(srv.uow, srv.member_caller(member), "connection.denied",
+                          grant.request.client.app.id, tenant_id=member.tenant.id,
+                          outcome="failure", scopes=requested)
+        result: Result = srv.create_authorization_response(
+            oreq, grant_user=member if decision == "allow" else None, grant=grant)
+        return result
+
+    try:
+        result = run(env, kp.ctx, connected_repos, decide, ip=ip, request_id=rid)
+    except OAuth2Error as err:  # the request changed under us (e.g. the app was suspended)
+        return Page("error", {"error": err.error,
+                              "description": err.get_error_description() or ""}, 400)
+    return Page("redirect", {}, result=_with_issuer(result, env.issuer))
+
+
+@router.api_route(AUTHORIZE_PATH, methods=["GET", "POST"], include_in_schema=False)
+async def authorize(request: Request) -> Response:
+    try:
+        oreq = await read_request(request, secure=pages.is_tls(request), params="query")
+    except InsecureTransportError:
+        return _error_page(request, "insecure_transport", "OAuth requires https.")
+    except BodyTooLarge:
+        return _error_page(request, "invalid_request", "The form is too large.", 413)
+    page = await run_in_threadpool(_authorize, request, oreq)
+    if page.kind == "redirect":
+        assert page.result is not None
+        return authlib_response(page.result)
+    if page.kind == "signin":
+        return RedirectResponse("/signin?" + urlencode({"next": page.context["next"]}),
+                                status_code=303)
+    if page.kind == "error":
+        return _error_page(request, page.context["error"], page.context["description"],
+                           page.status)
+    template = "not_admin.html" if page.kind == "not_admin" else "consent.html"
+    targets = (pages.origin(page.context["redirect_uri"]),) if page.kind == "consent" else ()
+    return pages.render(request, template, page.context, status=page.status,
+                        form_targets=targets)
+
+
+async def _endpoint(request: Request,
+                    action: Callable[[AuthorizationServer, StarletteOAuth2Request], Result]
+                    ) -> Response:
+    """A client-authenticated endpoint: token, revocation, introspection."""
+    try:
+        oreq = await read_request(request, secure=pages.is_tls(request), params="form")
+    except InsecureTransportError:
+        return JSONResponse({"error": "invalid_request",
+                             "error_description": "OAuth requires https."}, 400,
+                            headers=NO_STORE)
+    except BodyTooLarge:
+        return JSONResponse({"error": "invalid_request",
+                             "error_description": "The request is too large."}, 413,
+                            headers=NO_STORE)
+    kp = pages.keyplane_of(request)
+    result = await run_in_threadpool(
+        run, pages.env_of(request), kp.ctx, connected_repos, lambda srv: action(srv, oreq),
+        ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"))
+    response = authlib_response(result)
+    response.headers.update(NO_STORE)
+    return response
+
+
+@router.post(TOKEN_PATH, summary="Token endpoint (RFC 6749): authorization_code, refresh_token",
+             response_class=Response)
+async def token(request: Request) -> Response:
+    return await _endpoint(request, lambda srv, oreq: srv.create_token_response(oreq))
+
+
+@router.post(REVOKE_PATH, summary="Token revocation (RFC 7009)", response_class=Response)
+async def revoke(request: Request) -> Response:
+    return await _endpoint(request,
+                           lambda srv, oreq: srv.create_endpoint_response("revocation", oreq))
+
+
+@router.post(INTROSPECT_PATH, summary="Token introspection (RFC 7662)", response_class=Response)
+async def introspect(request: Request) -> Response:
+    return await _endpoint(request,
+                           lambda srv, oreq: srv.create_endpoint_response("introspection", oreq))
+
+
+@router.get(WELL_KNOWN_PATH, summary="Authorization server metadata (RFC 8414)")
+def well_known(request: Request) -> dict[str, Any]:
+    kp = pages.keyplane_of(request)
+    return metadata(pages.env_of(request).issuer, kp.ctx.catalogue())

@@ -1,0 +1,99 @@
+"""Member sign-in and sign-out: ``GET/POST /signin``, ``POST /signout`` (server-rendered)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import RedirectResponse, Response
+
+from keyplane.core.errors import AuthenticationError, RateLimited
+from keyplane.web import pages
+
+router = APIRouter(include_in_schema=False)
+MAX_FORM_FIELDS = 20
+
+
+def _finish(request: Request, response: Response, cookies: list[tuple[str, str]]) -> Response:
+    for name, value in cookies:
+        pages.set_cookie(request, response, name, value, max_age=None)
+    return response
+
+
+def _signin_page(request: Request, *, next_path: str, email: str = "", error: str = "",
+                 status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    cookies: list[tuple[str, str]] = []
+    binding = pages.csrf_binding(request, None, None, cookies)
+    env = pages.env_of(request)
+    response = pages.render(request, "signin.html", {
+        "csrf_token": env.sessions.csrf_token(binding), "next": next_path, "email": email,
+        "error": error,
+    }, status=status)
+    response.headers.update(headers or {})
+    return _finish(request, response, cookies)
+
+
+@router.get("/signin")
+async def signin_form(request: Request) -> Response:
+    next_path = pages.safe_next(request.query_params.get("next"), default="")
+    raw, signed_in = await run_in_threadpool(pages.current_session, request)
+    if signed_in is not None:
+        if next_path:
+            return RedirectResponse(next_path, status_code=303)
+        env = pages.env_of(request)
+        assert raw is not None
+        return pages.render(request, "signed_in.html", {
+            "member": signed_in.principal, "tenant": signed_in.tenant,
+            "role": signed_in.principal.role.value.replace("_", " "),
+            "csrf_token": env.sessions.csrf_token(raw),
+        })
+    return _signin_page(request, next_path=next_path)
+
+
+@router.post("/signin")
+async def signin(request: Request) -> Response:
+    form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    values: dict[str, Any] = {k: form.get(k) for k in ("email", "password", "csrf_token", "next")}
+    next_path = pages.safe_next(values["next"], default="")
+    email = values["email"] if isinstance(values["email"], str) else ""
+    env = pages.env_of(request)
+    binding = request.cookies.get(pages.csrf_cookie(request))
+    if not env.sessions.csrf_ok(binding, values["csrf_token"]):
+        return _signin_page(request, next_path=next_path, email=email, status=400,
+                            error="This form has expired. Please sign in again.")
+    try:
+        raw, _signed_in = await run_in_threadpool(
+            env.sessions.sign_in, values["email"], values["password"],
+            ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"))
+    except RateLimited as exc:
+        return _signin_page(request, next_path=next_path, email=email, status=429,
+                            error="Too many failed sign-ins. Wait a few minutes and try again.",
+                            headers={"Retry-After": str(exc.retry_after)})
+    except AuthenticationError as exc:
+        return _signin_page(request, next_path=next_path, email=email, status=401,
+                            error=exc.message[:1].upper() + exc.message[1:] + ".")
+    response = RedirectResponse(next_path or "/signin", status_code=303)
+    pages.set_cookie(request, response, pages.session_cookie(request), raw,
+                     max_age=int(env.sessions.lifetime.total_seconds()))
+    return response
+
+
+@router.post("/signout")
+async def signout(request: Request) -> Response:
+    form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    next_path = pages.safe_next(form.get("next"), default="")
+    target = "/signin" + (f"?{urlencode({'next': next_path})}" if next_path else "")
+    raw, signed_in = await run_in_threadpool(pages.current_session, request)
+    env = pages.env_of(request)
+    if signed_in is None:
+        return RedirectResponse(target, status_code=303)
+    if not env.sessions.csrf_ok(raw, form.get("csrf_token")):
+        return pages.render(request, "message.html", {
+            "title": "This form has expired", "message": "Reload the page and try again."},
+            status=400)
+    await run_in_threadpool(env.sessions.sign_out, signed_in, ip=pages.client_ip(request))
+    response = RedirectResponse(target, status_code=303)
+    pages.clear_cookie(request, response, pages.session_cookie(request))
+    return response
