@@ -1,0 +1,47 @@
+"""Reading the durable change log for the change feed, with the tenant each change belongs to
+(so that a tenant's verifier only follows its own tenant's changes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from keyplane.services.changes import Change
+from keyplane.storage.sql import tables as t
+
+
+class SqlChangeSource:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        c, k, p = t.changes.c, t.api_keys.c, t.principals.c
+        tenant = sa.case(
+            (c.kind == "tenant", c.ref),
+            (c.kind == "key", k.tenant_id),
+            (c.kind == "principal", p.tenant_id),
+            else_=sa.null(),
+        )
+        joined = t.changes.outerjoin(
+            t.api_keys, sa.and_(c.kind == "key", k.id == c.ref)
+        ).outerjoin(t.principals, sa.and_(c.kind == "principal", p.id == c.ref))
+        self._query = (
+            sa.select(c.id, c.kind, c.ref, tenant.label("tenant_id"))
+            .select_from(joined)
+            .where(c.id > sa.bindparam("after"))
+            .order_by(c.id)
+            .limit(sa.bindparam("limit"))
+        )
+
+    def _connect(self) -> Any:
+        return self.engine.connect().execution_options(keyplane_readonly=True)
+
+    def head(self) -> int:
+        with self._connect() as conn:
+            value = conn.execute(sa.select(sa.func.max(t.changes.c.id))).scalar()
+        return int(value or 0)
+
+    def read(self, after: int, limit: int) -> list[Change]:
+        with self._connect() as conn:
+            rows = conn.execute(self._query, {"after": after, "limit": limit}).all()
+        return [Change(int(i), kind, ref, tenant) for i, kind, ref, tenant in rows]
