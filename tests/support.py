@@ -95,11 +95,12 @@ class RunningServer:
         self.thread.join(timeout=15)
 
 
-def start_server(app: Any, port: int | None = None) -> RunningServer:
-    """Serve ``app`` with uvicorn on a loopback port in a thread; returns once it accepts."""
+def start_server(app: Any, port: int | None = None, **options: Any) -> RunningServer:
+    """Serve ``app`` with uvicorn on a loopback port in a thread; returns once it accepts.
+    ``options`` go to ``uvicorn.Config`` (e.g. ``proxy_headers=False``)."""
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            access_log=False, lifespan="on")
+                            access_log=False, lifespan="on", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

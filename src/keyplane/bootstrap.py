@@ -10,20 +10,26 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from keyplane.cache.local import VerificationCache
+from keyplane.cache.ratelimit import FailureThrottle, KeyRateLimits, LimitStore
+from keyplane.cache.redis_bus import Propagation
 from keyplane.config import Settings
 from keyplane.core.ports import Clock, SystemClock
 from keyplane.core.tokens import Hasher, valid_prefix
+from keyplane.oauth.wiring import install as install_connected_apps
 from keyplane.peppers import load_peppers
 from keyplane.services.audit import AuditService
 from keyplane.services.catalogue import CatalogueService, load_toml
+from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
 from keyplane.services.keys import KeyService
 from keyplane.services.principals import GroupService, PrincipalService
 from keyplane.services.tenants import TenantService
-from keyplane.services.usage import UsageRecorder
+from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
 from keyplane.storage.sql import migrate
+from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
+from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
 
 log = logging.getLogger("keyplane")
 
@@ -43,6 +49,11 @@ class Keyplane:
     audit: AuditService
     verifier: Verifier
     usage: UsageRecorder
+    usage_reports: UsageService
+    feed: ChangeFeed  # the change log, read by every worker (and GET /v1/changes)
+    propagation: Propagation  # other workers' changes reach this one's caches
+    limits: LimitStore  # rate-limit counts: Redis or memory
+    throttle: FailureThrottle  # slows repeated failures per client address
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -50,12 +61,15 @@ class Keyplane:
             load_toml(self.settings.scopes_file) if self.settings.scopes_file else None
         )
         self.usage.start()
+        self.propagation.start()
 
     def stop(self) -> None:
+        self.propagation.stop()
         self.usage.stop()
 
     def close(self) -> None:
         self.stop()
+        self.limits.close()
         self.engine.dispose()
 
 
@@ -80,18 +94,41 @@ def build(
         hasher=Hasher(load_peppers(settings)),
         key_prefix=settings.key_prefix,
     )
-    usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds)
+    usage_store = SqlUsageStore()
+    usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds, store=usage_store)
     cache = VerificationCache(settings.cache_size, settings.cache_ttl_seconds)
-    return Keyplane(
+    keys = KeyService(ctx)
+    verifier = Verifier(ctx, cache, usage)
+    feed = ChangeFeed(SqlChangeSource(engine), ctx.bus, period=settings.change_poll_seconds)
+    propagation = Propagation(
+        ctx.bus, cache, feed, redis_url=settings.redis_url,
+        channel=f"{settings.redis_prefix}:changes", redis_timeout=settings.redis_timeout_seconds,
+        poll_seconds=settings.change_poll_seconds,
+        poll_redis_seconds=settings.change_poll_redis_seconds,
+        degraded_ttl=settings.degraded_cache_ttl_seconds,
+    )
+    limits = LimitStore(settings.redis_url, prefix=settings.redis_prefix,
+                        timeout=settings.redis_timeout_seconds)
+    verifier.rate_check = KeyRateLimits(limits, SqlQuotaStore(engine))
+    verifier.rate_check_blocking = limits.blocking
+    kp = Keyplane(
         settings=settings,
         engine=engine,
         ctx=ctx,
         tenants=TenantService(ctx),
         principals=PrincipalService(ctx),
         groups=GroupService(ctx),
-        keys=KeyService(ctx),
+        keys=keys,
         catalogue=CatalogueService(ctx),
         audit=AuditService(ctx),
-        verifier=Verifier(ctx, cache, usage),
+        verifier=verifier,
         usage=usage,
+        usage_reports=UsageService(ctx, keys, usage_store),
+        feed=feed,
+        propagation=propagation,
+        limits=limits,
+        throttle=FailureThrottle(limits, ctx, limit=settings.failure_limit,
+                                 window=settings.failure_window_seconds),
     )
+    install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
+    return kp

@@ -41,6 +41,28 @@ class Settings(BaseSettings):
     cache_size: int = 100_000
     cache_ttl_seconds: float = 60.0
     usage_flush_seconds: float = 5.0
+    # cross-worker invalidation, rate limits, change stream (see cache/redis_bus.py)
+    redis_prefix: str = Field(default="keyplane", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                              description="Prefix of Redis keys and of the pub/sub channel")
+    redis_timeout_seconds: float = Field(default=0.5, gt=0)
+    change_poll_seconds: float = Field(default=0.5, gt=0)
+    change_poll_redis_seconds: float = Field(default=5.0, gt=0)
+    degraded_cache_ttl_seconds: float = Field(default=1.0, gt=0)
+    failure_limit: int = Field(default=20, ge=1)
+    failure_window_seconds: int = Field(default=60, ge=1, le=86400)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    # connected apps (OAuth 2.0) and member sign-in; the issuer is base_url
+    session_lifetime_seconds: int = Field(default=8 * 3600, ge=60, le=30 * 86400)
+    oauth_access_token_seconds: int = Field(default=3600, ge=60, le=86400)
+    oauth_code_seconds: int = Field(default=60, ge=5, le=600)
+    oauth_refresh_token_days: int = Field(
+        default=365, ge=1, le=3650,
+        description="Absolute lifetime of a connection's refresh tokens; rotation never "
+        "extends it")
+    signin_limit_per_account: str = Field(default="5/15 minutes",
+                                          description="Failed sign-ins per email (limits syntax)")
+    signin_limit_per_ip: str = Field(default="30/15 minutes",
+                                     description="Failed sign-ins per client address")
     db_pool_size: int = 10
     log_level: str = "info"
     demo: bool = False

@@ -72,6 +72,9 @@ class VerificationCache:
         self.hits: LRU[Snapshot] = LRU(size)
         self.misses: LRU[type[MISSING]] = LRU(negative_size)
         self.generation = 0
+        # the generation check and the put are one step, so an invalidation (from another
+        # thread: Redis, the change poller) cannot slip between them and leave a stale entry
+        self._generation_lock = threading.Lock()
 
     def get(self, digest: str) -> Snapshot | type[MISSING] | None:
         now = self.timer()
@@ -82,24 +85,30 @@ class VerificationCache:
 
     def put(self, digest: str, snapshot: Snapshot, generation: int,
             seconds_left: float | None) -> None:
-        if generation != self.generation:
-            return  # something changed while we read: do not cache what may be stale
         ttl = self.ttl if seconds_left is None else min(self.ttl, seconds_left)
-        if ttl > 0:
-            self.hits.put(digest, snapshot, self.timer() + ttl)
+        with self._generation_lock:
+            if generation != self.generation:
+                return  # something changed while we read: do not cache what may be stale
+            if ttl > 0:
+                self.hits.put(digest, snapshot, self.timer() + ttl)
 
     def put_missing(self, digest: str, generation: int) -> None:
-        if generation == self.generation:
-            self.misses.put(digest, MISSING, self.timer() + self.negative_ttl)
+        with self._generation_lock:
+            if generation == self.generation:
+                self.misses.put(digest, MISSING, self.timer() + self.negative_ttl)
 
     def invalidate(self, kind: str, ref: str) -> None:
-        self.generation += 1
+        with self._generation_lock:
+            self.generation += 1
         if kind == "key":
             self.hits.drop_where(lambda s: s.key_id == ref)
         elif kind == "principal":
             self.hits.drop_where(lambda s: s.owner_id == ref)
         elif kind == "tenant":
             self.hits.drop_where(lambda s: s.tenant_id == ref)
+        elif kind in ("connection", "app"):  # OAuth access tokens (meta set by their loader)
+            field = "grant_id" if kind == "connection" else "app_id"
+            self.hits.drop_where(lambda s: s.meta.get(field) == ref)
         else:
             self.hits.clear()
         self.misses.clear()

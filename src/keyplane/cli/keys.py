@@ -58,18 +58,20 @@ def create(
         body["expires_in_days"] = None
     elif expires_in_days is not None:
         body["expires_in_days"] = expires_in_days
-    if tid is not None and owner is None:
-        kp = _keyplane()
-        admins = [p for p in kp.principals.list(SYSTEM, tid, kind=None, limit=200,
-                                                 cursor=None).items
-                  if p.role.value == "admin" and p.enabled]
-        kp.close()
-        if not admins:
-            fail("--owner is required: the tenant has no enabled admin to own the key", code=2)
-        body["owner_id"] = admins[-1].id  # the oldest admin
     kp = _keyplane()
-    issued = kp.keys.create(SYSTEM, tid, body, operator=operator)
-    kp.close()
+    try:
+        if tid is not None and owner is None:
+            kp.tenants.get(SYSTEM, tid)  # an unknown tenant says so, not "no admin"
+            admins = [p for p in kp.principals.list(SYSTEM, tid, kind=None, limit=200,
+                                                     cursor=None).items
+                      if p.role.value == "admin" and p.enabled]
+            if not admins:
+                fail("--owner is required: the tenant has no enabled admin to own the key",
+                     code=2)
+            body["owner_id"] = admins[-1].id  # the oldest admin
+        issued = kp.keys.create(SYSTEM, tid, body, operator=operator)
+    finally:
+        kp.close()
     _show_issued(key_out(issued.key, issued.secret), json_out, "key created")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from keyplane.cli.output import emit_json, fail, fields, table
 from keyplane.core.errors import KeyplaneError
@@ -38,7 +39,9 @@ TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant id (Location ID
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _keyplane(migrate_db: bool = False) -> Any:
+def _keyplane(migrate_db: bool = True) -> Any:
+    """The container for one command; the schema is brought up to date first, so that the
+    first command on a fresh machine (``keyplane tenants create``) just works."""
     from keyplane.bootstrap import build
     from keyplane.config import Settings
 
@@ -59,6 +62,9 @@ def handled(fn: F) -> F:
                  else exc.message)
         except ValueError as exc:
             fail(str(exc))
+        except SQLAlchemyError as exc:  # e.g. the database is unreachable: no traceback
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            fail(f"database error: {reason[0] if reason else type(exc).__name__}")
 
     return wrapper  # type: ignore[return-value]
 
@@ -223,4 +229,5 @@ def sa_create(
     emit_json(out) if json_out else fields("service account", out)
 
 
+from keyplane.cli import apps as _apps  # noqa: E402,F401  (registers the apps commands)
 from keyplane.cli import keys as _keys  # noqa: E402,F401  (registers the keys commands)

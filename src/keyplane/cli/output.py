@@ -9,7 +9,9 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -20,11 +22,16 @@ def emit_json(data: Any) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    # cells are Text, never markup: a key named "[/]" must print, not crash the table
+    cells = [[Text("" if v is None else str(v)) for v in r] for r in rows]
     t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
-    for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r])
+    for i, c in enumerate(columns):
+        if c == "id":  # never cut an id: people copy it into the next command
+            t.add_column(c, no_wrap=True, min_width=max((len(r[i]) for r in cells), default=2))
+        else:
+            t.add_column(c)
+    for row in cells:
+        t.add_row(*row)
     console.print(t)
 
 
@@ -36,7 +43,7 @@ def fields(title: str, data: dict[str, Any]) -> None:
         if k == "key":
             continue
         shown = json.dumps(v) if isinstance(v, list | dict) else ("" if v is None else str(v))
-        t.add_row(k, shown)
+        t.add_row(k, Text(shown))
     console.print(t)
 
 
@@ -46,5 +53,6 @@ def secret_notice(secret: str) -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[red]error:[/] {message}", highlight=False)
+    # one line whatever the terminal width; the message is text, never markup
+    err_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)

@@ -48,6 +48,9 @@ class Conflict(KeyplaneError):
 class RateLimited(KeyplaneError):
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: int = 1) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None,
+                 limit: int | None = None, remaining: int | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after = retry_after
+        self.limit = limit  # the limit that was hit, when there is one to report
+        self.remaining = remaining

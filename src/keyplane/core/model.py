@@ -111,6 +111,7 @@ class ApiKey:
     ratelimit: RateLimit | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     previous_expires_at: datetime | None = None  # deadline of the old secret during a grace
+    remaining: int | None = None  # usage quota: verifications left (None: no quota)
 
     @property
     def is_operator(self) -> bool:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 from keyplane.core.decisions import Code
-from keyplane.core.errors import AuthenticationError, PermissionDenied
+from keyplane.core.errors import AuthenticationError, PermissionDenied, RateLimited
 from keyplane.core.policy import Address
 from keyplane.core.rights import Caller, CredentialKind
 from keyplane.services.verify import Verdict, Verifier
@@ -18,6 +21,16 @@ def authenticate(verifier: Verifier, raw: str | None, *, ip: Address | None, tls
     return caller_from(verifier.verify(raw, ip=ip, tls=tls), ip=ip, request_id=request_id)
 
 
+def rate_limited(verdict: Verdict) -> RateLimited:
+    """The 429 for a credential over its own rate limit or usage quota."""
+    info = verdict.ratelimit or {}
+    retry = 1
+    if "reset_at" in info:
+        retry = max(1, math.ceil(info["reset_at"] - time.time()))
+    return RateLimited(verdict.decision.reason, retry_after=retry, limit=info.get("limit"),
+                       remaining=info.get("remaining"))
+
+
 def caller_from(verdict: Verdict, *, ip: Address | None, request_id: str | None) -> Caller:
     """The caller a verdict stands for, or the error that refuses it."""
     snap = verdict.snapshot
@@ -26,7 +39,7 @@ def caller_from(verdict: Verdict, *, ip: Address | None, request_id: str | None)
         if code in _FORBIDDEN:
             raise PermissionDenied(verdict.decision.reason, code=code.value.lower())
         if code is Code.RATE_LIMITED:
-            raise PermissionDenied(verdict.decision.reason, code="rate_limited")
+            raise rate_limited(verdict)
         # unknown, malformed, expired, revoked and locked look alike: no state oracle
         raise AuthenticationError("the credential is not valid", code="invalid_credential")
     if snap.kind == "access_token":

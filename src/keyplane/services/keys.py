@@ -19,9 +19,17 @@ DEFAULT_GRACE_SECONDS = 7 * 86400
 MAX_DAYS = 3650
 _MISSING: Any = object()
 CREATE_FIELDS = ("name", "description", "scopes", "owner_id", "expires_in_days", "allowed_ips",
-                 "require_tls", "ratelimit", "meta")
+                 "require_tls", "ratelimit", "meta", "remaining")
 PATCH_FIELDS = ("name", "description", "scopes", "allowed_ips", "require_tls", "enabled",
-                "ratelimit", "meta")
+                "ratelimit", "meta", "remaining")
+MAX_REMAINING = 10**12
+
+
+def _remaining(value: Any) -> int | None:
+    """A usage quota: how many more verifications the key may pass (null: no quota)."""
+    if value is None:
+        return None
+    return v.integer(value, "remaining", minimum=0, maximum=MAX_REMAINING)
 
 
 @dataclass(frozen=True)
@@ -130,6 +138,7 @@ class KeyService:
         allowed_ips = v.ip_list(body.get("allowed_ips"))
         ratelimit = v.ratelimit(body.get("ratelimit"))
         meta = v.meta(body.get("meta"))
+        remaining = _remaining(body.get("remaining"))
         with self.ctx.uow() as uow:
             tenant = None
             owner_id = None
@@ -164,6 +173,7 @@ class KeyService:
                 expires_at=now + timedelta(days=lifetime) if lifetime else None,
                 lifetime_days=lifetime, description=description, created_by=caller.actor,
                 allowed_ips=allowed_ips, require_tls=require_tls, ratelimit=ratelimit, meta=meta,
+                remaining=remaining,
             )
             self._check_scopes(uow, key, caller)
             uow.keys.add(key)
@@ -214,8 +224,12 @@ class KeyService:
                 key.ratelimit = v.ratelimit(body["ratelimit"])
             if "meta" in body:
                 key.meta = v.meta(body["meta"])
+            if "remaining" in body:
+                key.remaining = _remaining(body["remaining"])
             key.updated_at = self.ctx.clock.now()
             uow.keys.update(key)
+            if "remaining" in body:
+                uow.keys.set_remaining(key.id, key.remaining)
             action = "key.updated"
             if set(body) == {"enabled"}:
                 action = "key.unlocked" if key.enabled else "key.locked"

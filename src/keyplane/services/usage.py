@@ -1,55 +1,108 @@
-"""Usage recording without a database write per request: batched in memory, flushed on a
-timer and at shutdown."""
+"""Usage recording without a database write per request: ``last_used_at`` and request counts
+per key, hour and outcome are batched in memory and flushed on a timer and at shutdown (a
+graceful stop loses nothing). Flushes add to the stored counts, so several workers flushing
+the same hour never overwrite each other."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
+from keyplane.core.errors import ValidationError
 from keyplane.core.ports import UnitOfWork
+from keyplane.core.rights import Caller
 from keyplane.services.context import Context
 
 log = logging.getLogger("keyplane.usage")
 
+# (uow, last_used by id, request counts by (id, outcome)): extra stores flushed in the same
+# transaction, e.g. connected apps' last use and request counts
+UsageSink = Callable[[UnitOfWork, dict[str, datetime], Counter[tuple[str, str]]], None]
+
+HOUR = timedelta(hours=1)
+Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
+
+
+class UsageStore(Protocol):
+    """Where hourly counts go (``storage/sql/usage.py``); ``add`` adds, never overwrites."""
+
+    def add(self, uow: UnitOfWork, counts: Mapping[tuple[str, datetime, str], int]) -> None: ...
+    def series(self, uow: UnitOfWork, key_id: str, start: datetime,
+               end: datetime) -> list[tuple[datetime, str, int]]: ...
+
+
+def hour_of(at: datetime) -> datetime:
+    return at.replace(minute=0, second=0, microsecond=0)
+
 
 class UsageRecorder:
-    def __init__(self, ctx: Context, interval: float = 5.0) -> None:
+    def __init__(self, ctx: Context, interval: float = 5.0,
+                 store: UsageStore | None = None) -> None:
         self.ctx = ctx
         self.interval = interval
+        self.store = store
         self._last_used: dict[str, datetime] = {}
-        self._counts: Counter[tuple[str, str]] = Counter()
+        self._counts: Counts = Counter()
+        self._hour: datetime | None = None
+        self._hour_end: datetime | None = None
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.sinks: list[UsageSink] = []
 
     def record(self, key_id: str, at: datetime, outcome: str) -> None:
-        # dict assignment and Counter increment are cheap; the lock keeps flush consistent
+        # a dict assignment and a Counter increment; the lock keeps flush consistent
         with self._lock:
+            hour, end = self._hour, self._hour_end
+            if hour is None or end is None or not hour <= at < end:
+                hour = self._hour = hour_of(at)
+                self._hour_end = hour + HOUR
             if outcome == "VALID":
                 self._last_used[key_id] = at
-            self._counts[(key_id, outcome)] += 1
+            self._counts[(key_id, hour, outcome)] += 1
+
+    def pending(self) -> int:
+        """Requests counted in memory and not yet flushed."""
+        with self._lock:
+            return sum(self._counts.values())
 
     def flush(self) -> int:
-        with self._lock:
-            last_used, self._last_used = self._last_used, {}
-            self._counts = Counter()
-        if not last_used:
-            return 0
-        try:
-            uow: UnitOfWork
-            with self.ctx.uow() as uow:
-                uow.keys.touch(last_used)
-                uow.commit()
-        except Exception:
-            log.exception("usage flush failed; will retry")
+        """Writes what was recorded since the last flush in one transaction; on failure puts
+        it back to be written by the next flush. Returns the number of requests written."""
+        with self._flush_lock:
             with self._lock:
-                for k, at in last_used.items():
-                    if k not in self._last_used or self._last_used[k] < at:
-                        self._last_used[k] = at
-            return 0
-        return len(last_used)
+                last_used, self._last_used = self._last_used, {}
+                counts, self._counts = self._counts, Counter()
+            if not last_used and not counts:
+                return 0
+            try:
+                uow: UnitOfWork
+                with self.ctx.uow() as uow:
+                    uow.keys.touch(last_used)
+                    if self.store is not None:
+                        self.store.add(uow, counts)
+                    if self.sinks:
+                        by_outcome: Counter[tuple[str, str]] = Counter()
+                        for (key_id, _hour, outcome), n in counts.items():
+                            by_outcome[(key_id, outcome)] += n
+                        for sink in self.sinks:
+                            sink(uow, last_used, by_outcome)
+                    uow.commit()
+            except Exception:
+                log.exception("usage flush failed; will retry")
+                with self._lock:
+                    for k, at in last_used.items():
+                        if k not in self._last_used or self._last_used[k] < at:
+                            self._last_used[k] = at
+                    self._counts.update(counts)
+                return 0
+            return sum(counts.values())
 
     def start(self) -> None:
         if self._thread is None:
@@ -66,4 +119,47 @@ class UsageRecorder:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        self.flush()
+        for attempt in range(3):  # the last chance to write what this process counted
+            self.flush()
+            left = self.pending()
+            if not left:
+                return
+            time.sleep(0.2 * (attempt + 1))
+        log.error("usage flush failed at shutdown; %d counted requests were not written", left)
+
+
+MAX_RANGE = timedelta(days=93)
+
+
+class UsageService:
+    """Reading a key's usage series (``GET /v1/keys/{id}/usage``)."""
+
+    def __init__(self, ctx: Context, keys: Any, store: UsageStore) -> None:
+        self.ctx = ctx
+        self.keys = keys  # KeyService: it decides who may see the key
+        self.store = store
+
+    def series(self, caller: Caller, tenant_id: str | None, key_id: str, *,
+               start: datetime | None, end: datetime | None,
+               operator: bool = False) -> dict[str, Any]:
+        key = self.keys.get(caller, tenant_id, key_id, operator=operator)
+        now = self.ctx.clock.now()
+        end = _aware(end) if end is not None else hour_of(now) + HOUR
+        start = _aware(start) if start is not None else end - timedelta(days=7)
+        if start >= end:
+            raise ValidationError("from must be before to", field="from")
+        if end - start > MAX_RANGE:
+            raise ValidationError(f"from and to may be at most {MAX_RANGE.days} days apart",
+                                  field="from")
+        with self.ctx.uow(readonly=True) as uow:
+            rows = self.store.series(uow, key.id, hour_of(start), end)
+        return {"key_id": key.id, "from": hour_of(start), "to": end,
+                "items": [{"hour": h, "outcome": o, "count": n} for h, o, n in rows],
+                "last_used_at": key.last_used_at}
+
+
+def _aware(value: datetime) -> datetime:
+    """Query times without an offset are UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)

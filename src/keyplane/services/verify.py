@@ -28,7 +28,9 @@ MALFORMED = Denied(Code.MALFORMED, "the key is not in Keyplane's format")
 NOT_FOUND = Denied(Code.NOT_FOUND, "no such key")
 
 Loader = Callable[[UnitOfWork, str], Snapshot | None]
-RateCheck = Callable[[Snapshot], tuple[bool, dict[str, int]] | None]
+# (denial or None, the "ratelimit" object of the answer): per-key rate limits and usage quotas,
+# called for snapshots with a ratelimit or with meta["quota"] (cache/ratelimit.py)
+RateCheck = Callable[[Snapshot], tuple[Denied | None, dict[str, int] | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class Verifier:
         self.usage = usage
         self.loaders: dict[str, Loader] = {ctx.key_prefix: self._load_key}
         self.rate_check: RateCheck | None = None
+        self.rate_check_blocking = False  # it may wait on the network: never on an event loop
         ctx.bus.subscribe(cache.invalidate)
 
     def register(self, prefix: str, loader: Loader) -> None:
@@ -80,12 +83,15 @@ class Verifier:
         now = self.ctx.clock.now()
         decision = decide(snapshot, Request(now=now, required=required, ip=ip, tls=tls))
         limits = None
-        if decision.valid and snapshot.ratelimit is not None and self.rate_check is not None:
-            checked = self.rate_check(snapshot)
-            if checked is not None:
-                allowed, limits = checked
-                if not allowed:
-                    decision = Denied(Code.RATE_LIMITED, "the key's rate limit is exhausted")
+        quota = snapshot.meta.get("quota")  # a usage quota is counted in the database
+        if decision.valid and self.rate_check is not None and (
+            snapshot.ratelimit is not None or quota
+        ):
+            if not load and (self.rate_check_blocking or quota):
+                return None
+            denial, limits = self.rate_check(snapshot)
+            if denial is not None:
+                decision = denial
         self.usage.record(snapshot.key_id, now, decision.code.value)
         return Verdict(decision, snapshot, limits)
 
@@ -148,4 +154,5 @@ class Verifier:
             tenant_networks=tenant_networks,
             ratelimit=(key.ratelimit.limit, key.ratelimit.window_seconds) if key.ratelimit
             else None,
+            meta={"quota": True} if key.remaining is not None else {},
         )

@@ -12,7 +12,14 @@ from starlette.responses import JSONResponse
 from keyplane import __version__
 from keyplane.bootstrap import Keyplane
 from keyplane.core.policy import parse_networks
-from keyplane.web import errors, routes_admin, routes_keys, routes_verify
+from keyplane.web import (
+    errors,
+    routes_admin,
+    routes_changes,
+    routes_keys,
+    routes_usage,
+    routes_verify,
+)
 from keyplane.web.middleware import RequestContext
 
 DESCRIPTION = """Keyplane's API: keys, tenants, members, service accounts, groups, scopes,
@@ -24,9 +31,11 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
             kp.start()
+        undo_signals = routes_changes.end_streams_on_signal(kp.feed)  # streams end on SIGTERM
         try:
             yield
         finally:
+            undo_signals()
             if manage_lifecycle:
                 kp.stop()
 
@@ -37,7 +46,14 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     errors.install(app)
     app.include_router(routes_verify.router)
     app.include_router(routes_keys.router)
+    app.include_router(routes_usage.router)
+    app.include_router(routes_changes.router)
     app.include_router(routes_admin.router)
+    from keyplane.web import routes_apps, routes_oauth, routes_session  # connected apps
+
+    app.include_router(routes_apps.router)
+    app.include_router(routes_oauth.router)
+    app.include_router(routes_session.router)
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, Any]:
@@ -50,7 +66,8 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
                 uow.changes.head()
         except Exception:
             return JSONResponse({"status": "unavailable"}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        # invalidation: "redis", "degraded" (Redis lost: polling, short cache) or "polling"
+        return JSONResponse({"status": "ok", "invalidation": kp.propagation.mode})
 
     app.add_middleware(RequestContext)
     return app

@@ -8,7 +8,8 @@ from fastapi import Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from keyplane.bootstrap import Keyplane
-from keyplane.core.errors import ValidationError
+from keyplane.core.decisions import Code
+from keyplane.core.errors import RateLimited, ValidationError
 from keyplane.core.model import Page
 from keyplane.core.rights import Caller
 from keyplane.services.auth import authenticate, caller_from
@@ -39,13 +40,30 @@ async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)]) -
     ip = net.client_address(request, trusted)
     tls = net.is_tls(request, trusted)
     request_id = request.scope.get("keyplane.request_id")
-    if raw:
-        verdict = keyplane.verifier.verify_cached(raw, ip=ip, tls=tls)
-        if verdict is not None:
-            return caller_from(verdict, ip=ip, request_id=request_id)
-    return await run_in_threadpool(
-        authenticate, keyplane.verifier, raw, ip=ip, tls=tls, request_id=request_id
-    )
+    throttle = keyplane.throttle
+    wait = throttle.retry_after(AUTH_FAILURES, ip)
+    if wait is not None:
+        raise too_many_failures(wait)
+    if not raw:
+        return authenticate(keyplane.verifier, raw, ip=ip, tls=tls)  # raises: no credential
+    verdict = keyplane.verifier.verify_cached(raw, ip=ip, tls=tls)
+    if verdict is None:
+        verdict = await run_in_threadpool(keyplane.verifier.verify, raw, ip=ip, tls=tls)
+    if verdict.decision.code in GUESSES:
+        wait = await run_in_threadpool(throttle.failed, AUTH_FAILURES, ip,
+                                       request_id=request_id)
+        if wait is not None:
+            raise too_many_failures(wait)
+    return caller_from(verdict, ip=ip, request_id=request_id)
+
+
+AUTH_FAILURES = "auth"  # the failure throttle's count for bearer credentials
+GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})  # what a guesser gets; counted per address
+
+
+def too_many_failures(retry_after: int) -> RateLimited:
+    return RateLimited("too many failed attempts from this address; try again later",
+                       retry_after=retry_after)
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

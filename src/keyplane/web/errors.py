@@ -34,9 +34,19 @@ def error_response(exc: e.KeyplaneError) -> JSONResponse:
     if status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="keyplane"'
     if isinstance(exc, e.RateLimited):
-        headers["Retry-After"] = str(exc.retry_after)
+        headers.update(ratelimit_headers(exc.retry_after, exc.limit, exc.remaining))
     return JSONResponse(error_body(exc.code, exc.message, exc.field), status_code=status,
                         headers=headers)
+
+
+def ratelimit_headers(retry_after: int, limit: int | None = None,
+                      remaining: int | None = None) -> dict[str, str]:
+    """``Retry-After`` and the ``RateLimit-*`` fields (IETF httpapi draft; seconds)."""
+    headers = {"Retry-After": str(retry_after), "RateLimit-Reset": str(retry_after)}
+    if limit is not None:
+        headers["RateLimit-Limit"] = str(limit)
+        headers["RateLimit-Remaining"] = str(remaining if remaining is not None else 0)
+    return headers
 
 
 def _field(loc: tuple[Any, ...]) -> str:

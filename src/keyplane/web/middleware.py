@@ -37,8 +37,14 @@ class RequestContext:
         query = scope.get("query_string", b"").decode("latin-1")
         if query and any(k.lower() in CREDENTIAL_PARAMS for k, _ in parse_qsl(query)):
             security_log.warning("credential in query string refused path=%s request_id=%s",
-                                 scope.get("path"), request_id)
+                                 _printable(scope.get("path", "")), request_id)
             await _reject(send, request_id)
+            _log(scope, 400, started, request_id)
+            return
+        nul_in = _nul_in_url(scope.get("path", ""), query)
+        if nul_in:  # PostgreSQL cannot even compare such text: refuse it here, naming where
+            await _reject(send, request_id, "invalid_request",
+                          f"{nul_in}: the URL must not contain NUL characters", nul_in)
             _log(scope, 400, started, request_id)
             return
 
@@ -48,7 +54,8 @@ class RequestContext:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
-                headers.append((b"cache-control", b"no-store"))
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers
             await send(message)
 
@@ -58,11 +65,26 @@ class RequestContext:
             _log(scope, status, started, request_id)
 
 
-async def _reject(send: Send, request_id: str) -> None:
-    body = json.dumps(error_body(
-        "credential_in_url",
-        "credentials must be sent in the Authorization header, never in the URL",
-    )).encode()
+def _nul_in_url(path: str, query: str) -> str | None:
+    """Where a NUL character hides in the URL: ``path``, a query parameter's name, or None."""
+    if "\x00" in path:
+        return "path"
+    if "%00" in query:
+        for k, v in parse_qsl(query, keep_blank_values=True):
+            if "\x00" in k or "\x00" in v:
+                return k if "\x00" not in k else "query"
+    return None
+
+
+def _printable(text: str) -> str:
+    """Text for a log line: control characters escaped, so a URL cannot forge log lines."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+async def _reject(send: Send, request_id: str, code: str = "credential_in_url",
+                  message: str = "credentials must be sent in the Authorization header, never "
+                  "in the URL", field: str | None = None) -> None:
+    body = json.dumps(error_body(code, message, field)).encode()
     await send({"type": "http.response.start", "status": 400, "headers": [
         (b"content-type", b"application/json"), (b"x-request-id", request_id.encode()),
         (b"cache-control", b"no-store"),
@@ -75,6 +97,7 @@ def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
         return
     client: Any = scope.get("client") or ("-", 0)
     access_log.info(
-        '%s "%s %s" %d %.1fms request_id=%s', client[0], scope.get("method"), scope.get("path"),
-        status, (time.perf_counter() - started) * 1000, request_id,
+        '%s "%s %s" %d %.1fms request_id=%s', client[0], scope.get("method"),
+        _printable(scope.get("path", "")), status, (time.perf_counter() - started) * 1000,
+        request_id,
     )

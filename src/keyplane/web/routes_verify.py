@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from keyplane.bootstrap import Keyplane
+from keyplane.core.decisions import Code, Denied
 from keyplane.core.errors import ValidationError
 from keyplane.core.policy import parse_address
 from keyplane.services.verify import NOT_FOUND, Verdict
-from keyplane.web.deps import CallerDep, KeyplaneDep
+from keyplane.web.deps import GUESSES, CallerDep, KeyplaneDep
 from keyplane.web.schemas import Verify, ts
 
 router = APIRouter(tags=["verify"])
@@ -21,14 +25,16 @@ def verdict_out(verdict: Verdict) -> dict[str, Any]:
     out: dict[str, Any] = {
         "valid": verdict.valid, "code": verdict.decision.code.value,
         "message": verdict.decision.reason, "key_id": None, "tenant_id": None,
-        "owner_id": None, "name": None, "scopes": [], "expires_at": None,
-        "ratelimit": verdict.ratelimit,
+        "owner_id": None, "name": None, "kind": None, "scopes": [], "expires_at": None,
+        "ratelimit": verdict.ratelimit, "cacheable": False,
     }
     if snap is not None:
         out.update(key_id=snap.key_id, tenant_id=snap.tenant_id, owner_id=snap.owner_id,
-                   name=snap.name, expires_at=ts(snap.expires_at))
+                   name=snap.name, kind=snap.kind, expires_at=ts(snap.expires_at))
         if verdict.valid:
             out["scopes"] = sorted(snap.scopes)
+            # may an SDK reuse this answer? Not when every use must be counted here
+            out["cacheable"] = snap.ratelimit is None and not snap.meta.get("quota")
     return out
 
 
@@ -42,6 +48,10 @@ async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep) -> dict[str, 
         if ip is None:
             raise ValidationError("ip is not an IPv4 or IPv6 address", field="ip")
     required = frozenset(body.scopes)
+    # an end-user address (``ip``) that keeps presenting unknown keys is slowed like a caller
+    wait = kp.throttle.retry_after(VERIFY_FAILURES, ip)
+    if wait is not None:
+        return throttled_out(kp, wait)
     verdict = kp.verifier.verify_cached(raw, required=required, ip=ip, tls=body.tls)
     if verdict is None:
         verdict = await run_in_threadpool(
@@ -50,5 +60,22 @@ async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep) -> dict[str, 
     snap = verdict.snapshot
     if snap is not None and caller.tenant_id is not None and snap.tenant_id != caller.tenant_id:
         # a tenant's verifier cannot learn anything about other tenants' keys
-        return verdict_out(Verdict(NOT_FOUND))
+        verdict = Verdict(NOT_FOUND)
+    if ip is not None and verdict.decision.code in GUESSES:
+        wait = await run_in_threadpool(kp.throttle.failed, VERIFY_FAILURES, ip,
+                                       request_id=caller.request_id)
+        if wait is not None:
+            return throttled_out(kp, wait)
     return verdict_out(verdict)
+
+
+VERIFY_FAILURES = "verify"  # the failure throttle's count for end-user addresses (body ``ip``)
+
+
+def throttled_out(kp: Keyplane, wait: int) -> dict[str, Any]:
+    """RATE_LIMITED for an address over the failure limit, whatever key it presents now."""
+    out = verdict_out(Verdict(Denied(Code.RATE_LIMITED, "too many failed attempts from this "
+                                     "address; try again later")))
+    out["ratelimit"] = {"limit": kp.throttle.limit, "remaining": 0,
+                        "reset_at": math.ceil(time.time()) + wait}
+    return out

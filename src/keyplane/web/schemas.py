@@ -9,13 +9,45 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Tenant
 
 
+def unstorable(value: Any) -> str | None:
+    """Why ``value`` (any JSON value) cannot be stored and echoed back, or ``None``.
+
+    NUL is refused by PostgreSQL text; an unpaired surrogate (``"\\ud800"`` in JSON) cannot be
+    encoded as UTF-8, so a record holding one would break every response that lists it.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL characters"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "must be valid Unicode text (no unpaired surrogates)"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
 class Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        problem = unstorable(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     def fields(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)
@@ -24,6 +56,10 @@ class Body(BaseModel):
 class RateLimitIn(Body):
     limit: int = Field(ge=1)
     window_seconds: int = Field(default=60, ge=1, le=86400)
+
+
+REMAINING = ("Usage quota: how many more successful verifications the key may pass, counted "
+             "exactly across workers (null: no quota). At 0 verification answers RATE_LIMITED.")
 
 
 class KeyCreate(Body):
@@ -36,6 +72,7 @@ class KeyCreate(Body):
     require_tls: bool = True
     ratelimit: RateLimitIn | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+    remaining: int | None = Field(default=None, ge=0, description=REMAINING)
 
 
 class KeyPatch(Body):
@@ -47,6 +84,7 @@ class KeyPatch(Body):
     enabled: bool | None = None
     ratelimit: RateLimitIn | None = None
     meta: dict[str, Any] | None = None
+    remaining: int | None = Field(default=None, ge=0, description=REMAINING)
 
 
 class KeyRotate(Body):
@@ -151,6 +189,7 @@ def key_out(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
             if key.ratelimit else None
         ),
         "meta": key.meta,
+        "remaining": key.remaining,
         "previous_secret_expires_at": ts(key.previous_expires_at),
     }
     if secret is not None:

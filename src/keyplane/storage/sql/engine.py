@@ -130,3 +130,9 @@ class SqlUnitOfWork:
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
+
+    @property
+    def connection(self) -> Connection:
+        """The transaction's connection, for repositories that live in other modules."""
+        assert self._conn is not None, "connection outside the unit of work"
+        return self._conn

@@ -224,7 +224,7 @@ class SqlKeys:
                 {"limit": k.ratelimit.limit, "window_seconds": k.ratelimit.window_seconds}
                 if k.ratelimit else None
             ),
-            meta=dict(k.meta),
+            meta=dict(k.meta), remaining_uses=k.remaining,
         )
 
     @staticmethod
@@ -239,7 +239,7 @@ class SqlKeys:
             allowed_ips=list(r["allowed_ips"]), require_tls=r["require_tls"],
             enabled=r["enabled"], revoked_at=r["revoked_at"],
             ratelimit=RateLimit(rl["limit"], rl["window_seconds"]) if rl else None,
-            meta=dict(r["meta"]),
+            meta=dict(r["meta"]), remaining=r["remaining_uses"],
         )
 
     def add(self, key: ApiKey) -> None:
@@ -268,6 +268,7 @@ class SqlKeys:
         row = self._row(key)
         row.pop("id")
         row.pop("last_used_at")  # owned by the usage recorder
+        row.pop("remaining_uses")  # decremented by verification; set with set_remaining
         self.conn.execute(t.api_keys.update().where(t.api_keys.c.id == key.id).values(**row))
 
     def page(self, tenant_id: str | None, *, owner_id: str | None, enabled: bool | None,
@@ -321,6 +322,10 @@ class SqlKeys:
         q = t.key_secrets.select().where(t.key_secrets.c.digest == digest)
         row = self.conn.execute(q).mappings().first()
         return self._build_secret(row) if row else None
+
+    def set_remaining(self, key_id: str, remaining: int | None) -> None:
+        self.conn.execute(t.api_keys.update().where(t.api_keys.c.id == key_id)
+                          .values(remaining_uses=remaining))
 
     def touch(self, last_used: dict[str, datetime]) -> None:
         k = t.api_keys.c

@@ -117,6 +117,7 @@ api_keys = sa.Table(
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
     sa.Column("ratelimit", sa.JSON, nullable=True),
+    sa.Column("remaining_uses", sa.BigInteger, nullable=True),  # usage quota (0002_usage)
     sa.Column("meta", sa.JSON, nullable=False),
     sa.Index("ix_api_keys_tenant", "tenant_id", "id"),
     sa.Index("ix_api_keys_owner", "owner_id"),
@@ -167,3 +168,6 @@ changes = sa.Table(
     sa.Column("ref", sa.String(40), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
 )
+
+from keyplane.storage.sql import oauth_tables as _oauth_tables  # noqa: E402,F401
+from keyplane.storage.sql import usage as _usage_tables  # noqa: E402,F401
