@@ -193,9 +193,24 @@ def test_connected_apps_list_and_revoke(http: httpx2.Client, browser: httpx2.Cli
     r = http.delete(f"/v1/connections/{c['id']}", headers=auth(other.management_key))
     assert r.status_code == 404
 
+    tenant_verifier = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "gw", "owner_id": tenant.admin_id, "scopes": ["keys:verify"],
+        "require_tls": False}).secret
+    other_verifier = keyplane.keys.create(SYSTEM, other.id, {
+        "name": "gw", "owner_id": other.admin_id, "scopes": ["keys:verify"],
+        "require_tls": False}).secret
+    start = http.get("/v1/changes", headers=auth(verifier_key)).json()["position"]
     r = http.delete(f"/v1/connections/{c['id']}", headers=auth(tenant.management_key))
     assert r.status_code == 200, r.text
     out = r.json()
+
+    def followed(key: str) -> list[tuple[str, str]]:
+        r = http.get("/v1/changes", params={"after": start, "wait": 2}, headers=auth(key))
+        return [(i["kind"], i["ref"]) for i in r.json()["items"]]
+
+    # a tenant's own verifier (e.g. an SDK) hears of the revocation; another tenant's does not
+    assert ("connection", c["id"]) in followed(tenant_verifier)
+    assert ("connection", c["id"]) not in followed(other_verifier)
     assert out["revoked_at"] is not None and out["tokens_revoked"] == 2
     assert "Zapier can no longer call the API" in out["stops_working"]
     assert c["last_used_at"] in out["stops_working"]

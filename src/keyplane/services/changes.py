@@ -32,7 +32,7 @@ from keyplane.services.context import LocalBus
 
 log = logging.getLogger("keyplane.changes")
 
-GENERIC_KINDS = frozenset({"catalogue", "all"})
+GENERIC_KINDS = frozenset({"catalogue", "all", "app"})  # an app spans tenants
 """Changes that concern every tenant (the scope catalogue, "drop everything")."""
 
 RESET = "all"

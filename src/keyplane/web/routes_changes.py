@@ -25,8 +25,9 @@ The contract (SDKs depend on it):
   ahead of the head because the database was replaced) gets one
   ``{"position": <head>, "kind": "all", "ref": "*"}``: drop every cached verification.
 * Caller: ``keys:verify``. An operator verifier sees every change. A tenant's verifier sees its
-  own tenant's ``key``, ``principal`` and ``tenant`` changes and the generic ``catalogue`` and
-  ``all`` ones; it never sees other tenants' changes, operator keys' changes, other kinds, or
+  own tenant's ``key``, ``principal``, ``tenant`` and ``connection`` changes and the generic
+  ``catalogue``, ``app`` and ``all`` ones; it never sees other tenants' changes, operator keys'
+  changes, other kinds, or
   changes of objects already deleted when the change was read (a deleted member's keys are
   revoked in the same transaction, and those ``key`` changes are sent).
 * The stream re-checks the caller's credential at every keepalive and ends when it is no

@@ -10,21 +10,26 @@ from sqlalchemy.engine import Engine
 
 from keyplane.services.changes import Change
 from keyplane.storage.sql import tables as t
+from keyplane.storage.sql.oauth_tables import oauth_connections
 
 
 class SqlChangeSource:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         c, k, p = t.changes.c, t.api_keys.c, t.principals.c
+        oc = oauth_connections.c
         tenant = sa.case(
             (c.kind == "tenant", c.ref),
             (c.kind == "key", k.tenant_id),
             (c.kind == "principal", p.tenant_id),
+            (c.kind == "connection", oc.tenant_id),
             else_=sa.null(),
         )
-        joined = t.changes.outerjoin(
-            t.api_keys, sa.and_(c.kind == "key", k.id == c.ref)
-        ).outerjoin(t.principals, sa.and_(c.kind == "principal", p.id == c.ref))
+        joined = (
+            t.changes.outerjoin(t.api_keys, sa.and_(c.kind == "key", k.id == c.ref))
+            .outerjoin(t.principals, sa.and_(c.kind == "principal", p.id == c.ref))
+            .outerjoin(oauth_connections, sa.and_(c.kind == "connection", oc.id == c.ref))
+        )
         self._query = (
             sa.select(c.id, c.kind, c.ref, tenant.label("tenant_id"))
             .select_from(joined)
