@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from keyplane.core.policy import Snapshot
@@ -20,10 +20,20 @@ T = TypeVar("T")
 
 
 class LRU(Generic[T]):
-    def __init__(self, size: int) -> None:
+    """A bounded LRU map with per-entry deadlines.
+
+    ``tags`` (optional) names what each value belongs to, e.g. ``("key", key_id)``: an index
+    from tag to entries makes :meth:`drop_tag` cost the number of matching entries, not the size
+    of the cache (a bulk revocation of many keys must not scan 100,000 entries per key).
+    """
+
+    def __init__(self, size: int,
+                 tags: Callable[[T], Iterable[tuple[str, str]]] | None = None) -> None:
         self.size = size
         self._data: OrderedDict[str, tuple[float, T]] = OrderedDict()
         self._lock = threading.Lock()
+        self._tags = tags
+        self._index: dict[tuple[str, str], set[str]] = {}
 
     def get(self, key: str, now: float) -> T | None:
         item = self._data.get(key)
@@ -31,7 +41,7 @@ class LRU(Generic[T]):
             return None
         if item[0] <= now:
             with self._lock:
-                self._data.pop(key, None)
+                self._pop(key)
             return None
         with contextlib.suppress(KeyError):
             self._data.move_to_end(key)
@@ -39,24 +49,61 @@ class LRU(Generic[T]):
 
     def put(self, key: str, value: T, deadline: float) -> None:
         with self._lock:
+            self._pop(key)
             self._data[key] = (deadline, value)
-            self._data.move_to_end(key)
+            if self._tags is not None:
+                for tag in self._tags(value):
+                    self._index.setdefault(tag, set()).add(key)
             while len(self._data) > self.size:
-                self._data.popitem(last=False)
+                self._pop(next(iter(self._data)))
+
+    def _pop(self, key: str) -> None:
+        """Remove ``key`` and its index entries; the caller holds the lock."""
+        item = self._data.pop(key, None)
+        if item is None or self._tags is None:
+            return
+        for tag in self._tags(item[1]):
+            keys = self._index.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._index[tag]
+
+    def drop_tag(self, tag: tuple[str, str]) -> int:
+        with self._lock:
+            doomed = list(self._index.get(tag, ()))
+            for key in doomed:
+                self._pop(key)
+        return len(doomed)
 
     def drop_where(self, predicate: Callable[[T], bool]) -> int:
         with self._lock:
             doomed = [k for k, (_, v) in self._data.items() if predicate(v)]
             for k in doomed:
-                del self._data[k]
+                self._pop(k)
         return len(doomed)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._index.clear()
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+def snapshot_tags(s: Snapshot) -> Iterator[tuple[str, str]]:
+    """What a cached verification depends on: a change to any of these drops it."""
+    yield ("key", s.key_id)
+    if s.owner_id is not None:
+        yield ("principal", s.owner_id)
+    if s.tenant_id is not None:
+        yield ("tenant", s.tenant_id)
+    grant, app = s.meta.get("grant_id"), s.meta.get("app_id")
+    if isinstance(grant, str):  # OAuth access tokens (meta set by their loader)
+        yield ("connection", grant)
+    if isinstance(app, str):
+        yield ("app", app)
 
 
 class MISSING:
@@ -69,7 +116,7 @@ class VerificationCache:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.timer = timer
-        self.hits: LRU[Snapshot] = LRU(size)
+        self.hits: LRU[Snapshot] = LRU(size, tags=snapshot_tags)
         self.misses: LRU[type[MISSING]] = LRU(negative_size)
         self.generation = 0
         # the generation check and the put are one step, so an invalidation (from another
@@ -100,15 +147,8 @@ class VerificationCache:
     def invalidate(self, kind: str, ref: str) -> None:
         with self._generation_lock:
             self.generation += 1
-        if kind == "key":
-            self.hits.drop_where(lambda s: s.key_id == ref)
-        elif kind == "principal":
-            self.hits.drop_where(lambda s: s.owner_id == ref)
-        elif kind == "tenant":
-            self.hits.drop_where(lambda s: s.tenant_id == ref)
-        elif kind in ("connection", "app"):  # OAuth access tokens (meta set by their loader)
-            field = "grant_id" if kind == "connection" else "app_id"
-            self.hits.drop_where(lambda s: s.meta.get(field) == ref)
+        if kind in ("key", "principal", "tenant", "connection", "app"):
+            self.hits.drop_tag((kind, ref))
         else:
             self.hits.clear()
         self.misses.clear()
