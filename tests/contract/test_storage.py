@@ -594,3 +594,11 @@ def test_deleting_an_owner_keeps_the_key_without_owner(keyplane: Keyplane) -> No
         got = u.keys.get(tenant.id, key.id)
         assert got is not None and got.owner_id is None
         assert u.keys.ids_for_owner(owner.id) == []
+
+
+def test_the_migration_history_has_a_single_head() -> None:
+    # a new migration must follow the newest one, or `keyplane db upgrade` grows branches
+    from keyplane.storage.sql import migrate
+
+    head = migrate.head()
+    assert head is not None and "," not in head, head
