@@ -34,7 +34,7 @@ from keyplane.oauth.metadata import (
 )
 from keyplane.oauth.server import AuthorizationServer, Member, run
 from keyplane.storage.sql.oauth_repositories import connected_repos
-from keyplane.web import pages
+from keyplane.web import net, pages
 
 router = APIRouter(tags=["oauth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -186,12 +186,40 @@ async def _endpoint(request: Request,
                              "error_description": "The request is too large."}, 413,
                             headers=NO_STORE)
     kp = pages.keyplane_of(request)
+    ip = net.client_address(request, request.app.state.trusted_proxies)
+    request_id = request.scope.get("keyplane.request_id")
+    wait = kp.throttle.retry_after(OAUTH_FAILURES, ip)
+    if wait is not None:
+        return _slow_down(wait)
     result = await run_in_threadpool(
         run, pages.env_of(request), kp.ctx, connected_repos, lambda srv: action(srv, oreq),
-        ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"))
+        ip=str(ip) if ip else None, request_id=request_id)
     response = authlib_response(result)
     response.headers.update(NO_STORE)
+    if _guessing(response):
+        # RFC 7009 §5 / RFC 7662 §4: bad client credentials and unknown codes or refresh
+        # tokens count against the address like bad bearer keys do
+        wait = await run_in_threadpool(kp.throttle.failed, OAUTH_FAILURES, ip,
+                                       request_id=request_id)
+        if wait is not None:
+            return _slow_down(wait)
     return response
+
+
+OAUTH_FAILURES = "oauth"  # the failure throttle's count for the client-authenticated endpoints
+
+
+def _guessing(response: Response) -> bool:
+    if response.status_code == 401:
+        return True
+    return response.status_code == 400 and b'"invalid_grant"' in bytes(response.body)
+
+
+def _slow_down(retry_after: int) -> JSONResponse:
+    return JSONResponse(
+        {"error": "slow_down", "error_description": "too many failed attempts from this "
+         "address; try again later"}, 429,
+        headers={**NO_STORE, "Retry-After": str(retry_after)})
 
 
 @router.post(TOKEN_PATH, summary="Token endpoint (RFC 6749): authorization_code, refresh_token",
