@@ -1,0 +1,95 @@
+"""The middleware's verdict cache: a bounded LRU of VALID verdicts only.
+
+Entries are keyed by a SHA-256 of the key together with the client address and TLS flag the
+verdict was given for (so an IP allowlist or a TLS requirement is never answered from a verdict
+for another address). An entry lives at most ``ttl`` seconds and never past the key's
+``expires_at``. While the change stream is down (``live`` is false) new entries get the short
+``degraded_ttl`` and existing ones are cut to it, since changes may be missed meanwhile.
+A change arriving while a verification is in flight bumps ``generation``, so the answer that
+was computed before the change is not cached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Identity = Mapping[str, Any]
+
+
+class VerdictCache:
+    def __init__(self, size: int, ttl: float, degraded_ttl: float,
+                 timer: Callable[[], float] = time.monotonic) -> None:
+        if size < 1:
+            raise ValueError("cache_size must be at least 1")
+        if ttl < 0 or degraded_ttl < 0:
+            raise ValueError("cache TTLs must not be negative")
+        self.size = size
+        self.ttl = ttl
+        self.degraded_ttl = min(degraded_ttl, ttl)
+        self.timer = timer
+        self.generation = 0
+        self.live = False
+        self._data: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+
+    def get(self, digest: bytes) -> Identity | None:
+        item = self._data.get(digest)
+        if item is None:
+            return None
+        if item[0] <= self.timer():
+            del self._data[digest]
+            return None
+        self._data.move_to_end(digest)
+        return item[1]
+
+    def put(self, digest: bytes, identity: Identity, *, expires_in: float | None,
+            generation: int) -> bool:
+        """Cache a VALID verdict; ``False`` when it must not be (a change arrived meanwhile,
+        or the key expires too soon to be worth it)."""
+        if generation != self.generation:
+            return False
+        ttl = self.ttl if self.live else self.degraded_ttl
+        if expires_in is not None:
+            ttl = min(ttl, expires_in)
+        if ttl <= 0:
+            return False
+        data = self._data
+        data[digest] = (self.timer() + ttl, identity)
+        data.move_to_end(digest)
+        while len(data) > self.size:
+            data.popitem(last=False)
+        return True
+
+    def invalidate(self, kind: str, ref: str) -> int:
+        """Drop what a change to ``kind``/``ref`` may affect; unknown kinds drop everything."""
+        self.generation += 1
+        field = {"key": "key_id", "principal": "owner_id", "tenant": "tenant_id"}.get(kind)
+        if field is None:
+            dropped = len(self._data)
+            self._data.clear()
+            return dropped
+        doomed = [d for d, (_, ident) in self._data.items() if ident.get(field) == ref]
+        for d in doomed:
+            del self._data[d]
+        return len(doomed)
+
+    def set_live(self, live: bool) -> None:
+        """The change stream came up (``True``) or went down (``False``)."""
+        if live == self.live:
+            return
+        self.live = live
+        if not live:
+            self.generation += 1
+            cutoff = self.timer() + self.degraded_ttl
+            for digest, (deadline, ident) in list(self._data.items()):
+                if deadline > cutoff:
+                    self._data[digest] = (cutoff, ident)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)

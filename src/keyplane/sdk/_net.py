@@ -1,0 +1,96 @@
+"""Who is calling, and over what, from an ASGI scope.
+
+The client address and TLS come from the socket. ``X-Forwarded-For`` and ``X-Forwarded-Proto``
+count only when the peer is a configured trusted proxy; then the client is the rightmost hop
+that is not itself a trusted proxy (ASVS 5.0 4.1.3), so a client cannot prepend a fake address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    out: list[Network] = []
+    for value in values:
+        net = ipaddress.ip_network(value.strip(), strict=False)
+        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
+            mapped = net.network_address.ipv4_mapped
+            net = ipaddress.ip_network(f"{mapped}/{max(net.prefixlen - 96, 0)}", strict=False)
+        out.append(net)
+    return tuple(out)
+
+
+def parse_address(value: str | None) -> Address | None:
+    if not value:
+        return None
+    try:
+        addr = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _trusted(addr: Address, networks: tuple[Network, ...]) -> bool:
+    return any(addr.version == n.version and addr in n for n in networks)
+
+
+def _header(scope: Any, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class Peer:
+    """Resolves ``(client ip, tls)`` for a request, given the trusted proxies."""
+
+    MAX_REMEMBERED = 4096
+
+    def __init__(self, trusted_proxies: Iterable[str] = ()) -> None:
+        self.trusted = parse_networks(trusted_proxies)
+        # socket host -> (its address as text or None, is it a trusted proxy?)
+        self._hosts: dict[str, tuple[str | None, bool]] = {}
+
+    def _host(self, host: str) -> tuple[str | None, bool]:
+        known = self._hosts.get(host)
+        if known is None:
+            addr = parse_address(host)
+            known = (str(addr) if addr is not None else None,
+                     addr is not None and bool(self.trusted) and _trusted(addr, self.trusted))
+            if len(self._hosts) >= self.MAX_REMEMBERED:
+                self._hosts.clear()
+            self._hosts[host] = known
+        return known
+
+    def resolve(self, scope: Any) -> tuple[str | None, bool]:
+        """``(client address as text or None, tls)``."""
+        tls = scope.get("scheme") in ("https", "wss")
+        client = scope.get("client")
+        if not client:
+            return None, tls
+        peer, trusted = self._host(client[0])
+        if not trusted:
+            return peer, tls
+        proto = _header(scope, b"x-forwarded-proto")
+        if proto and not tls:
+            tls = proto.split(",")[-1].strip().lower() == "https"
+        forwarded = _header(scope, b"x-forwarded-for")
+        if not forwarded:
+            return peer, tls
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            addr = parse_address(hop)
+            if addr is None:
+                return None, tls  # garbage in the chain: refuse to guess an address
+            if not _trusted(addr, self.trusted):
+                return str(addr), tls
+        first = parse_address(hops[0]) if hops else None
+        return (str(first) if first is not None else peer), tls
