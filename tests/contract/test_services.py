@@ -78,7 +78,9 @@ def code(kp: Keyplane, secret: str, *scopes: str, ip: str | None = None,
 
 
 def cached(kp: Keyplane, secret: str) -> bool:
-    return kp.verifier.cache.hits.get(kp.ctx.hasher.digest(secret), 0.0) is not None
+    from keyplane.services.verify import cache_key  # the cache is keyed by SHA-256(secret)
+
+    return kp.verifier.cache.hits.get(cache_key(secret), 0.0) is not None
 
 
 def secret_rows(kp: Keyplane, key_id: str) -> int:

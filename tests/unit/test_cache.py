@@ -80,7 +80,7 @@ def test_the_lru_is_bounded_and_its_index_follows_evictions() -> None:
     assert len(lru) == 3
     assert lru.get("d0", 0) is None and lru.get("d9", 0) is not None
     # only the three live entries are indexed (key, principal, tenant tags)
-    indexed = {k for keys in lru._index.values() for k in keys}
+    indexed = {k for tag in lru._index for k in lru._tagged(tag)}
     assert indexed == {"d7", "d8", "d9"}
     assert lru.drop_tag(("tenant", "loc_a")) == 3 and lru._index == {}
 
@@ -92,3 +92,17 @@ def test_recently_used_entries_survive_eviction() -> None:
     assert lru.get("a", 0) is not None  # a is now the most recent
     lru.put("c", snap("key_c"), 10**9)
     assert lru.get("b", 0) is None and lru.get("a", 0) is not None
+
+
+def test_a_tag_shared_by_several_entries_keeps_each_until_dropped() -> None:
+    lru: LRU[Snapshot] = LRU(10, tags=snapshot_tags)
+    lru.put(b"s1", snap("key_1", "usr_a"), 10**9)  # a key with two cached secrets (grace)
+    lru.put(b"s2", snap("key_1", "usr_a"), 10**9)
+    lru.put(b"s3", snap("key_2", "usr_a"), 10**9)
+    assert sorted(lru._tagged(("key", "key_1"))) == [b"s1", b"s2"]
+    lru.put(b"s2", snap("key_1", "usr_a"), 10**9)  # put again: indexed once
+    assert len(lru._tagged(("key", "key_1"))) == 2
+    assert lru.drop_tag(("key", "key_2")) == 1
+    assert lru.get(b"s1", 0) is not None
+    assert lru.drop_tag(("principal", "usr_a")) == 2
+    assert len(lru) == 0 and lru._index == {}

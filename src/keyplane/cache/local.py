@@ -1,4 +1,4 @@
-"""A bounded in-process LRU cache of verification snapshots, keyed by secret digest.
+"""A bounded in-process LRU cache of verification snapshots, keyed by a hash of the secret.
 
 Entries expire at their own deadline (never after the key's expiry). Invalidation drops entries
 by key, owner or tenant, and bumps a generation counter so that a database read that started
@@ -7,7 +7,6 @@ before an invalidation cannot put a stale snapshot back.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import OrderedDict
@@ -17,6 +16,7 @@ from typing import Generic, TypeVar
 from keyplane.core.policy import Snapshot
 
 T = TypeVar("T")
+CacheKey = bytes | str  # the verifier uses a SHA-256 of the credential
 
 
 class LRU(Generic[T]):
@@ -24,18 +24,20 @@ class LRU(Generic[T]):
 
     ``tags`` (optional) names what each value belongs to, e.g. ``("key", key_id)``: an index
     from tag to entries makes :meth:`drop_tag` cost the number of matching entries, not the size
-    of the cache (a bulk revocation of many keys must not scan 100,000 entries per key).
+    of the cache (a bulk revocation of many keys must not scan 100,000 entries per key). A tag
+    with one entry maps to that entry's key itself, a set only once several share it (most keys
+    have one cached secret: a set each would double the memory per cached key).
     """
 
     def __init__(self, size: int,
                  tags: Callable[[T], Iterable[tuple[str, str]]] | None = None) -> None:
         self.size = size
-        self._data: OrderedDict[str, tuple[float, T]] = OrderedDict()
+        self._data: OrderedDict[CacheKey, tuple[float, T]] = OrderedDict()
         self._lock = threading.Lock()
         self._tags = tags
-        self._index: dict[tuple[str, str], set[str]] = {}
+        self._index: dict[tuple[str, str], CacheKey | set[CacheKey]] = {}
 
-    def get(self, key: str, now: float) -> T | None:
+    def get(self, key: CacheKey, now: float) -> T | None:
         item = self._data.get(key)
         if item is None:
             return None
@@ -43,35 +45,55 @@ class LRU(Generic[T]):
             with self._lock:
                 self._pop(key)
             return None
-        with contextlib.suppress(KeyError):
+        try:  # not contextlib.suppress: this is the hot path, and that builds an object
             self._data.move_to_end(key)
+        except KeyError:  # dropped by another thread meanwhile
+            return item[1]
         return item[1]
 
-    def put(self, key: str, value: T, deadline: float) -> None:
+    def put(self, key: CacheKey, value: T, deadline: float) -> None:
         with self._lock:
             self._pop(key)
             self._data[key] = (deadline, value)
             if self._tags is not None:
+                index = self._index
                 for tag in self._tags(value):
-                    self._index.setdefault(tag, set()).add(key)
+                    present = index.get(tag)
+                    if present is None:
+                        index[tag] = key
+                    elif isinstance(present, set):
+                        present.add(key)
+                    elif present != key:
+                        index[tag] = {present, key}
             while len(self._data) > self.size:
                 self._pop(next(iter(self._data)))
 
-    def _pop(self, key: str) -> None:
+    def _pop(self, key: CacheKey) -> None:
         """Remove ``key`` and its index entries; the caller holds the lock."""
         item = self._data.pop(key, None)
         if item is None or self._tags is None:
             return
+        index = self._index
         for tag in self._tags(item[1]):
-            keys = self._index.get(tag)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._index[tag]
+            present = index.get(tag)
+            if isinstance(present, set):
+                present.discard(key)
+                if len(present) == 1:
+                    index[tag] = next(iter(present))
+                elif not present:
+                    del index[tag]
+            elif present == key:
+                del index[tag]
+
+    def _tagged(self, tag: tuple[str, str]) -> list[CacheKey]:
+        present = self._index.get(tag)
+        if present is None:
+            return []
+        return list(present) if isinstance(present, set) else [present]
 
     def drop_tag(self, tag: tuple[str, str]) -> int:
         with self._lock:
-            doomed = list(self._index.get(tag, ()))
+            doomed = self._tagged(tag)
             for key in doomed:
                 self._pop(key)
         return len(doomed)
@@ -123,14 +145,14 @@ class VerificationCache:
         # thread: Redis, the change poller) cannot slip between them and leave a stale entry
         self._generation_lock = threading.Lock()
 
-    def get(self, digest: str) -> Snapshot | type[MISSING] | None:
+    def get(self, digest: CacheKey) -> Snapshot | type[MISSING] | None:
         now = self.timer()
         found = self.hits.get(digest, now)
         if found is not None:
             return found
         return self.misses.get(digest, now)
 
-    def put(self, digest: str, snapshot: Snapshot, generation: int,
+    def put(self, digest: CacheKey, snapshot: Snapshot, generation: int,
             seconds_left: float | None) -> None:
         ttl = self.ttl if seconds_left is None else min(self.ttl, seconds_left)
         with self._generation_lock:
@@ -139,7 +161,7 @@ class VerificationCache:
             if ttl > 0:
                 self.hits.put(digest, snapshot, self.timer() + ttl)
 
-    def put_missing(self, digest: str, generation: int) -> None:
+    def put_missing(self, digest: CacheKey, generation: int) -> None:
         with self._generation_lock:
             if generation == self.generation:
                 self.misses.put(digest, MISSING, self.timer() + self.negative_ttl)

@@ -1,16 +1,18 @@
 """Verification: is this credential valid for this request? The hot path.
 
-parse + checksum (no storage touched for a malformed string) → keyed digest → cache or stored
-record → policy checks → rate limit → usage recorded in memory.
+parse + checksum (no storage touched for a malformed string) → cache (keyed by a SHA-256 of the
+credential) or, on a miss, the keyed digest (HMAC with the pepper) and the stored record →
+policy checks → rate limit → usage recorded in memory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from keyplane.cache.local import MISSING, VerificationCache
 from keyplane.core import scopes as sc
@@ -33,8 +35,46 @@ Loader = Callable[[UnitOfWork, str], Snapshot | None]
 RateCheck = Callable[[Snapshot], tuple[Denied | None, dict[str, int] | None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+def cache_key(raw: str) -> bytes:
+    """What the verification cache is keyed by: a SHA-256 of the credential. The keyed digest
+    (HMAC with the pepper, which is what storage holds) is only needed on a miss; the secret
+    itself is never kept."""
+    return hashlib.sha256(raw.encode()).digest()
+
+
+# Cached snapshots share what many keys have in common, so that a cached key costs well under
+# 1 KiB: tenant and owner ids, scope sets, and the (never mutated) meta mappings.
+_OUTCOMES = {code: code.value for code in Code}  # Enum.value is a slow property
+NO_META: dict[str, object] = {}
+QUOTA_META: dict[str, object] = {"quota": True}
+_SCOPE_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+_IDS: dict[str, str] = {}
+
+
+def shared(value: str | None) -> str | None:
+    """One string object per distinct tenant or owner id among cached snapshots."""
+    if value is None:
+        return None
+    found = _IDS.get(value)
+    if found is None:
+        if len(_IDS) >= 100_000:  # bounded; clearing only costs some sharing
+            _IDS.clear()
+        found = _IDS.setdefault(value, value)
+    return found
+
+
+def shared_scopes(scopes: frozenset[str]) -> frozenset[str]:
+    found = _SCOPE_SETS.get(scopes)
+    if found is None:
+        if len(_SCOPE_SETS) >= 10_000:  # bounded: distinct scope sets are few in practice
+            _SCOPE_SETS.clear()
+        found = _SCOPE_SETS.setdefault(scopes, scopes)
+    return found
+
+
+class Verdict(NamedTuple):  # immutable, and the cheapest object to build on the hot path
     decision: Decision
     snapshot: Snapshot | None = None
     ratelimit: dict[str, int] | None = None
@@ -69,15 +109,15 @@ class Verifier:
                       load: bool = False) -> Verdict | None:
         """Like :meth:`verify`, but ``None`` instead of a storage read on a cache miss (so an
         event loop can answer cache hits inline and send misses to a thread)."""
-        parsed = tokens.parse(raw, self.loaders.keys())
-        if parsed is None:
+        prefix = tokens.prefix_of(raw, self.loaders)
+        if prefix is None:
             return Verdict(MALFORMED)
-        digest = self.ctx.hasher.digest(raw)
-        snapshot = self.cache.get(digest)
+        key = cache_key(raw)
+        snapshot = self.cache.get(key)
         if snapshot is None:
             if not load:
                 return None
-            snapshot = self._fill(raw, digest, parsed.prefix)
+            snapshot = self._fill(raw, key, prefix)
         if snapshot is MISSING or not isinstance(snapshot, Snapshot):
             return Verdict(NOT_FOUND)
         now = self.ctx.clock.now()
@@ -92,13 +132,14 @@ class Verifier:
             denial, limits = self.rate_check(snapshot)
             if denial is not None:
                 decision = denial
-        self.usage.record(snapshot.key_id, now, decision.code.value)
+        self.usage.record(snapshot.key_id, now, _OUTCOMES[decision.code])
         return Verdict(decision, snapshot, limits)
 
-    def _fill(self, raw: str, digest: str, prefix: str) -> Snapshot | type[MISSING]:
+    def _fill(self, raw: str, key: bytes, prefix: str) -> Snapshot | type[MISSING]:
         generation = self.cache.generation
         loader = self.loaders[prefix]
         hasher = self.ctx.hasher
+        digest = hasher.digest(raw)
         with self.ctx.uow(readonly=True) as uow:
             snapshot = loader(uow, digest)
             if snapshot is None:  # made under an older pepper?
@@ -107,12 +148,12 @@ class Verifier:
                     if snapshot is not None:
                         break
         if snapshot is None:
-            self.cache.put_missing(digest, generation)
+            self.cache.put_missing(key, generation)
             return MISSING
         seconds_left = None
         if snapshot.expires_at is not None:
             seconds_left = (snapshot.expires_at - self.ctx.clock.now()).total_seconds()
-        self.cache.put(digest, snapshot, generation, seconds_left)
+        self.cache.put(key, snapshot, generation, seconds_left)
         return snapshot
 
     def _load_key(self, uow: UnitOfWork, digest: str) -> Snapshot | None:
@@ -147,12 +188,13 @@ class Verifier:
                 owner_enabled = owner.enabled
                 scopes = scopes & rights
         return Snapshot(
-            key_id=key.id, tenant_id=key.tenant_id, owner_id=key.owner_id, name=key.name,
-            scopes=frozenset(scopes), expires_at=expires_at, revoked=key.revoked_at is not None,
+            key_id=key.id, tenant_id=shared(key.tenant_id), owner_id=shared(key.owner_id),
+            name=key.name, scopes=shared_scopes(frozenset(scopes)), expires_at=expires_at,
+            revoked=key.revoked_at is not None,
             enabled=key.enabled, owner_enabled=owner_enabled, tenant_enabled=tenant_enabled,
             require_tls=key.require_tls, networks=parse_networks(key.allowed_ips),
             tenant_networks=tenant_networks,
             ratelimit=(key.ratelimit.limit, key.ratelimit.window_seconds) if key.ratelimit
             else None,
-            meta={"quota": True} if key.remaining is not None else {},
+            meta=QUOTA_META if key.remaining is not None else NO_META,
         )

@@ -1,0 +1,274 @@
+"""Shared pieces of the benchmarks: servers in subprocesses, one load generator for every target
+of a run, a temporary Keyplane with keys, and the ratio report.
+
+Every bench prints ratios against a baseline measured in the same run with the same tool, never
+absolute targets: this machine is shared and noisy, so each target is measured several times,
+interleaved, and the spread of the per-round ratios is printed with the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@contextlib.contextmanager
+def uvicorn(app: str, *, env: dict[str, str] | None = None, factory: bool = False,
+            health: str = "/", workdir: Path | None = None) -> Iterator[Server]:
+    """``app`` (``module:attr``) on one uvicorn worker on a loopback port, in a subprocess."""
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
+    cmd = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--log-level", "warning", "--no-access-log",
+           "--no-proxy-headers", "--no-server-header", "--app-dir", str(BENCH_DIR)]
+    if factory:
+        cmd.append("--factory")
+    full_env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{BENCH_DIR}", **(env or {})}
+    with log.open("wb") as out:
+        process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                   cwd=workdir or ROOT)
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{app} did not start:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx2.HTTPError):
+                httpx2.get(server.url + health, timeout=2)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{app} did not answer in time")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
+        log.unlink(missing_ok=True)
+
+
+# -- load ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    method: str = "GET"
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Measured:
+    rps: float
+    errors: int  # non-2xx answers or socket errors
+
+
+def tool_name(choice: str) -> str:
+    if choice == "auto":
+        return "wrk" if shutil.which("wrk") else "python"
+    if choice == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install -y wrk), use --tool python")
+    return choice
+
+
+def _lua(target: Target) -> str:
+    lines = [f'wrk.method = "{target.method}"']
+    if target.body is not None:
+        lines.append(f"wrk.body = {json.dumps(target.body.decode())}")
+    for k, v in target.headers.items():
+        lines.append(f'wrk.headers["{k}"] = {json.dumps(v)}')
+    return "\n".join(lines) + "\n"
+
+
+def _wrk(target: Target, duration: float, connections: int) -> Measured:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_lua(target))
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+             "-s", script.name, target.url],
+            capture_output=True, text=True, check=True, timeout=duration + 60,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+    return Measured(rps, errors)
+
+
+def _python(target: Target, duration: float, connections: int) -> Measured:
+    spec = json.dumps({"url": target.url, "method": target.method,
+                       "body": target.body.decode() if target.body is not None else None,
+                       "headers": target.headers, "duration": duration,
+                       "connections": connections})
+    out = subprocess.run([PYTHON, str(BENCH_DIR / "_load.py"), spec], capture_output=True,
+                         text=True, check=True, timeout=duration + 60).stdout
+    data = json.loads(out)
+    return Measured(data["rps"], data["errors"])
+
+
+def measure(tool: str, target: Target, duration: float, connections: int) -> Measured:
+    return (_wrk if tool == "wrk" else _python)(target, duration, connections)
+
+
+@dataclass
+class Comparison:
+    """Rates of several targets measured in interleaved rounds; ratios against ``baseline``."""
+
+    baseline: str
+    rates: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, m: Measured) -> None:
+        self.rates.setdefault(name, []).append(m.rps)
+        self.errors[name] = self.errors.get(name, 0) + m.errors
+
+    def ratios(self, name: str) -> list[float]:
+        return [a / b for a, b in zip(self.rates[name], self.rates[self.baseline], strict=True)]
+
+
+def compare(targets: Sequence[Target], baseline: str, *, tool: str, rounds: int,
+            duration: float, connections: int, warmup: float = 1.0,
+            progress: Callable[[str], None] | None = None) -> Comparison:
+    result = Comparison(baseline)
+    for t in targets:  # warm caches, connections and the JIT-less interpreter alike
+        measure(tool, t, warmup, connections)
+    for r in range(rounds):
+        for t in targets:
+            if progress:
+                progress(f"round {r + 1}/{rounds}: {t.name}")
+            result.add(t.name, measure(tool, t, duration, connections))
+    return result
+
+
+# -- a Keyplane to measure -------------------------------------------------------------------
+
+@dataclass
+class Fixture:
+    data_dir: Path
+    database_url: str
+    tenant_id: str
+    data_key: str  # contacts:write, plain HTTP allowed
+    verifier_key: str  # operator, keys:verify
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"KEYPLANE_DATA_DIR": str(self.data_dir),
+                "KEYPLANE_DATABASE_URL": self.database_url, "KEYPLANE_LOG_LEVEL": "warning"}
+
+
+@contextlib.contextmanager
+def keyplane_fixture() -> Iterator[Fixture]:
+    """A fresh SQLite Keyplane with one tenant, one data key and a verifier key."""
+    from keyplane.bootstrap import build
+    from keyplane.config import Settings
+    from keyplane.core.model import PrincipalKind
+    from keyplane.core.rights import SYSTEM
+
+    tmp = Path(tempfile.mkdtemp(prefix="keyplane-bench-"))
+    url = f"sqlite:///{tmp / 'keyplane.db'}"
+    try:
+        kp = build(Settings(data_dir=tmp, database_url=url), migrate_db=True)
+        kp.catalogue.seed()
+        tenant = kp.tenants.create(SYSTEM, {"name": "Bench"})
+        admin = kp.principals.create(SYSTEM, tenant.id, PrincipalKind.MEMBER,
+                                     {"email": "bench@example.com", "role": "admin"})
+        data = kp.keys.create(SYSTEM, tenant.id, {
+            "name": "bench", "owner_id": admin.id, "scopes": ["contacts:write"],
+            "require_tls": False})
+        verifier = kp.keys.create(SYSTEM, None, {"name": "bench verifier",
+                                                 "scopes": ["keys:verify"],
+                                                 "require_tls": False}, operator=True)
+        kp.close()
+        yield Fixture(tmp, url, tenant.id, data.secret, verifier.secret)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- command line and report -----------------------------------------------------------------
+
+def arguments(description: str, *, http: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="shorter runs (keyplane bench)")
+    if http:
+        parser.add_argument("--tool", choices=["auto", "wrk", "python"], default="auto",
+                            help="load generator (default: wrk if installed)")
+        parser.add_argument("--rounds", type=int, default=None)
+        parser.add_argument("--duration", type=float, default=None, help="seconds per run")
+        parser.add_argument("--connections", type=int, default=32)
+    return parser
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def report(name: str, rows: list[dict[str, Any]], *, as_json: bool,
+           extra: dict[str, Any] | None = None) -> None:
+    """One line per ratio: ``{"metric", "ratio", "min", "max", "target", "ok", "detail"}``."""
+    if as_json:
+        print(json.dumps({"bench": name, "results": rows, **(extra or {})}))
+        return
+    print(f"\n{name}")
+    for row in rows:
+        verdict = "ok" if row.get("ok") else ("MISSED" if row.get("ok") is False else "")
+        rng = ""
+        if "min" in row:
+            rng = f"  (spread {row['min']:.2f}-{row['max']:.2f})"
+        print(f"  {row['metric']:<58} {row['ratio']:>8.2f}{rng}  target {row['target']}"
+              f"  {verdict}")
+        if row.get("detail"):
+            print(f"      {row['detail']}")
+    for k, v in (extra or {}).items():
+        print(f"  {k}: {v}")

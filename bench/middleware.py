@@ -1,0 +1,71 @@
+"""A route behind KeyplaneMiddleware (warm cache) vs the same route without it.
+
+The same Starlette app is served twice by uvicorn (one worker each); the protected copy verifies
+every request's key with a real Keyplane (served alongside) and, once warm, answers from its
+verdict cache while following the change stream. Both copies get the same requests (with the
+key) from the same load generator, in interleaved rounds. Target: at least 0.8.
+
+    .venv/bin/python bench/middleware.py [--quick] [--json] [--tool wrk|python]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import httpx2
+from _common import (
+    Target,
+    arguments,
+    compare,
+    keyplane_fixture,
+    report,
+    spread,
+    tool_name,
+    uvicorn,
+)
+
+TARGET = 0.8
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(__doc__ or "").parse_args(argv)
+    tool = tool_name(args.tool)
+    rounds = args.rounds or (2 if args.quick else 5)
+    duration = args.duration or (3.0 if args.quick else 8.0)
+    with keyplane_fixture() as fx, \
+            uvicorn("keyplane.web.asgi:app_factory", factory=True, env=fx.env,
+                    health="/healthz") as kp, \
+            uvicorn("_apps:product", factory=True) as plain, \
+            uvicorn("_apps:protected", factory=True,
+                    env={"BENCH_KEYPLANE_URL": kp.url,
+                         "BENCH_VERIFIER_KEY": fx.verifier_key}) as guarded:
+        headers = {"Authorization": f"Bearer {fx.data_key}"}
+        for server in (plain, guarded):
+            r = httpx2.get(server.url + "/contacts", headers=headers)
+            if r.status_code != 200:
+                print(f"{server.url} answers {r.status_code}: {r.text}", file=sys.stderr)
+                return 1
+        if httpx2.get(guarded.url + "/contacts").status_code != 401:
+            print("the protected app does not refuse a missing key", file=sys.stderr)
+            return 1
+        result = compare(
+            [Target("plain", plain.url + "/contacts", headers=headers),
+             Target("protected", guarded.url + "/contacts", headers=headers)],
+            "plain", tool=tool, rounds=rounds, duration=duration,
+            connections=args.connections,
+            progress=None if args.json else lambda m: print(" ", m, file=sys.stderr))
+    s = spread(result.ratios("protected"))
+    rows = [{
+        "metric": "route behind KeyplaneMiddleware (warm cache) / same route",
+        "ratio": s["median"], "min": s["min"], "max": s["max"], "target": f">= {TARGET}",
+        "ok": s["median"] >= TARGET,
+        "detail": (f"protected {spread(result.rates['protected'])['median']:.0f} req/s, plain "
+                   f"{spread(result.rates['plain'])['median']:.0f} req/s; tool {tool}, "
+                   f"{rounds}x{duration:.0f}s; errors {result.errors}"),
+    }]
+    report("middleware", rows, as_json=args.json)
+    return 0 if not any(result.errors.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
