@@ -23,7 +23,7 @@ serve: $(STAMP) ## Install, migrate SQLite, create a demo tenant (first run) and
 	$(BIN)/keyplane serve --demo --host $(HOST) --port $(PORT)
 
 lint: $(STAMP) ## ruff and mypy (strict on the core)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
 test: $(STAMP) lint ## Install, lint, and run the whole suite (PostgreSQL/Redis too when they answer)
@@ -32,7 +32,8 @@ test: $(STAMP) lint ## Install, lint, and run the whole suite (PostgreSQL/Redis 
 unit: $(STAMP) ## Only the fast unit tests
 	$(BIN)/pytest tests/unit
 
-bench: $(STAMP) ## Performance ratios (see bench/)
+bench: $(STAMP) ## Performance ratios (see bench/; installs the djangorestframework baseline)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/keyplane bench
 
 clean: ## Remove the virtualenv and local data
