@@ -6,6 +6,7 @@ The snapshot is what a cache holds: everything needed to decide, taken from the 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,8 +43,14 @@ def normalise_networks(values: Iterable[str], field_name: str = "allowed_ips") -
 
 
 def parse_address(value: str | None) -> Address | None:
+    """An IP address (IPv4-mapped IPv6 becomes IPv4), or None; memoised for the hot path."""
     if not value:
         return None
+    return _parse_address(value)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _parse_address(value: str) -> Address | None:
     try:
         addr = ipaddress.ip_address(value.strip())
     except ValueError:

@@ -20,6 +20,7 @@ from keyplane.web import (
     routes_usage,
     routes_verify,
 )
+from keyplane.web.fastverify import VerifyFastPath
 from keyplane.web.middleware import RequestContext
 
 DESCRIPTION = """Keyplane's API: keys, tenants, members, service accounts, groups, scopes,
@@ -69,5 +70,6 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
         # invalidation: "redis", "degraded" (Redis lost: polling, short cache) or "polling"
         return JSONResponse({"status": "ok", "invalidation": kp.propagation.mode})
 
+    app.add_middleware(VerifyFastPath, keyplane=kp)  # inside RequestContext: logged alike
     app.add_middleware(RequestContext)
     return app

@@ -32,7 +32,7 @@ def client_address(conn: HTTPConnection, trusted: Sequence[Network]) -> Address 
 
 
 def is_tls(conn: HTTPConnection, trusted: Sequence[Network]) -> bool:
-    if conn.url.scheme in ("https", "wss"):
+    if conn.scope.get("scheme") in ("https", "wss"):
         return True
     peer = parse_address(conn.client.host if conn.client else None)
     if trusted and peer is not None and address_allowed(peer, trusted):
