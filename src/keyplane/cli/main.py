@@ -104,7 +104,8 @@ def serve(
 
         console.print("\n[bold green]Keyplane demo tenant created[/]")
         console.print(f"  Location ID (tenant id): {creds.tenant_id}")
-        console.print(f"  Admin sign-in:           {creds.admin_email} / {creds.admin_password}")
+        console.print(f"  Admin sign-in:           {creds.admin_email} / {creds.admin_password}"
+                      f"  at {base}/signin", soft_wrap=True)
         console.print(f"  Management key (keys:write, members:write, tenant:write; shown once):\n"
                       f"    {creds.management_key}", soft_wrap=True)
         console.print(f"  Verifier key (operator, keys:verify; shown once):\n"
