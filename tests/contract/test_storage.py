@@ -602,3 +602,20 @@ def test_the_migration_history_has_a_single_head() -> None:
 
     head = migrate.head()
     assert head is not None and "," not in head, head
+
+
+def test_pruning_the_change_log_keeps_the_newest_rows(keyplane: Keyplane) -> None:
+    from keyplane.storage.sql.changefeed import SqlChangeSource
+
+    with keyplane.ctx.uow() as u:
+        start = u.changes.head()
+        for i in range(30):
+            u.changes.append("key", f"key_{i}")
+        u.commit()
+    source = SqlChangeSource(keyplane.engine)
+    head = source.head()
+    assert source.prune(10) == head - 10
+    remaining = source.read(0, 100)
+    assert [c.position for c in remaining] == list(range(head - 9, head + 1))
+    assert [c.ref for c in remaining][-1] == "key_29" and start < head
+    assert source.head() == head and source.prune(10) == 0

@@ -143,3 +143,33 @@ def test_waiters_wake_when_the_head_moves_and_when_streams_close() -> None:
         await asyncio.wait_for(waiting, 5)
 
     asyncio.run(scenario())
+
+
+class PrunableLog(Log):
+    def __init__(self) -> None:
+        super().__init__()
+        self.prunes: list[int] = []
+
+    def prune(self, keep: int) -> int:
+        self.prunes.append(keep)
+        doomed = [p for p in self.rows if p <= self.head() - keep]
+        for p in doomed:
+            del self.rows[p]
+        return len(doomed)
+
+
+def test_the_log_is_pruned_at_most_once_per_period_keeping_more_than_any_replay() -> None:
+    log, clock = PrunableLog(), Clock()
+    feed, _ = feed_over(log, clock)
+    feed._maybe_prune()
+    assert log.prunes == []  # not right after start
+    clock.now += ChangeFeed.PRUNE_EVERY
+    feed._maybe_prune()
+    feed._maybe_prune()
+    assert log.prunes == [ChangeFeed.KEEP]
+    clock.now += ChangeFeed.PRUNE_EVERY
+    feed._maybe_prune()
+    assert len(log.prunes) == 2
+    from keyplane.web.routes_changes import REPLAY_LIMIT
+
+    assert ChangeFeed.KEEP > REPLAY_LIMIT  # a pruned position always gets a reset, never a gap

@@ -89,6 +89,8 @@ class Batch:
 
 class ChangeFeed:
     PAGE = 1000
+    KEEP = 20_000  # log rows kept by pruning: more than any stream is replayed (10,000)
+    PRUNE_EVERY = 3600.0  # seconds between prunes of the durable log, per process
 
     def __init__(self, source: ChangeSource, bus: LocalBus, *, period: float,
                  gap_seconds: float = 5.0, buffer_size: int = 10_000,
@@ -112,6 +114,7 @@ class ChangeFeed:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._waiters_lock = threading.Lock()
         self._failures = 0
+        self._last_prune = timer()
         self.started = False
         bus.subscribe(self._on_local)
 
@@ -177,6 +180,23 @@ class ChangeFeed:
                 if self._failures:
                     log.info("reading the change log works again")
                 self._failures = 0
+            self._maybe_prune()
+
+    def _maybe_prune(self) -> None:
+        """Keeps the durable log from growing for ever (every worker may do it; it is
+        idempotent)."""
+        prune = getattr(self.source, "prune", None)
+        now = self.timer()
+        if prune is None or now - self._last_prune < self.PRUNE_EVERY:
+            return
+        self._last_prune = now
+        try:
+            gone = prune(self.KEEP)
+        except Exception as exc:
+            log.warning("pruning the change log failed: %s", type(exc).__name__)
+        else:
+            if gone:
+                log.info("pruned %d old rows from the change log", gone)
 
     # -- reading the log ---------------------------------------------------------------------
 

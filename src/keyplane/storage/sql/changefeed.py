@@ -46,6 +46,20 @@ class SqlChangeSource:
             value = conn.execute(sa.select(sa.func.max(t.changes.c.id))).scalar()
         return int(value or 0)
 
+    def prune(self, keep: int) -> int:
+        """Deletes all but the newest ``keep`` rows of the log; returns how many went.
+
+        Readers further behind than that get a reset (``kind: all``) rather than a replay, so
+        old rows are never needed again.
+        """
+        c = t.changes.c
+        with self.engine.connect() as conn, conn.begin():
+            head = conn.execute(sa.select(sa.func.max(c.id))).scalar()
+            if head is None or int(head) <= keep:
+                return 0
+            result = conn.execute(t.changes.delete().where(c.id <= int(head) - keep))
+            return int(result.rowcount or 0)
+
     def read(self, after: int, limit: int) -> list[Change]:
         with self._connect() as conn:
             rows = conn.execute(self._query, {"after": after, "limit": limit}).all()
