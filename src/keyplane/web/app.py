@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from keyplane import __version__
 from keyplane.bootstrap import Keyplane
@@ -27,6 +28,16 @@ DESCRIPTION = """Keyplane's API: keys, tenants, members, service accounts, group
 verification and the audit log. Authenticate with `Authorization: Bearer <key>`."""
 
 
+class KeyplaneAPI(FastAPI):
+    """FastAPI with Keyplane's pure-ASGI layers in front of its whole stack: request ids and
+    the access log around everything (500s included), then the verify fast path, which answers
+    cache hits before FastAPI's own middleware runs."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = super().build_middleware_stack()
+        return RequestContext(VerifyFastPath(inner, self.state.keyplane))
+
+
 def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -40,8 +51,8 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
             if manage_lifecycle:
                 kp.stop()
 
-    app = FastAPI(title="Keyplane", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = KeyplaneAPI(title="Keyplane", version=__version__, description=DESCRIPTION,
+                      lifespan=lifespan)
     app.state.keyplane = kp
     app.state.trusted_proxies = parse_networks(kp.settings.trusted_proxies, "trusted_proxies")
     errors.install(app)
@@ -70,6 +81,4 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
         # invalidation: "redis", "degraded" (Redis lost: polling, short cache) or "polling"
         return JSONResponse({"status": "ok", "invalidation": kp.propagation.mode})
 
-    app.add_middleware(VerifyFastPath, keyplane=kp)  # inside RequestContext: logged alike
-    app.add_middleware(RequestContext)
     return app

@@ -10,6 +10,7 @@ throttled address) falls through to the route, which owns every error and every 
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -23,6 +24,8 @@ from keyplane.services.verify import NOT_FOUND, Verdict
 from keyplane.web import net
 from keyplane.web.deps import AUTH_FAILURES, GUESSES
 from keyplane.web.routes_verify import VERIFY_FAILURES, verdict_out
+
+log = logging.getLogger("keyplane.verify")
 
 PATH = "/v1/verify"
 MAX_BODY = 16_384
@@ -53,7 +56,12 @@ class VerifyFastPath:
             more = message.get("more_body", False)
             if size > MAX_BODY:
                 break
-        answer = None if more else self._answer(scope, b"".join(chunks))
+        answer = None
+        if not more:
+            try:
+                answer = self._answer(scope, b"".join(chunks))
+            except Exception:  # never fail here: the route will answer, or report the error
+                log.exception("verify fast path failed; the route answers instead")
         if answer is None:
             await self.app(scope, _replay(chunks, None if not more else receive), send)
             return
