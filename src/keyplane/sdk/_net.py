@@ -11,8 +11,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# the core's pure address rules (IPv4-mapped IPv6 becomes IPv4), memoised for the hot path
+from keyplane.core.policy import Address, Network, parse_address
 
 
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
@@ -24,18 +24,6 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
             net = ipaddress.ip_network(f"{mapped}/{max(net.prefixlen - 96, 0)}", strict=False)
         out.append(net)
     return tuple(out)
-
-
-def parse_address(value: str | None) -> Address | None:
-    if not value:
-        return None
-    try:
-        addr = ipaddress.ip_address(value.strip())
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def _trusted(addr: Address, networks: tuple[Network, ...]) -> bool:
