@@ -22,15 +22,18 @@ async def kp(request: Request) -> Keyplane:
 
 
 def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+    return bearer_credential(request.headers.get("authorization"))
+
+
+def bearer_credential(header: str | None) -> str | None:
+    """The key in an ``Authorization`` header value, or None."""
     if not header:
         return None
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None
-    value = value.strip()
     # "Bearer <name>:<key>" is accepted as well as "Bearer <key>"
-    return value.rpartition(":")[2]
+    return value.strip().rpartition(":")[2]
 
 
 async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)]) -> Caller:

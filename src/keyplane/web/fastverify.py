@@ -20,10 +20,9 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core.errors import KeyplaneError
 from keyplane.core.policy import parse_address, parse_networks
 from keyplane.services.auth import caller_from
-from keyplane.services.verify import NOT_FOUND, Verdict
 from keyplane.web import net
-from keyplane.web.deps import AUTH_FAILURES, GUESSES
-from keyplane.web.routes_verify import VERIFY_FAILURES, verdict_out
+from keyplane.web.deps import AUTH_FAILURES, GUESSES, bearer_credential
+from keyplane.web.routes_verify import VERIFY_FAILURES, as_seen_by, verdict_out
 
 log = logging.getLogger("keyplane.verify")
 
@@ -76,16 +75,14 @@ class VerifyFastPath:
         """The route's answer when it can be given from the caches alone, else ``None``."""
         kp = self.kp
         conn = HTTPConnection(scope)
-        header = conn.headers.get("authorization", "")
-        scheme, _, credential = header.partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
+        credential = bearer_credential(conn.headers.get("authorization"))
+        if credential is None:
             return None
         trusted = self.trusted
         caller_ip = net.client_address(conn, trusted)
         if kp.throttle.retry_after(AUTH_FAILURES, caller_ip) is not None:
             return None
-        seen = kp.verifier.verify_cached(credential.rpartition(":")[2], ip=caller_ip,
+        seen = kp.verifier.verify_cached(credential, ip=caller_ip,
                                          tls=net.is_tls(conn, trusted))
         if seen is None or not seen.valid:
             return None
@@ -111,9 +108,7 @@ class VerifyFastPath:
             ip=ip, tls=body.get("tls"))
         if verdict is None:
             return None
-        snap = verdict.snapshot
-        if snap is not None and caller.tenant_id is not None and snap.tenant_id != caller.tenant_id:
-            verdict = Verdict(NOT_FOUND)
+        verdict = as_seen_by(caller, verdict)
         if ip is not None and verdict.decision.code in GUESSES:
             return None  # the route counts the guess against the address
         return verdict_out(verdict)

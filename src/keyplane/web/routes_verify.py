@@ -13,6 +13,7 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core.decisions import Code, Denied
 from keyplane.core.errors import ValidationError
 from keyplane.core.policy import parse_address
+from keyplane.core.rights import Caller
 from keyplane.services.verify import NOT_FOUND, Verdict
 from keyplane.web.deps import GUESSES, CallerDep, KeyplaneDep
 from keyplane.web.schemas import Verify, ts
@@ -57,16 +58,21 @@ async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep) -> dict[str, 
         verdict = await run_in_threadpool(
             kp.verifier.verify, raw, required=required, ip=ip, tls=body.tls
         )
-    snap = verdict.snapshot
-    if snap is not None and caller.tenant_id is not None and snap.tenant_id != caller.tenant_id:
-        # a tenant's verifier cannot learn anything about other tenants' keys
-        verdict = Verdict(NOT_FOUND)
+    verdict = as_seen_by(caller, verdict)
     if ip is not None and verdict.decision.code in GUESSES:
         wait = await run_in_threadpool(kp.throttle.failed, VERIFY_FAILURES, ip,
                                        request_id=caller.request_id)
         if wait is not None:
             return throttled_out(kp, wait)
     return verdict_out(verdict)
+
+
+def as_seen_by(caller: Caller, verdict: Verdict) -> Verdict:
+    """A tenant's verifier cannot learn anything about other tenants' keys."""
+    snap = verdict.snapshot
+    if snap is not None and caller.tenant_id is not None and snap.tenant_id != caller.tenant_id:
+        return Verdict(NOT_FOUND)
+    return verdict
 
 
 VERIFY_FAILURES = "verify"  # the failure throttle's count for end-user addresses (body ``ip``)
