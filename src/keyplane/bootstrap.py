@@ -96,7 +96,8 @@ def build(
     )
     usage_store = SqlUsageStore()
     usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds, store=usage_store)
-    cache = VerificationCache(settings.cache_size, settings.cache_ttl_seconds)
+    cache = VerificationCache(settings.cache_size, settings.cache_ttl_seconds,
+                              answer_size=settings.verify_answer_cache_size)
     keys = KeyService(ctx)
     verifier = Verifier(ctx, cache, usage)
     feed = ChangeFeed(SqlChangeSource(engine), ctx.bus, period=settings.change_poll_seconds)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     scopes_file: Path | None = None
     cache_size: int = 100_000
     cache_ttl_seconds: float = 60.0
+    verify_answer_cache_size: int = Field(
+        default=10_000, ge=0,
+        description="Encoded POST /v1/verify answers remembered per worker (0: none)")
     usage_flush_seconds: float = 5.0
     # cross-worker invalidation, rate limits, change stream (see cache/redis_bus.py)
     redis_prefix: str = Field(default="keyplane", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx2
 
-from keyplane.bootstrap import Keyplane
+from keyplane.bootstrap import Keyplane, build
+from keyplane.core import tokens
 from keyplane.core.rights import SYSTEM
+from keyplane.web.app import create_app
 from keyplane.web.fastverify import VerifyFastPath
-from tests.conftest import Tenant, auth
+from tests.conftest import Tenant, auth, make_settings, make_tenant
+from tests.support import SettableClock, start_server
 
 
 class Inner:
@@ -104,3 +108,168 @@ def test_over_http_the_fast_and_the_slow_answers_are_the_same(
         assert first.status_code == second.status_code == 200
         assert first.json() == second.json()
         assert second.headers["cache-control"] == "no-store" and "x-request-id" in second.headers
+
+
+# -- remembered answers: the same request again is answered from the answer cache ------------
+
+def remembered(keyplane: Keyplane) -> int:
+    return len(keyplane.verifier.cache.answers)
+
+
+def test_a_remembered_answer_follows_every_change_to_either_key(
+        http: httpx2.Client, keyplane: Keyplane, tenant: Tenant, verifier_key: str,
+        clock: SettableClock) -> None:
+    issued = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "zap", "owner_id": tenant.admin_id, "scopes": ["contacts:write"]})
+    key_id, secret = issued.key.id, issued.secret
+    body = {"key": secret, "scopes": ["contacts:write"], "ip": "203.0.113.5", "tls": True}
+
+    def ask() -> str:
+        r = http.post("/v1/verify", json=body, headers=auth(verifier_key))
+        assert r.status_code == 200, r.text
+        return str(r.json()["code"])
+
+    assert [ask(), ask(), ask()] == ["VALID"] * 3
+    assert remembered(keyplane) == 1  # what follows is answered from a remembered answer
+
+    keyplane.keys.update(SYSTEM, tenant.id, key_id, {"scopes": ["contacts:read"]})
+    assert ask() == "INSUFFICIENT_SCOPE"
+    keyplane.keys.update(SYSTEM, tenant.id, key_id, {"scopes": ["contacts:write"]})
+    assert [ask(), ask()] == ["VALID", "VALID"]
+    keyplane.keys.update(SYSTEM, tenant.id, key_id, {"enabled": False})
+    assert [ask(), ask()] == ["DISABLED", "DISABLED"]
+    keyplane.keys.update(SYSTEM, tenant.id, key_id, {"enabled": True, "allowed_ips": [
+        "198.51.100.0/24"]})
+    assert [ask(), ask()] == ["IP_NOT_ALLOWED", "IP_NOT_ALLOWED"]
+    keyplane.keys.update(SYSTEM, tenant.id, key_id, {"allowed_ips": []})
+    assert [ask(), ask()] == ["VALID", "VALID"]
+
+    clock.advance(days=91)  # past the key's 90 days: no invalidation, only the clock moved
+    assert [ask(), ask()] == ["EXPIRED", "EXPIRED"]
+    clock.advance(days=-91)
+    assert [ask(), ask()] == ["VALID", "VALID"]
+
+    keyplane.keys.revoke(SYSTEM, tenant.id, key_id)
+    assert [ask(), ask()] == ["REVOKED", "REVOKED"]
+
+
+def test_a_remembered_answer_ends_with_the_verifier_credential(
+        http: httpx2.Client, keyplane: Keyplane, tenant: Tenant) -> None:
+    verifier = keyplane.keys.create(SYSTEM, None, {"name": "gw", "scopes": ["keys:verify"],
+                                                   "require_tls": False}, operator=True)
+    secret = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "zap", "owner_id": tenant.admin_id}).secret
+    body = {"key": secret, "tls": True}
+    for _ in range(3):
+        r = http.post("/v1/verify", json=body, headers=auth(verifier.secret))
+        assert r.status_code == 200 and r.json()["code"] == "VALID"
+    assert remembered(keyplane) == 1
+    keyplane.keys.update(SYSTEM, None, verifier.key.id, {"scopes": ["platform:read"]},
+                         operator=True)
+    r = http.post("/v1/verify", json=body, headers=auth(verifier.secret))
+    assert r.status_code == 403
+    keyplane.keys.revoke(SYSTEM, None, verifier.key.id, operator=True)
+    r = http.post("/v1/verify", json=body, headers=auth(verifier.secret))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_credential"
+
+
+def test_remembered_answers_count_every_use_of_both_keys(
+        http: httpx2.Client, keyplane: Keyplane, tenant: Tenant) -> None:
+    verifier = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "tenant gateway", "owner_id": tenant.admin_id, "scopes": ["keys:verify"],
+        "require_tls": False})
+    issued = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "zap", "owner_id": tenant.admin_id, "scopes": ["contacts:read"]})
+    for body in [{"key": issued.secret, "tls": True}] * 7 + [
+            {"key": issued.secret, "tls": True, "scopes": ["payments:read"]}] * 3:
+        r = http.post("/v1/verify", json=body, headers=auth(verifier.secret))
+        assert r.status_code == 200
+    assert remembered(keyplane) == 2
+    keyplane.usage.flush()
+
+    def totals(key_id: str) -> dict[str, int]:
+        series = keyplane.usage_reports.series(SYSTEM, tenant.id, key_id, start=None, end=None)
+        out: dict[str, int] = {}
+        for item in series["items"]:
+            out[item["outcome"]] = out.get(item["outcome"], 0) + item["count"]
+        return out
+
+    assert totals(issued.key.id) == {"VALID": 7, "INSUFFICIENT_SCOPE": 3}
+    assert totals(verifier.key.id) == {"VALID": 10}
+
+
+def test_answers_that_move_a_counter_are_never_remembered(
+        http: httpx2.Client, keyplane: Keyplane, tenant: Tenant, verifier_key: str) -> None:
+    limited = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "limited", "owner_id": tenant.admin_id,
+        "ratelimit": {"limit": 3, "window_seconds": 60}}).secret
+    answers = [http.post("/v1/verify", json={"key": limited, "tls": True},
+                         headers=auth(verifier_key)).json() for _ in range(4)]
+    assert [a["code"] for a in answers] == ["VALID"] * 3 + ["RATE_LIMITED"]
+    assert [a["ratelimit"]["remaining"] for a in answers] == [2, 1, 0, 0]
+    assert remembered(keyplane) == 0
+
+
+def test_an_address_blocked_for_guessing_is_refused_a_remembered_answer(
+        database: tuple[str, str | None], tmp_path: Path, clock: SettableClock) -> None:
+    url, schema = database
+    kp = build(make_settings(tmp_path, url, failure_limit=3, failure_window_seconds=60,
+                             trusted_proxies=["127.0.0.1/32"]),
+               clock=clock, schema=schema, migrate_db=True)
+    kp.start()
+    running = start_server(create_app(kp, manage_lifecycle=False))
+    try:
+        tenant = make_tenant(kp)
+        verifier = kp.keys.create(SYSTEM, None, {"name": "gw", "scopes": ["keys:verify"],
+                                                 "require_tls": False}, operator=True).secret
+        valid = kp.keys.create(SYSTEM, tenant.id, {"name": "k",
+                                                   "owner_id": tenant.admin_id}).secret
+        with httpx2.Client(base_url=running.url, timeout=10) as http:
+            def ask(key: str, ip: str, via: str = "192.0.2.1") -> httpx2.Response:
+                return http.post("/v1/verify", json={"key": key, "ip": ip, "tls": True},
+                                 headers={**auth(verifier), "X-Forwarded-For": via})
+
+            assert [ask(valid, "198.51.100.9").json()["code"] for _ in range(3)] == \
+                ["VALID"] * 3
+            assert [ask(valid, "198.51.100.20", "192.0.2.2").status_code
+                    for _ in range(2)] == [200, 200]
+            assert len(kp.verifier.cache.answers) == 2
+            guesses = [ask(tokens.generate("kp"), "198.51.100.9").json()["code"]
+                       for _ in range(4)]
+            assert guesses == ["NOT_FOUND"] * 3 + ["RATE_LIMITED"]
+            refused = ask(valid, "198.51.100.9").json()  # remembered, but the address is not
+            assert refused["code"] == "RATE_LIMITED" and refused["key_id"] is None
+            assert ask(valid, "198.51.100.10").json()["code"] == "VALID"
+
+            # a gateway address that keeps presenting bad credentials is refused too
+            bad = [http.post("/v1/verify", json={"key": valid, "tls": True}, headers={
+                **auth(tokens.generate("kp")), "X-Forwarded-For": "192.0.2.2"}).status_code
+                for _ in range(4)]
+            assert bad == [401, 401, 401, 429]
+            assert ask(valid, "198.51.100.20", "192.0.2.2").status_code == 429  # remembered
+            assert ask(valid, "198.51.100.20", "192.0.2.1").status_code == 200
+    finally:
+        running.stop()
+        kp.close()
+
+
+def test_the_answer_cache_can_be_turned_off(
+        database: tuple[str, str | None], tmp_path: Path, clock: SettableClock) -> None:
+    url, schema = database
+    kp = build(make_settings(tmp_path, url, verify_answer_cache_size=0), clock=clock,
+               schema=schema, migrate_db=True)
+    kp.start()
+    running = start_server(create_app(kp, manage_lifecycle=False))
+    try:
+        tenant = make_tenant(kp)
+        verifier = kp.keys.create(SYSTEM, None, {"name": "gw", "scopes": ["keys:verify"],
+                                                 "require_tls": False}, operator=True).secret
+        valid = kp.keys.create(SYSTEM, tenant.id, {"name": "k",
+                                                   "owner_id": tenant.admin_id}).secret
+        with httpx2.Client(base_url=running.url, timeout=10) as http:
+            codes = [http.post("/v1/verify", json={"key": valid, "tls": True},
+                               headers=auth(verifier)).json()["code"] for _ in range(3)]
+        assert codes == ["VALID"] * 3 and len(kp.verifier.cache.answers) == 0
+    finally:
+        running.stop()
+        kp.close()

@@ -106,3 +106,51 @@ def test_a_tag_shared_by_several_entries_keeps_each_until_dropped() -> None:
     assert lru.get(b"s1", 0) is not None
     assert lru.drop_tag(("principal", "usr_a")) == 2
     assert len(lru) == 0 and lru._index == {}
+
+
+def test_a_remembered_answer_never_outlives_what_it_was_computed_from() -> None:
+    timer = Timer()
+    cache = VerificationCache(size=10, ttl=60, timer=timer)
+    cache.put("caller", snap("key_v"), cache.generation, None)
+    timer.now += 30
+    cache.put("key", snap("key_1"), cache.generation, None)
+    assert cache.put_answer(("request",), "answer", cache.generation, ["caller", "key"])
+    assert cache.get_answer(("request",)) == "answer"
+    timer.now += 29.9
+    assert cache.get_answer(("request",)) == "answer"
+    timer.now += 0.2  # the caller's snapshot, cached 30 s earlier, has expired: so has this
+    assert cache.get_answer(("request",)) is None
+
+
+def test_an_answer_is_not_remembered_across_a_change_or_without_its_snapshots() -> None:
+    cache = VerificationCache(size=10, ttl=60, timer=Timer())
+    cache.put("key", snap("key_1"), cache.generation, None)
+    generation = cache.generation
+    cache.invalidate("key", "key_other")  # something changed while the answer was computed
+    assert not cache.put_answer(("r",), "stale?", generation, ["key"])
+    assert not cache.put_answer(("r",), "orphan", cache.generation, ["key", "not cached"])
+    assert cache.get_answer(("r",)) is None
+
+
+def test_every_invalidation_forgets_every_answer() -> None:
+    cache = VerificationCache(size=10, ttl=60, timer=Timer())
+    cache.put("key", snap("key_1", tenant="loc_a"), cache.generation, None)
+    cache.put("other", snap("key_2", tenant="loc_b"), cache.generation, None)
+    assert cache.put_answer(("r1",), "a", cache.generation, ["key"])
+    assert cache.put_answer(("r2",), "b", cache.generation, ["other"])
+    cache.invalidate("tenant", "loc_b")  # an answer may depend on more than it is tagged with
+    assert cache.get_answer(("r1",)) is None and cache.get_answer(("r2",)) is None
+    assert cache.get("key") is not None  # the snapshots themselves are dropped precisely
+
+
+def test_the_answer_cache_is_bounded_and_can_be_off() -> None:
+    cache = VerificationCache(size=10, ttl=60, timer=Timer(), answer_size=3)
+    cache.put("key", snap("key_1"), cache.generation, None)
+    for i in range(5):
+        assert cache.put_answer((i,), i, cache.generation, ["key"])
+    assert len(cache.answers) == 3 and cache.get_answer((0,)) is None
+    assert cache.get_answer((4,)) == 4
+    off = VerificationCache(size=10, ttl=60, timer=Timer(), answer_size=0)
+    off.put("key", snap("key_1"), off.generation, None)
+    assert not off.put_answer((1,), 1, off.generation, ["key"])
+    assert off.get_answer((1,)) is None

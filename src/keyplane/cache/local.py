@@ -10,13 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from keyplane.core.policy import Snapshot
 
 T = TypeVar("T")
-CacheKey = bytes | str  # the verifier uses a SHA-256 of the credential
+CacheKey = Hashable  # the verifier uses a SHA-256 of the credential
 
 
 class LRU(Generic[T]):
@@ -50,6 +50,11 @@ class LRU(Generic[T]):
         except KeyError:  # dropped by another thread meanwhile
             return item[1]
         return item[1]
+
+    def deadline(self, key: CacheKey) -> float | None:
+        """When ``key``'s entry expires (``timer()`` units), or None if there is none."""
+        item = self._data.get(key)
+        return None if item is None else item[0]
 
     def put(self, key: CacheKey, value: T, deadline: float) -> None:
         with self._lock:
@@ -133,13 +138,20 @@ class MISSING:
 
 
 class VerificationCache:
+    """Snapshots by credential hash (``hits``), unknown credentials (``misses``), and whole
+    answers computed from hits (``answers``, e.g. the encoded reply to one exact
+    ``POST /v1/verify`` request). Every invalidation drops all answers: an answer may depend on
+    several snapshots, and rebuilding one costs microseconds."""
+
     def __init__(self, size: int, ttl: float, negative_size: int = 10_000,
-                 negative_ttl: float = 5.0, timer: Callable[[], float] = time.monotonic) -> None:
+                 negative_ttl: float = 5.0, timer: Callable[[], float] = time.monotonic,
+                 answer_size: int = 10_000) -> None:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.timer = timer
         self.hits: LRU[Snapshot] = LRU(size, tags=snapshot_tags)
         self.misses: LRU[type[MISSING]] = LRU(negative_size)
+        self.answers: LRU[object] = LRU(answer_size)
         self.generation = 0
         # the generation check and the put are one step, so an invalidation (from another
         # thread: Redis, the change poller) cannot slip between them and leave a stale entry
@@ -166,9 +178,34 @@ class VerificationCache:
             if generation == self.generation:
                 self.misses.put(digest, MISSING, self.timer() + self.negative_ttl)
 
+    def get_answer(self, request: CacheKey) -> object | None:
+        return self.answers.get(request, self.timer()) if self.answers.size else None
+
+    def put_answer(self, request: CacheKey, answer: object, generation: int,
+                   depends_on: Iterable[CacheKey]) -> bool:
+        """Remembers ``answer`` until the first of the ``depends_on`` hits expires (so it never
+        outlives what it was computed from) or the next invalidation. Nothing is remembered if
+        anything changed since ``generation`` was read, or a dependency is no longer cached."""
+        if not self.answers.size:
+            return False
+        with self._generation_lock:
+            if generation != self.generation:
+                return False
+            deadline = float("inf")
+            for key in depends_on:
+                found = self.hits.deadline(key)
+                if found is None:
+                    return False
+                deadline = min(deadline, found)
+            if deadline <= self.timer():
+                return False
+            self.answers.put(request, answer, deadline)
+        return True
+
     def invalidate(self, kind: str, ref: str) -> None:
         with self._generation_lock:
             self.generation += 1
+            self.answers.clear()  # under the lock: put_answer cannot slip in between
         if kind in ("key", "principal", "tenant", "connection", "app"):
             self.hits.drop_tag((kind, ref))
         else:

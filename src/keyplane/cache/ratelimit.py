@@ -174,6 +174,11 @@ class FailureThrottle:
         self._audit_item = RateLimitItemPerSecond(1, window, namespace="fail-audit")
         self._blocked: dict[tuple[str, str], float] = {}
 
+    @property
+    def blocking(self) -> bool:
+        """Whether this process knows of any blocked address at all (the hot path's check)."""
+        return bool(self._blocked)
+
     def retry_after(self, scope: str, ip: Address | None) -> int | None:
         """Seconds this address must wait, if this process knows it is blocked (no I/O)."""
         if not self._blocked or ip is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyplane import __version__
 from keyplane.bootstrap import Keyplane
@@ -29,13 +29,19 @@ verification and the audit log. Authenticate with `Authorization: Bearer <key>`.
 
 
 class KeyplaneAPI(FastAPI):
-    """FastAPI with Keyplane's pure-ASGI layers in front of its whole stack: request ids and
-    the access log around everything (500s included), then the verify fast path, which answers
-    cache hits before FastAPI's own middleware runs."""
+    """FastAPI with Keyplane's pure-ASGI layers in front of all of it, FastAPI's own
+    per-request telemetry checks included: the verify fast path first, which answers cache hits
+    itself (with a request id and an access-log line), then request ids and the access log
+    around everything else (500s included)."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        inner = super().build_middleware_stack()
-        return RequestContext(VerifyFastPath(inner, self.state.keyplane))
+    _front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        front = self._front
+        if front is None:
+            front = self._front = VerifyFastPath(RequestContext(super().__call__),
+                                                 self.state.keyplane)
+        await front(scope, receive, send)
 
 
 def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:

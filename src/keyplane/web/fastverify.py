@@ -5,23 +5,35 @@ far more. This layer answers the common case — a valid verifier credential and
 the cache, a well-formed body — directly, with exactly the answer the FastAPI route gives.
 Anything else (a cache miss, a bad body, a refused caller, a guess that must be counted, a
 throttled address) falls through to the route, which owns every error and every side effect.
+
+An API gateway asks about the same key, from the same end-user address, with the same scopes,
+over and over. So the encoded answer to one exact request (the body, the caller's credential
+and what decides its address and TLS) is remembered in the verification cache's ``answers``:
+until any invalidation, until the first of the two cached snapshots it was computed from
+expires, and never past either key's expiry. A remembered answer still counts both keys'
+usage and still honours the failure throttle; answers that depend on a counter (a rate limit
+or a usage quota on either key) or that must be counted as a guess are never remembered.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import time
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core.errors import KeyplaneError
-from keyplane.core.policy import parse_address, parse_networks
+from keyplane.core.policy import Address, Snapshot, parse_address, parse_networks
 from keyplane.services.auth import caller_from
+from keyplane.services.verify import cache_key
 from keyplane.web import net
 from keyplane.web.deps import AUTH_FAILURES, GUESSES, bearer_credential
+from keyplane.web.middleware import log_request, new_request_id, response_headers
 from keyplane.web.routes_verify import VERIFY_FAILURES, as_seen_by, verdict_out
 
 log = logging.getLogger("keyplane.verify")
@@ -29,6 +41,20 @@ log = logging.getLogger("keyplane.verify")
 PATH = "/v1/verify"
 MAX_BODY = 16_384
 _FIELDS = frozenset({"key", "scopes", "ip", "tls"})
+_OUTCOME_VALID = "VALID"
+
+
+class Remembered(NamedTuple):
+    """An answer given before, and what a repeat must still do: count both keys' usage, and
+    refuse to repeat it past an expiry or for an address the failure throttle now blocks."""
+
+    body: bytes
+    caller_key_id: str
+    key_id: str
+    outcome: str
+    expires_at: datetime | None
+    caller_ip: Address | None
+    ip: Address | None
 
 
 class VerifyFastPath:
@@ -38,9 +64,14 @@ class VerifyFastPath:
         self.trusted = parse_networks(keyplane.settings.trusted_proxies, "trusted_proxies")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST" or \
+                scope.get("query_string"):
+            await self.app(scope, receive, send)  # RequestContext refuses what it must
             return
+        started = time.perf_counter()
+        request_id = new_request_id()
+        scope["keyplane.request_id"] = request_id  # RequestContext keeps both if it answers
+        scope["keyplane.started"] = started
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -55,25 +86,55 @@ class VerifyFastPath:
             more = message.get("more_body", False)
             if size > MAX_BODY:
                 break
-        answer = None
+        body = None
         if not more:
+            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             try:
-                answer = self._answer(scope, b"".join(chunks))
+                request = _request_key(scope, raw)
+                body = self._remembered(request)
+                if body is None:
+                    body = self._answer(scope, raw, request)
             except Exception:  # never fail here: the route will answer, or report the error
                 log.exception("verify fast path failed; the route answers instead")
-        if answer is None:
+        if body is None:
             await self.app(scope, _replay(chunks, None if not more else receive), send)
             return
-        body = json.dumps(answer, separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]})
-        await send({"type": "http.response.body", "body": body})
+        status = 500
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()), *response_headers(request_id),
+            ]})
+            await send({"type": "http.response.body", "body": body})
+            status = 200
+        finally:
+            log_request(scope, status, started, request_id)
 
-    def _answer(self, scope: Scope, raw_body: bytes) -> dict[str, Any] | None:
+    def _remembered(self, request: tuple[object, ...]) -> bytes | None:
+        """The answer to this exact request if it was given before and still holds."""
+        kp = self.kp
+        found = kp.verifier.cache.get_answer(request)
+        if found is None:
+            return None
+        assert isinstance(found, Remembered)
+        now = kp.ctx.clock.now()
+        if found.expires_at is not None and now >= found.expires_at:
+            return None
+        throttle = kp.throttle
+        if throttle.blocking and (
+                throttle.retry_after(AUTH_FAILURES, found.caller_ip) is not None
+                or throttle.retry_after(VERIFY_FAILURES, found.ip) is not None):
+            return None
+        record = kp.usage.record
+        record(found.caller_key_id, now, _OUTCOME_VALID)
+        record(found.key_id, now, found.outcome)
+        return found.body
+
+    def _answer(self, scope: Scope, raw_body: bytes,
+                request: tuple[object, ...]) -> bytes | None:
         """The route's answer when it can be given from the caches alone, else ``None``."""
         kp = self.kp
+        generation = kp.verifier.cache.generation  # before anything is read from the cache
         conn = HTTPConnection(scope)
         credential = bearer_credential(conn.headers.get("authorization"))
         if credential is None:
@@ -103,15 +164,50 @@ class VerifyFastPath:
                 return None
             if kp.throttle.retry_after(VERIFY_FAILURES, ip) is not None:
                 return None
+        key = body["key"].strip().rpartition(":")[2]
         verdict = kp.verifier.verify_cached(
-            body["key"].strip().rpartition(":")[2], required=frozenset(body.get("scopes", ())),
-            ip=ip, tls=body.get("tls"))
+            key, required=frozenset(body.get("scopes", ())), ip=ip, tls=body.get("tls"))
         if verdict is None:
             return None
         verdict = as_seen_by(caller, verdict)
         if ip is not None and verdict.decision.code in GUESSES:
             return None  # the route counts the guess against the address
-        return verdict_out(verdict)
+        out = json.dumps(verdict_out(verdict), separators=(",", ":")).encode()
+        assert seen.snapshot is not None
+        if _repeatable(seen.snapshot) and verdict.snapshot is not None and _repeatable(
+                verdict.snapshot) and verdict.decision.code not in GUESSES:
+            expiries = [s.expires_at for s in (seen.snapshot, verdict.snapshot)
+                        if s.expires_at is not None]
+            expires_at = min(expiries) if expiries else None
+            # an answer given after an expiry would be wrong before it (clocks can step back)
+            if expires_at is None or kp.ctx.clock.now() < expires_at:
+                kp.verifier.cache.put_answer(request, Remembered(
+                    out, seen.snapshot.key_id, verdict.snapshot.key_id,
+                    verdict.decision.code.value, expires_at, caller_ip, ip),
+                    generation, (cache_key(credential), cache_key(key)))
+        return out
+
+
+def _repeatable(snapshot: Snapshot) -> bool:
+    """May an answer that depends on this snapshot be given again without recomputing it?
+    Not when each use moves a counter (a rate limit, a usage quota)."""
+    return snapshot.ratelimit is None and not snapshot.meta.get("quota")
+
+
+def _request_key(scope: Scope, raw_body: bytes) -> tuple[object, ...]:
+    """Everything an answer depends on besides the caches: the body, the caller's credential,
+    and what decides the caller's address and TLS (the first of each header, as Starlette
+    reads them)."""
+    auth = forwarded = proto = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            auth = value if auth is None else auth
+        elif name == b"x-forwarded-for":
+            forwarded = value if forwarded is None else forwarded
+        elif name == b"x-forwarded-proto":
+            proto = value if proto is None else proto
+    client = scope.get("client")
+    return (raw_body, auth, forwarded, proto, client[0] if client else None, scope.get("scheme"))
 
 
 def _body(raw: bytes) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
+import random
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,6 +21,18 @@ CREDENTIAL_PARAMS = frozenset({"api_key", "apikey", "key", "access_token", "toke
                                "client_secret"})
 
 
+def new_request_id() -> str:
+    """16 hex digits naming one request in logs and audit events. Not a secret (it is sent
+    back in ``X-Request-ID``), so it comes from ``random``, which is reseeded in every forked
+    worker and costs a fraction of an ``os.urandom`` call on the hot path."""
+    return f"{random.getrandbits(64):016x}"
+
+
+def response_headers(request_id: str) -> list[tuple[bytes, bytes]]:
+    """The headers every answer carries (the fast path sends them itself)."""
+    return [(b"x-request-id", request_id.encode()), (b"cache-control", b"no-store")]
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -29,9 +41,10 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = secrets.token_hex(8)
+        # the verify fast path, in front of this layer, may have named the request already
+        request_id = scope.get("keyplane.request_id") or new_request_id()
         scope["keyplane.request_id"] = request_id
-        started = time.perf_counter()
+        started = scope.get("keyplane.started") or time.perf_counter()
         status = 500
 
         query = scope.get("query_string", b"").decode("latin-1")
@@ -39,13 +52,13 @@ class RequestContext:
             security_log.warning("credential in query string refused path=%s request_id=%s",
                                  _printable(scope.get("path", "")), request_id)
             await _reject(send, request_id)
-            _log(scope, 400, started, request_id)
+            log_request(scope, 400, started, request_id)
             return
         nul_in = _nul_in_url(scope.get("path", ""), query)
         if nul_in:  # PostgreSQL cannot even compare such text: refuse it here, naming where
             await _reject(send, request_id, "invalid_request",
                           f"{nul_in}: the URL must not contain NUL characters", nul_in)
-            _log(scope, 400, started, request_id)
+            log_request(scope, 400, started, request_id)
             return
 
         async def send_wrapper(message: Message) -> None:
@@ -53,16 +66,17 @@ class RequestContext:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                if not any(k.lower() == b"cache-control" for k, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
+                if any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode()))
+                else:
+                    headers += response_headers(request_id)
                 message["headers"] = headers
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            _log(scope, status, started, request_id)
+            log_request(scope, status, started, request_id)
 
 
 def _nul_in_url(path: str, query: str) -> str | None:
@@ -92,7 +106,8 @@ async def _reject(send: Send, request_id: str, code: str = "credential_in_url",
     await send({"type": "http.response.body", "body": body})
 
 
-def _log(scope: Scope, status: int, started: float, request_id: str) -> None:
+def log_request(scope: Scope, status: int, started: float, request_id: str) -> None:
+    """The access log line (no query string: it may hold what must not be logged)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     client: Any = scope.get("client") or ("-", 0)
