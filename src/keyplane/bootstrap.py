@@ -124,7 +124,7 @@ def build(
         audit=AuditService(ctx),
         verifier=verifier,
         usage=usage,
-        usage_reports=UsageService(ctx, keys, usage_store),
+        usage_reports=UsageService(ctx, keys, usage_store, usage),
         feed=feed,
         propagation=propagation,
         limits=limits,

@@ -162,3 +162,74 @@ def test_the_operator_reads_its_own_keys_usage(http: httpx2.Client, keyplane: Ke
     assert r.status_code == 200, r.text
     assert [(i["outcome"], i["count"]) for i in r.json()["items"]] == [("VALID", 2)]
     assert r.json()["last_used_at"] is not None
+
+
+def report(http: httpx2.Client, verifier: str, uses: list[dict[str, Any]]) -> httpx2.Response:
+    return http.post("/v1/usage", json={"uses": uses}, headers=auth(verifier))
+
+
+def test_a_verifier_reports_the_uses_its_cache_answered(
+        http: httpx2.Client, keyplane: Keyplane, clock: SettableClock, tenant: Tenant,
+        verifier_key: str) -> None:
+    key = create_key(http, tenant.management_key, scopes=["contacts:read"])
+    r = report(http, verifier_key, [{"key_id": key["id"], "count": 40},
+                                    {"key_id": key["id"], "count": 2}])
+    assert r.status_code == 200, r.text
+    assert r.json() == {"accepted": 1, "ignored": 0}
+    keyplane.usage.flush()
+    answer = usage(http, tenant.management_key, key["id"]).json()
+    assert [(o, n) for _, o, n in rows(answer)] == [("VALID", 42)]
+    assert answer["last_used_at"] == ts(clock.now())
+
+
+def test_a_tenant_verifier_reports_only_its_own_tenants_live_keys(
+        http: httpx2.Client, keyplane: Keyplane, tenant: Tenant) -> None:
+    other = make_tenant(keyplane, "Other")
+    mine = create_key(http, tenant.management_key)
+    theirs = create_key(http, other.management_key)
+    revoked = create_key(http, tenant.management_key)
+    assert http.delete(f"/v1/keys/{revoked['id']}",
+                       headers=auth(tenant.management_key)).status_code == 204
+    verifier = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "tenant gateway", "owner_id": tenant.admin_id, "scopes": ["keys:verify"],
+        "require_tls": False}).secret
+    r = report(http, verifier, [{"key_id": k, "count": 5} for k in (
+        mine["id"], theirs["id"], revoked["id"], "key_doesnotexist", "con_doesnotexist")])
+    assert r.status_code == 200 and r.json() == {"accepted": 1, "ignored": 4}
+    keyplane.usage.flush()
+    assert counts(keyplane, tenant, mine["id"]) == {"VALID": 5}
+    assert counts(keyplane, other, theirs["id"]) == {}
+
+
+@pytest.mark.parametrize("uses", [
+    [{"key_id": "KEY", "count": 0}],
+    [{"key_id": "KEY", "count": -3}],
+    [{"key_id": "KEY", "count": 10**10}],
+    [{"key_id": "KEY", "count": 1}, {"key_id": "key x", "count": 1}],
+    [{"key_id": "KEY"}],
+    [{"key_id": "KEY", "count": 1, "outcome": "VALID"}],
+    [{"key_id": "KEY", "count": 1}] + [{"key_id": f"key_{i}", "count": 1} for i in range(1000)],
+    [{"key_id": "KEY", "count": 600_000_000}, {"key_id": "KEY", "count": 600_000_000}],
+])
+def test_bad_usage_reports_name_the_field_and_count_nothing(
+        http: httpx2.Client, keyplane: Keyplane, tenant: Tenant, verifier_key: str,
+        uses: list[dict[str, Any]]) -> None:
+    key = create_key(http, tenant.management_key)
+    for use in uses:
+        use["key_id"] = key["id"] if use["key_id"] == "KEY" else use["key_id"]
+    r = report(http, verifier_key, uses)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["field"].startswith("uses")
+    keyplane.usage.flush()
+    assert counts(keyplane, tenant, key["id"]) == {}
+
+
+def test_only_a_verifier_reports_usage(http: httpx2.Client, keyplane: Keyplane,
+                                       tenant: Tenant) -> None:
+    key = create_key(http, tenant.management_key)
+    r = report(http, tenant.management_key, [{"key_id": key["id"], "count": 1}])
+    assert r.status_code == 403
+    r = http.post("/v1/usage", json={"uses": [{"key_id": key["id"], "count": 1}]})
+    assert r.status_code == 401
+    keyplane.usage.flush()
+    assert counts(keyplane, tenant, key["id"]) == {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,13 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from keyplane.bootstrap import Keyplane
 from keyplane.core import tokens
+from keyplane.core.rights import SYSTEM
 from keyplane.sdk import Client, KeyplaneMiddleware, requires
+from tests.conftest import Tenant
 from tests.sdk.conftest import CountingTransport, Protected, data_key
-from tests.support import free_port
+from tests.support import RunningServer, free_port
 
 
 async def whoami(request: Request) -> JSONResponse:
@@ -232,3 +236,66 @@ def test_usage_quota_counts_every_request(protect: Callable[..., Protected],
     key = data_key(kp, "contacts:read", remaining=2)["key"]
     statuses = [app.http.get("/contacts", headers=bearer(key)).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
+
+
+def served_uses(keyplane: Keyplane, tenant: Tenant, key_id: str) -> int:
+    """VALID verifications of ``key_id`` that Keyplane has written (after a flush)."""
+    keyplane.usage.flush()
+    series = keyplane.usage_reports.series(SYSTEM, tenant.id, key_id, start=None, end=None)
+    return sum(i["count"] for i in series["items"] if i["outcome"] == "VALID")
+
+
+def test_uses_answered_from_the_cache_are_reported_to_keyplane(
+        protect: Callable[..., Protected], kp: Client, keyplane: Keyplane,
+        tenant: Tenant) -> None:
+    counting = CountingTransport()
+    app = protect(product_app(), transport=counting, usage_report_seconds=0.2)
+    key = data_key(kp, "contacts:read")
+    for _ in range(10):
+        assert app.http.get("/contacts", headers=bearer(key["key"])).status_code == 200
+    assert counting.paths["/v1/verify"] == 1  # nine were answered from the cache
+    deadline = time.monotonic() + 10
+    while served_uses(keyplane, tenant, key["id"]) < 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served_uses(keyplane, tenant, key["id"]) == 10
+    assert counting.paths["/v1/usage"] >= 1
+    last_used = kp.keys.get(key["id"])["last_used_at"]
+    assert last_used is not None
+    time.sleep(0.5)  # nothing new to report: no more counted
+    assert served_uses(keyplane, tenant, key["id"]) == 10
+
+
+def test_a_graceful_stop_reports_what_the_cache_answered(
+        protect: Callable[..., Protected], kp: Client, keyplane: Keyplane,
+        tenant: Tenant) -> None:
+    app = protect(product_app(), usage_report_seconds=0)  # only at shutdown
+    key = data_key(kp, "contacts:read")
+    for _ in range(6):
+        assert app.http.get("/contacts", headers=bearer(key["key"])).status_code == 200
+    assert served_uses(keyplane, tenant, key["id"]) == 1  # only the verification so far
+    app.running.stop()  # lifespan shutdown: the middleware reports before it closes
+    assert served_uses(keyplane, tenant, key["id"]) == 6
+
+
+def test_uses_are_kept_while_keyplane_cannot_take_them(kp: Client, keyplane: Keyplane,
+                                                       tenant: Tenant, verifier_key: str,
+                                                       server: RunningServer) -> None:
+    key = data_key(kp, "contacts:read")
+    mw = KeyplaneMiddleware(product_app(), url=f"http://127.0.0.1:{free_port()}",
+                            token=verifier_key, usage_report_seconds=0)
+
+    async def report_to_nobody_then_to_keyplane() -> tuple[int, dict[str, int], int]:
+        mw._ensure_started()
+        mw.usage.pending[key["id"]] = 4
+        lost = await mw.usage.flush()  # nobody listens there
+        kept = dict(mw.usage.pending)
+        await mw.aclose()
+        mw.url = server.url  # Keyplane is back
+        mw._ensure_started()
+        delivered = await mw.usage.flush()
+        await mw.aclose()
+        return lost, kept, delivered
+
+    lost, kept, delivered = asyncio.run(report_to_nobody_then_to_keyplane())
+    assert lost == 0 and kept == {key["id"]: 4} and delivered == 4
+    assert served_uses(keyplane, tenant, key["id"]) == 4

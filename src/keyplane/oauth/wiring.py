@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from keyplane.core.apps import CredentialPrefixes
 from keyplane.services.apps import AppService
-from keyplane.services.connections import ConnectionService, Lifetimes
+from keyplane.services.connections import CONNECTION_ID_PREFIX, ConnectionService, Lifetimes
 from keyplane.services.sessions import SessionService, SignInThrottle
 from keyplane.storage.sql.oauth_repositories import connected_repos
 
@@ -51,6 +51,7 @@ def install(kp: Keyplane) -> ConnectedApps:
     )
     kp.verifier.register(prefixes.access_token, connections.load_access_token)
     kp.usage.sinks.append(connections.record_usage)
+    kp.usage_reports.owners[CONNECTION_ID_PREFIX] = connections.owner_of
     kp.extras[EXTRA] = out
     return out
 

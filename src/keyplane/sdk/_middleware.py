@@ -39,6 +39,7 @@ from keyplane.sdk._cache import Identity, VerdictCache
 from keyplane.sdk._changes import ChangeFollower, Mode
 from keyplane.sdk._net import Peer
 from keyplane.sdk._responses import Denied, Header, bearer_challenge
+from keyplane.sdk._usage import UsageReporter
 from keyplane.sdk._version import USER_AGENT
 
 __all__ = ["KeyplaneMiddleware"]
@@ -129,6 +130,8 @@ class KeyplaneMiddleware:
     ``cache_size``: bound of the LRU. ``exempt_paths``: paths served without a key (``"/x/*"``
     for a prefix). ``changes``: ``"sse"`` (default, falls back to long poll), ``"poll"`` or
     ``"off"`` (TTL only). ``key_prefixes``: accepted key prefixes (default: any well-formed).
+    ``usage_report_seconds``: how often the uses answered from the cache are reported to
+    Keyplane (``POST /v1/usage``; also at shutdown; 0: only at shutdown).
     ``transport``: an httpx2 async transport (tests).
     """
 
@@ -148,6 +151,7 @@ class KeyplaneMiddleware:
         timeout: float = 5.0,
         key_prefixes: Collection[str] | None = None,
         realm: str = "api",
+        usage_report_seconds: float = 5.0,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -177,6 +181,7 @@ class KeyplaneMiddleware:
         self._http: httpx2.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.follower: ChangeFollower | None = None
+        self.usage = UsageReporter(usage_report_seconds)
         self._inflight: dict[bytes, asyncio.Future[_Result]] = {}
         self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
         self._last_error_log = 0.0
@@ -257,8 +262,12 @@ class KeyplaneMiddleware:
 
     def verify_cached(self, raw: str, ip: str | None, tls: bool) -> Identity | None:
         """The cache hit path: the identity of a VALID verdict for this key, address and TLS,
-        or ``None``."""
-        return self.cache.get(_digest(raw, ip, tls))
+        or ``None``. A hit is counted as a use of the key (reported to Keyplane)."""
+        identity = self.cache.get(_digest(raw, ip, tls))
+        if identity is not None:
+            uses, key_id = self.usage.pending, identity["key_id"]
+            uses[key_id] = uses.get(key_id, 0) + 1
+        return identity
 
     async def _authenticate(self, scope: Any) -> tuple[Identity, tuple[Header, ...]]:
         # refusals are shared instances: each raise starts a fresh traceback (re-raising one
@@ -271,7 +280,9 @@ class KeyplaneMiddleware:
         ip, tls = self._peer.resolve(scope)
         digest = _digest(raw, ip, tls)
         identity = self.cache.get(digest)
-        if identity is not None:
+        if identity is not None:  # Keyplane did not see this use: count it for the report
+            uses, key_id = self.usage.pending, identity["key_id"]
+            uses[key_id] = uses.get(key_id, 0) + 1
             return identity, ()
         # a cache hit is a string that passed the checksum before; everything else is
         # checksummed before anything else is asked
@@ -406,13 +417,16 @@ class KeyplaneMiddleware:
         )
         self.follower = ChangeFollower(self._http, self.cache, self._mode)
         self.follower.start()
+        self.usage.start(self._http)
 
     async def aclose(self) -> None:
-        """Stop following changes and close connections (done at lifespan shutdown)."""
+        """Stop following changes, report the uses not yet reported and close connections
+        (done at lifespan shutdown)."""
         follower, http = self.follower, self._http
         self.follower, self._http, self._loop = None, None, None
         if follower is not None:
             await follower.stop()
+        await self.usage.stop()
         if http is not None:
             await http.aclose()
 

@@ -198,6 +198,13 @@ class ConnectionService:
 
     # -- usage ----------------------------------------------------------------------------------
 
+    def owner_of(self, uow: UnitOfWork, connection_id: str) -> tuple[str | None] | None:
+        """``(tenant_id,)`` of a live connection, for usage reports (``POST /v1/usage``)."""
+        c = self.repos(uow).connections.get(connection_id)
+        if c is None or c.revoked_at is not None:
+            return None
+        return (c.tenant_id,)
+
     def record_usage(self, uow: UnitOfWork, last_used: dict[str, datetime],
                      counts: Counter[tuple[str, str]]) -> None:
         """Flush sink of the usage recorder: last use and request counts per connection."""

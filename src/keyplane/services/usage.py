@@ -56,7 +56,7 @@ class UsageRecorder:
         self._thread: threading.Thread | None = None
         self.sinks: list[UsageSink] = []
 
-    def record(self, key_id: str, at: datetime, outcome: str) -> None:
+    def record(self, key_id: str, at: datetime, outcome: str, count: int = 1) -> None:
         # a dict assignment and a Counter increment; the lock keeps flush consistent
         with self._lock:
             hour, end = self._hour, self._hour_end
@@ -65,7 +65,7 @@ class UsageRecorder:
                 self._hour_end = hour + HOUR
             if outcome == "VALID":
                 self._last_used[key_id] = at
-            self._counts[(key_id, hour, outcome)] += 1
+            self._counts[(key_id, hour, outcome)] += count
 
     def pending(self) -> int:
         """Requests counted in memory and not yet flushed."""
@@ -131,13 +131,50 @@ class UsageRecorder:
 MAX_RANGE = timedelta(days=93)
 
 
-class UsageService:
-    """Reading a key's usage series (``GET /v1/keys/{id}/usage``)."""
+# Whose is this id? ``(tenant_id,)`` (None for the operator's own keys) for a live key or
+# connection, None for an unknown or revoked one. One per id prefix (``key_``, ``con_``).
+OwnerLookup = Callable[[UnitOfWork, str], tuple[str | None] | None]
+MAX_REPORTED = 1000  # ids per report
+MAX_REPORTED_COUNT = 1_000_000_000  # uses per id per report
 
-    def __init__(self, ctx: Context, keys: Any, store: UsageStore) -> None:
+
+class UsageService:
+    """Reading a key's usage series (``GET /v1/keys/{id}/usage``), and the uses verifiers
+    answered from their own caches (``POST /v1/usage``)."""
+
+    def __init__(self, ctx: Context, keys: Any, store: UsageStore,
+                 recorder: UsageRecorder | None = None) -> None:
         self.ctx = ctx
         self.keys = keys  # KeyService: it decides who may see the key
         self.store = store
+        self.recorder = recorder
+        self.owners: dict[str, OwnerLookup] = {"key_": _key_owner}
+
+    def report(self, caller: Caller, uses: Mapping[str, int]) -> dict[str, int]:
+        """Counts uses of keys (and connections) that a verifier such as the SDK middleware
+        answered from its own cache, as ``VALID`` verifications now. Ids the caller may not
+        verify (another tenant's, unknown, revoked) are ignored alike: no oracle."""
+        caller.require("keys:verify")
+        if len(uses) > MAX_REPORTED:
+            raise ValidationError(f"uses: at most {MAX_REPORTED} ids per report", field="uses")
+        for key_id, count in uses.items():
+            if not isinstance(count, int) or not 1 <= count <= MAX_REPORTED_COUNT:
+                raise ValidationError(f"uses: the count of {key_id[:40]!r} must be 1 to "
+                                      f"{MAX_REPORTED_COUNT}", field="uses")
+        accepted: dict[str, int] = {}
+        with self.ctx.uow(readonly=True) as uow:
+            for key_id, count in uses.items():
+                lookup = self.owners.get(key_id[:4])
+                owner = lookup(uow, key_id) if lookup is not None else None
+                if owner is None or (caller.tenant_id is not None
+                                     and owner[0] != caller.tenant_id):
+                    continue
+                accepted[key_id] = count
+        assert self.recorder is not None
+        now = self.ctx.clock.now()
+        for key_id, count in accepted.items():
+            self.recorder.record(key_id, now, "VALID", count)
+        return {"accepted": len(accepted), "ignored": len(uses) - len(accepted)}
 
     def series(self, caller: Caller, tenant_id: str | None, key_id: str, *,
                start: datetime | None, end: datetime | None,
@@ -156,6 +193,13 @@ class UsageService:
         return {"key_id": key.id, "from": hour_of(start), "to": end,
                 "items": [{"hour": h, "outcome": o, "count": n} for h, o, n in rows],
                 "last_used_at": key.last_used_at}
+
+
+def _key_owner(uow: UnitOfWork, key_id: str) -> tuple[str | None] | None:
+    key = uow.keys.get_any(key_id)
+    if key is None or key.revoked_at is not None:
+        return None
+    return (key.tenant_id,)
 
 
 def _aware(value: datetime) -> datetime:

@@ -1,4 +1,5 @@
-"""``GET /v1/keys/{id}/usage``: a key's verifications per hour and outcome."""
+"""``GET /v1/keys/{id}/usage``: a key's verifications per hour and outcome; ``POST /v1/usage``:
+the uses a verifier answered from its own cache."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from keyplane.web.deps import CallerDep, KeyplaneDep, TenantParam
-from keyplane.web.schemas import ts
+from keyplane.web.schemas import UsageReport, ts
 
 router = APIRouter(tags=["keys"])
 
@@ -39,3 +40,16 @@ def _routes(prefix: str, operator: bool) -> None:
 
 _routes("/v1/keys", operator=False)
 _routes("/v1/operator/keys", operator=True)
+
+
+@router.post("/v1/usage", tags=["verify"],
+             summary="Report uses a verifier answered from its own cache")
+def report_usage(body: UsageReport, caller: CallerDep, kp: KeyplaneDep) -> dict[str, int]:
+    """A verifier that caches answers (the SDK middleware does) reports here how many requests
+    each key served from its cache, so usage counts and ``last_used_at`` cover every request.
+    Needs ``keys:verify``. The uses are counted as ``VALID`` in the hour they are reported;
+    ids the caller may not verify are ignored (``ignored`` counts them)."""
+    uses: dict[str, int] = {}
+    for use in body.uses:  # the same id twice adds up
+        uses[use.key_id] = uses.get(use.key_id, 0) + use.count
+    return kp.usage_reports.report(caller, uses)

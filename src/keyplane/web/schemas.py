@@ -102,6 +102,15 @@ class Verify(Body):
     tls: bool | None = None
 
 
+class Use(Body):
+    key_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")
+    count: int = Field(ge=1, le=1_000_000_000)
+
+
+class UsageReport(Body):
+    uses: list[Use] = Field(max_length=1000)
+
+
 class Policy(Body):
     default_expiry_days: int | None = None
     max_expiry_days: int | None = None
