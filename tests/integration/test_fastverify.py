@@ -273,3 +273,20 @@ def test_the_answer_cache_can_be_turned_off(
     finally:
         running.stop()
         kp.close()
+
+
+def test_no_cache_keeps_a_secret_in_clear(http: httpx2.Client, keyplane: Keyplane,
+                                          tenant: Tenant, verifier_key: str) -> None:
+    secret = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "zap", "owner_id": tenant.admin_id, "scopes": ["contacts:read"]}).secret
+    for _ in range(3):
+        r = http.post("/v1/verify", json={"key": f"zapier:{secret}", "ip": "203.0.113.5",
+                                          "tls": True}, headers=auth(verifier_key))
+        assert r.json()["code"] == "VALID"
+    cache = keyplane.verifier.cache
+    assert len(cache.answers) and len(cache.verdicts) and len(cache.hits)
+    held = repr([list(store._data.items()) for store in (cache.answers, cache.verdicts,
+                                                          cache.hits, cache.misses)])
+    for s in (secret, verifier_key):
+        assert s not in held and s.encode().hex() not in held
+        assert s[3:20] not in held  # not even part of it

@@ -114,12 +114,13 @@ def test_a_remembered_answer_never_outlives_what_it_was_computed_from() -> None:
     cache.put("caller", snap("key_v"), cache.generation, None)
     timer.now += 30
     cache.put("key", snap("key_1"), cache.generation, None)
-    assert cache.put_answer(("request",), "answer", cache.generation, ["caller", "key"])
-    assert cache.get_answer(("request",)) == "answer"
+    assert cache.remember(cache.answers, ("request",), "answer", cache.generation,
+                          ["caller", "key"])
+    assert cache.remembered(cache.answers, ("request",)) == "answer"
     timer.now += 29.9
-    assert cache.get_answer(("request",)) == "answer"
+    assert cache.remembered(cache.answers, ("request",)) == "answer"
     timer.now += 0.2  # the caller's snapshot, cached 30 s earlier, has expired: so has this
-    assert cache.get_answer(("request",)) is None
+    assert cache.remembered(cache.answers, ("request",)) is None
 
 
 def test_an_answer_is_not_remembered_across_a_change_or_without_its_snapshots() -> None:
@@ -127,19 +128,21 @@ def test_an_answer_is_not_remembered_across_a_change_or_without_its_snapshots() 
     cache.put("key", snap("key_1"), cache.generation, None)
     generation = cache.generation
     cache.invalidate("key", "key_other")  # something changed while the answer was computed
-    assert not cache.put_answer(("r",), "stale?", generation, ["key"])
-    assert not cache.put_answer(("r",), "orphan", cache.generation, ["key", "not cached"])
-    assert cache.get_answer(("r",)) is None
+    assert not cache.remember(cache.answers, ("r",), "stale?", generation, ["key"])
+    assert not cache.remember(cache.answers, ("r",), "orphan", cache.generation,
+                              ["key", "not cached"])
+    assert cache.remembered(cache.answers, ("r",)) is None
 
 
 def test_every_invalidation_forgets_every_answer() -> None:
     cache = VerificationCache(size=10, ttl=60, timer=Timer())
     cache.put("key", snap("key_1", tenant="loc_a"), cache.generation, None)
     cache.put("other", snap("key_2", tenant="loc_b"), cache.generation, None)
-    assert cache.put_answer(("r1",), "a", cache.generation, ["key"])
-    assert cache.put_answer(("r2",), "b", cache.generation, ["other"])
+    assert cache.remember(cache.answers, ("r1",), "a", cache.generation, ["key"])
+    assert cache.remember(cache.answers, ("r2",), "b", cache.generation, ["other"])
     cache.invalidate("tenant", "loc_b")  # an answer may depend on more than it is tagged with
-    assert cache.get_answer(("r1",)) is None and cache.get_answer(("r2",)) is None
+    assert cache.remembered(cache.answers, ("r1",)) is None
+    assert cache.remembered(cache.answers, ("r2",)) is None
     assert cache.get("key") is not None  # the snapshots themselves are dropped precisely
 
 
@@ -147,10 +150,10 @@ def test_the_answer_cache_is_bounded_and_can_be_off() -> None:
     cache = VerificationCache(size=10, ttl=60, timer=Timer(), answer_size=3)
     cache.put("key", snap("key_1"), cache.generation, None)
     for i in range(5):
-        assert cache.put_answer((i,), i, cache.generation, ["key"])
-    assert len(cache.answers) == 3 and cache.get_answer((0,)) is None
-    assert cache.get_answer((4,)) == 4
+        assert cache.remember(cache.answers, (i,), i, cache.generation, ["key"])
+    assert len(cache.answers) == 3 and cache.remembered(cache.answers, (0,)) is None
+    assert cache.remembered(cache.answers, (4,)) == 4
     off = VerificationCache(size=10, ttl=60, timer=Timer(), answer_size=0)
     off.put("key", snap("key_1"), off.generation, None)
-    assert not off.put_answer((1,), 1, off.generation, ["key"])
-    assert off.get_answer((1,)) is None
+    assert not off.remember(off.answers, (1,), 1, off.generation, ["key"])
+    assert off.remembered(off.answers, (1,)) is None

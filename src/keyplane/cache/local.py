@@ -11,7 +11,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from keyplane.core.policy import Snapshot
 
@@ -138,10 +138,11 @@ class MISSING:
 
 
 class VerificationCache:
-    """Snapshots by credential hash (``hits``), unknown credentials (``misses``), and whole
-    answers computed from hits (``answers``, e.g. the encoded reply to one exact
-    ``POST /v1/verify`` request). Every invalidation drops all answers: an answer may depend on
-    several snapshots, and rebuilding one costs microseconds."""
+    """Snapshots by credential hash (``hits``), unknown credentials (``misses``), and answers
+    computed from hits, remembered for exact repeats of a question: ``verdicts`` (the
+    verifier's, by key, required scopes, address and TLS) and ``answers`` (the encoded reply to
+    one exact ``POST /v1/verify`` request). Every invalidation drops every remembered answer:
+    one may depend on several snapshots, and rebuilding one costs microseconds."""
 
     def __init__(self, size: int, ttl: float, negative_size: int = 10_000,
                  negative_ttl: float = 5.0, timer: Callable[[], float] = time.monotonic,
@@ -151,7 +152,8 @@ class VerificationCache:
         self.timer = timer
         self.hits: LRU[Snapshot] = LRU(size, tags=snapshot_tags)
         self.misses: LRU[type[MISSING]] = LRU(negative_size)
-        self.answers: LRU[object] = LRU(answer_size)
+        self.verdicts: LRU[Any] = LRU(answer_size)
+        self.answers: LRU[Any] = LRU(answer_size)
         self.generation = 0
         # the generation check and the put are one step, so an invalidation (from another
         # thread: Redis, the change poller) cannot slip between them and leave a stale entry
@@ -178,15 +180,16 @@ class VerificationCache:
             if generation == self.generation:
                 self.misses.put(digest, MISSING, self.timer() + self.negative_ttl)
 
-    def get_answer(self, request: CacheKey) -> object | None:
-        return self.answers.get(request, self.timer()) if self.answers.size else None
+    def remembered(self, store: LRU[T], question: CacheKey) -> T | None:
+        """The answer ``store`` (``verdicts`` or ``answers``) remembers for ``question``."""
+        return store.get(question, self.timer()) if store.size else None
 
-    def put_answer(self, request: CacheKey, answer: object, generation: int,
-                   depends_on: Iterable[CacheKey]) -> bool:
+    def remember(self, store: LRU[T], question: CacheKey, answer: T, generation: int,
+                 depends_on: Iterable[CacheKey]) -> bool:
         """Remembers ``answer`` until the first of the ``depends_on`` hits expires (so it never
         outlives what it was computed from) or the next invalidation. Nothing is remembered if
         anything changed since ``generation`` was read, or a dependency is no longer cached."""
-        if not self.answers.size:
+        if not store.size:
             return False
         with self._generation_lock:
             if generation != self.generation:
@@ -199,13 +202,14 @@ class VerificationCache:
                 deadline = min(deadline, found)
             if deadline <= self.timer():
                 return False
-            self.answers.put(request, answer, deadline)
+            store.put(question, answer, deadline)
         return True
 
     def invalidate(self, kind: str, ref: str) -> None:
         with self._generation_lock:
             self.generation += 1
-            self.answers.clear()  # under the lock: put_answer cannot slip in between
+            self.verdicts.clear()  # under the lock: remember() cannot slip in between
+            self.answers.clear()
         if kind in ("key", "principal", "tenant", "connection", "app"):
             self.hits.drop_tag((kind, ref))
         else:

@@ -84,6 +84,15 @@ class Verdict(NamedTuple):  # immutable, and the cheapest object to build on the
         return self.decision.valid
 
 
+class Remembered(NamedTuple):
+    """A verdict the verifier gave before, and what a repeat must still do."""
+
+    verdict: Verdict
+    key_id: str
+    outcome: str  # what usage counts
+    expires_at: datetime | None
+
+
 class Verifier:
     def __init__(self, ctx: Context, cache: VerificationCache, usage: UsageRecorder) -> None:
         self.ctx = ctx
@@ -108,12 +117,27 @@ class Verifier:
                       ip: Address | None = None, tls: bool | None = None,
                       load: bool = False) -> Verdict | None:
         """Like :meth:`verify`, but ``None`` instead of a storage read on a cache miss (so an
-        event loop can answer cache hits inline and send misses to a thread)."""
+        event loop can answer cache hits inline and send misses to a thread).
+
+        The same question again (credential, required scopes, address, TLS) is answered from
+        the cache's ``verdicts`` without re-running the checks, until any change, until the
+        cached snapshot expires, and never past the key's expiry; its use is still counted.
+        Only strings that passed the checksum are ever remembered, so anything else is still
+        refused by the checksum before a snapshot or storage is looked at."""
+        cache = self.cache
+        key = cache_key(raw)  # what both caches know the credential by: never the secret
+        question = (key, required, ip, tls)
+        remembered: Remembered | None = cache.remembered(cache.verdicts, question)
+        if remembered is not None:
+            now = self.ctx.clock.now()
+            if remembered.expires_at is None or now < remembered.expires_at:
+                self.usage.record(remembered.key_id, now, remembered.outcome)
+                return remembered.verdict
+        generation = cache.generation  # before the snapshot is read
         prefix = tokens.prefix_of(raw, self.loaders)
         if prefix is None:
             return Verdict(MALFORMED)
-        key = cache_key(raw)
-        snapshot = self.cache.get(key)
+        snapshot = cache.get(key)
         if snapshot is None:
             if not load:
                 return None
@@ -124,16 +148,24 @@ class Verifier:
         decision = decide(snapshot, Request(now=now, required=required, ip=ip, tls=tls))
         limits = None
         quota = snapshot.meta.get("quota")  # a usage quota is counted in the database
-        if decision.valid and self.rate_check is not None and (
-            snapshot.ratelimit is not None or quota
-        ):
+        counted = snapshot.ratelimit is not None or quota
+        if decision.valid and self.rate_check is not None and counted:
             if not load and (self.rate_check_blocking or quota):
                 return None
             denial, limits = self.rate_check(snapshot)
             if denial is not None:
                 decision = denial
-        self.usage.record(snapshot.key_id, now, _OUTCOMES[decision.code])
-        return Verdict(decision, snapshot, limits)
+        outcome = _OUTCOMES[decision.code]
+        self.usage.record(snapshot.key_id, now, outcome)
+        verdict = Verdict(decision, snapshot, limits)
+        expires_at = snapshot.expires_at
+        # a verdict that moves a counter is never repeated; one given after the expiry would
+        # be wrong before it (clocks can step back)
+        if not counted and (expires_at is None or now < expires_at):
+            cache.remember(cache.verdicts, question,
+                           Remembered(verdict, snapshot.key_id, outcome, expires_at),
+                           generation, (key,))
+        return verdict
 
     def _fill(self, raw: str, key: bytes, prefix: str) -> Snapshot | type[MISSING]:
         generation = self.cache.generation

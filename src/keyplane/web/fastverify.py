@@ -8,15 +8,17 @@ throttled address) falls through to the route, which owns every error and every 
 
 An API gateway asks about the same key, from the same end-user address, with the same scopes,
 over and over. So the encoded answer to one exact request (the body, the caller's credential
-and what decides its address and TLS) is remembered in the verification cache's ``answers``:
-until any invalidation, until the first of the two cached snapshots it was computed from
-expires, and never past either key's expiry. A remembered answer still counts both keys'
-usage and still honours the failure throttle; answers that depend on a counter (a rate limit
-or a usage quota on either key) or that must be counted as a guess are never remembered.
+and what decides its address and TLS, known only by their SHA-256) is remembered in the
+verification cache's ``answers``: until any invalidation, until the first of the two cached
+snapshots it was computed from expires, and never past either key's expiry. A remembered
+answer still counts both keys' usage and still honours the failure throttle; answers that
+depend on a counter (a rate limit or a usage quota on either key) or that must be counted as a
+guess are never remembered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -110,13 +112,13 @@ class VerifyFastPath:
         finally:
             log_request(scope, status, started, request_id)
 
-    def _remembered(self, request: tuple[object, ...]) -> bytes | None:
+    def _remembered(self, request: bytes) -> bytes | None:
         """The answer to this exact request if it was given before and still holds."""
         kp = self.kp
-        found = kp.verifier.cache.get_answer(request)
+        cache = kp.verifier.cache
+        found: Remembered | None = cache.remembered(cache.answers, request)
         if found is None:
             return None
-        assert isinstance(found, Remembered)
         now = kp.ctx.clock.now()
         if found.expires_at is not None and now >= found.expires_at:
             return None
@@ -130,8 +132,7 @@ class VerifyFastPath:
         record(found.key_id, now, found.outcome)
         return found.body
 
-    def _answer(self, scope: Scope, raw_body: bytes,
-                request: tuple[object, ...]) -> bytes | None:
+    def _answer(self, scope: Scope, raw_body: bytes, request: bytes) -> bytes | None:
         """The route's answer when it can be given from the caches alone, else ``None``."""
         kp = self.kp
         generation = kp.verifier.cache.generation  # before anything is read from the cache
@@ -181,7 +182,8 @@ class VerifyFastPath:
             expires_at = min(expiries) if expiries else None
             # an answer given after an expiry would be wrong before it (clocks can step back)
             if expires_at is None or kp.ctx.clock.now() < expires_at:
-                kp.verifier.cache.put_answer(request, Remembered(
+                cache = kp.verifier.cache
+                cache.remember(cache.answers, request, Remembered(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
                     verdict.decision.code.value, expires_at, caller_ip, ip),
                     generation, (cache_key(credential), cache_key(key)))
@@ -194,20 +196,25 @@ def _repeatable(snapshot: Snapshot) -> bool:
     return snapshot.ratelimit is None and not snapshot.meta.get("quota")
 
 
-def _request_key(scope: Scope, raw_body: bytes) -> tuple[object, ...]:
-    """Everything an answer depends on besides the caches: the body, the caller's credential,
-    and what decides the caller's address and TLS (the first of each header, as Starlette
-    reads them)."""
-    auth = forwarded = proto = None
+def _request_key(scope: Scope, raw_body: bytes) -> bytes:
+    """A SHA-256 of everything an answer depends on besides the caches (the body, the caller's
+    credential, and what decides the caller's address and TLS: the first of each header, as
+    Starlette reads them), so that no secret is kept as a key. Each part is length-prefixed:
+    no two different requests share a digest."""
+    auth = forwarded = proto = b""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            auth = value if auth is None else auth
+            auth = auth or value
         elif name == b"x-forwarded-for":
-            forwarded = value if forwarded is None else forwarded
+            forwarded = forwarded or value
         elif name == b"x-forwarded-proto":
-            proto = value if proto is None else proto
+            proto = proto or value
     client = scope.get("client")
-    return (raw_body, auth, forwarded, proto, client[0] if client else None, scope.get("scheme"))
+    host = client[0].encode() if client else b""
+    scheme = (scope.get("scheme") or "").encode()
+    return hashlib.sha256(b"%d %d %d %d %d|" % (
+        len(auth), len(forwarded), len(proto), len(host), len(scheme),
+    ) + auth + forwarded + proto + host + scheme + raw_body).digest()
 
 
 def _body(raw: bytes) -> dict[str, Any] | None:
