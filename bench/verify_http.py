@@ -5,6 +5,11 @@ Both are served by uvicorn (one worker, httptools, uvloop) and loaded by the sam
 key with a required scope, a client address and TLS, so every answer is a full VALID verdict
 (from Keyplane's verification cache, as in production). Target: at least 0.5.
 
+For information, two more Keyplanes are measured in the same rounds: one with the answer cache
+off (``KEYPLANE_VERIFY_ANSWER_CACHE_SIZE=0``: every request re-runs both verifications from
+the snapshot cache) and one with the access log on (``KEYPLANE_LOG_LEVEL=info``; the measured
+ones run at ``warning``, as the hello-world logs nothing either).
+
     .venv/bin/python bench/verify_http.py [--quick] [--json] [--tool wrk|python]
 """
 
@@ -36,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     with keyplane_fixture() as fx, \
             uvicorn("keyplane.web.asgi:app_factory", factory=True, env=fx.env,
                     health="/healthz") as kp, \
+            uvicorn("keyplane.web.asgi:app_factory", factory=True,
+                    env={**fx.env, "KEYPLANE_VERIFY_ANSWER_CACHE_SIZE": "0"},
+                    health="/healthz") as uncached, \
+            uvicorn("keyplane.web.asgi:app_factory", factory=True,
+                    env={**fx.env, "KEYPLANE_LOG_LEVEL": "info"},
+                    health="/healthz") as logged, \
             uvicorn("_apps:hello") as hello:
         body = json.dumps({"key": fx.data_key, "scopes": ["contacts:read"],
                            "ip": "203.0.113.5", "tls": True}).encode()
@@ -47,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         verify = Target("verify", kp.url + "/v1/verify", "POST", body, headers)
         baseline = Target("hello", hello.url + "/")
-        result = compare([baseline, verify], "hello", tool=tool, rounds=rounds,
+        others = [Target("uncached", uncached.url + "/v1/verify", "POST", body, headers),
+                  Target("logged", logged.url + "/v1/verify", "POST", body, headers)]
+        result = compare([baseline, verify, *others], "hello", tool=tool, rounds=rounds,
                          duration=duration, connections=args.connections,
                          progress=None if args.json else lambda m: print(" ", m,
                                                                           file=sys.stderr))
@@ -62,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
                    f"{rounds}x{duration:.0f}s, {args.connections} connections; errors "
                    f"{result.errors}"),
     }]
+    for name, label in (("uncached", "  the same, answer cache off (info)"),
+                        ("logged", "  the same, access log on (info)")):
+        o = spread(result.ratios(name))
+        rows.append({"metric": label, "ratio": o["median"], "min": o["min"], "max": o["max"],
+                     "target": "-", "ok": None,
+                     "detail": f"{spread(result.rates[name])['median']:.0f} req/s"})
     report("verify_http", rows, as_json=args.json)
     return 0 if not any(result.errors.values()) else 1
 
