@@ -47,9 +47,10 @@ class UsageRecorder:
         self.interval = interval
         self.store = store
         self._last_used: dict[str, datetime] = {}
-        self._counts: Counts = Counter()
-        self._hour: datetime | None = None
-        self._hour_end: datetime | None = None
+        self._counts: Counts = Counter()  # earlier hours
+        # the hour being counted, by (key id, outcome): no datetime is hashed per request
+        self._current: dict[tuple[str, str], int] = {}
+        self._hour = self._hour_end = datetime.min.replace(tzinfo=UTC)
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -57,26 +58,35 @@ class UsageRecorder:
         self.sinks: list[UsageSink] = []
 
     def record(self, key_id: str, at: datetime, outcome: str, count: int = 1) -> None:
-        # a dict assignment and a Counter increment; the lock keeps flush consistent
+        # two dict updates; the lock keeps flush consistent
         with self._lock:
-            hour, end = self._hour, self._hour_end
-            if hour is None or end is None or not hour <= at < end:
-                hour = self._hour = hour_of(at)
-                self._hour_end = hour + HOUR
+            if not self._hour <= at < self._hour_end:
+                self._fold()
+                self._hour = hour_of(at)
+                self._hour_end = self._hour + HOUR
             if outcome == "VALID":
                 self._last_used[key_id] = at
-            self._counts[(key_id, hour, outcome)] += count
+            current, k = self._current, (key_id, outcome)
+            current[k] = current.get(k, 0) + count
+
+    def _fold(self) -> None:
+        """Moves the current hour's counts into ``_counts``; the caller holds the lock."""
+        hour, counts = self._hour, self._counts
+        for (key_id, outcome), n in self._current.items():
+            counts[(key_id, hour, outcome)] += n
+        self._current = {}
 
     def pending(self) -> int:
         """Requests counted in memory and not yet flushed."""
         with self._lock:
-            return sum(self._counts.values())
+            return sum(self._counts.values()) + sum(self._current.values())
 
     def flush(self) -> int:
         """Writes what was recorded since the last flush in one transaction; on failure puts
         it back to be written by the next flush. Returns the number of requests written."""
         with self._flush_lock:
             with self._lock:
+                self._fold()
                 last_used, self._last_used = self._last_used, {}
                 counts, self._counts = self._counts, Counter()
             if not last_used and not counts:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import struct
 import time
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -44,6 +45,7 @@ PATH = "/v1/verify"
 MAX_BODY = 16_384
 _FIELDS = frozenset({"key", "scopes", "ip", "tls"})
 _OUTCOME_VALID = "VALID"
+_LENGTHS = struct.Struct("!5I")  # the length of each part of a request's digest
 
 
 class Remembered(NamedTuple):
@@ -90,7 +92,7 @@ class VerifyFastPath:
                 break
         body = None
         if not more:
-            raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            raw = chunk if len(chunks) == 1 else b"".join(chunks)  # one chunk, usually
             try:
                 request = _request_key(scope, raw)
                 body = self._remembered(request)
@@ -199,7 +201,7 @@ def _repeatable(snapshot: Snapshot) -> bool:
 def _request_key(scope: Scope, raw_body: bytes) -> bytes:
     """A SHA-256 of everything an answer depends on besides the caches (the body, the caller's
     credential, and what decides the caller's address and TLS: the first of each header, as
-    Starlette reads them), so that no secret is kept as a key. Each part is length-prefixed:
+    Starlette reads them), so that no secret is kept as a key. Each part's length goes first:
     no two different requests share a digest."""
     auth = forwarded = proto = b""
     for name, value in scope["headers"]:
@@ -212,9 +214,9 @@ def _request_key(scope: Scope, raw_body: bytes) -> bytes:
     client = scope.get("client")
     host = client[0].encode() if client else b""
     scheme = (scope.get("scheme") or "").encode()
-    return hashlib.sha256(b"%d %d %d %d %d|" % (
-        len(auth), len(forwarded), len(proto), len(host), len(scheme),
-    ) + auth + forwarded + proto + host + scheme + raw_body).digest()
+    lengths = _LENGTHS.pack(len(auth), len(forwarded), len(proto), len(host), len(scheme))
+    return hashlib.sha256(
+        b"".join((lengths, auth, forwarded, proto, host, scheme, raw_body))).digest()
 
 
 def _body(raw: bytes) -> dict[str, Any] | None:
