@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,22 @@ def make_settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
                               "usage_flush_seconds": 0.2}
     values.update(overrides)
     return Settings(**values)
+
+
+@contextmanager
+def serving(url: str, schema: str | None, tmp_path: Path, clock: SettableClock | None = None,
+            **overrides: Any) -> Iterator[tuple[Keyplane, httpx2.Client]]:
+    """A test's own Keyplane (these settings) served on a loopback port, and a client for it."""
+    kp = build(make_settings(tmp_path, url, **overrides), clock=clock, schema=schema,
+               migrate_db=True)
+    kp.start()
+    running = start_server(create_app(kp, manage_lifecycle=False))
+    try:
+        with httpx2.Client(base_url=running.url, timeout=10) as http:
+            yield kp, http
+    finally:
+        running.stop()
+        kp.close()
 
 
 @pytest.fixture

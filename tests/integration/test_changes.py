@@ -14,10 +14,9 @@ from typing import Any
 import httpx2
 import pytest
 
-from keyplane.bootstrap import Keyplane, build
+from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
-from keyplane.web.app import create_app
-from tests.conftest import Tenant, auth, make_settings, make_tenant
+from tests.conftest import Tenant, auth, make_tenant, serving
 from tests.integration.procs import (
     Setup,
     prepared_database,
@@ -25,7 +24,7 @@ from tests.integration.procs import (
     worker_env,
     workers,
 )
-from tests.support import REDIS_URL, SettableClock, start_server
+from tests.support import REDIS_URL, SettableClock
 
 Items = Iterator[tuple[str, Any]]
 
@@ -178,16 +177,8 @@ def test_the_event_stream_sends_the_position_then_each_change(
 @pytest.fixture
 def quick_keepalive(database: tuple[str, str | None], tmp_path: Path,
                     clock: SettableClock) -> Iterator[tuple[Keyplane, str]]:
-    url, schema = database
-    kp = build(make_settings(tmp_path, url, sse_keepalive_seconds=0.3), clock=clock,
-               schema=schema, migrate_db=True)
-    kp.start()
-    running = start_server(create_app(kp, manage_lifecycle=False))
-    try:
-        yield kp, running.url
-    finally:
-        running.stop()
-        kp.close()
+    with serving(*database, tmp_path, clock, sse_keepalive_seconds=0.3) as (kp, http):
+        yield kp, str(http.base_url).rstrip("/")
 
 
 def test_the_stream_keeps_alive_and_ends_when_its_credential_is_revoked(

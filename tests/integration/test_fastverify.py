@@ -10,13 +10,12 @@ from typing import Any
 
 import httpx2
 
-from keyplane.bootstrap import Keyplane, build
+from keyplane.bootstrap import Keyplane
 from keyplane.core import tokens
 from keyplane.core.rights import SYSTEM
-from keyplane.web.app import create_app
 from keyplane.web.fastverify import VerifyFastPath
-from tests.conftest import Tenant, auth, make_settings, make_tenant
-from tests.support import SettableClock, start_server
+from tests.conftest import Tenant, auth, make_tenant, serving
+from tests.support import SettableClock
 
 
 class Inner:
@@ -212,67 +211,50 @@ def test_answers_that_move_a_counter_are_never_remembered(
 
 def test_an_address_blocked_for_guessing_is_refused_a_remembered_answer(
         database: tuple[str, str | None], tmp_path: Path, clock: SettableClock) -> None:
-    url, schema = database
-    kp = build(make_settings(tmp_path, url, failure_limit=3, failure_window_seconds=60,
-                             trusted_proxies=["127.0.0.1/32"]),
-               clock=clock, schema=schema, migrate_db=True)
-    kp.start()
-    running = start_server(create_app(kp, manage_lifecycle=False))
-    try:
+    with serving(*database, tmp_path, clock, failure_limit=3, failure_window_seconds=60,
+                 trusted_proxies=["127.0.0.1/32"]) as (kp, http):
         tenant = make_tenant(kp)
         verifier = kp.keys.create(SYSTEM, None, {"name": "gw", "scopes": ["keys:verify"],
                                                  "require_tls": False}, operator=True).secret
         valid = kp.keys.create(SYSTEM, tenant.id, {"name": "k",
                                                    "owner_id": tenant.admin_id}).secret
-        with httpx2.Client(base_url=running.url, timeout=10) as http:
-            def ask(key: str, ip: str, via: str = "192.0.2.1") -> httpx2.Response:
-                return http.post("/v1/verify", json={"key": key, "ip": ip, "tls": True},
-                                 headers={**auth(verifier), "X-Forwarded-For": via})
 
-            assert [ask(valid, "198.51.100.9").json()["code"] for _ in range(3)] == \
-                ["VALID"] * 3
-            assert [ask(valid, "198.51.100.20", "192.0.2.2").status_code
-                    for _ in range(2)] == [200, 200]
-            assert len(kp.verifier.cache.answers) == 2
-            guesses = [ask(tokens.generate("kp"), "198.51.100.9").json()["code"]
-                       for _ in range(4)]
-            assert guesses == ["NOT_FOUND"] * 3 + ["RATE_LIMITED"]
-            refused = ask(valid, "198.51.100.9").json()  # remembered, but the address is not
-            assert refused["code"] == "RATE_LIMITED" and refused["key_id"] is None
-            assert ask(valid, "198.51.100.10").json()["code"] == "VALID"
+        def ask(key: str, ip: str, via: str = "192.0.2.1") -> httpx2.Response:
+            return http.post("/v1/verify", json={"key": key, "ip": ip, "tls": True},
+                             headers={**auth(verifier), "X-Forwarded-For": via})
 
-            # a gateway address that keeps presenting bad credentials is refused too
-            bad = [http.post("/v1/verify", json={"key": valid, "tls": True}, headers={
-                **auth(tokens.generate("kp")), "X-Forwarded-For": "192.0.2.2"}).status_code
-                for _ in range(4)]
-            assert bad == [401, 401, 401, 429]
-            assert ask(valid, "198.51.100.20", "192.0.2.2").status_code == 429  # remembered
-            assert ask(valid, "198.51.100.20", "192.0.2.1").status_code == 200
-    finally:
-        running.stop()
-        kp.close()
+        assert [ask(valid, "198.51.100.9").json()["code"] for _ in range(3)] == ["VALID"] * 3
+        assert [ask(valid, "198.51.100.20", "192.0.2.2").status_code
+                for _ in range(2)] == [200, 200]
+        assert len(kp.verifier.cache.answers) == 2
+        guesses = [ask(tokens.generate("kp"), "198.51.100.9").json()["code"]
+                   for _ in range(4)]
+        assert guesses == ["NOT_FOUND"] * 3 + ["RATE_LIMITED"]
+        refused = ask(valid, "198.51.100.9").json()  # remembered, but the address is not
+        assert refused["code"] == "RATE_LIMITED" and refused["key_id"] is None
+        assert ask(valid, "198.51.100.10").json()["code"] == "VALID"
+
+        # a gateway address that keeps presenting bad credentials is refused too
+        bad = [http.post("/v1/verify", json={"key": valid, "tls": True}, headers={
+            **auth(tokens.generate("kp")), "X-Forwarded-For": "192.0.2.2"}).status_code
+            for _ in range(4)]
+        assert bad == [401, 401, 401, 429]
+        assert ask(valid, "198.51.100.20", "192.0.2.2").status_code == 429  # remembered
+        assert ask(valid, "198.51.100.20", "192.0.2.1").status_code == 200
 
 
 def test_the_answer_cache_can_be_turned_off(
         database: tuple[str, str | None], tmp_path: Path, clock: SettableClock) -> None:
-    url, schema = database
-    kp = build(make_settings(tmp_path, url, verify_answer_cache_size=0), clock=clock,
-               schema=schema, migrate_db=True)
-    kp.start()
-    running = start_server(create_app(kp, manage_lifecycle=False))
-    try:
+    with serving(*database, tmp_path, clock, verify_answer_cache_size=0) as (kp, http):
         tenant = make_tenant(kp)
         verifier = kp.keys.create(SYSTEM, None, {"name": "gw", "scopes": ["keys:verify"],
                                                  "require_tls": False}, operator=True).secret
         valid = kp.keys.create(SYSTEM, tenant.id, {"name": "k",
                                                    "owner_id": tenant.admin_id}).secret
-        with httpx2.Client(base_url=running.url, timeout=10) as http:
-            codes = [http.post("/v1/verify", json={"key": valid, "tls": True},
-                               headers=auth(verifier)).json()["code"] for _ in range(3)]
-        assert codes == ["VALID"] * 3 and len(kp.verifier.cache.answers) == 0
-    finally:
-        running.stop()
-        kp.close()
+        codes = [http.post("/v1/verify", json={"key": valid, "tls": True},
+                           headers=auth(verifier)).json()["code"] for _ in range(3)]
+        assert codes == ["VALID"] * 3
+        assert len(kp.verifier.cache.answers) == len(kp.verifier.cache.verdicts) == 0
 
 
 def test_no_cache_keeps_a_secret_in_clear(http: httpx2.Client, keyplane: Keyplane,

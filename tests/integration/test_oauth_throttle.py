@@ -10,26 +10,18 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from keyplane.bootstrap import Keyplane, build
+from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
-from keyplane.web.app import create_app
-from tests.conftest import make_settings, make_tenant
+from tests.conftest import make_tenant, serving
 from tests.integration.oauth_support import approved_app
-from tests.support import sqlite_url, start_server
+from tests.support import sqlite_url
 
 
 @pytest.fixture
 def strict(tmp_path: Path) -> Iterator[tuple[Keyplane, httpx2.Client]]:
-    kp = build(make_settings(tmp_path, sqlite_url(tmp_path), failure_limit=3,
-                             trusted_proxies=["127.0.0.1/32"]), migrate_db=True)
-    kp.start()
-    running = start_server(create_app(kp, manage_lifecycle=False))
-    try:
-        with httpx2.Client(base_url=running.url, timeout=10) as http:
-            yield kp, http
-    finally:
-        running.stop()
-        kp.close()
+    with serving(sqlite_url(tmp_path), None, tmp_path, failure_limit=3,
+                 trusted_proxies=["127.0.0.1/32"]) as served:
+        yield served
 
 
 @pytest.mark.parametrize("path", ["/oauth/token", "/oauth/introspect", "/oauth/revoke"])

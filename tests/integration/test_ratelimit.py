@@ -15,10 +15,9 @@ import pytest
 from keyplane.bootstrap import Keyplane, build
 from keyplane.core import tokens
 from keyplane.core.rights import SYSTEM
-from keyplane.web.app import create_app
-from tests.conftest import Tenant, auth, make_settings, make_tenant
+from tests.conftest import Tenant, auth, make_settings, make_tenant, serving
 from tests.integration.helpers import create_key, verify
-from tests.support import SettableClock, free_port, start_server
+from tests.support import SettableClock, free_port
 
 
 def test_a_key_rate_limit_admits_the_limit_then_refuses(
@@ -112,18 +111,9 @@ def throttled(database: tuple[str, str | None], tmp_path: Path,
               clock: SettableClock) -> Iterator[tuple[Keyplane, httpx2.Client]]:
     """A server that trusts the loopback proxy (so tests choose the client address with
     X-Forwarded-For) and slows an address after 5 failures a minute."""
-    url, schema = database
-    kp = build(make_settings(tmp_path, url, failure_limit=5, failure_window_seconds=60,
-                             trusted_proxies=["127.0.0.1/32"]),
-               clock=clock, schema=schema, migrate_db=True)
-    kp.start()
-    running = start_server(create_app(kp, manage_lifecycle=False))
-    try:
-        with httpx2.Client(base_url=running.url, timeout=10) as client:
-            yield kp, client
-    finally:
-        running.stop()
-        kp.close()
+    with serving(*database, tmp_path, clock, failure_limit=5, failure_window_seconds=60,
+                 trusted_proxies=["127.0.0.1/32"]) as served:
+        yield served
 
 
 def from_ip(ip: str, key: str | None = None) -> dict[str, str]:
