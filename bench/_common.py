@@ -143,6 +143,10 @@ def _wrk(target: Target, duration: float, connections: int) -> Measured:
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if m:
         errors += sum(int(g) for g in m.groups())
+    if errors:  # say which kind, for whoever reads the run
+        print(f"  {target.name}: " + "; ".join(
+            line.strip() for line in out.splitlines()
+            if "Socket errors" in line or "Non-2xx" in line), file=sys.stderr)
     return Measured(rps, errors)
 
 
