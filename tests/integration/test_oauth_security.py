@@ -196,7 +196,10 @@ def test_code_reuse_is_refused_and_revokes_the_tokens_it_gave(
     first = exchange(http, partner, code, verifier)
     assert first.status_code == 200
     tokens = first.json()
-    assert verify(http, verifier_key, tokens["access_token"])["valid"] is True
+    answer = verify(http, verifier_key, tokens["access_token"])
+    assert answer["valid"] is True
+    assert answer["kind"] == "access_token" and answer["app_id"] == partner.app_id
+    assert answer["key_id"].startswith("con_")  # the connection: what its changes name
 
     again = exchange(http, partner, code, verifier)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"

@@ -78,7 +78,7 @@ def test_identity_in_scope_and_request_state(protect: Callable[..., Protected], 
     r = app.http.get("/whoami", headers=bearer(issued["key"]))
     assert r.status_code == 200, r.text
     assert r.json() == {"tenant_id": tenant.id, "key_id": issued["id"],
-                        "owner_id": issued["owner_id"], "kind": "key",
+                        "owner_id": issued["owner_id"], "kind": "key", "app_id": None,
                         "scopes": ["contacts:read", "contacts:write", "payments:read"]}
 
 

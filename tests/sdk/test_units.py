@@ -393,3 +393,24 @@ def test_refusals_do_not_accumulate_tracebacks() -> None:
     while tb is not None:
         depth, tb = depth + 1, tb.tb_next
     assert depth < 10  # one raise's worth, not fifty
+
+
+def test_connection_and_app_changes_drop_exactly_their_access_tokens() -> None:
+    cache, _ = live_cache()
+    gen = cache.generation
+
+    def token(connection: str, app: str | None) -> Any:
+        return MappingProxyType({"key_id": connection, "owner_id": "prn_1",
+                                 "tenant_id": "ten_1", "scopes": frozenset(),
+                                 "kind": "access_token", "app_id": app})
+
+    cache.put(b"key", ident("key_1"), expires_in=None, generation=gen)
+    cache.put(b"t1", token("con_1", "app_1"), expires_in=None, generation=gen)
+    cache.put(b"t2", token("con_2", "app_1"), expires_in=None, generation=gen)
+    cache.put(b"t3", token("con_3", "app_2"), expires_in=None, generation=gen)
+    cache.put(b"t4", token("con_4", None), expires_in=None, generation=gen)  # app not named
+    assert cache.invalidate("connection", "con_1") == 1
+    assert cache.get(b"t1") is None and cache.get(b"t2") is not None
+    assert cache.invalidate("app", "app_1") == 2  # its other token, and the unnamed one
+    assert cache.get(b"t2") is None and cache.get(b"t4") is None
+    assert cache.get(b"t3") is not None and cache.get(b"key") is not None

@@ -17,6 +17,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 Identity = Mapping[str, Any]
+# which identity field a change of each kind names
+_FIELDS = {"key": "key_id", "principal": "owner_id", "tenant": "tenant_id",
+           "connection": "key_id", "app": "app_id"}
 
 
 class VerdictCache:
@@ -63,14 +66,17 @@ class VerdictCache:
         return True
 
     def invalidate(self, kind: str, ref: str) -> int:
-        """Drop what a change to ``kind``/``ref`` may affect; unknown kinds drop everything."""
+        """Drop what a change to ``kind``/``ref`` may affect; unknown kinds drop everything.
+        An access token's ``key_id`` is its connection's id; an ``app`` change drops that app's
+        tokens (and any token whose app Keyplane did not name)."""
         self.generation += 1
-        field = {"key": "key_id", "principal": "owner_id", "tenant": "tenant_id"}.get(kind)
+        field = _FIELDS.get(kind)
         if field is None:
             dropped = len(self._data)
             self._data.clear()
             return dropped
-        doomed = [d for d, (_, ident) in self._data.items() if ident.get(field) == ref]
+        doomed = [d for d, (_, ident) in self._data.items() if ident.get(field) == ref or (
+            kind == "app" and ident.get("kind") == "access_token" and not ident.get("app_id"))]
         for d in doomed:
             del self._data[d]
         return len(doomed)

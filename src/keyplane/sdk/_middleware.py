@@ -10,8 +10,9 @@ For each HTTP or WebSocket request it
    ``trusted_proxies``);
 3. answers from its cache of VALID verdicts, or refuses a malformed key offline (checksum), or
    asks Keyplane (``POST /v1/verify``);
-4. puts ``{"tenant_id", "key_id", "owner_id", "scopes", "kind"}`` in ``scope["keyplane"]`` and
-   ``request.state.keyplane``, or answers 401 / 403 / 429 as ``{"error": {"code", "message"}}``.
+4. puts ``{"tenant_id", "key_id", "owner_id", "scopes", "kind", "app_id"}`` in
+   ``scope["keyplane"]`` and ``request.state.keyplane``, or answers 401 / 403 / 429 as
+   ``{"error": {"code", "message"}}``.
 
 It fails closed: if Keyplane cannot be reached the request gets 503, never a pass.
 Keys with a rate limit or a usage quota (the answer's ``ratelimit`` is set, or ``cacheable`` is
@@ -353,6 +354,7 @@ class KeyplaneMiddleware:
                 "owner_id": _shared(body.get("owner_id")),
                 "scopes": self._scope_set(body.get("scopes") or ()),
                 "kind": _shared(body.get("kind") or "key"),
+                "app_id": _shared(body.get("app_id")),  # the partner app of an access token
             })
             expires_in = None
             if body.get("expires_at"):

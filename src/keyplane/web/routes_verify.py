@@ -26,12 +26,13 @@ def verdict_out(verdict: Verdict) -> dict[str, Any]:
     out: dict[str, Any] = {
         "valid": verdict.valid, "code": verdict.decision.code.value,
         "message": verdict.decision.reason, "key_id": None, "tenant_id": None,
-        "owner_id": None, "name": None, "kind": None, "scopes": [], "expires_at": None,
-        "ratelimit": verdict.ratelimit, "cacheable": False,
+        "owner_id": None, "name": None, "kind": None, "app_id": None, "scopes": [],
+        "expires_at": None, "ratelimit": verdict.ratelimit, "cacheable": False,
     }
     if snap is not None:
         out.update(key_id=snap.key_id, tenant_id=snap.tenant_id, owner_id=snap.owner_id,
-                   name=snap.name, kind=snap.kind, expires_at=ts(snap.expires_at))
+                   name=snap.name, kind=snap.kind, app_id=snap.meta.get("app_id"),
+                   expires_at=ts(snap.expires_at))
         if verdict.valid:
             out["scopes"] = sorted(snap.scopes)
             # may an SDK reuse this answer? Not when every use must be counted here
