@@ -263,8 +263,7 @@ class KeyplaneMiddleware:
         or ``None``. A hit is counted as a use of the key (reported to Keyplane)."""
         identity = self.cache.get(_digest(raw, ip, tls))
         if identity is not None:
-            uses, key_id = self.usage.pending, identity["key_id"]
-            uses[key_id] = uses.get(key_id, 0) + 1
+            self.usage.pending[identity["key_id"]] += 1
         return identity
 
     async def _authenticate(self, scope: Any) -> tuple[Identity, tuple[Header, ...]]:
@@ -279,8 +278,7 @@ class KeyplaneMiddleware:
         digest = _digest(raw, ip, tls)
         identity = self.cache.get(digest)
         if identity is not None:  # Keyplane did not see this use: count it for the report
-            uses, key_id = self.usage.pending, identity["key_id"]
-            uses[key_id] = uses.get(key_id, 0) + 1
+            self.usage.pending[identity["key_id"]] += 1
             return identity, ()
         # a cache hit is a string that passed the checksum before; everything else is
         # checksummed before anything else is asked

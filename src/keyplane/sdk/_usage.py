@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
 
 import httpx2
 
@@ -28,7 +29,8 @@ class UsageReporter:
         if interval < 0:
             raise ValueError("usage_report_seconds must not be negative")
         self.interval = interval
-        self.pending: dict[str, int] = {}  # key id -> uses; the middleware adds to it
+        # key id -> uses; the middleware adds to it (``pending[key_id] += 1``)
+        self.pending: defaultdict[str, int] = defaultdict(int)
         self.dropped = 0  # uses that could not be kept (more than MAX_PENDING keys)
         self._http: httpx2.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -65,7 +67,7 @@ class UsageReporter:
         http = self._http
         if http is None or not self.pending:
             return 0
-        items, self.pending = list(self.pending.items()), {}
+        items, self.pending = list(self.pending.items()), defaultdict(int)
         delivered = 0
         for start in range(0, len(items), BATCH):
             chunk = items[start:start + BATCH]
@@ -88,7 +90,7 @@ class UsageReporter:
         pending = self.pending
         for key_id, n in chunk:
             if key_id in pending or len(pending) < MAX_PENDING:
-                pending[key_id] = pending.get(key_id, 0) + n
+                pending[key_id] += n
             else:
                 self.dropped += n
 
