@@ -12,6 +12,8 @@ from typing import Any
 import httpx2
 import pytest
 
+from keyplane.bootstrap import Keyplane
+from keyplane.core.rights import SYSTEM
 from keyplane.sdk import Client, KeyplaneMiddleware
 from tests.conftest import Tenant
 from tests.support import RunningServer, start_server
@@ -42,6 +44,13 @@ def data_key(kp: Client, *scopes: str, **fields: Any) -> dict[str, Any]:
     fields.setdefault("name", "integration")
     out: dict[str, Any] = kp.keys.create(scopes=list(scopes), **fields)
     return out
+
+
+def served_uses(keyplane: Keyplane, tenant: Tenant, key_id: str) -> int:
+    """VALID verifications of ``key_id`` that Keyplane has written (after a flush)."""
+    keyplane.usage.flush()
+    series = keyplane.usage_reports.series(SYSTEM, tenant.id, key_id, start=None, end=None)
+    return sum(i["count"] for i in series["items"] if i["outcome"] == "VALID")
 
 
 def find_middleware(app: Any) -> KeyplaneMiddleware:

@@ -17,10 +17,9 @@ from starlette.websockets import WebSocket
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core import tokens
-from keyplane.core.rights import SYSTEM
 from keyplane.sdk import Client, KeyplaneMiddleware, requires
 from tests.conftest import Tenant
-from tests.sdk.conftest import CountingTransport, Protected, data_key
+from tests.sdk.conftest import CountingTransport, Protected, data_key, served_uses
 from tests.support import RunningServer, free_port
 
 
@@ -236,13 +235,6 @@ def test_usage_quota_counts_every_request(protect: Callable[..., Protected],
     key = data_key(kp, "contacts:read", remaining=2)["key"]
     statuses = [app.http.get("/contacts", headers=bearer(key)).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]
-
-
-def served_uses(keyplane: Keyplane, tenant: Tenant, key_id: str) -> int:
-    """VALID verifications of ``key_id`` that Keyplane has written (after a flush)."""
-    keyplane.usage.flush()
-    series = keyplane.usage_reports.series(SYSTEM, tenant.id, key_id, start=None, end=None)
-    return sum(i["count"] for i in series["items"] if i["outcome"] == "VALID")
 
 
 def test_uses_answered_from_the_cache_are_reported_to_keyplane(

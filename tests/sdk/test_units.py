@@ -414,3 +414,38 @@ def test_connection_and_app_changes_drop_exactly_their_access_tokens() -> None:
     assert cache.invalidate("app", "app_1") == 2  # its other token, and the unnamed one
     assert cache.get(b"t2") is None and cache.get(b"t4") is None
     assert cache.get(b"t3") is not None and cache.get(b"key") is not None
+
+
+def run_lifespan(app: Any) -> list[str]:
+    """Drive a lifespan through KeyplaneMiddleware(app); returns what the server was sent."""
+    mw = KeyplaneMiddleware(app, url="http://127.0.0.1:9", token=tokens.generate("kp"),
+                            changes="off", usage_report_seconds=0)
+    sent: list[str] = []
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message["type"])
+
+    asyncio.run(mw({"type": "lifespan"}, receive, send))
+    return sent
+
+
+def test_lifespan_is_answered_for_an_app_that_refuses_it() -> None:
+    async def django_like(scope: Any, receive: Any, send: Any) -> None:
+        raise ValueError("Django can only handle ASGI/HTTP connections, not lifespan.")
+
+    assert run_lifespan(django_like) == ["lifespan.startup.complete",
+                                         "lifespan.shutdown.complete"]
+
+
+def test_an_app_that_fails_its_own_startup_still_fails() -> None:
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+        raise RuntimeError("no database")
+
+    with pytest.raises(RuntimeError, match="no database"):
+        run_lifespan(failing)

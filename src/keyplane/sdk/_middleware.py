@@ -227,15 +227,42 @@ class KeyplaneMiddleware:
             await denied.send(scope, send)
 
     async def _lifespan(self, scope: Any, receive: Any, send: Any) -> None:
+        seen: set[str] = set()  # lifespan messages received, and those the app sent
+
         async def receive_wrapper() -> Any:
             message = await receive()
+            seen.add(message["type"])
             if message["type"] == "lifespan.startup":
                 self._ensure_started()
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()
             return message
 
-        await self.app(scope, receive_wrapper, send)
+        async def send_wrapper(message: Any) -> None:
+            seen.add(message["type"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception:
+            if seen & {"lifespan.startup.complete", "lifespan.startup.failed"}:
+                raise  # the app speaks lifespan, and failed at it
+            # the app does not speak lifespan (Django's ASGI handler refuses it): answer it
+            # here, so that the change stream starts and usage is reported at shutdown
+            log.debug("the app does not handle lifespan; KeyplaneMiddleware answers it")
+            await self._own_lifespan(receive, send, "lifespan.startup" in seen)
+
+    async def _own_lifespan(self, receive: Any, send: Any, started: bool) -> None:
+        while True:
+            kind = "lifespan.startup" if started else (await receive())["type"]
+            started = False
+            if kind == "lifespan.startup":
+                self._ensure_started()
+                await send({"type": "lifespan.startup.complete"})
+            elif kind == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
     # -- verification ------------------------------------------------------------------------
 

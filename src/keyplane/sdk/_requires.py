@@ -1,7 +1,7 @@
 """``requires(*scopes)``: scope checks for endpoints behind :class:`KeyplaneMiddleware`.
 
-As a decorator of Starlette endpoints (sync or async, with a ``request`` or ``websocket``
-argument)::
+As a decorator of Starlette endpoints or Django views (sync or async, with a ``request`` or
+``websocket`` argument)::
 
     @requires("contacts:write")
     async def create_contact(request): ...
@@ -44,15 +44,23 @@ def _missing_key(realm: str = "api") -> Denied:
                   [bearer_challenge(realm)])
 
 
-def _response(denied: Denied) -> Any:
-    """The refusal as the endpoint's response: a Starlette response where Starlette is (so
-    FastAPI endpoints may return it too), else the plain ASGI responder."""
+def _response(denied: Denied, request: Any = None) -> Any:
+    """The refusal as the endpoint's response: a Django ``JsonResponse`` for a Django view, a
+    Starlette response where Starlette is (so FastAPI endpoints may return it too), else the
+    plain ASGI responder."""
+    body = {"error": {"code": denied.code, "message": denied.message}}
+    if type(request).__module__.startswith("django."):
+        from django.http import JsonResponse as DjangoJson
+
+        response = DjangoJson(body, status=denied.status)
+        for name, value in denied.headers:
+            response[name.decode("latin-1")] = value.decode("latin-1")
+        return response
     try:
         from starlette.responses import JSONResponse
     except ImportError:  # pragma: no cover
         return denied
-    return JSONResponse({"error": {"code": denied.code, "message": denied.message}},
-                        status_code=denied.status,
+    return JSONResponse(body, status_code=denied.status,
                         headers={k.decode("latin-1"): v.decode("latin-1")
                                  for k, v in denied.headers})
 
@@ -122,17 +130,18 @@ class Requires:
                     if conn.scope["type"] == "websocket":
                         await conn.close(code=1008, reason=denied.code)
                         return None
-                    return _response(denied)
+                    return _response(denied, conn)
                 return await endpoint(*args, **kwargs)
 
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(endpoint)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            conn = connection(args, kwargs)
             try:
-                check(connection(args, kwargs).scope)
+                check(conn.scope)
             except Denied as denied:
-                return _response(denied)
+                return _response(denied, conn)
             return endpoint(*args, **kwargs)
 
         return sync_wrapper  # type: ignore[return-value]
