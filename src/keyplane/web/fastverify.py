@@ -48,7 +48,7 @@ _OUTCOME_VALID = "VALID"
 _LENGTHS = struct.Struct("!5I")  # the length of each part of a request's digest
 
 
-class Remembered(NamedTuple):
+class RememberedAnswer(NamedTuple):
     """An answer given before, and what a repeat must still do: count both keys' usage, and
     refuse to repeat it past an expiry or for an address the failure throttle now blocks."""
 
@@ -118,7 +118,7 @@ class VerifyFastPath:
         """The answer to this exact request if it was given before and still holds."""
         kp = self.kp
         cache = kp.verifier.cache
-        found: Remembered | None = cache.remembered(cache.answers, request)
+        found: RememberedAnswer | None = cache.remembered(cache.answers, request)
         if found is None:
             return None
         now = kp.ctx.clock.now()
@@ -185,7 +185,7 @@ class VerifyFastPath:
             # an answer given after an expiry would be wrong before it (clocks can step back)
             if expires_at is None or kp.ctx.clock.now() < expires_at:
                 cache = kp.verifier.cache
-                cache.remember(cache.answers, request, Remembered(
+                cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
                     verdict.decision.code.value, expires_at, caller_ip, ip),
                     generation, (cache_key(credential), cache_key(key)))
