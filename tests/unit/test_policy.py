@@ -182,3 +182,10 @@ def test_address_allowed_never_matches_across_families() -> None:
     assert not address_allowed(ipaddress.IPv4Address("1.2.3.4"), v6_all)
     assert address_allowed(ipaddress.IPv6Address("2001:db8::1"), v6_all)
     assert address_allowed(ipaddress.IPv4Address("1.2.3.4"), parse_networks(["0.0.0.0/0"]))
+
+
+def test_a_key_with_a_rate_limit_or_a_quota_is_counted_on_every_use() -> None:
+    assert not snap().counted
+    assert snap(ratelimit=(10, 60)).counted
+    assert snap(meta={"quota": True}).counted
+    assert not snap(meta={"grant_id": "con_1"}).counted

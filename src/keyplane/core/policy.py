@@ -90,6 +90,12 @@ class Snapshot:
     client_id: str | None = None
     meta: dict[str, object] = field(default_factory=dict)
 
+    @property
+    def counted(self) -> bool:
+        """Does every use move a counter (a rate limit, a usage quota)? Then no answer about
+        this key may be reused: each one is verified and counted here."""
+        return self.ratelimit is not None or bool(self.meta.get("quota"))
+
 
 @dataclass(frozen=True, slots=True)
 class Request:

@@ -147,10 +147,10 @@ class Verifier:
         now = self.ctx.clock.now()
         decision = decide(snapshot, Request(now=now, required=required, ip=ip, tls=tls))
         limits = None
-        quota = snapshot.meta.get("quota")  # a usage quota is counted in the database
-        counted = snapshot.ratelimit is not None or quota
+        counted = snapshot.counted
         if decision.valid and self.rate_check is not None and counted:
-            if not load and (self.rate_check_blocking or quota):
+            # a usage quota is counted in the database: never on the event loop
+            if not load and (self.rate_check_blocking or snapshot.meta.get("quota")):
                 return None
             denial, limits = self.rate_check(snapshot)
             if denial is not None:

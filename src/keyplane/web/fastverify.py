@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core.errors import KeyplaneError
-from keyplane.core.policy import Address, Snapshot, parse_address, parse_networks
+from keyplane.core.policy import Address, parse_address, parse_networks
 from keyplane.services.auth import caller_from
 from keyplane.services.verify import cache_key
 from keyplane.web import net
@@ -177,8 +177,8 @@ class VerifyFastPath:
             return None  # the route counts the guess against the address
         out = json.dumps(verdict_out(verdict), separators=(",", ":")).encode()
         assert seen.snapshot is not None
-        if _repeatable(seen.snapshot) and verdict.snapshot is not None and _repeatable(
-                verdict.snapshot) and verdict.decision.code not in GUESSES:
+        if not seen.snapshot.counted and verdict.snapshot is not None and not (
+                verdict.snapshot.counted) and verdict.decision.code not in GUESSES:
             expiries = [s.expires_at for s in (seen.snapshot, verdict.snapshot)
                         if s.expires_at is not None]
             expires_at = min(expiries) if expiries else None
@@ -190,12 +190,6 @@ class VerifyFastPath:
                     verdict.decision.code.value, expires_at, caller_ip, ip),
                     generation, (cache_key(credential), cache_key(key)))
         return out
-
-
-def _repeatable(snapshot: Snapshot) -> bool:
-    """May an answer that depends on this snapshot be given again without recomputing it?
-    Not when each use moves a counter (a rate limit, a usage quota)."""
-    return snapshot.ratelimit is None and not snapshot.meta.get("quota")
 
 
 def _request_key(scope: Scope, raw_body: bytes) -> bytes:

@@ -36,7 +36,7 @@ def verdict_out(verdict: Verdict) -> dict[str, Any]:
         if verdict.valid:
             out["scopes"] = sorted(snap.scopes)
             # may an SDK reuse this answer? Not when every use must be counted here
-            out["cacheable"] = snap.ratelimit is None and not snap.meta.get("quota")
+            out["cacheable"] = not snap.counted
     return out
 
 
