@@ -44,7 +44,7 @@ def _missing_key(realm: str = "api") -> Denied:
                   [bearer_challenge(realm)])
 
 
-def _response(denied: Denied, request: Any = None) -> Any:
+def _response(denied: Denied, request: Any) -> Any:
     """The refusal as the endpoint's response: a Django ``JsonResponse`` for a Django view, a
     Starlette response where Starlette is (so FastAPI endpoints may return it too), else the
     plain ASGI responder."""

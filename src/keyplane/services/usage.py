@@ -153,7 +153,7 @@ class UsageService:
     answered from their own caches (``POST /v1/usage``)."""
 
     def __init__(self, ctx: Context, keys: Any, store: UsageStore,
-                 recorder: UsageRecorder | None = None) -> None:
+                 recorder: UsageRecorder) -> None:
         self.ctx = ctx
         self.keys = keys  # KeyService: it decides who may see the key
         self.store = store
@@ -180,7 +180,6 @@ class UsageService:
                                      and owner[0] != caller.tenant_id):
                     continue
                 accepted[key_id] = count
-        assert self.recorder is not None
         now = self.ctx.clock.now()
         for key_id, count in accepted.items():
             self.recorder.record(key_id, now, "VALID", count)
