@@ -95,7 +95,13 @@ class Tenant:
     admin_id: str
     admin_email: str
     admin_password: str
-    management_key: str  # keys:write members:write tenant:write, usable over plain HTTP
+    management_key: str  # keys/members/tenant:write and every data scope, over plain HTTP
+
+
+def data_writes(kp: Keyplane) -> list[str]:
+    """Every data scope's Edit (which implies View): what a management key needs to hand out
+    data scopes, since a key never grants more than its creator holds."""
+    return sorted(s for s in kp.ctx.catalogue().data_scopes() if s.endswith(":write"))
 
 
 def make_tenant(kp: Keyplane, name: str = "Acme", email: str | None = None) -> Tenant:
@@ -106,7 +112,7 @@ def make_tenant(kp: Keyplane, name: str = "Acme", email: str | None = None) -> T
                                  {"email": email, "role": "admin", "password": password})
     issued = kp.keys.create(SYSTEM, tenant.id, {
         "name": "ops", "owner_id": admin.id, "require_tls": False,
-        "scopes": ["keys:write", "members:write", "tenant:write"],
+        "scopes": ["keys:write", "members:write", "tenant:write", *data_writes(kp)],
     })
     return Tenant(tenant.id, admin.id, email, password, issued.secret)
 

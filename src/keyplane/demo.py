@@ -31,10 +31,12 @@ def ensure_demo(kp: Keyplane) -> DemoCredentials | None:
         {"email": "admin@example.com", "name": "Demo admin", "role": "admin",
          "password": password},
     )
+    writes = sorted(s for s in kp.ctx.catalogue().data_scopes() if s.endswith(":write"))
     management = kp.keys.create(
         SYSTEM, tenant.id,
         {"name": "demo management key", "owner_id": admin.id,
-         "scopes": ["keys:write", "members:write", "tenant:write"],
+         # a key grants only what its creator holds: this one may hand out every data scope
+         "scopes": ["keys:write", "members:write", "tenant:write", *writes],
          "require_tls": False, "description": "created by make serve; plain HTTP allowed"},
     )
     verifier = kp.keys.create(

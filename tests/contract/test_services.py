@@ -26,6 +26,7 @@ from keyplane.core.rights import SYSTEM, Caller
 from keyplane.core.tokens import Hasher, Pepper
 from keyplane.services.auth import authenticate
 from keyplane.services.keys import IssuedKey
+from tests.conftest import data_writes
 from tests.support import SettableClock
 
 DAY = timedelta(days=1)
@@ -60,7 +61,7 @@ def make_env(kp: Keyplane, name: str = "Acme") -> Env:
                                   "role": "admin"})
     issued = kp.keys.create(SYSTEM, tenant.id, {
         "name": "ops", "owner_id": admin.id,
-        "scopes": ["keys:write", "members:write", "tenant:write"]})
+        "scopes": ["keys:write", "members:write", "tenant:write", *data_writes(kp)]})
     caller = authenticate(kp.verifier, issued.secret, ip=None, tls=True)
     return Env(kp, tenant.id, admin.id, caller, issued.secret)
 
@@ -626,7 +627,9 @@ def test_unknown_scopes_are_refused(env: Env) -> None:
 def test_removing_a_scope_from_the_catalogue_removes_it_from_keys(env: Env) -> None:
     kp = env.kp
     kp.catalogue.put(SYSTEM, "invoices:read", {"description": "View invoices"})
-    issued = env.create(scopes=["invoices:read", "contacts:read"])
+    # the tenant's management key predates the scope, so it cannot grant it: the operator does
+    issued = kp.keys.create(SYSTEM, env.tid, {"name": "books", "owner_id": env.admin_id,
+                                              "scopes": ["invoices:read", "contacts:read"]})
     assert code(kp, issued.secret, "invoices:read", "contacts:read") is Code.VALID
     kp.catalogue.delete(SYSTEM, "invoices:read")
     assert code(kp, issued.secret, "invoices:read") is Code.INSUFFICIENT_SCOPE

@@ -330,7 +330,11 @@ def test_scope_catalogue(http: httpx2.Client, tenant: Tenant, operator_key: str,
     listed = ok(http.get("/v1/scopes", headers=mk))["items"]
     assert {"name": "invoices:read", "description": "View invoices"} in listed
 
-    key = create_key(http, tenant.management_key, scopes=["invoices:read"])
+    # the management key predates the new scope, so it cannot grant it; the operator can
+    r = http.post("/v1/keys", json={"name": "books", "scopes": ["invoices:read"]}, headers=mk)
+    assert err(r, 403)["field"] == "scopes"
+    key = create_key(http, operator_key, f"/v1/keys?tenant_id={tenant.id}",
+                     scopes=["invoices:read"], owner_id=tenant.admin_id)
     assert code(http, verifier_key, key["key"], scopes=["invoices:read"]) == "VALID"
 
     # removing it takes it away from every key at once, and refuses it for new ones

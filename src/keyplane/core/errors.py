@@ -6,6 +6,7 @@
     ├── PermissionDenied           credential lacks the right (403)
     ├── NotFound                   no such object in the caller's tenant (404)
     ├── Conflict                   state does not allow the change (409)
+    ├── PreconditionFailed         the object changed since the caller read it (412)
     └── RateLimited                too many requests (429): carries ``retry_after``
 
 Adapters (HTTP, CLI) map these to status codes and exit codes; messages never contain secrets.
@@ -43,6 +44,10 @@ class NotFound(KeyplaneError):
 
 class Conflict(KeyplaneError):
     code = "conflict"
+
+
+class PreconditionFailed(KeyplaneError):
+    code = "precondition_failed"
 
 
 class RateLimited(KeyplaneError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -116,6 +117,13 @@ class ApiKey:
     @property
     def is_operator(self) -> bool:
         return self.tenant_id is None
+
+    @property
+    def version(self) -> str:
+        """Names this state of the key (sent as its HTTP ``ETag``): every edit and rotation
+        changes ``updated_at``, and every rotation changes ``start`` too."""
+        stamp = f"{self.id}|{self.updated_at.timestamp()!r}|{self.start}"
+        return hashlib.sha256(stamp.encode()).hexdigest()[:20]
 
 
 @dataclass

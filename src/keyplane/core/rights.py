@@ -95,6 +95,18 @@ class Caller:
             return needed in sc.expand(self.scopes)
         return permission in sc.expand(self.scopes)
 
+    def lacks(self, scopes: Iterable[str]) -> list[str]:
+        """Those of ``scopes`` that reach beyond this credential (write implies read).
+
+        A credential never hands out, takes over or widens a key reaching further than itself:
+        creating, duplicating, rotating, editing or unlocking a key needs every scope the key
+        grants. The operator's platform credential stands above tenants and lacks nothing.
+        """
+        if self.kind is CredentialKind.OPERATOR_KEY:
+            return []
+        held = sc.expand(self.scopes)
+        return sorted(s for s in set(scopes) if not sc.expand((s,)) <= held)
+
     def require(self, permission: str) -> None:
         if not self.holds(permission):
             raise PermissionDenied(

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from keyplane.core import ids, tokens
 from keyplane.core import scopes as sc
-from keyplane.core.errors import NotFound, PermissionDenied, ValidationError
+from keyplane.core.errors import (
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    ValidationError,
+)
 from keyplane.core.model import ApiKey, KeySecret, Page, Tenant
 from keyplane.core.ports import UnitOfWork
-from keyplane.core.rights import Caller, CredentialKind, principal_rights
+from keyplane.core.rights import Caller, principal_rights
 from keyplane.services import validate as v
 from keyplane.services.context import Context
 
@@ -30,6 +36,10 @@ def _remaining(value: Any) -> int | None:
     if value is None:
         return None
     return v.integer(value, "remaining", minimum=0, maximum=MAX_REMAINING)
+
+
+def _listed(scopes: Sequence[str]) -> str:
+    return ", ".join(repr(s) for s in scopes)
 
 
 @dataclass(frozen=True)
@@ -77,14 +87,11 @@ class KeyService:
 
     def _check_scopes(self, uow: UnitOfWork, key: ApiKey, caller: Caller) -> None:
         cat = self.ctx.catalogue()
-        if caller.kind is not CredentialKind.OPERATOR_KEY:
-            # a credential never mints management rights it does not hold itself
-            management = [s for s in sc.expand(key.scopes) if sc.is_management(s)]
-            beyond_caller = sorted(set(management) - sc.expand(caller.scopes))
-            if beyond_caller:
-                raise PermissionDenied(
-                    f"scopes: this credential does not hold {beyond_caller[0]!r}, so it cannot "
-                    "grant it", code="insufficient_scope", field="scopes")
+        beyond_caller = caller.lacks(key.scopes)
+        if beyond_caller:  # a credential never grants what it does not hold itself
+            raise PermissionDenied(
+                f"scopes: this credential does not hold {_listed(beyond_caller)}, so it cannot "
+                "grant it", code="insufficient_scope", field="scopes")
         if key.is_operator:
             allowed = {"keys:verify", "platform:read", "platform:write"}
             bad = [s for s in key.scopes if s not in allowed]
@@ -112,6 +119,27 @@ class KeyService:
         if key is None or key.revoked_at is not None:
             raise NotFound("no such key")
         return key
+
+    @staticmethod
+    def _require_control(caller: Caller, key: ApiKey, action: str) -> None:
+        """Only a credential holding every scope ``key`` grants may take it over: receive a
+        new secret for it, copy it, widen it or turn it back on. Lock and revoke only reduce
+        access and need ``keys:write`` alone."""
+        beyond = caller.lacks(key.scopes)
+        if beyond:
+            raise PermissionDenied(
+                f"this key grants {_listed(beyond)}, which this credential does not hold, so "
+                f"it cannot {action} it; only locking and revoking are allowed",
+                code="insufficient_scope")
+
+    @staticmethod
+    def _check_version(key: ApiKey, if_match: Sequence[str] | None) -> None:
+        """``If-Match``: refuse the change unless the key is still as the caller last read it."""
+        if if_match is None or "*" in if_match or key.version in if_match:
+            return
+        raise PreconditionFailed(
+            "If-Match: the key has changed since you read it (another rotation or edit came "
+            "first); read it again and decide", field="If-Match")
 
     def _scope_of(self, caller: Caller, tenant_id: str | None, operator: bool) -> str | None:
         if operator:
@@ -200,12 +228,17 @@ class KeyService:
                                  cursor=cursor)
 
     def update(self, caller: Caller, tenant_id: str | None, key_id: str, body: dict[str, Any],
-               *, operator: bool = False) -> ApiKey:
+               *, operator: bool = False, if_match: Sequence[str] | None = None) -> ApiKey:
+        """Edit, lock or unlock. Anything but locking needs every scope the key grants."""
         tid = self._scope_of(caller, tenant_id, operator)
         caller.require("keys:write")
         v.only_fields(body, PATCH_FIELDS)
+        lock_only = body == {"enabled": False}
         with self.ctx.uow() as uow:
             key = self._load(uow, caller, tid, key_id, for_update=True)
+            self._check_version(key, if_match)
+            if not lock_only:
+                self._require_control(caller, key, "unlock" if body.get("enabled") else "edit")
             if "name" in body:
                 key.name = v.text(body["name"], "name", max_len=v.MAX_NAME)
             if "description" in body:
@@ -255,11 +288,13 @@ class KeyService:
             uow.commit()
 
     def rotate(self, caller: Caller, tenant_id: str | None, key_id: str, body: dict[str, Any],
-               *, operator: bool = False) -> IssuedKey:
+               *, operator: bool = False, if_match: Sequence[str] | None = None) -> IssuedKey:
         """A new secret for the same key. The old secret works until the grace ends (0: now).
 
         A key holds at most two secrets: rotating while an earlier grace is still running ends
-        that older secret at once. The old secret never outlives the key's own expiry.
+        that older secret at once. The old secret never outlives the key's own expiry. With
+        ``if_match`` (the versions the caller read) a rotation that lost a race is refused
+        instead of handing out a secret that the winner's rotation already ended.
         """
         tid = self._scope_of(caller, tenant_id, operator)
         caller.require("keys:write")
@@ -268,6 +303,8 @@ class KeyService:
                           "grace_period_seconds", minimum=0, maximum=v.MAX_GRACE_SECONDS)
         with self.ctx.uow() as uow:
             key = self._load(uow, caller, tid, key_id, for_update=True)
+            self._check_version(key, if_match)
+            self._require_control(caller, key, "rotate")
             now = self.ctx.clock.now()
             deadline = now + timedelta(seconds=grace)
             if key.expires_at is not None:
@@ -300,6 +337,7 @@ class KeyService:
         v.only_fields(body, ("name",))
         with self.ctx.uow(readonly=True) as uow:
             source = self._load(uow, caller, tid, key_id)
+        self._require_control(caller, source, "duplicate")
         new_body: dict[str, Any] = {
             "name": body.get("name", f"{source.name} (copy)"),
             "description": source.description, "scopes": source.scopes,

@@ -17,6 +17,7 @@ STATUS: dict[type[e.KeyplaneError], int] = {
     e.PermissionDenied: 403,
     e.NotFound: 404,
     e.Conflict: 409,
+    e.PreconditionFailed: 412,
     e.RateLimited: 429,
 }
 
