@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -120,10 +121,14 @@ class ApiKey:
 
     @property
     def version(self) -> str:
-        """Names this state of the key (sent as its HTTP ``ETag``): every edit and rotation
-        changes ``updated_at``, and every rotation changes ``start`` too."""
-        stamp = f"{self.id}|{self.updated_at.timestamp()!r}|{self.start}"
-        return hashlib.sha256(stamp.encode()).hexdigest()[:20]
+        """Names this state of the key's settings and secret (sent as its HTTP ``ETag``): any
+        edit changes it, and so does every rotation, since each brings a new random ``start``.
+        Usage (``last_used_at``, the quota left) is not part of it."""
+        state = [self.id, self.owner_id, self.name, self.description, self.start,
+                 sorted(self.scopes), self.allowed_ips, self.require_tls, self.enabled,
+                 self.revoked_at, self.expires_at, self.updated_at, self.ratelimit, self.meta]
+        encoded = json.dumps(state, sort_keys=True, default=_stable).encode()
+        return hashlib.sha256(encoded).hexdigest()[:20]
 
 
 @dataclass
@@ -144,3 +149,8 @@ class AuditEvent:
 class Page:
     items: list[Any]
     next_cursor: str | None
+
+
+def _stable(value: Any) -> Any:
+    """The same text for the same value however storage returned it (time zones included)."""
+    return value.timestamp() if isinstance(value, datetime) else repr(value)
