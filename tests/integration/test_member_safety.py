@@ -3,18 +3,24 @@ an enabled admin (item 10). Real server, real SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
 from keyplane.bootstrap import Keyplane
-from keyplane.core.errors import Conflict
+from keyplane.core.errors import AuthenticationError, Conflict
 from keyplane.core.model import PrincipalKind
 from keyplane.core.rights import SYSTEM
+from keyplane.oauth.wiring import connected
 from keyplane.storage.sql.repositories import SqlPrincipals
 from tests.conftest import Tenant, auth
 from tests.integration.oauth_support import sign_in
@@ -81,6 +87,29 @@ def test_a_password_change_ends_the_members_sessions(
                       headers=auth(tenant.management_key)).json()["items"]
     assert events[0]["details"]["sessions_ended"] == 2
     assert OLD not in str(events) and NEW not in str(events)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # one subprocess run is enough
+def test_the_cli_password_reset_ends_the_members_sessions(
+        keyplane: Keyplane, tenant: Tenant, database: tuple[str, str | None],
+        tmp_path: Path) -> None:
+    sessions = connected(keyplane).sessions
+    outcome = sessions.sign_in(tenant.admin_email, tenant.admin_password, ip=None)
+    assert isinstance(outcome, tuple)
+    raw = outcome[0]
+    assert sessions.resolve(raw) is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYPLANE_")}
+    env.update(KEYPLANE_DATA_DIR=str(tmp_path / "data"), KEYPLANE_DATABASE_URL=database[0])
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("keyplane")), "users", "set-password", "--tenant",
+         tenant.id, "--email", tenant.admin_email.upper(), "--json"], input=NEW + "\n",
+        capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["id"] == tenant.admin_id and NEW not in done.stdout
+    assert sessions.resolve(raw) is None
+    with pytest.raises(AuthenticationError):
+        sessions.sign_in(tenant.admin_email, tenant.admin_password, ip=None)
+    assert sessions.sign_in(tenant.admin_email, NEW, ip=None)
 
 
 def test_other_changes_leave_sessions_alone(

@@ -205,6 +205,19 @@ class PrincipalService:
             uow.commit()
         return principal
 
+    def set_password(self, caller: Caller, tenant_id: str | None, email: Any,
+                     password: Any) -> Principal:
+        """Reset the password of the tenant's member with this email (the operator's CLI);
+        like every password change, it ends the member's sessions."""
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:write")
+        address = v.email(email)
+        with self.ctx.uow(readonly=True) as uow:
+            member = uow.principals.get_by_email(tid, address)
+        if member is None or member.kind is not PrincipalKind.MEMBER:
+            raise NotFound("no member of this tenant has that email")
+        return self.update(caller, tid, member.id, {"password": password})
+
     def delete(self, caller: Caller, tenant_id: str | None, principal_id: str) -> None:
         """Remove a principal; its keys are revoked in the same transaction."""
         tid = caller.tenant_for(tenant_id)

@@ -78,10 +78,12 @@ async def signin(request: Request) -> Response:
         return _signin_page(request, next_path=next_path, email=email, status=401,
                             error=_sentence(exc.message))
     if isinstance(outcome, ChooseWorkspace):
-        return pages.render(request, "choose_workspace.html", {
+        page = pages.render(request, "choose_workspace.html", {
             "csrf_token": env.sessions.csrf_token(binding), "next": next_path,
             "choice": outcome.token, "workspaces": outcome.workspaces,
         })
+        page.headers["Cache-Control"] = "no-store"  # it holds a short-lived sign-in proof
+        return page
     return _signed_in(request, outcome[0], next_path)
 
 
