@@ -67,9 +67,12 @@ class SqlTenants:
         self.conn.execute(t.tenants.insert().values(**self._row(tenant)))
 
     def get(self, tenant_id: str, *, for_update: bool = False) -> Tenant | None:
+        """``for_update`` serialises changes that must see each other (the last admin):
+        PostgreSQL's FOR NO KEY UPDATE, so rows that merely reference the tenant can still be
+        inserted meanwhile; SQLite serialises every write anyway."""
         q = t.tenants.select().where(t.tenants.c.id == tenant_id)
         if for_update:
-            q = q.with_for_update()
+            q = q.with_for_update(key_share=True)
         row = self.conn.execute(q).mappings().first()
         return self._build(row) if row else None
 
