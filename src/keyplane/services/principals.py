@@ -51,7 +51,7 @@ class PrincipalService:
     neither demoted, disabled nor deleted.
     """
 
-    def __init__(self, ctx: Context, repos: Repos | None = None) -> None:
+    def __init__(self, ctx: Context, repos: Repos) -> None:
         self.ctx = ctx
         self.repos = repos  # the web-session store, to end sessions when a password changes
 
@@ -77,8 +77,6 @@ class PrincipalService:
 
     def _end_sessions(self, uow: UnitOfWork, principal: Principal) -> int:
         """A new password ends every live session of the member (they sign in again)."""
-        if self.repos is None:
-            return 0
         return self.repos(uow).sessions.revoke_for_principal(principal.id, self.ctx.clock.now())
 
     def _group_ids(self, uow: UnitOfWork, tenant_id: str, value: Any) -> list[str]:

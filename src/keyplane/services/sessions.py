@@ -4,6 +4,10 @@ The session cookie holds a random token; the table holds only its keyed digest, 
 dump signs nobody in. Failed sign-ins are throttled per account and per client address with the
 ``limits`` library (in memory, or in Redis when ``KEYPLANE_REDIS_URL`` is set so that every
 worker shares the counters). Service accounts never sign in.
+
+One email may be a member of several tenants, each membership with its own password: a sign-in
+opens exactly the memberships whose password matched, and asks which workspace when there are
+several. A new password ends the member's sessions (``PrincipalService``).
 """
 
 from __future__ import annotations
