@@ -29,13 +29,12 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
         try:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
-            if conn.in_transaction():
-                conn.commit()
-            if sqlite:
+            if sqlite:  # before the commit where possible (Alembic leaves SQLite's open)
                 broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
-                conn.commit()
                 if broken:
                     raise RuntimeError(f"migration left broken references: {broken[:5]}")
+            if conn.in_transaction():
+                conn.commit()
         finally:
             if sqlite:
                 if conn.in_transaction():
