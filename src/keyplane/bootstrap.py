@@ -29,6 +29,7 @@ from keyplane.services.verify import Verifier
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
+from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
 
 log = logging.getLogger("keyplane")
@@ -117,7 +118,7 @@ def build(
         engine=engine,
         ctx=ctx,
         tenants=TenantService(ctx),
-        principals=PrincipalService(ctx),
+        principals=PrincipalService(ctx, connected_repos),
         groups=GroupService(ctx),
         keys=keys,
         catalogue=CatalogueService(ctx),

@@ -138,8 +138,8 @@ def test_principal_and_group_round_trip(keyplane: Keyplane) -> None:
     with uow(keyplane, readonly=True) as u:
         assert u.principals.get(tenant.id, p.id) == p
         assert u.principals.get(tenant.id, m.id) == m
-        assert u.principals.get_by_email("ada@example.com") == m
-        assert u.principals.get_by_email("nobody@example.com") is None
+        assert u.principals.get_by_email(m.tenant_id, "ada@example.com") == m
+        assert u.principals.get_by_email(m.tenant_id, "nobody@example.com") is None
         assert u.groups.get(tenant.id, g1.id) == g1
         assert u.groups.get_many([g2.id, g1.id, "grp_missing"]) == sorted(
             [g1, g2], key=lambda g: g.id)

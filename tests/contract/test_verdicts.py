@@ -10,6 +10,7 @@ import time
 from keyplane.bootstrap import Keyplane
 from keyplane.core import tokens
 from keyplane.core.decisions import Code
+from keyplane.core.model import PrincipalKind
 from keyplane.core.policy import parse_address
 from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant
@@ -41,6 +42,8 @@ def test_a_repeated_question_gets_the_remembered_verdict_until_something_changes
     clock.advance(days=-91)  # and back: the verdict given after the expiry was not remembered
     assert verify(issued.secret, required=READ, ip=IP, tls=True).valid
 
+    keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.MEMBER, {  # the tenant keeps
+        "email": "second-admin@example.com", "role": "admin"})           # an admin
     keyplane.principals.update(SYSTEM, tenant.id, tenant.admin_id, {"enabled": False})
     assert verify(issued.secret, required=READ, ip=IP, tls=True).decision.code is Code.DISABLED
 

@@ -209,6 +209,23 @@ def users_create(
     emit_json(out) if json_out else fields("member", out)
 
 
+@users_app.command("set-password")
+@handled
+def users_set_password(
+    tenant: TenantOpt,
+    email: Annotated[str, typer.Option(help="The member's sign-in email")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Set a member's password, read from stdin; the member's sessions end."""
+    from keyplane.web.schemas import principal_out
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    kp = _keyplane()
+    out = principal_out(kp.principals.set_password(SYSTEM, tenant, email, password))
+    kp.close()
+    emit_json(out) if json_out else fields("member", out)
+
+
 @sa_app.command("create")
 @handled
 def sa_create(

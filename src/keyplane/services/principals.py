@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from keyplane.core import ids
@@ -10,8 +11,11 @@ from keyplane.core.model import Group, Page, Principal, PrincipalKind, Role
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller
 from keyplane.services import validate as v
+from keyplane.services.connections import Repos
 from keyplane.services.context import Context
 from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_password
+
+LAST_ADMIN = "last_admin"
 
 
 def _role(value: Any) -> Role:
@@ -32,9 +36,48 @@ def _password(value: Any) -> str:
     return hash_password(value)
 
 
+def _administers(principal: Principal) -> bool:
+    """Counts as one of the tenant's admins: an enabled member with the admin role."""
+    return (principal.kind is PrincipalKind.MEMBER and principal.role is Role.ADMIN
+            and principal.enabled)
+
+
 class PrincipalService:
-    def __init__(self, ctx: Context) -> None:
+    """Members and service accounts.
+
+    Rules kept here: a member's email is unique within its tenant only (the same person may
+    belong to several tenants, and adding an address never says whether another tenant has it);
+    a new password ends the member's live sessions; the tenant's last enabled admin can be
+    neither demoted, disabled nor deleted.
+    """
+
+    def __init__(self, ctx: Context, repos: Repos) -> None:
         self.ctx = ctx
+        self.repos = repos  # the web-session store, to end sessions when a password changes
+
+    def _keep_an_admin(self, uow: UnitOfWork, before: Principal, *, still_admin: bool,
+                       action: str) -> None:
+        """Refuse a change that would leave the tenant without an enabled admin.
+
+        The caller holds the tenant row's lock (taken before reading ``before``), so two
+        concurrent demotions of the last two admins are serialised and the second one sees
+        the first."""
+        if not _administers(before) or still_admin:
+            return
+        if uow.principals.count_admins(before.tenant_id) <= 1:
+            raise Conflict(
+                f"cannot {action} the tenant's only enabled admin: nobody could administer the "
+                "tenant any more; make another member an admin first",
+                code=LAST_ADMIN, field={"demote": "role", "disable": "enabled"}.get(action),
+            )
+
+    def _lock_tenant(self, uow: UnitOfWork, tid: str) -> None:
+        if uow.tenants.get(tid, for_update=True) is None:
+            raise NotFound("no such tenant")
+
+    def _end_sessions(self, uow: UnitOfWork, principal: Principal) -> int:
+        """A new password ends every live session of the member (they sign in again)."""
+        return self.repos(uow).sessions.revoke_for_principal(principal.id, self.ctx.clock.now())
 
     def _group_ids(self, uow: UnitOfWork, tenant_id: str, value: Any) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
@@ -62,9 +105,9 @@ class PrincipalService:
         role = _role(body.get("role", "member"))
         password_hash = _password(body["password"]) if member and "password" in body else None
         with self.ctx.uow() as uow:
-            if uow.tenants.get(tid) is None:
-                raise NotFound("no such tenant")
-            if email and uow.principals.get_by_email(email) is not None:
+            self._lock_tenant(uow, tid)  # serialises two adds of one email to one tenant
+            # only this tenant's members are looked at: another tenant's are none of its business
+            if email and uow.principals.get_by_email(tid, email) is not None:
                 raise Conflict("a member with this email already exists", field="email")
             principal = Principal(
                 id=ids.new_id("usr" if member else "svc"),
@@ -115,9 +158,12 @@ class PrincipalService:
         tid = caller.tenant_for(tenant_id)
         caller.require("members:write")
         with self.ctx.uow() as uow:
+            if "role" in body or "enabled" in body:
+                self._lock_tenant(uow, tid)
             principal = uow.principals.get(tid, principal_id)
             if principal is None:
                 raise NotFound("no such member or service account")
+            before = replace(principal)
             member = principal.kind is PrincipalKind.MEMBER
             v.only_fields(
                 body,
@@ -135,7 +181,15 @@ class PrincipalService:
                 principal.password_hash = _password(body["password"])
             if "group_ids" in body:
                 principal.group_ids = self._group_ids(uow, tid, body["group_ids"])
+            self._keep_an_admin(
+                uow, before, still_admin=_administers(principal),
+                action="demote" if principal.enabled else "disable",
+            )
             uow.principals.update(principal)
+            details: dict[str, Any] = {}
+            if "password" in body:
+                details = {"password_changed": True,
+                           "sessions_ended": self._end_sessions(uow, principal)}
             self.ctx.audit(
                 uow,
                 caller,
@@ -143,19 +197,35 @@ class PrincipalService:
                 principal.id,
                 tenant_id=tid,
                 fields=sorted(set(body) - {"password"}),
+                **details,
             )
             self.ctx.changed(uow, "principal", principal.id)
             uow.commit()
         return principal
+
+    def set_password(self, caller: Caller, tenant_id: str | None, email: Any,
+                     password: Any) -> Principal:
+        """Reset the password of the tenant's member with this email (the operator's CLI);
+        like every password change, it ends the member's sessions."""
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:write")
+        address = v.email(email)
+        with self.ctx.uow(readonly=True) as uow:
+            member = uow.principals.get_by_email(tid, address)
+        if member is None or member.kind is not PrincipalKind.MEMBER:
+            raise NotFound("no member of this tenant has that email")
+        return self.update(caller, tid, member.id, {"password": password})
 
     def delete(self, caller: Caller, tenant_id: str | None, principal_id: str) -> None:
         """Remove a principal; its keys are revoked in the same transaction."""
         tid = caller.tenant_for(tenant_id)
         caller.require("members:write")
         with self.ctx.uow() as uow:
+            self._lock_tenant(uow, tid)
             principal = uow.principals.get(tid, principal_id)
             if principal is None:
                 raise NotFound("no such member or service account")
+            self._keep_an_admin(uow, principal, still_admin=False, action="delete")
             now = self.ctx.clock.now()
             revoked = []
             for key_id in uow.keys.ids_for_owner(principal.id):

@@ -4,6 +4,10 @@ The session cookie holds a random token; the table holds only its keyed digest, 
 dump signs nobody in. Failed sign-ins are throttled per account and per client address with the
 ``limits`` library (in memory, or in Redis when ``KEYPLANE_REDIS_URL`` is set so that every
 worker shares the counters). Service accounts never sign in.
+
+One email may be a member of several tenants, each membership with its own password: a sign-in
+opens exactly the memberships whose password matched, and asks which workspace when there are
+several. A new password ends the member's sessions (``PrincipalService``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, Storage, storage_from_string
@@ -33,6 +37,25 @@ from keyplane.services.passwords import MAX_PASSWORD, verify_password
 log = logging.getLogger("keyplane.sessions")
 SESSION_TOKEN_BYTES = 32
 BAD_CREDENTIALS = "the email or password is not right"
+CHOICE_SECONDS = 300  # how long the "Choose a workspace" page stays valid
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """One membership a password opened: what the person sees on the choice page."""
+
+    principal_id: str
+    tenant_name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class ChooseWorkspace:
+    """The password opened several memberships: the person picks one. ``token`` proves it
+    for a few minutes, in the browser it was issued to."""
+
+    token: str
+    workspaces: list[Workspace]
 
 
 @dataclass(frozen=True)
@@ -101,8 +124,16 @@ class SessionService:
         self.lifetime = lifetime
 
     def sign_in(self, email: Any, password: Any, *, ip: str | None,
-                request_id: str | None = None) -> tuple[str, SignedIn]:
-        """A new session for a member, or an error that does not say which part was wrong."""
+                request_id: str | None = None,
+                binding: str = "") -> tuple[str, SignedIn] | ChooseWorkspace:
+        """A new session for a member, or an error that does not say which part was wrong.
+
+        One email may belong to members of several tenants, each with its own password. The
+        password is checked against every one of them (argon2 each; at least one hash even
+        when there is none) and opens only the memberships it matches: a tenant that adds
+        someone's address with a password of its own choosing opens its own membership and
+        nothing else. One match signs in; several answer :class:`ChooseWorkspace`, whose
+        token (bound to ``binding``, the browser's CSRF cookie) :meth:`choose` redeems."""
         if not isinstance(email, str) or not email.strip() or not isinstance(password, str) \
                 or not password:
             raise AuthenticationError("enter your email and password", field="email")
@@ -116,23 +147,77 @@ class SessionService:
         if wait is not None:
             raise RateLimited("too many failed sign-ins; try again later", retry_after=wait)
         with self.ctx.uow(readonly=True) as uow:
-            principal = uow.principals.get_by_email(address)
-            tenant = uow.tenants.get(principal.tenant_id) if principal else None
-        hashed = principal.password_hash if principal is not None else None
-        ok = verify_password(password, hashed)  # same cost with or without an account
-        if (not ok or principal is None or not principal.can_sign_in or tenant is None
-                or not tenant.enabled):
-            self.throttle.failed(address, ip)
-            anonymous = Caller(kind=CredentialKind.SESSION, scopes=frozenset(), ip=ip,
-                               request_id=request_id)
-            with self.ctx.uow() as uow:
-                self.ctx.audit(uow, anonymous, "session.signin_failed",
-                               principal.id if principal else "unknown",
-                               tenant_id=principal.tenant_id if principal else None,
-                               outcome="failure")
-                uow.commit()
-            raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
+            members = uow.principals.members_with_email(address)
+            tenants = {t.id: t for t in (uow.tenants.get(tid)
+                                         for tid in {m.tenant_id for m in members}) if t}
+        matched: list[Principal] = []
+        for member in members:  # a hash per membership, so no membership is skipped early
+            if verify_password(password, member.password_hash) and member.can_sign_in:
+                tenant = tenants.get(member.tenant_id)
+                if tenant is not None and tenant.enabled:
+                    matched.append(member)
+        if not members:
+            verify_password(password, None)  # the same cost with or without an account
+        if not matched:
+            self._failed(address, members, ip=ip, request_id=request_id)
         self.throttle.succeeded(address)
+        if len(matched) == 1:
+            return self._open(matched[0], tenants[matched[0].tenant_id], ip=ip,
+                              request_id=request_id)
+        expires = int(self.ctx.clock.now().timestamp()) + CHOICE_SECONDS
+        refs = ",".join(f"{m.tenant_id}:{m.id}" for m in matched)
+        token = f"{expires}.{refs}.{self._choice_mac(binding, expires, refs, matched)}"
+        return ChooseWorkspace(token=token, workspaces=[
+            Workspace(principal_id=m.id, tenant_name=tenants[m.tenant_id].name,
+                      role=m.role.value.replace("_", " ")) for m in matched])
+
+    def choose(self, token: Any, principal_id: Any, *, binding: str, ip: str | None,
+               request_id: str | None = None) -> tuple[str, SignedIn]:
+        """Redeem a :class:`ChooseWorkspace` token for a session as one of its members."""
+        expired = AuthenticationError("this sign-in has expired; please sign in again",
+                                      code="choice_expired")
+        if not isinstance(token, str) or not isinstance(principal_id, str) or len(token) > 4000:
+            raise expired
+        expires_text, _, rest = token.partition(".")
+        refs, _, mac = rest.rpartition(".")
+        pairs = [ref.split(":", 1) for ref in refs.split(",") if ":" in ref]
+        if not expires_text.isdigit() or not pairs or not binding \
+                or int(expires_text) <= self.ctx.clock.now().timestamp():
+            raise expired
+        with self.ctx.uow(readonly=True) as uow:
+            members = [uow.principals.get(tid, pid) for tid, pid in pairs]
+            chosen = next((m for m in members if m is not None and m.id == principal_id), None)
+            tenant = uow.tenants.get(chosen.tenant_id) if chosen is not None else None
+        if any(m is None for m in members):
+            raise expired
+        # the MAC covers each member's password hash: a password changed since then voids it
+        good = self._choice_mac(binding, int(expires_text), refs, [m for m in members if m])
+        if not hmac.compare_digest(good, mac) or chosen is None:
+            raise expired
+        if not chosen.can_sign_in or tenant is None or not tenant.enabled:
+            raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
+        return self._open(chosen, tenant, ip=ip, request_id=request_id)
+
+    def _choice_mac(self, binding: str, expires: int, refs: str,
+                    members: list[Principal]) -> str:
+        hashes = "\n".join(m.password_hash or "" for m in members)
+        return self.ctx.hasher.digest(f"workspace:{binding}:{expires}:{refs}:{hashes}")
+
+    def _failed(self, address: str, members: list[Principal], *, ip: str | None,
+                request_id: str | None) -> NoReturn:
+        self.throttle.failed(address, ip)
+        anonymous = Caller(kind=CredentialKind.SESSION, scopes=frozenset(), ip=ip,
+                           request_id=request_id)
+        with self.ctx.uow() as uow:
+            targets: list[tuple[str, str | None]] = [(m.id, m.tenant_id) for m in members]
+            for target, tenant_id in targets or [("unknown", None)]:  # each tenant: its member
+                self.ctx.audit(uow, anonymous, "session.signin_failed", target,
+                               tenant_id=tenant_id, outcome="failure")
+            uow.commit()
+        raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
+
+    def _open(self, principal: Principal, tenant: Tenant, *, ip: str | None,
+              request_id: str | None) -> tuple[str, SignedIn]:
         raw = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
         now = self.ctx.clock.now()
         session = WebSession(id=ids.new_id("ses"), digest=self.ctx.hasher.digest(raw),

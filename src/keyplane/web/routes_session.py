@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.errors import AuthenticationError, RateLimited
+from keyplane.services.sessions import ChooseWorkspace
 from keyplane.web import pages
 
 router = APIRouter(include_in_schema=False)
@@ -63,17 +64,56 @@ async def signin(request: Request) -> Response:
     if not env.sessions.csrf_ok(binding, values["csrf_token"]):
         return _signin_page(request, next_path=next_path, email=email, status=400,
                             error="This form has expired. Please sign in again.")
+    assert binding is not None  # csrf_ok refuses a missing binding
     try:
-        raw, _signed_in = await run_in_threadpool(
+        outcome = await run_in_threadpool(
             env.sessions.sign_in, values["email"], values["password"],
-            ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"))
+            ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"),
+            binding=binding)
     except RateLimited as exc:
         return _signin_page(request, next_path=next_path, email=email, status=429,
                             error="Too many failed sign-ins. Wait a few minutes and try again.",
                             headers={"Retry-After": str(exc.retry_after)})
     except AuthenticationError as exc:
         return _signin_page(request, next_path=next_path, email=email, status=401,
-                            error=exc.message[:1].upper() + exc.message[1:] + ".")
+                            error=_sentence(exc.message))
+    if isinstance(outcome, ChooseWorkspace):
+        page = pages.render(request, "choose_workspace.html", {
+            "csrf_token": env.sessions.csrf_token(binding), "next": next_path,
+            "choice": outcome.token, "workspaces": outcome.workspaces,
+        })
+        page.headers["Cache-Control"] = "no-store"  # it holds a short-lived sign-in proof
+        return page
+    return _signed_in(request, outcome[0], next_path)
+
+
+@router.post("/signin/workspace")
+async def choose_workspace(request: Request) -> Response:
+    """The second step when one password opened several workspaces."""
+    form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    next_path = pages.safe_next(form.get("next"), default="")
+    env = pages.env_of(request)
+    binding = request.cookies.get(pages.csrf_cookie(request))
+    if not env.sessions.csrf_ok(binding, form.get("csrf_token")):
+        return _signin_page(request, next_path=next_path, status=400,
+                            error="This form has expired. Please sign in again.")
+    assert binding is not None
+    try:
+        raw, _who = await run_in_threadpool(
+            env.sessions.choose, form.get("choice"), form.get("principal_id"), binding=binding,
+            ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"))
+    except AuthenticationError as exc:
+        return _signin_page(request, next_path=next_path, status=401,
+                            error=_sentence(exc.message))
+    return _signed_in(request, raw, next_path)
+
+
+def _sentence(message: str) -> str:
+    return message[:1].upper() + message[1:] + "."
+
+
+def _signed_in(request: Request, raw: str, next_path: str) -> Response:
+    env = pages.env_of(request)
     response = RedirectResponse(next_path or "/signin", status_code=303)
     pages.set_cookie(request, response, pages.session_cookie(request), raw,
                      max_age=int(env.sessions.lifetime.total_seconds()))

@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 _HERE = Path(__file__).parent
 
@@ -18,12 +18,34 @@ def _config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "heads") -> None:
+    """Apply migrations. On SQLite, foreign keys are off while they run: batch mode rebuilds a
+    table by dropping it, and with foreign keys on that drop would cascade into every table that
+    references it. The references are checked before foreign keys come back on."""
     cfg = _config()
     with engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
-        if conn.in_transaction():
-            conn.commit()
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_foreign_keys(conn, on=False)
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            if sqlite:  # before the commit where possible (Alembic leaves SQLite's open)
+                broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if broken:
+                    raise RuntimeError(f"migration left broken references: {broken[:5]}")
+            if conn.in_transaction():
+                conn.commit()
+        finally:
+            if sqlite:
+                if conn.in_transaction():
+                    conn.rollback()
+                _sqlite_foreign_keys(conn, on=True)
+
+
+def _sqlite_foreign_keys(conn: Connection, *, on: bool) -> None:
+    # outside any transaction (SQLite ignores this pragma inside one), on the driver connection
+    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+        f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
 
 
 def current(engine: Engine) -> str | None:

@@ -244,6 +244,14 @@ class SqlSessions:
         self.conn.execute(s.update().where(s.c.id == session.id).values(
             revoked_at=session.revoked_at, expires_at=session.expires_at))
 
+    def revoke_for_principal(self, principal_id: str, at: datetime, *,
+                             keep: str | None = None) -> int:
+        s = o.web_sessions
+        q = s.update().where(s.c.principal_id == principal_id, s.c.revoked_at.is_(None))
+        if keep is not None:
+            q = q.where(s.c.id != keep)
+        return int(self.conn.execute(q.values(revoked_at=at)).rowcount or 0)
+
 
 class SqlConnectedRepos:
     def __init__(self, conn: SqlConnection) -> None:

@@ -66,9 +66,14 @@ class SqlTenants:
     def add(self, tenant: Tenant) -> None:
         self.conn.execute(t.tenants.insert().values(**self._row(tenant)))
 
-    def get(self, tenant_id: str) -> Tenant | None:
-        r = self.conn.execute(t.tenants.select().where(t.tenants.c.id == tenant_id)).mappings()
-        row = r.first()
+    def get(self, tenant_id: str, *, for_update: bool = False) -> Tenant | None:
+        """``for_update`` serialises changes that must see each other (the last admin):
+        PostgreSQL's FOR NO KEY UPDATE, so rows that merely reference the tenant can still be
+        inserted meanwhile; SQLite serialises every write anyway."""
+        q = t.tenants.select().where(t.tenants.c.id == tenant_id)
+        if for_update:
+            q = q.with_for_update(key_share=True)
+        row = self.conn.execute(q).mappings().first()
         return self._build(row) if row else None
 
     def update(self, tenant: Tenant) -> None:
@@ -127,10 +132,26 @@ class SqlPrincipals:
         row = self.conn.execute(q).mappings().first()
         return self._build(row) if row else None
 
-    def get_by_email(self, email: str) -> Principal | None:
-        q = t.principals.select().where(t.principals.c.email == email)
+    def get_by_email(self, tenant_id: str, email: str) -> Principal | None:
+        q = t.principals.select().where(
+            t.principals.c.tenant_id == tenant_id, t.principals.c.email == email
+        )
         row = self.conn.execute(q).mappings().first()
         return self._build(row) if row else None
+
+    def members_with_email(self, email: str) -> list[Principal]:
+        q = t.principals.select().where(
+            t.principals.c.email == email, t.principals.c.kind == PrincipalKind.MEMBER.value
+        ).order_by(t.principals.c.id)
+        return [self._build(r) for r in self.conn.execute(q).mappings()]
+
+    def count_admins(self, tenant_id: str) -> int:
+        p = t.principals
+        q = sa.select(sa.func.count()).select_from(p).where(
+            p.c.tenant_id == tenant_id, p.c.kind == PrincipalKind.MEMBER.value,
+            p.c.role == Role.ADMIN.value, p.c.enabled.is_(True),
+        )
+        return int(self.conn.execute(q).scalar_one())
 
     def update(self, principal: Principal) -> None:
         row = self._row(principal)

@@ -63,12 +63,14 @@ principals = sa.Table(
     sa.Column("tenant_id", ID, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
     sa.Column("kind", sa.String(20), nullable=False),
     sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("email", sa.String(320), nullable=True, unique=True),
+    sa.Column("email", sa.String(320), nullable=True),  # unique per tenant (0005)
     sa.Column("role", sa.String(20), nullable=False),
     sa.Column("password_hash", sa.String(255), nullable=True),
     sa.Column("enabled", sa.Boolean, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Index("ix_principals_tenant", "tenant_id", "id"),
+    sa.Index("ix_principals_email", "email"),  # sign-in finds a person's memberships
+    sa.UniqueConstraint("tenant_id", "email", name="uq_principals_tenant_email"),
 )
 
 groups = sa.Table(
