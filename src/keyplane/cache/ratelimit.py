@@ -4,11 +4,13 @@
   strategy, which is exact: no window of ``window_seconds`` ever admits more than ``limit``
   verifications (a sliding-window counter would only approximate it). The price is one stored
   timestamp per admitted request in the window, i.e. memory proportional to ``limit`` per
-  active key.
+  active key (at most ``validate.MAX_RATE_LIMIT``: about 20 MB in Redis).
 * **Slowing repeated failures** per client address: after ``KEYPLANE_FAILURE_LIMIT`` malformed
   or unknown credentials within ``KEYPLANE_FAILURE_WINDOW_SECONDS`` from one address (IPv6: one
   /64), that address gets 429 with ``Retry-After`` until the window frees up; other addresses
   are untouched. The first refusal in each window is audited as ``excess_rate_limit_exceeded``.
+  Guesses at ``/v1/verify`` count against the end user's address (the body's ``ip``), or
+  against the verifier's own address when the body names none.
 
 Counts live in Redis when ``KEYPLANE_REDIS_URL`` is set (one exact count shared by every worker)
 and in process memory otherwise. Only a lost connection to Redis (refused, reset, timed out, or
