@@ -8,6 +8,7 @@ import logging
 import secrets
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,22 @@ def test_readyz_shows_redis_when_counts_are_shared(
     with serving(*database, tmp_path, clock, redis_url=REDIS_URL,
                  redis_prefix="t" + secrets.token_hex(6)) as (_, http):
         assert ready(http)["ratelimit"] == "redis"
+
+
+@pytest.mark.redis
+def test_a_fault_counting_one_address_refuses_that_address_alone(keyplane: Keyplane) -> None:
+    prefix = "t" + secrets.token_hex(6)
+    store = rl.LimitStore(REDIS_URL, prefix=prefix)
+    throttle = rl.FailureThrottle(store, keyplane.ctx, limit=3, window=60)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.set(f"{prefix}:limits:fail/verify/198.51.100.66/3/60/second", "x")
+        assert throttle.failed("verify", ip_address("198.51.100.66")) == 60
+        assert throttle.retry_after("verify", ip_address("198.51.100.66")) == 60
+        assert throttle.failed("verify", ip_address("198.51.100.67")) is None  # counted
+        assert store.mode == "redis"
+    finally:
+        for k in client.scan_iter(f"{prefix}:*"):
+            client.delete(k)
+        client.close()
+        store.close()
