@@ -106,7 +106,7 @@ def test_tenants_are_the_operators(http: httpx2.Client, tenant: Tenant, operator
     # bad tenant bodies name the field and create nothing
     for body, field in (({}, "name"), ({"name": ""}, "name"), ({"name": "x" * 201}, "name"),
                         ({"name": "x", "policy": {"default_expiry_days": 0}},
-                         "default_expiry_days"),
+                         "policy.default_expiry_days"),
                         ({"name": "x", "policy": {"allowed_ips": ["nope"]}}, "allowed_ips"),
                         ({"name": "x", "policy": {"colour": 1}}, "policy.colour"),
                         ({"name": "x", "plan": "gold"}, "plan")):

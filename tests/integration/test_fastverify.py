@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core import tokens
 from keyplane.core.rights import SYSTEM
 from keyplane.web.fastverify import VerifyFastPath
+from keyplane.web.routes_verify import VERIFY_FAILURES
 from tests.conftest import Tenant, auth, make_tenant, serving
 from tests.support import SettableClock
 
@@ -272,3 +274,26 @@ def test_no_cache_keeps_a_secret_in_clear(http: httpx2.Client, keyplane: Keyplan
     for s in (secret, verifier_key):
         assert s not in held and s.encode().hex() not in held
         assert s[3:20] not in held  # not even part of it
+
+
+def test_the_fast_path_gives_no_answer_to_a_verifier_address_blocked_for_guessing(
+        keyplane: Keyplane, tenant: Tenant, verifier_key: str) -> None:
+    """Guesses without ``ip`` count against the verifier's own address; once it is blocked,
+    even a cached valid key is left to the route (which answers RATE_LIMITED)."""
+    secret = keyplane.keys.create(SYSTEM, tenant.id, {"name": "zap",
+                                                      "owner_id": tenant.admin_id}).secret
+    inner = Inner()
+    fast = VerifyFastPath(inner, keyplane)
+    body = json.dumps({"key": secret, "tls": True}).encode()
+    keyplane.verifier.verify(verifier_key)
+    keyplane.verifier.verify(secret)
+    assert call(fast, body, verifier_key)[0] == 200
+    assert call(fast, body, verifier_key)[0] == 200  # remembered
+
+    guess = json.dumps({"key": tokens.generate("kp"), "tls": True}).encode()
+    assert call(fast, guess, verifier_key)[0] == 418  # a guess is the route's to count
+    for _ in range(keyplane.settings.failure_limit + 1):
+        keyplane.throttle.failed(VERIFY_FAILURES, ip_address("127.0.0.1"))
+    assert call(fast, body, verifier_key)[0] == 418
+    with_ip = json.dumps({"key": secret, "tls": True, "ip": "198.51.100.1"}).encode()
+    assert call(fast, with_ip, verifier_key)[0] == 200  # the end user's address is its own

@@ -199,3 +199,39 @@ def test_rate_limits_fall_back_to_each_process_when_redis_is_unreachable(
         assert kp.propagation.mode == "degraded"
     finally:
         kp.close()
+
+
+def test_guesses_without_ip_count_against_the_verifier_address(
+        database: tuple[str, str | None], tmp_path: Path, clock: SettableClock) -> None:
+    """A verifier that names no end-user ``ip`` has its own address slowed instead: 40
+    guesses against a limit of 20 are refused after the 20th, and the fast path gives no
+    cached answer to that address either."""
+    with serving(*database, tmp_path, clock, failure_limit=20, failure_window_seconds=60,
+                 trusted_proxies=["127.0.0.1/32"]) as (kp, http):
+        tenant = make_tenant(kp)
+        verifier = kp.keys.create(SYSTEM, None, {"name": "gw", "scopes": ["keys:verify"],
+                                                 "require_tls": False}, operator=True).secret
+        valid = kp.keys.create(SYSTEM, tenant.id, {"name": "k",
+                                                   "owner_id": tenant.admin_id}).secret
+
+        def ask(key: str, via: str = "192.0.2.7", **extra: Any) -> dict[str, Any]:
+            r = http.post("/v1/verify", json={"key": key, "tls": True, **extra},
+                          headers={**auth(verifier), "X-Forwarded-For": via})
+            assert r.status_code == 200, r.text
+            out: dict[str, Any] = r.json()
+            return out
+
+        assert [ask(valid)["code"] for _ in range(3)] == ["VALID"] * 3  # cached, remembered
+        answers = [ask(tokens.generate("kp") if i % 2 else "kp_garbage") for i in range(40)]
+        assert [a["code"] for a in answers] == ["NOT_FOUND" if i % 2 else "MALFORMED"
+                                                for i in range(20)] + ["RATE_LIMITED"] * 20
+        assert answers[-1]["ratelimit"]["limit"] == 20
+        assert answers[-1]["ratelimit"]["remaining"] == 0
+        refused = ask(valid)  # the cache and the remembered answer hold, but not for it
+        assert refused["code"] == "RATE_LIMITED" and refused["key_id"] is None
+        # end users it names are counted on their own, and other verifiers are untouched
+        assert ask(valid, ip="198.51.100.1")["code"] == "VALID"
+        assert ask(valid, via="192.0.2.8")["code"] == "VALID"
+        assert ask(tokens.generate("kp"), via="192.0.2.8")["code"] == "NOT_FOUND"
+        events = excess_events(kp)
+        assert [(e.target, e.details["scope"]) for e in events] == [("192.0.2.7", "verify")]

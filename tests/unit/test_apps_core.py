@@ -140,7 +140,8 @@ def test_apps_ask_only_for_known_data_scopes() -> None:
     assert app_scopes(["payments:read", "contacts:write"], CAT) == [
         "contacts:write", "payments:read"]
     for bad, why in [(["keys:write"], "management"), (["platform:read"], "management"),
-                     (["nope:read"], "unknown"), ([], "non-empty"), ("contacts:read", "list")]:
+                     (["nope:read"], "unknown"), ([], "non-empty"), ("contacts:read", "list"),
+                     (["contacts:read"] * 201, "at most 200")]:
         with pytest.raises(ValidationError) as info:
             app_scopes(bad, CAT)
         assert info.value.field == "scopes" and why in info.value.message

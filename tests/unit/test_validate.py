@@ -125,15 +125,35 @@ def test_ratelimit_shapes_that_are_accepted() -> None:
     assert v.ratelimit({"limit": 5, "window_seconds": 86400}) == RateLimit(5, 86400)
 
 
-@pytest.mark.parametrize("value", [
-    10, "10/minute", [10, 60], {}, {"window_seconds": 60}, {"limit": 0}, {"limit": -1},
-    {"limit": True}, {"limit": 1.5}, {"limit": "10"}, {"limit": None},
-    {"limit": 10, "window_seconds": 0}, {"limit": 10, "window_seconds": 86401},
-    {"limit": 10, "window_seconds": True}, {"limit": 10, "window_seconds": "60"},
-    {"limit": 10, "window_seconds": None}, {"limit": 10, "burst": 5},
-])
+@pytest.mark.parametrize("value", [10, "10/minute", [10, 60], {"limit": 10, "burst": 5}])
 def test_ratelimit_shapes_that_are_refused(value: Any) -> None:
     refused("ratelimit", v.ratelimit, value)
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"window_seconds": 60}, {"limit": 0}, {"limit": -1}, {"limit": True}, {"limit": 1.5},
+    {"limit": "10"}, {"limit": None}, {"limit": 1_000_001}, {"limit": 2**63},
+    {"limit": 10**30}, {"limit": 10**100},
+])
+def test_ratelimit_limits_that_are_refused_name_the_bound(value: Any) -> None:
+    error = refused("ratelimit.limit", v.ratelimit, value)
+    assert "1 to 1000000" in error.message
+
+
+@pytest.mark.parametrize("value", [0, 86401, True, "60", None])
+def test_ratelimit_windows_that_are_refused_name_the_bound(value: Any) -> None:
+    error = refused("ratelimit.window_seconds", v.ratelimit,
+                    {"limit": 10, "window_seconds": value})
+    assert "1 to 86400" in error.message
+
+
+def test_the_largest_rate_limit_is_accepted() -> None:
+    assert v.ratelimit({"limit": 1_000_000}) == RateLimit(1_000_000, 60)
+
+
+def test_lists_are_bounded() -> None:
+    error = refused("scopes", v.scope_list, ["contacts:read"] * 201, CAT)
+    assert "at most 200" in error.message
 
 
 # -- meta ------------------------------------------------------------------------------------

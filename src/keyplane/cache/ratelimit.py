@@ -4,16 +4,22 @@
   strategy, which is exact: no window of ``window_seconds`` ever admits more than ``limit``
   verifications (a sliding-window counter would only approximate it). The price is one stored
   timestamp per admitted request in the window, i.e. memory proportional to ``limit`` per
-  active key.
+  active key (at most ``validate.MAX_RATE_LIMIT``: about 20 MB in Redis).
 * **Slowing repeated failures** per client address: after ``KEYPLANE_FAILURE_LIMIT`` malformed
   or unknown credentials within ``KEYPLANE_FAILURE_WINDOW_SECONDS`` from one address (IPv6: one
   /64), that address gets 429 with ``Retry-After`` until the window frees up; other addresses
   are untouched. The first refusal in each window is audited as ``excess_rate_limit_exceeded``.
+  Guesses at ``/v1/verify`` count against the end user's address (the body's ``ip``), or
+  against the verifier's own address when the body names none.
 
 Counts live in Redis when ``KEYPLANE_REDIS_URL`` is set (one exact count shared by every worker)
-and in process memory otherwise. If Redis fails, each worker falls back to its own memory
-counts (so N workers admit up to N times a key's limit while it is down), logs it, and tries
-Redis again after a second.
+and in process memory otherwise. Only a lost connection to Redis (refused, reset, timed out, or
+a read-only replica) makes each worker fall back to its own memory counts (so N workers admit up
+to N times a key's limit while it is down); that is logged at WARNING once when it happens and
+once when Redis is back, shown by ``/readyz`` as ``"ratelimit": "memory"``, and Redis is tried
+again after a second. Any other error from Redis (say, the limiter's script failing on one
+count) is tied to that one count: it fails closed for that key or address alone, and everyone
+else keeps the shared counts.
 """
 
 from __future__ import annotations
@@ -46,6 +52,14 @@ T = TypeVar("T")
 RETRY_REDIS_SECONDS = 1.0
 
 
+# what a lost connection looks like; any other Redis error is about the count being made
+CONNECTION_LOST = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError)
+
+
+class LimiterFault(Exception):
+    """Redis answered, but refused this one count (e.g. its script failed on the key's data)."""
+
+
 class LimitStore:
     """The limiter to use: the shared Redis one when it answers, this process's otherwise."""
 
@@ -74,25 +88,44 @@ class LimitStore:
     def shared_up(self) -> bool:
         return self.shared is not None and not self._down
 
+    @property
+    def mode(self) -> str:
+        """``"redis"`` (one count shared by every worker) or ``"memory"`` (each worker's own:
+        no Redis configured, or its connection is lost), as last seen."""
+        return "redis" if self.shared_up else "memory"
+
     def run(self, fn: Callable[[RateLimiter], T]) -> T:
+        """``fn`` on the shared limiter, or on this process's when Redis cannot be reached.
+        Raises ``LimiterFault`` when Redis answers with an error for this count."""
         shared = self.shared
         if shared is not None and time.monotonic() >= self._down_until:
             try:
                 result = fn(shared)
-            except (redis.RedisError, StorageError, OSError) as exc:
-                with self._lock:
-                    self._down_until = time.monotonic() + RETRY_REDIS_SECONDS
-                    first = not self._down
-                    self._down = True
-                if first:
-                    log.warning("Redis rate-limit storage failed (%s); each worker counts on "
-                                "its own until it is back", type(exc).__name__)
+            except CONNECTION_LOST as exc:
+                self._lost(exc)
+            except (redis.RedisError, StorageError) as exc:
+                self._answered()
+                raise LimiterFault(f"{type(exc).__name__}: {exc}") from exc
             else:
-                if self._down:
-                    self._down = False
-                    log.info("Redis rate-limit storage is back")
+                self._answered()
                 return result
         return fn(self.memory)
+
+    def _lost(self, exc: BaseException) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + RETRY_REDIS_SECONDS
+            first = not self._down
+            self._down = True
+        if first:
+            log.warning("Redis rate-limit storage is unreachable (%s); each worker counts on "
+                        "its own until it is back", type(exc).__name__)
+
+    def _answered(self) -> None:
+        if self._down:
+            with self._lock:
+                back, self._down = self._down, False
+            if back:
+                log.warning("Redis rate-limit storage is back; counts are shared again")
 
     def close(self) -> None:
         if self._pool is not None:
@@ -105,6 +138,30 @@ class QuotaStore(Protocol):
 
 RATE_LIMITED = Denied(Code.RATE_LIMITED, "the key's rate limit is exhausted")
 QUOTA_EXHAUSTED = Denied(Code.RATE_LIMITED, "usage quota exhausted")
+# fail closed: a count that cannot be made refuses that key (or address) alone
+LIMIT_UNCHECKED = Denied(Code.RATE_LIMITED,
+                         "the key's rate limit could not be checked; try again later")
+
+
+class Faults:
+    """Logs each limiter fault at ERROR, once a minute per key or address (a broken count
+    repeats on every request)."""
+
+    EVERY_SECONDS = 60.0
+    MAX_TRACKED = 10_000
+
+    def __init__(self) -> None:
+        self._logged: dict[str, float] = {}
+
+    def report(self, who: str, what: str, exc: LimiterFault) -> None:
+        now = time.monotonic()
+        last = self._logged.get(who)
+        if last is not None and now - last < self.EVERY_SECONDS:
+            return
+        if len(self._logged) >= self.MAX_TRACKED:
+            self._logged.clear()
+        self._logged[who] = now
+        log.error(what + " could not be counted in Redis (%s); refused", who, exc)
 
 
 class KeyRateLimits:
@@ -118,6 +175,7 @@ class KeyRateLimits:
     def __init__(self, store: LimitStore, quotas: QuotaStore | None = None) -> None:
         self.store = store
         self.quotas = quotas
+        self.faults = Faults()
         self._items: dict[tuple[int, int], RateLimitItem] = {}
 
     @property
@@ -142,7 +200,12 @@ class KeyRateLimits:
                 allowed = limiter.hit(item, *ident)
                 return allowed, limiter.get_window_stats(item, *ident)
 
-            allowed, stats = self.store.run(check)
+            try:
+                allowed, stats = self.store.run(check)
+            except LimiterFault as exc:
+                self.faults.report(snapshot.key_id, "the rate limit of key %s", exc)
+                return LIMIT_UNCHECKED, {"limit": limit, "remaining": 0,
+                                         "reset_at": math.ceil(time.time()) + 1}
             info = {"limit": limit, "remaining": max(0, int(stats.remaining)),
                     "reset_at": math.ceil(stats.reset_time)}
             if not allowed:
@@ -173,6 +236,7 @@ class FailureThrottle:
         self._item = RateLimitItemPerSecond(limit, window, namespace="fail")
         self._audit_item = RateLimitItemPerSecond(1, window, namespace="fail-audit")
         self._blocked: dict[tuple[str, str], float] = {}
+        self.faults = Faults()
 
     @property
     def blocking(self) -> bool:
@@ -207,7 +271,11 @@ class FailureThrottle:
             reset = limiter.get_window_stats(self._item, scope, who).reset_time
             return False, reset, limiter.hit(self._audit_item, scope, who)
 
-        allowed, reset, first = self.store.run(count)
+        try:
+            allowed, reset, first = self.store.run(count)
+        except LimiterFault as exc:  # fail closed for this address alone
+            self.faults.report(who, f"the failures ({scope}) of %s", exc)
+            allowed, reset, first = False, time.time() + self.window, False
         if allowed:
             return None
         retry = max(1, math.ceil(reset - time.time()))

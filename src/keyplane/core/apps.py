@@ -28,6 +28,7 @@ from keyplane.core.tokens import valid_prefix
 
 MAX_REDIRECT_URIS = 10
 MAX_URI_LENGTH = 2000
+MAX_SCOPES = 200  # as for keys and groups (services.validate.MAX_SCOPES)
 
 
 class AppStatus(StrEnum):
@@ -259,6 +260,9 @@ def app_scopes(value: Any, catalogue: sc.Catalogue, field_name: str = "scopes") 
         isinstance(s, str) for s in value
     ):
         raise ValidationError(f"{field_name} must be a non-empty list of scopes",
+                              field=field_name)
+    if len(value) > MAX_SCOPES:
+        raise ValidationError(f"{field_name} may hold at most {MAX_SCOPES} scopes",
                               field=field_name)
     data = catalogue.data_scopes()
     for s in value:

@@ -53,9 +53,9 @@ class PreconditionFailed(KeyplaneError):
 class RateLimited(KeyplaneError):
     code = "rate_limited"
 
-    def __init__(self, message: str, *, retry_after: int = 1, code: str | None = None,
-                 limit: int | None = None, remaining: int | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: int, limit: int, remaining: int = 0,
+                 code: str | None = None) -> None:
         super().__init__(message, code=code)
-        self.retry_after = retry_after
-        self.limit = limit  # the limit that was hit, when there is one to report
+        self.retry_after = retry_after  # seconds until a request may be admitted again
+        self.limit = limit  # the limit that was reached (0: a used-up usage quota)
         self.remaining = remaining

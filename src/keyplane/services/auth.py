@@ -27,8 +27,9 @@ def rate_limited(verdict: Verdict) -> RateLimited:
     retry = 1
     if "reset_at" in info:
         retry = max(1, math.ceil(info["reset_at"] - time.time()))
-    return RateLimited(verdict.decision.reason, retry_after=retry, limit=info.get("limit"),
-                       remaining=info.get("remaining"))
+    # a used-up usage quota on a key without a rate limit reports a limit of 0
+    return RateLimited(verdict.decision.reason, retry_after=retry, limit=info.get("limit", 0),
+                       remaining=info.get("remaining", 0))
 
 
 def caller_from(verdict: Verdict, *, ip: Address | None, request_id: str | None) -> Caller:

@@ -22,13 +22,13 @@ from keyplane.services import validate as v
 from keyplane.services.context import Context
 
 DEFAULT_GRACE_SECONDS = 7 * 86400
-MAX_DAYS = 3650
+MAX_DAYS = v.MAX_DAYS
 _MISSING: Any = object()
 CREATE_FIELDS = ("name", "description", "scopes", "owner_id", "expires_in_days", "allowed_ips",
                  "require_tls", "ratelimit", "meta", "remaining")
 PATCH_FIELDS = ("name", "description", "scopes", "allowed_ips", "require_tls", "enabled",
                 "ratelimit", "meta", "remaining")
-MAX_REMAINING = 10**12
+MAX_REMAINING = v.MAX_REMAINING
 
 
 def _remaining(value: Any) -> int | None:

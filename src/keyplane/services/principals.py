@@ -82,6 +82,9 @@ class PrincipalService:
     def _group_ids(self, uow: UnitOfWork, tenant_id: str, value: Any) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
             raise ValidationError("group_ids must be a list of group ids", field="group_ids")
+        if len(value) > v.MAX_GROUPS:
+            raise ValidationError(f"group_ids may hold at most {v.MAX_GROUPS} groups",
+                                  field="group_ids")
         found = {g.id for g in uow.groups.get_many(value) if g.tenant_id == tenant_id}
         missing = [g for g in value if g not in found]
         if missing:

@@ -92,11 +92,17 @@ class SignInThrottle:
 
     def blocked(self, email: str, ip: str | None) -> int | None:
         """Seconds until another attempt is allowed, or None when it is allowed now."""
+        hit = self.blocking(email, ip)
+        return hit[0] if hit is not None else None
+
+    def blocking(self, email: str, ip: str | None) -> tuple[int, int] | None:
+        """(seconds until another attempt is allowed, the limit that was reached), or None
+        when an attempt is allowed now."""
         try:
             for item, kind, ident in self._keys(email, ip):
                 if not self.limiter.test(item, kind, ident):
                     reset = self.limiter.get_window_stats(item, kind, ident).reset_time
-                    return max(1, int(reset - time.time()) + 1)
+                    return max(1, int(reset - time.time()) + 1), item.amount
         except Exception:  # the throttle's store is down: argon2 still bounds the guess rate
             log.warning("sign-in throttle unavailable; allowing the attempt")
         return None
@@ -143,9 +149,10 @@ class SessionService:
             raise AuthenticationError("enter a valid email address", field="email") from None
         if len(password) > MAX_PASSWORD:
             raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
-        wait = self.throttle.blocked(address, ip)
-        if wait is not None:
-            raise RateLimited("too many failed sign-ins; try again later", retry_after=wait)
+        hit = self.throttle.blocking(address, ip)
+        if hit is not None:
+            raise RateLimited("too many failed sign-ins; try again later", retry_after=hit[0],
+                              limit=hit[1], remaining=0)
         with self.ctx.uow(readonly=True) as uow:
             members = uow.principals.members_with_email(address)
             tenants = {t.id: t for t in (uow.tenants.get(tid)

@@ -11,7 +11,7 @@ from keyplane.core.rights import Caller
 from keyplane.services import validate as v
 from keyplane.services.context import Context
 
-MAX_DAYS = 3650
+MAX_DAYS = v.MAX_DAYS
 POLICY_FIELDS = ("default_expiry_days", "max_expiry_days", "allow_non_expiring", "allowed_ips",
                  "require_tls_default")
 

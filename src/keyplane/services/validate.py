@@ -18,8 +18,17 @@ MAX_DESCRIPTION = 1000
 MAX_META_BYTES = 4096
 MAX_META_DEPTH = 16
 MAX_IPS = 100
+MAX_SCOPES = 200  # scopes in one list (a key's, a group's, an app's)
+MAX_GROUPS = 100  # groups one member or service account belongs to
 MAX_GRACE_SECONDS = 90 * 86400
 MAX_WINDOW_SECONDS = 86400
+# A key's rate limit per window. The moving window keeps one timestamp per admitted request
+# (Redis: about 20 MB at this size), and no deployment serves more than this to one key in a
+# window; a key that needs more needs no limit. Larger numbers also break the Redis limiter's
+# Lua script (2**63 and up are not Redis integers).
+MAX_RATE_LIMIT = 1_000_000
+MAX_DAYS = 3650  # key lifetimes and tenant expiry policies: ten years
+MAX_REMAINING = 10**12  # a usage quota
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
 
 
@@ -48,6 +57,8 @@ def email(value: Any, field: str = "email") -> str:
 def scope_list(value: Any, catalogue: sc.Catalogue, field: str = "scopes") -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
         raise ValidationError(f"{field} must be a list of strings", field=field)
+    if len(value) > MAX_SCOPES:
+        raise ValidationError(f"{field} may hold at most {MAX_SCOPES} scopes", field=field)
     unknown = catalogue.unknown(value)
     if unknown:
         raise ValidationError(f"{field}: unknown scope {unknown[0]!r}", field=field)
@@ -72,14 +83,15 @@ def ratelimit(value: Any, field: str = "ratelimit") -> RateLimit | None:
             f"{field} must be an object with limit and window_seconds", field=field
         )
     limit, window = value.get("limit"), value.get("window_seconds", 60)
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValidationError(f"{field}.limit must be a positive integer", field=field)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_RATE_LIMIT:
+        raise ValidationError(f"{field}.limit must be an integer from 1 to {MAX_RATE_LIMIT}",
+                              field=f"{field}.limit")
     if not isinstance(window, int) or isinstance(window, bool) or not (
         1 <= window <= MAX_WINDOW_SECONDS
     ):
         raise ValidationError(
             f"{field}.window_seconds must be an integer from 1 to {MAX_WINDOW_SECONDS}",
-            field=field,
+            field=f"{field}.window_seconds",
         )
     return RateLimit(limit=limit, window_seconds=window)
 

@@ -84,7 +84,9 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
                 uow.changes.head()
         except Exception:
             return JSONResponse({"status": "unavailable"}, status_code=503)
-        # invalidation: "redis", "degraded" (Redis lost: polling, short cache) or "polling"
-        return JSONResponse({"status": "ok", "invalidation": kp.propagation.mode})
+        # invalidation: "redis", "degraded" (Redis lost: polling, short cache) or "polling";
+        # ratelimit: "redis" (counts shared by every worker) or "memory" (each worker's own)
+        return JSONResponse({"status": "ok", "invalidation": kp.propagation.mode,
+                             "ratelimit": kp.limits.mode})
 
     return app

@@ -46,7 +46,7 @@ async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)]) -
     throttle = keyplane.throttle
     wait = throttle.retry_after(AUTH_FAILURES, ip)
     if wait is not None:
-        raise too_many_failures(wait)
+        raise too_many_failures(wait, throttle.limit)
     if not raw:
         return authenticate(keyplane.verifier, raw, ip=ip, tls=tls)  # raises: no credential
     verdict = keyplane.verifier.verify_cached(raw, ip=ip, tls=tls)
@@ -56,7 +56,7 @@ async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)]) -
         wait = await run_in_threadpool(throttle.failed, AUTH_FAILURES, ip,
                                        request_id=request_id)
         if wait is not None:
-            raise too_many_failures(wait)
+            raise too_many_failures(wait, throttle.limit)
     return caller_from(verdict, ip=ip, request_id=request_id)
 
 
@@ -64,9 +64,9 @@ AUTH_FAILURES = "auth"  # the failure throttle's count for bearer credentials
 GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})  # what a guesser gets; counted per address
 
 
-def too_many_failures(retry_after: int) -> RateLimited:
+def too_many_failures(retry_after: int, limit: int) -> RateLimited:
     return RateLimited("too many failed attempts from this address; try again later",
-                       retry_after=retry_after)
+                       retry_after=retry_after, limit=limit)
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

@@ -40,14 +40,11 @@ def error_response(exc: e.KeyplaneError) -> JSONResponse:
                         headers=headers)
 
 
-def ratelimit_headers(retry_after: int, limit: int | None = None,
-                      remaining: int | None = None) -> dict[str, str]:
-    """``Retry-After`` and the ``RateLimit-*`` fields (IETF httpapi draft; seconds)."""
-    headers = {"Retry-After": str(retry_after), "RateLimit-Reset": str(retry_after)}
-    if limit is not None:
-        headers["RateLimit-Limit"] = str(limit)
-        headers["RateLimit-Remaining"] = str(remaining if remaining is not None else 0)
-    return headers
+def ratelimit_headers(retry_after: int, limit: int, remaining: int = 0) -> dict[str, str]:
+    """``Retry-After`` and the ``RateLimit-*`` fields (IETF httpapi draft; seconds): every
+    429 carries all four."""
+    return {"Retry-After": str(retry_after), "RateLimit-Limit": str(limit),
+            "RateLimit-Remaining": str(remaining), "RateLimit-Reset": str(retry_after)}
 
 
 def _field(loc: tuple[Any, ...]) -> str:

@@ -58,7 +58,7 @@ class RememberedAnswer(NamedTuple):
     outcome: str
     expires_at: datetime | None
     caller_ip: Address | None
-    ip: Address | None
+    subject: Address | None  # whose guesses /v1/verify counts: ``ip``, else the caller's
 
 
 class VerifyFastPath:
@@ -127,7 +127,7 @@ class VerifyFastPath:
         throttle = kp.throttle
         if throttle.blocking and (
                 throttle.retry_after(AUTH_FAILURES, found.caller_ip) is not None
-                or throttle.retry_after(VERIFY_FAILURES, found.ip) is not None):
+                or throttle.retry_after(VERIFY_FAILURES, found.subject) is not None):
             return None
         record = kp.usage.record
         record(found.caller_key_id, now, _OUTCOME_VALID)
@@ -165,15 +165,16 @@ class VerifyFastPath:
             ip = parse_address(body["ip"])
             if ip is None:
                 return None
-            if kp.throttle.retry_after(VERIFY_FAILURES, ip) is not None:
-                return None
+        subject = ip if ip is not None else caller_ip
+        if kp.throttle.retry_after(VERIFY_FAILURES, subject) is not None:
+            return None
         key = body["key"].strip().rpartition(":")[2]
         verdict = kp.verifier.verify_cached(
             key, required=frozenset(body.get("scopes", ())), ip=ip, tls=body.get("tls"))
         if verdict is None:
             return None
         verdict = as_seen_by(caller, verdict)
-        if ip is not None and verdict.decision.code in GUESSES:
+        if verdict.decision.code in GUESSES:
             return None  # the route counts the guess against the address
         out = json.dumps(verdict_out(verdict), separators=(",", ":")).encode()
         assert seen.snapshot is not None
@@ -187,7 +188,7 @@ class VerifyFastPath:
                 cache = kp.verifier.cache
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
-                    verdict.decision.code.value, expires_at, caller_ip, ip),
+                    verdict.decision.code.value, expires_at, caller_ip, subject),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 

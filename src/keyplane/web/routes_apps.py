@@ -7,8 +7,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from keyplane.core.apps import App, ConnectionView
+from keyplane.core.apps import MAX_REDIRECT_URIS, App, ConnectionView
 from keyplane.oauth.wiring import ConnectedApps, connected
+from keyplane.services import validate as v
 from keyplane.web.deps import CallerDep, Cursor, Limit, TenantParam, page_out
 from keyplane.web.schemas import Body, ts
 
@@ -20,9 +21,9 @@ class AppCreate(Body):
     name: str = Field(max_length=200)
     description: str | None = Field(default=None, max_length=1000)
     homepage: str = Field(max_length=2000)
-    redirect_uris: list[str] = Field(max_length=10, description=(
+    redirect_uris: list[str] = Field(max_length=MAX_REDIRECT_URIS, description=(
         "Exact redirect URIs: https, or http on a loopback address. Compared byte for byte."))
-    scopes: list[str] = Field(max_length=200, description="Data scopes from the catalogue")
+    scopes: list[str] = Field(max_length=v.MAX_SCOPES, description="Data scopes from the catalogue")
 
 
 class Decision(Body):
@@ -30,7 +31,7 @@ class Decision(Body):
 
 
 class SecretRotate(Body):
-    grace_period_seconds: int = Field(default=604800, ge=0, le=90 * 86400)
+    grace_period_seconds: int = Field(default=604800, ge=0, le=v.MAX_GRACE_SECONDS)
 
 
 def app_out(app: App, secret: str | None = None) -> dict[str, Any]:

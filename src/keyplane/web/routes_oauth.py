@@ -35,6 +35,7 @@ from keyplane.oauth.metadata import (
 from keyplane.oauth.server import AuthorizationServer, Member, run
 from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.web import net, pages
+from keyplane.web.errors import ratelimit_headers
 
 router = APIRouter(tags=["oauth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -190,7 +191,7 @@ async def _endpoint(request: Request,
     request_id = request.scope.get("keyplane.request_id")
     wait = kp.throttle.retry_after(OAUTH_FAILURES, ip)
     if wait is not None:
-        return _slow_down(wait)
+        return _slow_down(wait, kp.throttle.limit)
     result = await run_in_threadpool(
         run, pages.env_of(request), kp.ctx, connected_repos, lambda srv: action(srv, oreq),
         ip=str(ip) if ip else None, request_id=request_id)
@@ -202,7 +203,7 @@ async def _endpoint(request: Request,
         wait = await run_in_threadpool(kp.throttle.failed, OAUTH_FAILURES, ip,
                                        request_id=request_id)
         if wait is not None:
-            return _slow_down(wait)
+            return _slow_down(wait, kp.throttle.limit)
     return response
 
 
@@ -215,11 +216,11 @@ def _guessing(response: Response) -> bool:
     return response.status_code == 400 and b'"invalid_grant"' in bytes(response.body)
 
 
-def _slow_down(retry_after: int) -> JSONResponse:
+def _slow_down(retry_after: int, limit: int) -> JSONResponse:
     return JSONResponse(
         {"error": "slow_down", "error_description": "too many failed attempts from this "
          "address; try again later"}, 429,
-        headers={**NO_STORE, "Retry-After": str(retry_after)})
+        headers={**NO_STORE, **ratelimit_headers(retry_after, limit)})
 
 
 @router.post(TOKEN_PATH, summary="Token endpoint (RFC 6749): authorization_code, refresh_token",

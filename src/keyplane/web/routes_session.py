@@ -12,6 +12,7 @@ from starlette.responses import RedirectResponse, Response
 from keyplane.core.errors import AuthenticationError, RateLimited
 from keyplane.services.sessions import ChooseWorkspace
 from keyplane.web import pages
+from keyplane.web.errors import ratelimit_headers
 
 router = APIRouter(include_in_schema=False)
 MAX_FORM_FIELDS = 20
@@ -73,7 +74,8 @@ async def signin(request: Request) -> Response:
     except RateLimited as exc:
         return _signin_page(request, next_path=next_path, email=email, status=429,
                             error="Too many failed sign-ins. Wait a few minutes and try again.",
-                            headers={"Retry-After": str(exc.retry_after)})
+                            headers=ratelimit_headers(exc.retry_after, exc.limit,
+                                                      exc.remaining))
     except AuthenticationError as exc:
         return _signin_page(request, next_path=next_path, email=email, status=401,
                             error=_sentence(exc.message))

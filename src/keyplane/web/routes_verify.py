@@ -50,8 +50,10 @@ async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep) -> dict[str, 
         if ip is None:
             raise ValidationError("ip is not an IPv4 or IPv6 address", field="ip")
     required = frozenset(body.scopes)
-    # an end-user address (``ip``) that keeps presenting unknown keys is slowed like a caller
-    wait = kp.throttle.retry_after(VERIFY_FAILURES, ip)
+    # an address that keeps presenting unknown keys is slowed like a caller: the end user's
+    # (``ip``) when the verifier names it, else the verifier's own
+    subject = ip if ip is not None else parse_address(caller.ip)
+    wait = kp.throttle.retry_after(VERIFY_FAILURES, subject)
     if wait is not None:
         return throttled_out(kp, wait)
     verdict = kp.verifier.verify_cached(raw, required=required, ip=ip, tls=body.tls)
@@ -60,8 +62,8 @@ async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep) -> dict[str, 
             kp.verifier.verify, raw, required=required, ip=ip, tls=body.tls
         )
     verdict = as_seen_by(caller, verdict)
-    if ip is not None and verdict.decision.code in GUESSES:
-        wait = await run_in_threadpool(kp.throttle.failed, VERIFY_FAILURES, ip,
+    if verdict.decision.code in GUESSES:
+        wait = await run_in_threadpool(kp.throttle.failed, VERIFY_FAILURES, subject,
                                        request_id=caller.request_id)
         if wait is not None:
             return throttled_out(kp, wait)
@@ -76,7 +78,9 @@ def as_seen_by(caller: Caller, verdict: Verdict) -> Verdict:
     return verdict
 
 
-VERIFY_FAILURES = "verify"  # the failure throttle's count for end-user addresses (body ``ip``)
+# the failure throttle's count for guesses at /v1/verify: per end-user address (body ``ip``),
+# or per verifier address when the body names none
+VERIFY_FAILURES = "verify"
 
 
 def throttled_out(kp: Keyplane, wait: int) -> dict[str, Any]:

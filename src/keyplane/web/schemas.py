@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Tenant
+from keyplane.services import validate as v
 
 
 def unstorable(value: Any) -> str | None:
@@ -54,8 +55,9 @@ class Body(BaseModel):
 
 
 class RateLimitIn(Body):
-    limit: int = Field(ge=1)
-    window_seconds: int = Field(default=60, ge=1, le=86400)
+    limit: int = Field(ge=1, le=v.MAX_RATE_LIMIT, description=(
+        "Verifications admitted in any window of window_seconds (moving window)"))
+    window_seconds: int = Field(default=60, ge=1, le=v.MAX_WINDOW_SECONDS)
 
 
 REMAINING = ("Usage quota: how many more successful verifications the key may pass, counted "
@@ -65,30 +67,31 @@ REMAINING = ("Usage quota: how many more successful verifications the key may pa
 class KeyCreate(Body):
     name: str = Field(max_length=200)
     description: str | None = Field(default=None, max_length=1000)
-    scopes: list[str] = Field(default_factory=list, max_length=200)
+    scopes: list[str] = Field(default_factory=list, max_length=v.MAX_SCOPES)
     owner_id: str | None = Field(default=None, max_length=40)
-    expires_in_days: int | None = Field(default=90, description="null: never (if policy allows)")
-    allowed_ips: list[str] = Field(default_factory=list, max_length=100)
+    expires_in_days: int | None = Field(default=90, ge=1, le=v.MAX_DAYS, description=(
+        "null: never (if policy allows); at most the tenant's max_expiry_days"))
+    allowed_ips: list[str] = Field(default_factory=list, max_length=v.MAX_IPS)
     require_tls: bool = True
     ratelimit: RateLimitIn | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
-    remaining: int | None = Field(default=None, ge=0, description=REMAINING)
+    remaining: int | None = Field(default=None, ge=0, le=v.MAX_REMAINING, description=REMAINING)
 
 
 class KeyPatch(Body):
     name: str | None = Field(default=None, max_length=200)
     description: str | None = Field(default=None, max_length=1000)
-    scopes: list[str] | None = Field(default=None, max_length=200)
-    allowed_ips: list[str] | None = Field(default=None, max_length=100)
+    scopes: list[str] | None = Field(default=None, max_length=v.MAX_SCOPES)
+    allowed_ips: list[str] | None = Field(default=None, max_length=v.MAX_IPS)
     require_tls: bool | None = None
     enabled: bool | None = None
     ratelimit: RateLimitIn | None = None
     meta: dict[str, Any] | None = None
-    remaining: int | None = Field(default=None, ge=0, description=REMAINING)
+    remaining: int | None = Field(default=None, ge=0, le=v.MAX_REMAINING, description=REMAINING)
 
 
 class KeyRotate(Body):
-    grace_period_seconds: int = Field(default=604800, ge=0, le=90 * 86400)
+    grace_period_seconds: int = Field(default=604800, ge=0, le=v.MAX_GRACE_SECONDS)
 
 
 class KeyDuplicate(Body):
@@ -112,10 +115,10 @@ class UsageReport(Body):
 
 
 class Policy(Body):
-    default_expiry_days: int | None = None
-    max_expiry_days: int | None = None
+    default_expiry_days: int | None = Field(default=None, ge=1, le=v.MAX_DAYS)
+    max_expiry_days: int | None = Field(default=None, ge=1, le=v.MAX_DAYS)
     allow_non_expiring: bool | None = None
-    allowed_ips: list[str] | None = None
+    allowed_ips: list[str] | None = Field(default=None, max_length=v.MAX_IPS)
     require_tls_default: bool | None = None
 
 
@@ -138,7 +141,7 @@ class MemberCreate(Body):
     name: str | None = Field(default=None, max_length=200)
     role: Roles = "member"
     password: str | None = Field(default=None, max_length=1024)
-    group_ids: list[str] = Field(default_factory=list)
+    group_ids: list[str] = Field(default_factory=list, max_length=v.MAX_GROUPS)
 
 
 class MemberPatch(Body):
@@ -146,32 +149,32 @@ class MemberPatch(Body):
     role: Roles | None = None
     enabled: bool | None = None
     password: str | None = Field(default=None, max_length=1024)
-    group_ids: list[str] | None = None
+    group_ids: list[str] | None = Field(default=None, max_length=v.MAX_GROUPS)
 
 
 class ServiceAccountCreate(Body):
     name: str = Field(max_length=200)
     role: Roles = "member"
-    group_ids: list[str] = Field(default_factory=list)
+    group_ids: list[str] = Field(default_factory=list, max_length=v.MAX_GROUPS)
 
 
 class ServiceAccountPatch(Body):
     name: str | None = Field(default=None, max_length=200)
     role: Roles | None = None
     enabled: bool | None = None
-    group_ids: list[str] | None = None
+    group_ids: list[str] | None = Field(default=None, max_length=v.MAX_GROUPS)
 
 
 class GroupCreate(Body):
     name: str = Field(max_length=200)
     description: str | None = Field(default=None, max_length=1000)
-    scopes: list[str] = Field(default_factory=list)
+    scopes: list[str] = Field(default_factory=list, max_length=v.MAX_SCOPES)
 
 
 class GroupPatch(Body):
     name: str | None = Field(default=None, max_length=200)
     description: str | None = Field(default=None, max_length=1000)
-    scopes: list[str] | None = None
+    scopes: list[str] | None = Field(default=None, max_length=v.MAX_SCOPES)
 
 
 class ScopePut(Body):
