@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keyplane import __version__
 from keyplane.bootstrap import Keyplane
 from keyplane.core.policy import parse_networks
+from keyplane.logs import install_redaction
 from keyplane.web import (
     errors,
     routes_admin,
@@ -57,6 +58,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
             if manage_lifecycle:
                 kp.stop()
 
+    install_redaction()  # no log record of this process holds a credential-shaped string
     app = KeyplaneAPI(title="Keyplane", version=__version__, description=DESCRIPTION,
                       lifespan=lifespan)
     app.state.keyplane = kp
