@@ -16,6 +16,7 @@ from keyplane.core.policy import parse_networks
 from keyplane.logs import install_redaction
 from keyplane.web import (
     errors,
+    refusals,
     routes_admin,
     routes_changes,
     routes_keys,
@@ -64,6 +65,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.state.keyplane = kp
     app.state.trusted_proxies = parse_networks(kp.settings.trusted_proxies, "trusted_proxies")
     errors.install(app)
+    refusals.install(app)  # 403s and 404s of authenticated /v1 calls are audited
     app.include_router(routes_verify.router)
     app.include_router(routes_keys.router)
     app.include_router(routes_usage.router)
