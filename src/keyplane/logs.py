@@ -25,39 +25,25 @@ def configure_logging(level: str = "info") -> None:
     )
 
 
-class RedactingLogRecord(logging.LogRecord):
-    """A record whose message never holds a credential-shaped string."""
-
-    def getMessage(self) -> str:
-        return redact_secrets(super().getMessage())
-
-
-_PLAIN = (str, int, float, type(None))  # arguments whose text is known (str redacted)
-
-
-def _redact_arg(value: Any) -> Any:
-    return redact_secrets(value) if isinstance(value, str) else value
-
-
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # their text is known (str redacted)
 _made_by: Any = None  # the record factory in place before ours
 
 
 def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Makes the record as before, then takes every credential-shaped string out of it, once:
+    formatters then have nothing left to leak, whichever fields they use."""
     record: logging.LogRecord = _made_by(*args, **kwargs)
-    if type(record) is logging.LogRecord:
-        record.__class__ = RedactingLogRecord
+    given = record.args
+    if given:
+        plain = _redacted_args(given)
+        if plain is not None:
+            record.args = plain
+        else:
+            # an object's text is only known once formatted: format now, keep only the text
+            with contextlib.suppress(Exception):  # a bad format: logging reports it on emit
+                record.msg, record.args = record.getMessage(), ()
     if isinstance(record.msg, str):
         record.msg = redact_secrets(record.msg)
-    given = record.args
-    values: Any = given.values() if isinstance(given, Mapping) else given or ()
-    if not all(isinstance(v, _PLAIN) for v in values):
-        # an object's text is only known once formatted: format now, keep only the text
-        with contextlib.suppress(Exception):  # a bad format: logging reports it when emitted
-            record.msg, record.args = record.getMessage(), ()
-    elif isinstance(given, tuple):
-        record.args = tuple(_redact_arg(a) for a in given)
-    elif isinstance(given, Mapping):
-        record.args = {k: _redact_arg(v) for k, v in given.items()}
     if record.exc_info and record.exc_info[0] is not None:
         # formatters use exc_text when it is set: the traceback as it will be written
         # (the exception object itself is dropped: its repr would hold what was redacted)
@@ -67,6 +53,25 @@ def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
     if record.stack_info:
         record.stack_info = redact_secrets(record.stack_info)
     return record
+
+
+def _redacted_args(given: Any) -> Any:
+    """The arguments with their strings redacted; ``None`` if one is not a plain value."""
+    if type(given) is tuple:
+        out = []
+        for value in given:
+            kind = type(value)
+            if kind is str:
+                value = redact_secrets(value)
+            elif kind not in _PLAIN:
+                return None
+            out.append(value)
+        return tuple(out)
+    if isinstance(given, Mapping):
+        if not all(type(v) in _PLAIN for v in given.values()):
+            return None
+        return {k: redact_secrets(v) if type(v) is str else v for k, v in given.items()}
+    return None
 
 
 def install_redaction() -> None:

@@ -162,6 +162,7 @@ class Hasher:
 _SECRET_SHAPE = re.compile(
     r"(?<![0-9A-Za-z])([a-z][a-z0-9]{1,15})(?:_|%5[Ff])([0-9A-Za-z]{"
     + str(BODY_LENGTH + CHECK_LENGTH) + r",})")
+_SECRET_BODY = re.compile(r"(?:_|%5[Ff])[0-9A-Za-z]{" + str(BODY_LENGTH + CHECK_LENGTH) + "}")
 REDACTED = "[redacted]"
 
 
@@ -169,7 +170,7 @@ def redact_secrets(text: str) -> str:
     """``text`` with every credential-shaped string cut to its prefix and its first
     characters (the part lists show, to recognise it): ``kp_AbCdEfGh[redacted]``. Cheap when
     there is nothing to redact (no ``_`` and no ``%5``)."""
-    if "_" not in text and "%5" not in text:
+    if ("_" not in text and "%5" not in text) or not _SECRET_BODY.search(text):
         return text
     return _SECRET_SHAPE.sub(_cut, text)
 
