@@ -99,8 +99,8 @@ def start_server(app: Any, port: int | None = None, **options: Any) -> RunningSe
     """Serve ``app`` with uvicorn on a loopback port in a thread; returns once it accepts.
     ``options`` go to ``uvicorn.Config`` (e.g. ``proxy_headers=False``)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            access_log=False, lifespan="on", **options)
+    options = {"log_level": "warning", "access_log": False, "lifespan": "on", **options}
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

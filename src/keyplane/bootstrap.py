@@ -23,6 +23,7 @@ from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
 from keyplane.services.keys import KeyService
 from keyplane.services.principals import GroupService, PrincipalService
+from keyplane.services.refusals import RefusalRecorder
 from keyplane.services.tenants import TenantService
 from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
@@ -62,11 +63,13 @@ class Keyplane:
             load_toml(self.settings.scopes_file) if self.settings.scopes_file else None
         )
         self.usage.start()
+        self.audit.refusals.start()
         self.propagation.start()
 
     def stop(self) -> None:
         self.propagation.stop()
         self.usage.stop()
+        self.audit.refusals.stop()
 
     def close(self) -> None:
         self.stop()
@@ -122,7 +125,7 @@ def build(
         groups=GroupService(ctx),
         keys=keys,
         catalogue=CatalogueService(ctx),
-        audit=AuditService(ctx),
+        audit=AuditService(ctx, RefusalRecorder(ctx, interval=settings.usage_flush_seconds)),
         verifier=verifier,
         usage=usage,
         usage_reports=UsageService(ctx, keys, usage_store, usage),

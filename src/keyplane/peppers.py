@@ -1,4 +1,5 @@
-"""Loading the server peppers: from settings, or from a file created on first run (mode 0600)."""
+"""Loading the server peppers: from settings, or from a file created on first run (mode 0600, in
+a data directory made 0700 if Keyplane creates it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from keyplane.config import Settings
 from keyplane.core.tokens import Pepper
+from keyplane.files import private_dir
 
 PEPPER_FILE = "peppers.json"
 
@@ -45,7 +47,7 @@ def load_peppers(settings: Settings) -> list[Pepper]:
 
 
 def _create(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     entry = {"id": "p1", "secret": base64.b64encode(secrets.token_bytes(32)).decode()}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -156,6 +156,29 @@ class Hasher:
         return hmac.compare_digest(self.digest(raw, pepper_id), stored_digest)
 
 
+# anything shaped like a credential of any type and any prefix (keys, OAuth access and refresh
+# tokens, client secrets, codes), checksum or not, also with a percent-encoded "_"; ids
+# ("key_" and 22 characters) are far shorter than a credential's body
+_SECRET_SHAPE = re.compile(
+    r"(?<![0-9A-Za-z])([a-z][a-z0-9]{1,15})(?:_|%5[Ff])([0-9A-Za-z]{"
+    + str(BODY_LENGTH + CHECK_LENGTH) + r",})")
+_SECRET_BODY = re.compile(r"(?:_|%5[Ff])[0-9A-Za-z]{" + str(BODY_LENGTH + CHECK_LENGTH) + "}")
+REDACTED = "[redacted]"
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every credential-shaped string cut to its prefix and its first
+    characters (the part lists show, to recognise it): ``kp_AbCdEfGh[redacted]``. Cheap when
+    there is nothing to redact (no ``_`` and no ``%5``)."""
+    if ("_" not in text and "%5" not in text) or not _SECRET_BODY.search(text):
+        return text
+    return _SECRET_SHAPE.sub(_cut, text)
+
+
+def _cut(found: re.Match[str]) -> str:
+    return f"{found.group(1)}_{found.group(2)[:START_LENGTH]}{REDACTED}"
+
+
 def fingerprint(raw: str) -> str:
     """A short public SHA-256 fragment of a secret, safe for logs and leak reports."""
     return hashlib.sha256(raw.encode()).hexdigest()[:12]

@@ -32,8 +32,10 @@ from keyplane.services.context import LocalBus
 
 log = logging.getLogger("keyplane.changes")
 
-GENERIC_KINDS = frozenset({"catalogue", "all", "app"})  # an app spans tenants
-"""Changes that concern every tenant (the scope catalogue, "drop everything")."""
+GENERIC_KINDS = frozenset({"catalogue", "all"})
+"""Changes that concern every tenant and name nothing of any tenant (the operator's scope
+catalogue, "drop everything"). An ``app`` is not one of them: its id is the registering tenant's
+own, so its changes go to the tenants it concerns (see :class:`Change`)."""
 
 RESET = "all"
 """The kind of a synthetic change meaning "drop every cached verification"."""
@@ -45,11 +47,16 @@ class Change:
     kind: str
     ref: str
     tenant_id: str | None = None  # the tenant the change belongs to, when there is one
+    # other tenants it concerns: for an ``app``, those with a connection to it (their cached
+    # access tokens depend on the app's status)
+    also: frozenset[str] = frozenset()
 
     def visible_to(self, tenant_id: str | None) -> bool:
         """Operator verifiers (``None``) see everything; a tenant's verifier sees its own
-        tenant's changes and the generic ones."""
-        return tenant_id is None or self.kind in GENERIC_KINDS or self.tenant_id == tenant_id
+        tenant's changes, the changes that concern it (``also``) and the generic ones, and
+        never a ref that belongs to another tenant only."""
+        return (tenant_id is None or self.kind in GENERIC_KINDS or self.tenant_id == tenant_id
+                or tenant_id in self.also)
 
     def as_json(self) -> dict[str, object]:
         return {"position": self.position, "kind": self.kind, "ref": self.ref}

@@ -13,8 +13,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keyplane import __version__
 from keyplane.bootstrap import Keyplane
 from keyplane.core.policy import parse_networks
+from keyplane.logs import install_redaction
 from keyplane.web import (
     errors,
+    refusals,
     routes_admin,
     routes_changes,
     routes_keys,
@@ -57,11 +59,13 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
             if manage_lifecycle:
                 kp.stop()
 
+    install_redaction()  # no log record of this process holds a credential-shaped string
     app = KeyplaneAPI(title="Keyplane", version=__version__, description=DESCRIPTION,
                       lifespan=lifespan)
     app.state.keyplane = kp
     app.state.trusted_proxies = parse_networks(kp.settings.trusted_proxies, "trusted_proxies")
     errors.install(app)
+    refusals.install(app)  # 403s and 404s of authenticated /v1 calls are audited
     app.include_router(routes_verify.router)
     app.include_router(routes_keys.router)
     app.include_router(routes_usage.router)

@@ -57,7 +57,9 @@ async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)]) -
                                        request_id=request_id)
         if wait is not None:
             raise too_many_failures(wait, throttle.limit)
-    return caller_from(verdict, ip=ip, request_id=request_id)
+    found = caller_from(verdict, ip=ip, request_id=request_id)
+    request.scope["keyplane.caller"] = found  # a refusal is audited as this caller's
+    return found
 
 
 AUTH_FAILURES = "auth"  # the failure throttle's count for bearer credentials

@@ -1,5 +1,6 @@
-"""Pure ASGI middleware: request ids, an access log without query strings, and refusal of
-credentials sent in the URL (they end up in logs, histories and referrers)."""
+"""Pure ASGI middleware: request ids, an access log without query strings and with
+credential-shaped strings in the path redacted, and refusal of credentials sent in the URL's
+query (they end up in logs, histories and referrers)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keyplane.core.tokens import redact_secrets
 from keyplane.web.errors import error_body
 
 access_log = logging.getLogger("keyplane.access")
@@ -50,7 +52,7 @@ class RequestContext:
         query = scope.get("query_string", b"").decode("latin-1")
         if query and any(k.lower() in CREDENTIAL_PARAMS for k, _ in parse_qsl(query)):
             security_log.warning("credential in query string refused path=%s request_id=%s",
-                                 _printable(scope.get("path", "")), request_id)
+                                 _logged_path(scope), request_id)
             await _reject(send, request_id)
             log_request(scope, 400, started, request_id)
             return
@@ -90,6 +92,12 @@ def _nul_in_url(path: str, query: str) -> str | None:
     return None
 
 
+def _logged_path(scope: Scope) -> str:
+    """The request's path as logs may show it: secrets redacted, control characters escaped
+    (the verify fast path's ``/v1/verify`` has no ``_``: nothing more to do)."""
+    return _printable(redact_secrets(scope.get("path", "")))
+
+
 def _printable(text: str) -> str:
     """Text for a log line: control characters escaped, so a URL cannot forge log lines."""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
@@ -107,12 +115,13 @@ async def _reject(send: Send, request_id: str, code: str = "credential_in_url",
 
 
 def log_request(scope: Scope, status: int, started: float, request_id: str) -> None:
-    """The access log line (no query string: it may hold what must not be logged)."""
+    """The access log line (no query string: it may hold what must not be logged; a secret
+    pasted into the path is redacted)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     client: Any = scope.get("client") or ("-", 0)
     access_log.info(
         '%s "%s %s" %d %.1fms request_id=%s', client[0], scope.get("method"),
-        _printable(scope.get("path", "")), status, (time.perf_counter() - started) * 1000,
+        _logged_path(scope), status, (time.perf_counter() - started) * 1000,
         request_id,
     )

@@ -25,11 +25,13 @@ The contract (SDKs depend on it):
   ahead of the head because the database was replaced) gets one
   ``{"position": <head>, "kind": "all", "ref": "*"}``: drop every cached verification.
 * Caller: ``keys:verify``. An operator verifier sees every change. A tenant's verifier sees its
-  own tenant's ``key``, ``principal``, ``tenant`` and ``connection`` changes and the generic
-  ``catalogue``, ``app`` and ``all`` ones; it never sees other tenants' changes, operator keys'
-  changes, other kinds, or
-  changes of objects already deleted when the change was read (a deleted member's keys are
-  revoked in the same transaction, and those ``key`` changes are sent).
+  own tenant's ``key``, ``principal``, ``tenant`` and ``connection`` changes, the ``app``
+  changes of apps its tenant registered or has a connection to (a suspended app's tokens are
+  dropped by app id), and the generic ``catalogue`` and ``all`` ones, which name nothing of any
+  tenant. It never sees another tenant's ids: not other tenants' changes, operator keys'
+  changes, apps it has nothing to do with, other kinds, or changes of objects already deleted
+  when the change was read (a deleted member's keys are revoked in the same transaction, and
+  those ``key`` changes are sent).
 * The stream re-checks the caller's credential at every keepalive and ends when it is no
   longer valid; it also ends when the server shuts down. Clients reconnect with
   ``Last-Event-ID`` (browsers' ``EventSource`` does so on its own).

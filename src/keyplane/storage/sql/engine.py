@@ -21,6 +21,7 @@ from keyplane.core.ports import (
     TenantRepo,
     UnitOfWork,
 )
+from keyplane.files import private_file
 from keyplane.storage.sql.repositories import (
     SqlAudit,
     SqlChanges,
@@ -36,8 +37,8 @@ def make_engine(url: str, *, pool_size: int = 10, schema: str | None = None) -> 
     """An engine for SQLite (WAL, foreign keys, immediate write transactions) or PostgreSQL."""
     if url.startswith("sqlite"):
         path = sa.make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            private_file(Path(path))  # 0600 before SQLite writes to it; -wal/-shm follow
         engine = sa.create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=pool_size,
             max_overflow=pool_size,
