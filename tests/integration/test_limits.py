@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import select
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from keyplane.config import Settings
 from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, auth, make_tenant, serving
 from tests.integration.procs import Worker, worker_env
-from tests.support import sqlite_url
+from tests.support import free_port, sqlite_url
 
 LIMIT = 4096  # a small max_body_bytes, so that the functional tests stay fast
 
@@ -237,3 +241,64 @@ def test_json_nested_too_deep_is_refused_with_a_clean_400(
                     b'"a"' + nested(20)[20:] + b"}",
                     headers={**auth(verifier), "content-type": "application/json"})
     assert r.status_code == 422  # shallow enough: the route's own validation answers
+
+
+def send_head(url: str, pieces: Iterable[bytes]) -> tuple[int, dict[str, Any]]:
+    """Sends a request head piece by piece over a raw socket; the answer (status, JSON)."""
+    u = urlsplit(url)
+    sock = socket.create_connection((u.hostname, u.port), timeout=30)
+    try:
+        try:
+            for piece in pieces:
+                if select.select([sock], [], [], 0)[0]:
+                    break
+                sock.sendall(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, json.loads(response.read())
+    finally:
+        sock.close()
+
+
+def test_keyplane_serve_never_buffers_a_huge_request_head(tmp_path: Path) -> None:
+    """httptools sets no limit on the request line or a header's length: ``keyplane serve``
+    drops such a head while it arrives (431), so a 50 MB header costs the worker next to no
+    memory; the app's exact limits (16 KiB, 100 fields) apply below that."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYPLANE_")}
+    env.update(KEYPLANE_DATABASE_URL=sqlite_url(tmp_path), KEYPLANE_DATA_DIR=str(tmp_path))
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("keyplane")), "serve", "--host", "127.0.0.1",
+             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            try:
+                if httpx2.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                time.sleep(0.05)
+        start = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        assert httpx2.get(url + "/healthz", headers={"x-pad": "p" * 8000}).status_code == 200
+        status, answer = send_head(url, [start, b"x-pad: " + b"p" * 20_000 + b"\r\n\r\n"])
+        assert (status, answer["error"]["code"]) == (431, "headers_too_large")  # the app's
+
+        mib = b"a" * 1024 * 1024
+        huge_header = [start, b"x-big: ", *(mib for _ in range(50)), b"\r\n\r\n"]
+        huge_url = [b"GET /", *(mib for _ in range(50)), b" HTTP/1.1\r\nHost: x\r\n\r\n"]
+        for pieces in (huge_header, huge_url):
+            reset_peak_rss(proc.pid)
+            before = peak_rss_kib(proc.pid)
+            status, answer = send_head(url, pieces)
+            assert (status, answer["error"]["code"]) == (431, "headers_too_large"), answer
+            assert (peak_rss_kib(proc.pid) - before) / 1024 < 8
+        assert httpx2.get(url + "/healthz").status_code == 200
+    finally:
+        proc.kill()
+        proc.wait()
