@@ -29,7 +29,7 @@ def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
     if "allow_non_expiring" in body:
         policy.allow_non_expiring = v.boolean(body["allow_non_expiring"], "allow_non_expiring")
     if "allowed_ips" in body:
-        policy.allowed_ips = v.ip_list(body["allowed_ips"], "policy.allowed_ips")
+        policy.allowed_ips = v.ip_list(body["allowed_ips"])
     if "require_tls_default" in body:
         policy.require_tls_default = v.boolean(body["require_tls_default"], "require_tls_default")
     if policy.max_expiry_days is not None and policy.default_expiry_days > policy.max_expiry_days:
