@@ -11,6 +11,9 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from keyplane.core.errors import KeyplaneError
+from keyplane.core.policy import normalise_networks
+
 
 def _split(value: object) -> object:
     if isinstance(value, str):
@@ -44,6 +47,10 @@ class Settings(BaseSettings):
         default=10_000, ge=0,
         description="Encoded POST /v1/verify answers remembered per worker (0: none)")
     usage_flush_seconds: float = 5.0
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024,
+        description="Largest request body any route accepts (413 beyond), checked while the "
+        "body is read, before parsing and authentication")
     # cross-worker invalidation, rate limits, change stream (see cache/redis_bus.py)
     redis_prefix: str = Field(default="keyplane", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
                               description="Prefix of Redis keys and of the pub/sub channel")
@@ -71,6 +78,15 @@ class Settings(BaseSettings):
     demo: bool = False
 
     _split_lists = field_validator("trusted_proxies", "legacy_headers", mode="before")(_split)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _strict_networks(cls, value: list[str]) -> list[str]:
+        """The CIDR rules every allowlist follows: no host bits, leading zeros or zone ids."""
+        try:
+            return normalise_networks(value, "trusted_proxies")
+        except KeyplaneError as exc:
+            raise ValueError(exc.message) from None
 
     @property
     def resolved_database_url(self) -> str:

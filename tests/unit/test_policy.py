@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keyplane.core.decisions import ALLOWED, Code
 from keyplane.core.errors import ValidationError
@@ -149,9 +151,60 @@ def test_state_is_checked_before_anything_else() -> None:
 
 
 def test_networks_are_normalised() -> None:
-    assert normalise_networks([" 10.1.2.3/8 ", "2001:DB8::/32", "::ffff:203.0.113.0/120",
-                               "::ffff:203.0.113.5", "192.0.2.7"]) == [
-        "10.0.0.0/8", "2001:db8::/32", "203.0.113.0/24", "203.0.113.5/32", "192.0.2.7/32"]
+    assert normalise_networks([" 10.0.0.0/8 ", "2001:DB8::/32", "::ffff:203.0.113.0/120",
+                               "::ffff:203.0.113.5", "192.0.2.7", "1.2.3.0/255.255.255.0"]) == [
+        "10.0.0.0/8", "2001:db8::/32", "203.0.113.0/24", "203.0.113.5/32", "192.0.2.7/32",
+        "1.2.3.0/24"]
+
+
+@pytest.mark.parametrize(("bad", "says"), [
+    ("10.0.0.1/8", "host bits set; did you mean 10.0.0.0/8 (the whole network) or 10.0.0.1/32"),
+    ("2001:db8::1/32", "did you mean 2001:db8::/32 (the whole network) or 2001:db8::1/128"),
+    ("::ffff:203.0.113.5/120", "did you mean 203.0.113.0/24"),
+    ("1.2.3.4/255.0.0.0", "did you mean 1.0.0.0/8"),
+    ("010.0.0.0/8", "leading zeros (some tools read them as octal); did you mean 10.0.0.0/8?"),
+    ("1.2.3.0/024", "leading zeros (some tools read them as octal); did you mean 1.2.3.0/24?"),
+    ("1.2.3.4/08", "did you mean 1.0.0.0/8?"),
+    ("192.168.001.0/24", "did you mean 192.168.1.0/24?"),
+    ("fe80::1%eth0", "zone id"),
+    ("fe80::%1/64", "zone id"),
+    ("fe80::/64%1", "zone id"),
+])
+def test_cidrs_are_never_silently_widened_or_reinterpreted(bad: str, says: str) -> None:
+    """Host bits, leading zeros and IPv6 zone ids are refused, saying what to write instead."""
+    with pytest.raises(ValidationError) as info:
+        normalise_networks(["10.0.0.0/8", bad], "policy.allowed_ips")
+    assert info.value.field == "policy.allowed_ips"
+    assert info.value.message.startswith(f"policy.allowed_ips[1]: {bad!r} has ")
+    assert says in info.value.message
+
+
+_CIDR_CHARS = st.sampled_from([*"0123456789abcdefABCDEF.:/% ", "\x00", "\ud800", "\u0663"])
+_CIDRISH = st.one_of(
+    st.text(max_size=50),
+    st.text(_CIDR_CHARS, max_size=45),
+    st.builds("{}/{}".format, st.ip_addresses().map(str), st.integers(-1, 130).map(str)),
+    st.builds("{}/0{}".format, st.ip_addresses().map(str), st.integers(0, 32).map(str)),
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=6).map(lambda a: f"{a}%{a.packed[0]}"),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_CIDRISH, max_size=3))
+def test_any_text_either_normalises_to_cidrs_that_round_trip_or_is_refused_by_field(
+        values: list[str]) -> None:
+    try:
+        out = normalise_networks(values, "allowed_ips")
+    except ValidationError as exc:
+        assert exc.field == "allowed_ips"
+        assert exc.message.startswith("allowed_ips[")
+        return
+    assert len(out) == len(values)
+    assert normalise_networks(out, "allowed_ips") == out  # canonical: a fixed point
+    for text in out:
+        assert str(ipaddress.ip_network(text, strict=True)) == text
+        assert "%" not in text
 
 
 @pytest.mark.parametrize("bad", ["10.0.0.0/33", "300.1.1.1", "2001:db8::/129", "example.com",
@@ -170,6 +223,8 @@ def test_non_string_networks_are_refused() -> None:
 
 
 def test_parse_address() -> None:
+    assert parse_address("fe80::1%eth0") is None  # a zone id names the sender's interface
+    assert parse_address("fe80::1%1") is None
     assert parse_address("::ffff:203.0.113.5") == ipaddress.IPv4Address("203.0.113.5")
     assert parse_address(" 2001:db8::1 ") == ipaddress.IPv6Address("2001:db8::1")
     assert parse_address("not an ip") is None

@@ -98,11 +98,12 @@ def test_scope_list_refuses_and_names_an_unknown_scope() -> None:
 def test_ip_list_normalises() -> None:
     assert v.ip_list(None) == []
     assert v.ip_list([]) == []
-    assert v.ip_list(["10.1.2.3/8", "::ffff:203.0.113.5"]) == ["10.0.0.0/8", "203.0.113.5/32"]
+    assert v.ip_list(["10.0.0.0/8", "::ffff:203.0.113.5"]) == ["10.0.0.0/8", "203.0.113.5/32"]
 
 
 @pytest.mark.parametrize("value", ["10.0.0.0/8", {"cidr": "10.0.0.0/8"}, 10, ["10.0.0.0/33"],
-                                   ["not-an-ip"], [None], [167772160], ["10.0.0.0/8", ""]])
+                                   ["not-an-ip"], [None], [167772160], ["10.0.0.0/8", ""],
+                                   ["10.1.2.3/8"], ["fe80::1%eth0"], ["1.2.3.0/024"]])
 def test_ip_list_refuses_bad_values(value: Any) -> None:
     refused("allowed_ips", v.ip_list, value)
 

@@ -88,6 +88,7 @@ def serve(
     from keyplane.config import Settings
     from keyplane.demo import ensure_demo
     from keyplane.logs import configure_logging
+    from keyplane.web.limits import MAX_HEAD_BYTES
 
     settings = Settings()
     host = host or settings.host
@@ -123,7 +124,18 @@ def serve(
     print(f"Keyplane listening on {base}  (API docs: {base}/docs)", flush=True)
     uvicorn.run("keyplane.web.asgi:app_factory", factory=True, host=host, port=port,
                 workers=workers, access_log=False, log_level=settings.log_level,
-                proxy_headers=False, server_header=False)
+                proxy_headers=False, server_header=False, http=_http_protocol(),
+                h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+
+
+def _http_protocol() -> Any:
+    """httptools with a bound on the request head (it has none of its own); h11 (which stops
+    at ``h11_max_incomplete_event_size``) where httptools is not installed."""
+    try:
+        from keyplane.web.server import BoundedHttpToolsProtocol
+    except ImportError:
+        return "h11"
+    return BoundedHttpToolsProtocol
 
 
 @db_app.command("upgrade")

@@ -20,30 +20,94 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def parse_networks(values: Iterable[str], field_name: str = "allowed_ips") -> tuple[Network, ...]:
-    """CIDRs (or single addresses) to networks; IPv4-mapped IPv6 ranges become IPv4."""
+    """CIDRs (or single addresses) to networks; IPv4-mapped IPv6 ranges become IPv4. Lenient
+    (host bits are dropped): for stored lists, which ``normalise_networks`` checked on the way
+    in."""
     out: list[Network] = []
     for i, value in enumerate(values):
         if not isinstance(value, str):
             raise ValidationError(f"{field_name}[{i}] must be a string", field=field_name)
-        try:
-            net = ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError:
-            raise ValidationError(
-                f"{field_name}[{i}] is not an IPv4 or IPv6 CIDR: {value[:60]!r}", field=field_name
-            ) from None
-        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
-            mapped = net.network_address.ipv4_mapped
-            net = ipaddress.ip_network(f"{mapped}/{max(net.prefixlen - 96, 0)}", strict=False)
-        out.append(net)
+        out.append(_network(value, i, field_name))
     return tuple(out)
 
 
+def _network(value: str, i: int, field_name: str) -> Network:
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ValidationError(
+            f"{field_name}[{i}] is not an IPv4 or IPv6 CIDR: {value[:60]!r}", field=field_name
+        ) from None
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
+        mapped = net.network_address.ipv4_mapped
+        net = ipaddress.ip_network(f"{mapped}/{max(net.prefixlen - 96, 0)}", strict=False)
+    return net
+
+
 def normalise_networks(values: Iterable[str], field_name: str = "allowed_ips") -> list[str]:
-    return [str(n) for n in parse_networks(values, field_name)]
+    """CIDRs as a caller wrote them, checked strictly, in canonical form. A CIDR is refused,
+    never silently widened or reinterpreted, when it has host bits set (``10.0.0.1/8``), leading
+    zeros (``010.0.0.0/8``, ``1.2.3.4/08``: some tools read them as octal) or an IPv6 zone id
+    (``fe80::1%eth0``: a zone names a local interface, not a range); the message says what to
+    write instead."""
+    out: list[str] = []
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise ValidationError(f"{field_name}[{i}] must be a string", field=field_name)
+        problem = _cidr_problem(value.strip())
+        if problem:
+            raise ValidationError(f"{field_name}[{i}]: {value[:60]!r} {problem}",
+                                  field=field_name)
+        out.append(str(_network(value, i, field_name)))
+    return out
+
+
+def _cidr_problem(text: str) -> str | None:
+    """Why a CIDR that ``ipaddress`` may accept or reinterpret is refused, or None."""
+    if "%" in text:
+        return ("has an IPv6 zone id (the part from %): zone ids name a local interface and "
+                "are not allowed; write the address or range without it")
+    addr, slash, prefix = text.partition("/")
+    fixed_addr, fixed_prefix = addr, prefix
+    if ":" not in addr and any(len(o) > 1 and o[0] == "0" and o.isdigit()
+                               for o in addr.split(".")):
+        fixed_addr = ".".join(str(int(o)) if o.isdigit() else o for o in addr.split("."))
+    if slash and len(prefix) > 1 and prefix[0] == "0" and prefix.isascii() and prefix.isdigit():
+        fixed_prefix = str(int(prefix))
+    if (fixed_addr, fixed_prefix) != (addr, prefix):
+        fixed = fixed_addr + slash + fixed_prefix
+        hint = _suggest(fixed)
+        return ("has leading zeros (some tools read them as octal)"
+                + (f"; did you mean {hint}?" if hint else ""))
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None  # parse_networks names the problem
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        one = ipaddress.ip_address(addr)
+        return (f"has host bits set; did you mean {_canonical(loose)} (the whole network) or "
+                f"{_canonical(ipaddress.ip_network(one))} (that one address)?")
+    return None
+
+
+def _suggest(text: str) -> str | None:
+    """The canonical form of a repaired CIDR, widened to its network if need be."""
+    try:
+        return _canonical(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        return None
+
+
+def _canonical(net: Network) -> str:
+    return str(_network(str(net), 0, ""))
 
 
 def parse_address(value: str | None) -> Address | None:
-    """An IP address (IPv4-mapped IPv6 becomes IPv4), or None; memoised for the hot path."""
+    """An IP address (IPv4-mapped IPv6 becomes IPv4), or None (also for an IPv6 zone id:
+    ``fe80::1%eth0`` names an interface of the sender, and never matches); memoised for the
+    hot path."""
     if not value:
         return None
     return _parse_address(value)
@@ -51,6 +115,8 @@ def parse_address(value: str | None) -> Address | None:
 
 @functools.lru_cache(maxsize=65_536)
 def _parse_address(value: str) -> Address | None:
+    if "%" in value:
+        return None
     try:
         addr = ipaddress.ip_address(value.strip())
     except ValueError:

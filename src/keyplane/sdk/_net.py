@@ -50,7 +50,7 @@ class Peer:
     def _host(self, host: str) -> tuple[str | None, bool]:
         known = self._hosts.get(host)
         if known is None:
-            addr = parse_address(host)
+            addr = parse_address(host.partition("%")[0])  # a link-local peer's zone id
             known = (str(addr) if addr is not None else None,
                      addr is not None and bool(self.trusted) and _trusted(addr, self.trusted))
             if len(self._hosts) >= self.MAX_REMEMBERED:

@@ -24,6 +24,7 @@ from keyplane.web import (
     routes_verify,
 )
 from keyplane.web.fastverify import VerifyFastPath
+from keyplane.web.limits import JsonDepthLimit, RequestLimits
 from keyplane.web.middleware import RequestContext
 
 DESCRIPTION = """Keyplane's API: keys, tenants, members, service accounts, groups, scopes,
@@ -32,17 +33,20 @@ verification and the audit log. Authenticate with `Authorization: Bearer <key>`.
 
 class KeyplaneAPI(FastAPI):
     """FastAPI with Keyplane's pure-ASGI layers in front of all of it, FastAPI's own
-    per-request telemetry checks included: the verify fast path first, which answers cache hits
-    itself (with a request id and an access-log line), then request ids and the access log
-    around everything else (500s included)."""
+    per-request telemetry checks included: the limits on what a request may make a worker hold
+    (head and body size) first, then the verify fast path, which answers cache hits itself
+    (with a request id and an access-log line), then request ids and the access log around
+    everything else (500s included), and the JSON nesting limit in front of the routes."""
 
     _front: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         front = self._front
         if front is None:
-            front = self._front = VerifyFastPath(RequestContext(super().__call__),
-                                                 self.state.keyplane)
+            kp = self.state.keyplane
+            front = self._front = RequestLimits(
+                VerifyFastPath(RequestContext(JsonDepthLimit(super().__call__)), kp),
+                kp.settings.max_body_bytes)
         await front(scope, receive, send)
 
 

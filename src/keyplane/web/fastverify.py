@@ -216,9 +216,11 @@ def _request_key(scope: Scope, raw_body: bytes) -> bytes:
 
 def _body(raw: bytes) -> dict[str, Any] | None:
     """The request body if it is exactly what the route's strict model accepts, else None."""
+    if b"\\ud" in raw or b"\\uD" in raw:
+        return None  # maybe an unpaired surrogate, which no text can hold: the route refuses it
     try:
         body = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(body, dict) or not _FIELDS.issuperset(body):
         return None

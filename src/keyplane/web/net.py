@@ -14,8 +14,14 @@ def _header(conn: HTTPConnection, name: str) -> str | None:
     return conn.headers.get(name)
 
 
+def _peer(conn: HTTPConnection) -> Address | None:
+    """The socket's peer; a link-local peer's zone id (``%eth0``, from the kernel) is dropped,
+    where a zone id in a header or a body is refused."""
+    return parse_address(conn.client.host.partition("%")[0] if conn.client else None)
+
+
 def client_address(conn: HTTPConnection, trusted: Sequence[Network]) -> Address | None:
-    peer = parse_address(conn.client.host if conn.client else None)
+    peer = _peer(conn)
     if not trusted or peer is None or not address_allowed(peer, trusted):
         return peer
     forwarded = _header(conn, "x-forwarded-for")
@@ -34,7 +40,7 @@ def client_address(conn: HTTPConnection, trusted: Sequence[Network]) -> Address 
 def is_tls(conn: HTTPConnection, trusted: Sequence[Network]) -> bool:
     if conn.scope.get("scheme") in ("https", "wss"):
         return True
-    peer = parse_address(conn.client.host if conn.client else None)
+    peer = _peer(conn)
     if trusted and peer is not None and address_allowed(peer, trusted):
         proto = _header(conn, "x-forwarded-proto")
         if proto:
