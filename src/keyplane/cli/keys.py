@@ -49,9 +49,8 @@ def _show_issued(out: dict[str, Any], json_out: bool, title: str,
                  share: dict[str, Any] | None = None) -> None:
     if share is not None:
         out = {k: v for k, v in out.items() if k != "key"}
-        out["share"] = share
     if json_out:
-        emit_json(out)
+        emit_json(out if share is None else {**out, "share": share})
         return
     fields(title, out)
     if share is None:
