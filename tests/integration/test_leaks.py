@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -132,6 +133,20 @@ def test_a_signed_report_revokes_the_key_and_records_where(scanner: Scanner) -> 
     # the same signed body again: a replay, refused
     replay = scanner.post([found(secret, where)])
     assert replay.status_code == 409 and replay.json()["error"]["code"] == "replayed_report"
+
+
+def test_of_identical_reports_sent_at_once_exactly_one_is_accepted(scanner: Scanner) -> None:
+    _, secret = scanner.key()
+    body = json.dumps([found(secret)]).encode()
+    headers = scanner.signer.headers(body)
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(
+            lambda _: scanner.http.post(REPORTS, content=body, headers=headers), range(6)))
+    assert sorted(a.status_code for a in answers) == [200] + [409] * 5
+    assert len(audit(scanner.kp, scanner.tenant.id, "key.leaked")) == 1
+    scanner.clock.advance(hours=24, seconds=1)  # remembered for a day, then forgotten
+    again = scanner.http.post(REPORTS, content=body, headers=headers)
+    assert again.status_code == 200 and again.json()[0]["label"] == "true_positive"
 
 
 def test_unknown_tokens_are_false_positives(scanner: Scanner) -> None:
