@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Share, Tenant
+from keyplane.services import shares
 
 
 def unstorable(value: Any) -> str | None:
@@ -178,11 +179,12 @@ class GroupPatch(Body):
 
 
 class ShareCreate(Body):
-    ciphertext: str = Field(max_length=16384, description="Unpadded base64url of iv (12 "
-                            "bytes) || AES-GCM ciphertext || tag (16 bytes); the key stays in "
-                            "the link's fragment")
-    expires_in_seconds: int = Field(default=86400, ge=60, le=7 * 86400)
-    note: str | None = Field(default=None, max_length=200)
+    ciphertext: str = Field(
+        max_length=shares.MAX_CIPHERTEXT, description="Unpadded base64url of iv (12 bytes) || "
+        "AES-GCM ciphertext || tag (16 bytes); the key stays in the link's fragment")
+    expires_in_seconds: int = Field(default=shares.DEFAULT_SECONDS, ge=shares.MIN_SECONDS,
+                                    le=shares.MAX_SECONDS)
+    note: str | None = Field(default=None, max_length=shares.MAX_NOTE)
 
 
 class ScopePut(Body):

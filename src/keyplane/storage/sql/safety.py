@@ -19,8 +19,6 @@ from keyplane.core.model import Share
 from keyplane.core.ports import ReportRepo, SafetyRepos, ShareRepo, UnitOfWork
 from keyplane.storage.sql.tables import ID, UTCDateTime, metadata
 
-MAX_CIPHERTEXT = 16384  # characters of base64url: a secret of up to ~12 KB
-
 shares = sa.Table(
     "shares",
     metadata,
