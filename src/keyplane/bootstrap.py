@@ -22,8 +22,11 @@ from keyplane.services.catalogue import CatalogueService, load_toml
 from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
 from keyplane.services.keys import KeyService
+from keyplane.services.leaks import LeakService
 from keyplane.services.principals import GroupService, PrincipalService
 from keyplane.services.refusals import RefusalRecorder
+from keyplane.services.scanning import ScanningKeys, source_from
+from keyplane.services.shares import ShareService
 from keyplane.services.tenants import TenantService
 from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
@@ -31,6 +34,7 @@ from keyplane.storage.sql import migrate
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
 from keyplane.storage.sql.oauth_repositories import connected_repos
+from keyplane.storage.sql.safety import safety_repos
 from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
 
 log = logging.getLogger("keyplane")
@@ -56,6 +60,9 @@ class Keyplane:
     propagation: Propagation  # other workers' changes reach this one's caches
     limits: LimitStore  # rate-limit counts: Redis or memory
     throttle: FailureThrottle  # slows repeated failures per client address
+    shares: ShareService  # one-time share links
+    leaks: LeakService  # leaked secrets: revoke or lock, record where
+    scanning_keys: ScanningKeys  # the code host's public keys for signed leak reports
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -134,6 +141,11 @@ def build(
         limits=limits,
         throttle=FailureThrottle(limits, ctx, limit=settings.failure_limit,
                                  window=settings.failure_window_seconds),
+        shares=ShareService(ctx, safety_repos),
+        leaks=LeakService(ctx, safety_repos),
+        scanning_keys=ScanningKeys(source_from(settings.secret_scanning_keys_file,
+                                               settings.secret_scanning_keys_url), clock),
     )
-    install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
+    apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
+    kp.leaks.connections = apps.connections  # leaked OAuth tokens end their connection
     return kp

@@ -73,6 +73,14 @@ class Settings(BaseSettings):
                                           description="Failed sign-ins per email (limits syntax)")
     signin_limit_per_ip: str = Field(default="30/15 minutes",
                                      description="Failed sign-ins per client address")
+    # secret-scanning partner reports (GitHub's format): where the code host's public keys are
+    secret_scanning_keys_file: Path | None = Field(
+        default=None, description='A JSON file {"public_keys": [{"key_identifier", "key", '
+        '"is_current"}]}; read on first use, re-read hourly and on an unknown key id')
+    secret_scanning_keys_url: str | None = Field(
+        default=None, description="Or a URL serving that document, e.g. "
+        "https://api.github.com/meta/public_keys/secret_scanning; cached, refreshed hourly "
+        "and on an unknown key id (at most once a minute)")
     db_pool_size: int = 10
     log_level: str = "info"
     demo: bool = False

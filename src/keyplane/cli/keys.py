@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
 
 from keyplane.cli.main import JsonOpt, _keyplane, handled, keys_app
-from keyplane.cli.output import emit_json, fail, fields, secret_notice, table
+from keyplane.cli.output import console, emit_json, fail, fields, secret_notice, table
+from keyplane.core import sealed
 from keyplane.core.rights import SYSTEM
-from keyplane.web.schemas import key_out
+from keyplane.services.leaks import LeakReport
+from keyplane.web.schemas import key_out, ts
 
 TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Tenant id (Location ID).")]
 OperatorOpt = Annotated[bool, typer.Option("--operator",
@@ -22,12 +26,39 @@ def _target(tenant: str | None, operator: bool) -> str | None:
     return tenant
 
 
-def _show_issued(out: dict[str, Any], json_out: bool, title: str) -> None:
+ShareOpt = Annotated[bool, typer.Option(
+    "--share", help="Print a one-time share link (<KEYPLANE_PUBLIC_URL>/s/<id>#<key>) instead "
+    "of the secret: the secret is encrypted here and the link opens once.")]
+ShareForOpt = Annotated[int, typer.Option(
+    "--share-expires-in", min=60, max=7 * 86400,
+    help="Seconds until the share link expires (default 24 h, at most 7 days)")]
+
+
+def _share(kp: Any, tenant: str | None, operator: bool, secret: str, expires_in: int,
+           note: str) -> dict[str, Any]:
+    """Seal ``secret`` locally and store only the ciphertext; the link carries the key."""
+    box = sealed.seal(secret)
+    share = kp.shares.create(SYSTEM, tenant, {"ciphertext": box.ciphertext,
+                                              "expires_in_seconds": expires_in,
+                                              "note": note}, operator=operator)
+    return {"id": share.id, "url": f"{kp.settings.base_url}/s/{share.id}#{box.key}",
+            "expires_at": ts(share.expires_at)}
+
+
+def _show_issued(out: dict[str, Any], json_out: bool, title: str,
+                 share: dict[str, Any] | None = None) -> None:
+    if share is not None:
+        out = {k: v for k, v in out.items() if k != "key"}
     if json_out:
-        emit_json(out)
-    else:
-        fields(title, out)
+        emit_json(out if share is None else {**out, "share": share})
+        return
+    fields(title, out)
+    if share is None:
         secret_notice(out["key"])
+    else:
+        console.print("\n[bold yellow]Send this one-time link (it opens once, until "
+                      f"{share['expires_at']}):[/]")
+        console.print(share["url"], soft_wrap=True, highlight=False, markup=False)
 
 
 @keys_app.command("create")
@@ -44,9 +75,11 @@ def create(
     allowed_ip: Annotated[list[str] | None, typer.Option("--allowed-ip",
                                                          help="CIDR (repeat)")] = None,
     require_tls: Annotated[bool, typer.Option(help="Refuse plain HTTP use")] = True,
+    share: ShareOpt = False,
+    share_expires_in: ShareForOpt = 86400,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create a key. The secret is printed once."""
+    """Create a key. The secret is printed once (or handed over with --share)."""
     tid = _target(tenant, operator)
     body: dict[str, Any] = {"name": name, "scopes": list(scope or []),
                             "allowed_ips": list(allowed_ip or []), "require_tls": require_tls}
@@ -70,9 +103,11 @@ def create(
                      code=2)
             body["owner_id"] = admins[-1].id  # the oldest admin
         issued = kp.keys.create(SYSTEM, tid, body, operator=operator)
+        link = (_share(kp, tid, operator, issued.secret, share_expires_in,
+                       f"key {issued.key.name}") if share else None)
     finally:
         kp.close()
-    _show_issued(key_out(issued.key, issued.secret), json_out, "key created")
+    _show_issued(key_out(issued.key, issued.secret), json_out, "key created", link)
 
 
 @keys_app.command("list")
@@ -112,14 +147,20 @@ def show(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
 def rotate(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
            grace_period_seconds: Annotated[int, typer.Option(
                help="How long the old secret keeps working (0 = it dies now)")] = 604800,
+           share: ShareOpt = False, share_expires_in: ShareForOpt = 86400,
            json_out: JsonOpt = False) -> None:
     """Issue a new secret; the old one works until the grace period ends."""
     tid = _target(tenant, operator)
     kp = _keyplane()
-    issued = kp.keys.rotate(SYSTEM, tid, key_id, {"grace_period_seconds": grace_period_seconds},
-                            operator=operator)
-    kp.close()
-    _show_issued(key_out(issued.key, issued.secret), json_out, "key rotated")
+    try:
+        issued = kp.keys.rotate(SYSTEM, tid, key_id,
+                                {"grace_period_seconds": grace_period_seconds},
+                                operator=operator)
+        link = (_share(kp, tid, operator, issued.secret, share_expires_in,
+                       f"key {issued.key.name} (rotated)") if share else None)
+    finally:
+        kp.close()
+    _show_issued(key_out(issued.key, issued.secret), json_out, "key rotated", link)
 
 
 @keys_app.command("revoke")
@@ -168,3 +209,45 @@ def edit(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
     out = key_out(kp.keys.update(SYSTEM, tid, key_id, body, operator=operator))
     kp.close()
     emit_json(out) if json_out else fields("key", out)
+
+
+@keys_app.command("report-leak")
+@handled
+def report_leak(
+    key: Annotated[str | None, typer.Argument(
+        help="The leaked secret. Prefer --stdin: an argument stays in your shell history.")]
+    = None,
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the secret from standard input "
+                                        "(recommended: it stays out of shell history)")] = False,
+    url: Annotated[str, typer.Option(help="Where it was found, e.g. a chat message link")] = "",
+    source: Annotated[str, typer.Option(help="What kind of place, e.g. chat, email")] = "manual",
+    json_out: JsonOpt = False,
+) -> None:
+    """Report a secret found exposed (a chat log, an email): it is looked up by digest and the
+    tenant's policy applied (revoke at once, or lock). Prefer:
+    pbpaste | keyplane keys report-leak --stdin --url <where>"""
+    if stdin == (key is not None):
+        fail("give the secret either as an argument or with --stdin (recommended)", code=2)
+    raw = sys.stdin.read().strip() if stdin else (key or "").strip()
+    if not raw:
+        fail("no secret given", code=2)
+    kp = _keyplane()
+    try:
+        actor = replace(SYSTEM, name="cli:report-leak")
+        [outcome] = kp.leaks.handle(actor, [LeakReport(token=raw, type="manual", url=url,
+                                                       source=source)])
+    finally:
+        kp.close()
+    out = outcome.out()
+    if json_out:
+        emit_json(out)
+    elif not outcome.found:
+        print("not a secret Keyplane issued (or no longer stored): nothing to do")
+    else:
+        what = {"revoked": "revoked now", "locked": "locked now (unlock it after rotating)",
+                "already_revoked": "was already revoked",
+                "already_locked": "was already locked"}.get(outcome.action, outcome.action)
+        print(f"{outcome.kind} {outcome.id}"
+              + (f" ({outcome.name})" if outcome.name else "")
+              + (f" of tenant {outcome.tenant_id}" if outcome.tenant_id else "")
+              + f": {what}; the leak is recorded in the audit log and the key's detail")

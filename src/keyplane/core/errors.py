@@ -7,7 +7,8 @@
     ├── NotFound                   no such object in the caller's tenant (404)
     ├── Conflict                   state does not allow the change (409)
     ├── PreconditionFailed         the object changed since the caller read it (412)
-    └── RateLimited                too many requests (429): carries ``retry_after``
+    ├── RateLimited                too many requests (429): carries ``retry_after``
+    └── Unavailable                a dependency is missing or unreachable (503)
 
 Adapters (HTTP, CLI) map these to status codes and exit codes; messages never contain secrets.
 """
@@ -59,3 +60,7 @@ class RateLimited(KeyplaneError):
         self.retry_after = retry_after  # seconds until a request may be admitted again
         self.limit = limit  # the limit that was reached (0: a used-up usage quota)
         self.remaining = remaining
+
+
+class Unavailable(KeyplaneError):
+    code = "unavailable"

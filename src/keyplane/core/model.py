@@ -21,6 +21,13 @@ class PrincipalKind(StrEnum):
     SERVICE_ACCOUNT = "service_account"
 
 
+class LeakAction(StrEnum):
+    """What happens to a key reported leaked: revoked at once, or locked (reversible)."""
+
+    REVOKE = "revoke"
+    LOCK = "lock"
+
+
 @dataclass
 class TenantPolicy:
     default_expiry_days: int = 90
@@ -28,6 +35,7 @@ class TenantPolicy:
     allow_non_expiring: bool = False
     allowed_ips: list[str] = field(default_factory=list)
     require_tls_default: bool = True
+    leaked_key_action: LeakAction = LeakAction.REVOKE
 
 
 @dataclass
@@ -90,6 +98,15 @@ class KeySecret:
     expires_at: datetime | None
 
 
+@dataclass(frozen=True)
+class KeyLeak:
+    """Where and when a key's secret was found exposed (never the secret itself)."""
+
+    at: datetime
+    url: str
+    source: str
+
+
 @dataclass
 class ApiKey:
     id: str
@@ -114,6 +131,7 @@ class ApiKey:
     meta: dict[str, Any] = field(default_factory=dict)
     previous_expires_at: datetime | None = None  # deadline of the old secret during a grace
     remaining: int | None = None  # usage quota: verifications left (None: no quota)
+    leak: KeyLeak | None = None  # set when a secret of this key was reported leaked
 
     @property
     def is_operator(self) -> bool:
@@ -143,6 +161,32 @@ class AuditEvent:
     ip: str | None = None
     request_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Share:
+    """A one-time share link: ciphertext the server cannot read (the key is in the link's
+    fragment, never sent to the server), handed out once and then deleted."""
+
+    id: str
+    tenant_id: str | None  # None: made by the operator
+    created_by: str
+    note: str
+    created_at: datetime
+    expires_at: datetime
+    ciphertext: str | None  # None once opened, withdrawn or expired
+    opened_at: datetime | None = None
+    withdrawn_at: datetime | None = None
+
+    def state(self, now: datetime) -> str:
+        """``ready``, ``opened``, ``withdrawn`` or ``expired``."""
+        if self.opened_at is not None:
+            return "opened"
+        if self.withdrawn_at is not None:
+            return "withdrawn"
+        if now >= self.expires_at or self.ciphertext is None:
+            return "expired"
+        return "ready"
 
 
 @dataclass(frozen=True)

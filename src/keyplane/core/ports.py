@@ -7,7 +7,16 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Protocol
 
-from keyplane.core.model import ApiKey, AuditEvent, Group, KeySecret, Page, Principal, Tenant
+from keyplane.core.model import (
+    ApiKey,
+    AuditEvent,
+    Group,
+    KeySecret,
+    Page,
+    Principal,
+    Share,
+    Tenant,
+)
 
 
 class Clock(Protocol):
@@ -101,6 +110,27 @@ class ChangeRepo(Protocol):
     def append(self, kind: str, ref: str) -> None: ...
     def since(self, position: int, limit: int) -> list[tuple[int, str, str]]: ...
     def head(self) -> int: ...
+
+
+class ShareRepo(Protocol):
+    def add(self, share: Share) -> None: ...
+    def get(self, share_id: str, *, for_update: bool = False) -> Share | None: ...
+    def update(self, share: Share) -> None: ...
+    def forget_expired(self, now: datetime) -> int: ...
+
+
+class ReportRepo(Protocol):
+    """Digests of accepted secret-scanning reports, to refuse a replayed body."""
+
+    def remember(self, digest: str, at: datetime) -> bool: ...
+    def forget_before(self, at: datetime) -> int: ...
+
+
+class SafetyRepos(Protocol):
+    """Share links and leak-report replay digests, bound to one unit of work's transaction."""
+
+    shares: ShareRepo
+    reports: ReportRepo
 
 
 class UnitOfWork(Protocol):

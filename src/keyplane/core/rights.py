@@ -76,9 +76,12 @@ class Caller:
     key_id: str | None = None
     ip: str | None = None
     request_id: str | None = None
+    name: str | None = None  # an actor with no key or principal, e.g. "secret-scanning"
 
     @property
     def actor(self) -> str:
+        if self.name is not None:
+            return self.name
         if self.key_id is not None:
             return f"key:{self.key_id}"
         if self.principal_id is not None:

@@ -59,6 +59,26 @@ def valid_prefix(prefix: str) -> bool:
     return bool(_PREFIX_RE.match(prefix))
 
 
+# What secret scanners match: the prefix, "_", then 32 to 122 base62 characters of body and the
+# 6 check characters, standing alone (no letter, digit or "_" on either side). The CRC32 in the
+# last 6 characters is what the scanner (or :func:`parse`) checks afterwards.
+_RUN = f"{BODY_LENGTH + CHECK_LENGTH},{MAX_BODY_LENGTH}"  # "38,128"
+KEY_PATTERN = r"\b{prefix}_[0-9A-Za-z]{{" + _RUN + r"}}\b"
+
+
+def key_regex(prefix: str) -> str:
+    """The regular expression of credentials with ``prefix`` (as published for scanners)."""
+    if not valid_prefix(prefix):
+        raise ValueError("prefix must be 2-16 lowercase letters or digits, starting with a letter")
+    return KEY_PATTERN.format(prefix=prefix)
+
+
+def find_keys(text: str, prefix: str) -> list[str]:
+    """Every checksum-valid credential with ``prefix`` standing in ``text``."""
+    found = re.findall(key_regex(prefix), text, flags=re.ASCII)
+    return [raw for raw in found if prefix_of(raw, (prefix,)) is not None]
+
+
 def generate(prefix: str) -> str:
     """A new secret credential with ``prefix``; the body comes from :mod:`secrets`."""
     if not valid_prefix(prefix):

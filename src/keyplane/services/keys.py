@@ -114,9 +114,11 @@ class KeyService:
                 "owner's rights", field="scopes")
 
     def _load(self, uow: UnitOfWork, caller: Caller, tenant_id: str | None, key_id: str,
-              *, for_update: bool = False) -> ApiKey:
+              *, for_update: bool = False, leaked_ok: bool = False) -> ApiKey:
+        """The live key; with ``leaked_ok`` also a key revoked because it leaked, so that its
+        people can still read why it stopped working (nothing else can be done with it)."""
         key = uow.keys.get(tenant_id, key_id, for_update=for_update)
-        if key is None or key.revoked_at is not None:
+        if key is None or (key.revoked_at is not None and not (leaked_ok and key.leak)):
             raise NotFound("no such key")
         return key
 
@@ -216,7 +218,7 @@ class KeyService:
         tid = self._scope_of(caller, tenant_id, operator)
         caller.require("keys:read")
         with self.ctx.uow(readonly=True) as uow:
-            return self._with_grace(uow, self._load(uow, caller, tid, key_id))
+            return self._with_grace(uow, self._load(uow, caller, tid, key_id, leaked_ok=True))
 
     def list(self, caller: Caller, tenant_id: str | None, *, owner_id: str | None = None,
              enabled: bool | None = None, q: str | None = None, limit: int = 50,

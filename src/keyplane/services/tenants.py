@@ -6,14 +6,14 @@ from typing import Any
 
 from keyplane.core import ids
 from keyplane.core.errors import NotFound, ValidationError
-from keyplane.core.model import Page, Tenant, TenantPolicy
+from keyplane.core.model import LeakAction, Page, Tenant, TenantPolicy
 from keyplane.core.rights import Caller
 from keyplane.services import validate as v
 from keyplane.services.context import Context
 
 MAX_DAYS = v.MAX_DAYS
 POLICY_FIELDS = ("default_expiry_days", "max_expiry_days", "allow_non_expiring", "allowed_ips",
-                 "require_tls_default")
+                 "require_tls_default", "leaked_key_action")
 
 
 def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
@@ -32,6 +32,12 @@ def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
         policy.allowed_ips = v.ip_list(body["allowed_ips"])
     if "require_tls_default" in body:
         policy.require_tls_default = v.boolean(body["require_tls_default"], "require_tls_default")
+    if "leaked_key_action" in body:
+        value = body["leaked_key_action"]
+        if value not in tuple(LeakAction):
+            raise ValidationError("leaked_key_action must be 'revoke' or 'lock'",
+                                  field="leaked_key_action")
+        policy.leaked_key_action = LeakAction(value)
     if policy.max_expiry_days is not None and policy.default_expiry_days > policy.max_expiry_days:
         raise ValidationError("default_expiry_days must not exceed max_expiry_days",
                               field="default_expiry_days")

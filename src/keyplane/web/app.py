@@ -20,6 +20,8 @@ from keyplane.web import (
     routes_admin,
     routes_changes,
     routes_keys,
+    routes_leaks,
+    routes_shares,
     routes_usage,
     routes_verify,
 )
@@ -75,6 +77,8 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(routes_usage.router)
     app.include_router(routes_changes.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_leaks.router)
+    app.include_router(routes_shares.router)
     from keyplane.web import routes_apps, routes_oauth, routes_session  # connected apps
 
     app.include_router(routes_apps.router)

@@ -19,6 +19,7 @@ STATUS: dict[type[e.KeyplaneError], int] = {
     e.Conflict: 409,
     e.PreconditionFailed: 412,
     e.RateLimited: 429,
+    e.Unavailable: 503,
 }
 
 

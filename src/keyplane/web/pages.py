@@ -30,6 +30,11 @@ def _env() -> jinja2.Environment:
                               undefined=jinja2.StrictUndefined)
 
 
+def html(template: str, context: dict[str, Any]) -> str:
+    """A template of ``admin/templates`` rendered (autoescaped)."""
+    return _env().get_template(template).render(**context)
+
+
 def keyplane_of(request: Request) -> Keyplane:
     kp: Keyplane = request.app.state.keyplane
     return kp

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Tenant
+from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Share, Tenant
+from keyplane.services import shares
 from keyplane.services import validate as v
 
 
@@ -120,6 +121,9 @@ class Policy(Body):
     allow_non_expiring: bool | None = None
     allowed_ips: list[str] | None = Field(default=None, max_length=v.MAX_IPS)
     require_tls_default: bool | None = None
+    leaked_key_action: Literal["revoke", "lock"] | None = Field(
+        default=None, description="A key reported leaked is revoked at once (default) or "
+        "locked (reversible) and its owner and the tenant's admins told")
 
 
 class TenantCreate(Body):
@@ -177,6 +181,15 @@ class GroupPatch(Body):
     scopes: list[str] | None = Field(default=None, max_length=v.MAX_SCOPES)
 
 
+class ShareCreate(Body):
+    ciphertext: str = Field(
+        max_length=shares.MAX_CIPHERTEXT, description="Unpadded base64url of iv (12 bytes) || "
+        "AES-GCM ciphertext || tag (16 bytes); the key stays in the link's fragment")
+    expires_in_seconds: int = Field(default=shares.DEFAULT_SECONDS, ge=shares.MIN_SECONDS,
+                                    le=shares.MAX_SECONDS)
+    note: str | None = Field(default=None, max_length=shares.MAX_NOTE)
+
+
 class ScopePut(Body):
     description: str = Field(max_length=200)
 
@@ -203,6 +216,11 @@ def key_out(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
         "meta": key.meta,
         "remaining": key.remaining,
         "previous_secret_expires_at": ts(key.previous_expires_at),
+        "revoked_at": ts(key.revoked_at),  # shown only for a key revoked because it leaked
+        "leaked": (
+            {"at": ts(key.leak.at), "url": key.leak.url, "source": key.leak.source}
+            if key.leak else None
+        ),
     }
     if secret is not None:
         out["key"] = secret
@@ -218,6 +236,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
             "default_expiry_days": p.default_expiry_days, "max_expiry_days": p.max_expiry_days,
             "allow_non_expiring": p.allow_non_expiring, "allowed_ips": p.allowed_ips,
             "require_tls_default": p.require_tls_default,
+            "leaked_key_action": p.leaked_key_action.value,
         },
     }
 
@@ -237,6 +256,15 @@ def principal_out(p: Principal) -> dict[str, Any]:
 def group_out(g: Group) -> dict[str, Any]:
     return {"id": g.id, "object": "group", "tenant_id": g.tenant_id, "name": g.name,
             "description": g.description, "scopes": g.scopes, "created_at": ts(g.created_at)}
+
+
+def share_out(s: Share, now: datetime) -> dict[str, Any]:
+    """A share link's metadata (never its ciphertext)."""
+    return {"id": s.id, "object": "share", "tenant_id": s.tenant_id, "note": s.note,
+            "created_by": s.created_by, "created_at": ts(s.created_at),
+            "expires_at": ts(s.expires_at), "opened_at": ts(s.opened_at),
+            "withdrawn": s.withdrawn_at is not None, "withdrawn_at": ts(s.withdrawn_at),
+            "state": s.state(now)}
 
 
 def audit_out(a: AuditEvent) -> dict[str, Any]:

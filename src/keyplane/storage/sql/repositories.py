@@ -13,7 +13,9 @@ from keyplane.core.model import (
     ApiKey,
     AuditEvent,
     Group,
+    KeyLeak,
     KeySecret,
+    LeakAction,
     Page,
     Principal,
     PrincipalKind,
@@ -50,6 +52,7 @@ class SqlTenants:
             default_expiry_days=p.default_expiry_days, max_expiry_days=p.max_expiry_days,
             allow_non_expiring=p.allow_non_expiring, allowed_ips=list(p.allowed_ips),
             require_tls_default=p.require_tls_default,
+            leaked_key_action=p.leaked_key_action.value,
         )
 
     @staticmethod
@@ -60,6 +63,7 @@ class SqlTenants:
                 default_expiry_days=r["default_expiry_days"], max_expiry_days=r["max_expiry_days"],
                 allow_non_expiring=r["allow_non_expiring"], allowed_ips=list(r["allowed_ips"]),
                 require_tls_default=r["require_tls_default"],
+                leaked_key_action=LeakAction(r["leaked_key_action"]),
             ),
         )
 
@@ -246,6 +250,9 @@ class SqlKeys:
                 if k.ratelimit else None
             ),
             meta=dict(k.meta), remaining_uses=k.remaining,
+            leaked_at=k.leak.at if k.leak else None,
+            leak_url=k.leak.url if k.leak else None,
+            leak_source=k.leak.source if k.leak else None,
         )
 
     @staticmethod
@@ -261,6 +268,8 @@ class SqlKeys:
             enabled=r["enabled"], revoked_at=r["revoked_at"],
             ratelimit=RateLimit(rl["limit"], rl["window_seconds"]) if rl else None,
             meta=dict(r["meta"]), remaining=r["remaining_uses"],
+            leak=(KeyLeak(r["leaked_at"], r["leak_url"] or "", r["leak_source"] or "")
+                  if r["leaked_at"] is not None else None),
         )
 
     def add(self, key: ApiKey) -> None:

@@ -54,6 +54,8 @@ tenants = sa.Table(
     sa.Column("allow_non_expiring", sa.Boolean, nullable=False),
     sa.Column("allowed_ips", sa.JSON, nullable=False),
     sa.Column("require_tls_default", sa.Boolean, nullable=False),
+    sa.Column("leaked_key_action", sa.String(10), nullable=False,
+              server_default="revoke"),  # 0006_leaks_shares
 )
 
 principals = sa.Table(
@@ -121,6 +123,9 @@ api_keys = sa.Table(
     sa.Column("ratelimit", sa.JSON, nullable=True),
     sa.Column("remaining_uses", sa.BigInteger, nullable=True),  # usage quota (0002_usage)
     sa.Column("meta", sa.JSON, nullable=False),
+    sa.Column("leaked_at", UTCDateTime, nullable=True),  # 0006_leaks_shares
+    sa.Column("leak_url", sa.String(2000), nullable=True),
+    sa.Column("leak_source", sa.String(200), nullable=True),
     sa.Index("ix_api_keys_tenant", "tenant_id", "id"),
     sa.Index("ix_api_keys_owner", "owner_id"),
 )
@@ -172,4 +177,5 @@ changes = sa.Table(
 )
 
 from keyplane.storage.sql import oauth_tables as _oauth_tables  # noqa: E402,F401
+from keyplane.storage.sql import safety as _safety_tables  # noqa: E402,F401
 from keyplane.storage.sql import usage as _usage_tables  # noqa: E402,F401

@@ -1,0 +1,80 @@
+"""``POST /v1/secret-scanning/reports``: a code host (GitHub's secret scanning partner program)
+reports Keyplane credentials it found in public code.
+
+The body is checked against the host's signature over the raw bytes (401 otherwise), a body
+already accepted in the last 24 hours is refused as a replay (409), and every token gets a
+label: ``true_positive`` for a credential Keyplane issued (then revoked or locked by the
+tenant's policy), ``false_positive`` otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
+
+from keyplane.core.errors import ValidationError
+from keyplane.core.rights import Caller, CredentialKind
+from keyplane.services.leaks import parse_reports
+from keyplane.web import net
+from keyplane.web.deps import KeyplaneDep
+from keyplane.web.errors import error_body
+
+router = APIRouter(tags=["secret scanning"])
+
+MAX_REPORT_BYTES = 1 << 20  # 1 MiB
+
+
+async def bounded_body(request: Request, limit: int) -> bytes | None:
+    """The raw body, or None when it is larger than ``limit`` bytes (read no further)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "/v1/secret-scanning/reports",
+    summary="Secret-scanning partner reports (GitHub format, ECDSA P-256 signed)",
+    description="Body `[{\"token\", \"type\", \"url\", \"source\"}]` (at most 1000 tokens, "
+    "1 MiB), signed over the raw body: base64 DER signature in `Github-Public-Key-Signature`, "
+    "key id in `Github-Public-Key-Identifier`. Answers `[{\"token_raw\", \"token_type\", "
+    "\"label\"}]`. 401: bad signature or unknown key id; 409: a replayed body.",
+)
+async def report(request: Request, kp: KeyplaneDep) -> JSONResponse:
+    body = await bounded_body(request, MAX_REPORT_BYTES)
+    if body is None:
+        return JSONResponse(error_body("body_too_large",
+                                       f"the report must be at most {MAX_REPORT_BYTES} bytes"),
+                            status_code=413)
+    key_id = request.headers.get("github-public-key-identifier")
+    signature = request.headers.get("github-public-key-signature")
+    await run_in_threadpool(kp.scanning_keys.check, body, key_id, signature)
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise ValidationError("the body is not valid JSON", code="malformed_json") from None
+    reports = parse_reports(payload)
+    trusted = request.app.state.trusted_proxies
+    address = net.client_address(request, trusted)
+    caller = Caller(kind=CredentialKind.OPERATOR_KEY, scopes=frozenset(),
+                    ip=str(address) if address else None,
+                    request_id=request.scope.get("keyplane.request_id"),
+                    name=f"secret-scanning:{key_id}"[:80])
+    outcomes = await run_in_threadpool(kp.leaks.handle, caller, reports,
+                                       replay_digest=hashlib.sha256(body).hexdigest())
+    answer: list[dict[str, Any]] = [
+        {"token_raw": o.report.token, "token_type": o.report.type, "label": o.label}
+        for o in outcomes
+    ]
+    return JSONResponse(answer)
