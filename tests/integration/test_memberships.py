@@ -269,7 +269,7 @@ def test_the_migration_keeps_members_groups_keys_and_sessions(
                 cols = ", ".join(row)
                 conn.execute(sa.text(f"INSERT INTO {table} ({cols}) VALUES "
                                      f"({', '.join(':' + c for c in row)})"), row)
-        migrate.upgrade(engine)
+        migrate.upgrade(engine, "0005_email_per_tenant")
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT email FROM principals")).scalar_one() == EMAIL
             assert conn.execute(sa.text("SELECT group_id FROM principal_groups")).all() == [
