@@ -74,7 +74,7 @@ async def signin(request: Request) -> Response:
     except AuthenticationError as exc:
         return _signin_page(request, next_path=next_path, email=email, status=401,
                             error=exc.message[:1].upper() + exc.message[1:] + ".")
-    response = RedirectResponse(next_path or "/signin", status_code=303)
+    response = RedirectResponse(next_path or "/", status_code=303)  # the console
     pages.set_cookie(request, response, pages.session_cookie(request), raw,
                      max_age=int(env.sessions.lifetime.total_seconds()))
     return response
