@@ -32,12 +32,13 @@
   }
 
   function setUpCopy(button) {
-    var label = button.textContent;
+    var shown = button.querySelector("[data-copy-label]") || button;
+    var label = shown.textContent;
     button.addEventListener("click", function () {
       var source = document.getElementById(button.getAttribute("data-copy"));
       if (!source) return;
       copyText(source.textContent.trim()).then(function () {
-        button.textContent = "Copied";
+        shown.textContent = "Copied";
         announce("Copied to the clipboard");
       }, function () {
         var range = document.createRange();
@@ -47,7 +48,7 @@
         selection.addRange(range);
         announce("Select and copy the highlighted text");
       });
-      window.setTimeout(function () { button.textContent = label; }, 2000);
+      window.setTimeout(function () { shown.textContent = label; }, 2000);
     });
   }
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
-from keyplane.core.errors import PermissionDenied, ValidationError
+from keyplane.core.errors import NotFound, PermissionDenied, ValidationError
 from keyplane.core.model import ApiKey
 from keyplane.web.console import forms, present
 from keyplane.web.console.base import Console, action, page
@@ -51,7 +51,7 @@ def _principals(c: Console) -> list[Any]:
 
 
 def _owners(c: Console) -> dict[str, str]:
-    return {p.id: present.owner_label(p) for p in _principals(c)}
+    return {p.id: present.owner_name(p) for p in _principals(c)}
 
 
 def _key_url(key_id: str, done: str | None = None) -> str:
@@ -153,7 +153,13 @@ def _detail_page(c: Console, key: ApiKey, *, shown: forms.KeyForm | None = None,
                  rotate_errors: dict[str, str] | None = None, issued: OneTime | None = None,
                  status: int = 200) -> Response:
     now = c.kp.ctx.clock.now()
-    owners = _owners(c)
+    owners = {}
+    if key.owner_id:
+        try:
+            owner = c.kp.principals.get(c.caller, c.tenant_id, key.owner_id)
+            owners[owner.id] = present.owner_label(owner)
+        except NotFound:
+            pass
     can_write = c.can("keys:write")
     shown = shown or forms.KeyForm({
         "name": key.name, "description": key.description, "scopes": key.scopes,

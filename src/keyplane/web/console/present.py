@@ -151,6 +151,11 @@ def key_row(key: ApiKey, now: datetime, owners: dict[str, str]) -> KeyRow:
                   scopes=shown_scopes(key.scopes))
 
 
+def owner_name(p: Principal) -> str:
+    """How the key list names an owner (short; the key's page and the form say more)."""
+    return f"{p.name} (API user)" if p.kind is PrincipalKind.SERVICE_ACCOUNT else p.name
+
+
 def owner_label(p: Principal) -> str:
     if p.kind is PrincipalKind.SERVICE_ACCOUNT:
         return f"{p.name} (API user)"
