@@ -175,3 +175,81 @@ def test_another_tenants_key_is_not_found(http: httpx2.Client, tenant: Tenant,
     assert http.get(f"/keys/{theirs}/delete").status_code == 404
     r = http.get(f"/v1/keys/{theirs}", headers=auth(other.management_key))
     assert r.json()["enabled"] is True and r.json()["name"] == "ops"
+
+
+def detail_form(http: httpx2.Client, key_id: str) -> tuple[str, str]:
+    """(CSRF token, version) from a key's page, as the browser would send them."""
+    page = http.get(f"/keys/{key_id}")
+    assert page.status_code == 200, page.text
+    version = re.search(r'name="version" value="([^"]+)"', page.text)
+    assert version
+    return form_token(http, f"/keys/{key_id}"), version.group(1)
+
+
+def test_lock_unlock_duplicate_and_rotate_now(http: httpx2.Client, tenant: Tenant,
+                                              verifier_key: str) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    r = create(http, name="Reports", scopes=["forms:read"])
+    secret = secret_in(r.text)
+    key_id = re.search(r'data-url="/keys/([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
+
+    token, version = detail_form(http, key_id)
+    r = http.post(f"/keys/{key_id}/lock", data={"csrf_token": token, "version": version})
+    assert r.status_code == 303 and r.headers["location"] == f"/keys/{key_id}?done=locked"
+    assert verify(http, verifier_key, secret) == "DISABLED"
+    assert "Locked. The key is refused" in http.get(r.headers["location"]).text
+    assert ">Reports</a>" in http.get("/keys?state=locked").text
+    assert ">Reports</a>" not in http.get("/keys?state=enabled").text
+    token, version = detail_form(http, key_id)
+    r = http.post(f"/keys/{key_id}/unlock", data={"csrf_token": token, "version": version})
+    assert r.status_code == 303 and verify(http, verifier_key, secret) == "VALID"
+
+    r = http.post(f"/keys/{key_id}/duplicate", data={"csrf_token": token})
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    copy = secret_in(r.text)
+    assert "Reports (copy)" in r.text
+    assert verify(http, verifier_key, copy, ["forms:read"]) == "VALID"
+    assert verify(http, verifier_key, secret, ["forms:read"]) == "VALID"
+
+    token, version = detail_form(http, key_id)
+    r = http.post(f"/keys/{key_id}/rotate",
+                  data={"csrf_token": token, "version": version, "expire": "now"})
+    assert r.status_code == 200 and "The old secret no longer works." in r.text
+    rotated = secret_in(r.text)
+    assert verify(http, verifier_key, secret) == "NOT_FOUND"
+    assert verify(http, verifier_key, rotated) == "VALID"
+
+    token, version = detail_form(http, key_id)
+    r = http.post(f"/keys/{key_id}/rotate", data={
+        "csrf_token": token, "version": version, "expire": "later", "grace_days": "91"})
+    assert r.status_code == 422
+    assert field_error(r.text, "grace_period_seconds") == \
+        "The grace period must be between 1 and 90 days."
+    assert verify(http, verifier_key, rotated) == "VALID"
+
+
+def test_a_change_made_elsewhere_since_the_page_was_read_is_not_overwritten(
+        http: httpx2.Client, tenant: Tenant) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    r = create(http, name="Shared", scopes=["contacts:read"])
+    key_id = re.search(r'data-url="/keys/([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
+    token, version = detail_form(http, key_id)
+    r = http.patch(f"/v1/keys/{key_id}", headers=auth(tenant.management_key),
+                   json={"scopes": ["contacts:write"]})
+    assert r.status_code == 200, r.text
+    r = http.post(f"/keys/{key_id}", data={"csrf_token": token, "version": version,
+                                           "name": "Shared", "scopes": ["contacts:read"]})
+    assert r.status_code == 409 and "Someone changed this first" in r.text
+    r = http.post(f"/keys/{key_id}/rotate", data={"csrf_token": token, "version": version})
+    assert r.status_code == 409
+    after = http.get(f"/v1/keys/{key_id}", headers=auth(tenant.management_key)).json()
+    assert after["scopes"] == ["contacts:write"]
+
+
+def test_signing_out_of_the_console_ends_the_session(http: httpx2.Client,
+                                                     tenant: Tenant) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    r = http.post("/signout", data={"csrf_token": form_token(http)})
+    assert r.status_code == 303
+    r = http.get("/keys")
+    assert r.status_code == 303 and r.headers["location"] == "/signin?next=%2Fkeys"

@@ -10,7 +10,7 @@ Skipped when /usr/bin/chromium or Playwright is missing, except in CI
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +59,17 @@ def accessible(page: Any) -> None:
     assert found == [], f"{page.url}: {found}"
 
 
-def shot(page: Any, name: str, full_page: bool = True) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+@pytest.fixture
+def shot(database: tuple[str, str | None], tmp_path: Path) -> Callable[..., None]:
+    """Saves a screenshot: the README's, under docs/screenshots/, from the SQLite run (one
+    write per test run); the PostgreSQL run's go to the test's temporary folder."""
+    folder = SCREENSHOTS if database[1] is None else tmp_path
+
+    def save(page: Any, name: str, full_page: bool = True) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / f"{name}.png"), full_page=full_page)
+
+    return save
 
 
 def no_sideways_scroll(page: Any) -> None:
@@ -99,7 +107,7 @@ def seed_keys(http: httpx2.Client, tenant: Tenant, verifier_key: str) -> None:
 
 def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
-        verifier_key: str) -> None:
+        verifier_key: str, shot: Callable[..., None]) -> None:
     from playwright.sync_api import expect
 
     seed_keys(http, tenant, verifier_key)
