@@ -129,7 +129,8 @@ def test_the_secret_is_shown_once_in_the_answer_to_the_post(
     listed = http.get(f"/v1/keys/{key_id}", headers=auth(tenant.management_key)).json()
     assert listed["scopes"] == ["contacts:read", "payments:write"]  # Edit stands for View
     assert listed["expires_at"] is not None and listed["require_tls"] is True
-    for path in (f"/keys/{key_id}", "/keys", f"/keys?q={listed['start']}"):
+    for path in (f"/keys/{key_id}", "/keys", f"/keys?q={listed['start']}",
+                 f"/keys?q=kp_{listed['start']}"):
         page = http.get(path)
         assert page.status_code == 200 and secret not in page.text
         assert listed["start"] in page.text
@@ -153,6 +154,7 @@ def test_a_member_sees_keys_read_only_and_cannot_change_them(
     before = key_count(http, tenant)
     r = http.post("/keys", data={"csrf_token": token, "name": "sneaky", "expires_in_days": "9"})
     assert r.status_code == 403 and "You cannot do this" in r.text
+    assert "Your role does not include “Keys Edit”. Nothing was changed." in r.text
     for action in ("/rotate", "/duplicate", "/lock", "/delete"):
         r = http.post(f"/keys/{key_id}{action}", data={"csrf_token": token})
         assert r.status_code == 403, action

@@ -217,8 +217,16 @@ def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         assert rotated != secret
         for s in (secret, rotated):
             assert verify(http, verifier_key, s, ["contacts:write"]) == "VALID"
-        dialog.get_by_label("I have stored my key").check()
-        dialog.get_by_role("button", name="Continue").click()
+        # the dialog works from the keyboard alone: Copy has focus, then the box, then Continue
+        expect(dialog.get_by_role("button", name="Copy the key")).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(dialog.get_by_label("I have stored my key")).to_be_focused()
+        page.keyboard.press("Space")
+        page.keyboard.press("Tab")
+        expect(dialog.get_by_role("button", name="Continue")).to_be_focused()
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/keys/key_*")
+        expect(page.get_by_role("dialog")).to_have_count(0)
         expect(page.get_by_text("Previous secret works until")).to_be_visible()
 
         # delete, behind a confirmation that says it is immediate and final

@@ -7,6 +7,7 @@ caller); it never mints a key for itself and never commits.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,7 +30,9 @@ from keyplane.core.errors import (
 from keyplane.core.rights import Caller
 from keyplane.services.sessions import SignedIn
 from keyplane.web import pages
+from keyplane.web.console.present import scope_label
 
+_LACKS = re.compile(r"\Athis credential lacks the ([a-z0-9_:-]+) scope\Z")
 MAX_FORM_FIELDS = 200  # the scope grid sends one field per ticked box
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
@@ -111,8 +114,11 @@ def refused(c: Console, exc: KeyplaneError) -> HTMLResponse:
         return c.error(404, "Not found", "There is nothing here, or it is not in "
                        f"{c.signed_in.tenant.name}. It may have been deleted.")
     if isinstance(exc, PermissionDenied):
-        return c.error(403, "You cannot do this",
-                       "Your role does not allow this change. " + sentence(exc.message))
+        lacking = _LACKS.match(exc.message)
+        reason = (f"Your role does not include “{scope_label(lacking.group(1))}”."
+                  if lacking else sentence(exc.message.replace("this credential", "you")))
+        return c.error(403, "You cannot do this", f"{reason} Nothing was changed. Ask an "
+                       f"administrator of {c.signed_in.tenant.name} if you need this done.")
     if isinstance(exc, PreconditionFailed):
         return c.error(409, "Someone changed this first",
                        "The key changed since you opened the page (another rotation or edit "

@@ -77,10 +77,12 @@ async def list_keys(request: Request) -> Response:
     def view(c: Console) -> Response:
         params = c.request.query_params
         q = (params.get("q") or "").strip()[:200]
+        prefix = f"{c.kp.ctx.key_prefix}_"
+        searched = q.removeprefix(prefix) if q.startswith(prefix) else q  # the page shows it
         state = params.get("state") or "all"
         state = state if state in STATES else "all"
         cursor = (params.get("cursor") or "")[:64] or None
-        result = c.kp.keys.list(c.caller, c.tenant_id, enabled=STATES[state], q=q or None,
+        result = c.kp.keys.list(c.caller, c.tenant_id, enabled=STATES[state], q=searched or None,
                                 limit=PAGE_SIZE, cursor=cursor)
         owners = _owners(c)
         now = c.kp.ctx.clock.now()
