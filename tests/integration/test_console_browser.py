@@ -10,6 +10,7 @@ Skipped when /usr/bin/chromium or Playwright is missing, except in CI
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,15 @@ import pytest
 
 from keyplane.bootstrap import Keyplane
 from tests.conftest import Tenant, auth, make_tenant
+from tests.integration import test_oauth_browser as oauth_browser
 from tests.integration.console_support import MEMBER_PASSWORD, add_member, verify
-from tests.integration.test_oauth_browser import CHROMIUM, CHROMIUM_ARGS, _missing_browser
+from tests.integration.test_oauth_browser import (
+    BOUND,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    _missing_browser,
+    bearer,
+)
 from tests.support import REQUIRE_SERVICES, RunningServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -28,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 AXE = (ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js").read_text()
 PHONE = {"width": 390, "height": 844}
+crm = oauth_browser.crm  # the example CRM behind the SDK middleware (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +116,7 @@ def seed_keys(http: httpx2.Client, tenant: Tenant, verifier_key: str) -> None:
 
 def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
-        verifier_key: str, shot: Callable[..., None]) -> None:
+        verifier_key: str, shot: Callable[..., None], crm: httpx2.Client) -> None:
     from playwright.sync_api import expect
 
     seed_keys(http, tenant, verifier_key)
@@ -162,6 +171,7 @@ def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         no_sideways_scroll(page)
         page.set_viewport_size({"width": 1280, "height": 860})
         page.get_by_label("Allowed IPs").fill("")
+        page.get_by_label("Require secure connections").uncheck()  # the CRM runs on plain HTTP
         page.get_by_role("button", name="Create key").click()
 
         # the one-time dialog: modal, focus inside, Continue only once the key is stored
@@ -185,6 +195,11 @@ def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         page.set_viewport_size({"width": 1280, "height": 860})
         assert verify(http, verifier_key, secret, ["contacts:read", "payments:write"]) == "VALID"
         assert verify(http, verifier_key, secret, ["contacts:write"]) == "INSUFFICIENT_SCOPE"
+        # and the example CRM, behind the SDK middleware, lets it in within its scopes
+        assert crm.get("/contacts", headers=bearer(secret)).status_code == 200
+        assert crm.get("/payments", headers=bearer(secret)).status_code == 200
+        assert crm.post("/contacts", json={"name": "Ada"},
+                        headers=bearer(secret)).status_code == 403
         dialog.get_by_label("I have stored my key").check()
         expect(next_button).to_be_enabled()
         next_button.click()
@@ -222,6 +237,8 @@ def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         page.keyboard.press("Tab")
         expect(dialog.get_by_label("I have stored my key")).to_be_focused()
         page.keyboard.press("Space")
+        expect(dialog.get_by_label("I have stored my key")).to_be_checked()
+        expect(dialog.get_by_role("button", name="Continue")).to_be_enabled()
         page.keyboard.press("Tab")
         expect(dialog.get_by_role("button", name="Continue")).to_be_focused()
         page.keyboard.press("Enter")
@@ -236,8 +253,14 @@ def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         page.get_by_role("button", name="Delete").click()
         page.wait_for_url("**/keys?done=deleted")
         expect(page.get_by_role("status").filter(has_text="Deleted")).to_be_visible()
+        deleted_at = time.monotonic()
         for s in (secret, rotated):
             assert verify(http, verifier_key, s) == "REVOKED"
+        status = 200
+        while time.monotonic() - deleted_at < BOUND and status != 401:
+            status = crm.get("/contacts", headers=bearer(rotated)).status_code
+            time.sleep(0.05)
+        assert status == 401
     finally:
         context.close()
 
