@@ -255,3 +255,43 @@ def test_signing_out_of_the_console_ends_the_session(http: httpx2.Client,
     assert r.status_code == 303
     r = http.get("/keys")
     assert r.status_code == 303 and r.headers["location"] == "/signin?next=%2Fkeys"
+
+
+def test_the_list_pages_with_the_service_cursor_and_says_when_nothing_matches(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    from keyplane.core.rights import SYSTEM
+
+    for i in range(30):
+        keyplane.keys.create(SYSTEM, tenant.id, {"name": f"batch {i:02}",
+                                                 "owner_id": tenant.admin_id})
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    first = http.get("/keys?q=batch")
+    names = re.findall(r">(batch \d\d)</a>", first.text)
+    assert len(names) == 25 and names[0] == "batch 29"  # newest first
+    assert "First page" not in first.text
+    found = re.search(r'href="([^"]+)" rel="next">Next page', first.text)
+    assert found
+    second = http.get(unescape(found.group(1)))
+    rest = re.findall(r">(batch \d\d)</a>", second.text)
+    assert rest == [f"batch {i:02}" for i in range(4, -1, -1)]
+    assert "Next page" not in second.text and 'href="/keys?q=batch">First page' in second.text
+    empty = http.get("/keys?q=no+such+key")
+    assert empty.status_code == 200 and "No keys match" in empty.text
+
+
+def test_an_api_user_can_own_a_key_made_in_the_console(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, verifier_key: str) -> None:
+    from keyplane.core.model import PrincipalKind
+    from keyplane.core.rights import SYSTEM
+
+    robot = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
+                                       {"name": "Zapier robot"})
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    form = http.get("/keys/new").text
+    assert f'<option value="{robot.id}">Zapier robot (API user)</option>' in form
+    r = create(http, owner_id=robot.id, scopes=["contacts:write"])
+    assert r.status_code == 200, r.text
+    assert verify(http, verifier_key, secret_in(r.text), ["contacts:write"]) == "VALID"
+    assert "<dd>Zapier robot (API user)</dd>" in r.text
+    assert "<td class=\"owner\" data-label=\"Owner\">Zapier robot (API user)</td>" in \
+        http.get("/keys").text
