@@ -8,6 +8,7 @@ import re
 from html import unescape
 
 import httpx2
+import pytest
 
 from keyplane.bootstrap import Keyplane
 from tests.conftest import Tenant, auth, make_tenant
@@ -136,9 +137,10 @@ def test_the_secret_is_shown_once_in_the_answer_to_the_post(
         assert listed["start"] in page.text
 
 
+@pytest.mark.parametrize("role", ["member", "read_only"])
 def test_a_member_sees_keys_read_only_and_cannot_change_them(
-        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
-    add_member(keyplane, tenant.id, "mia@example.com")
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, role: str) -> None:
+    add_member(keyplane, tenant.id, "mia@example.com", role=role)
     signed_in(http, "mia@example.com", MEMBER_PASSWORD)
     listing = http.get("/keys")
     assert listing.status_code == 200 and ">ops</a>" in listing.text
