@@ -77,8 +77,7 @@ async def list_keys(request: Request) -> Response:
     def view(c: Console) -> Response:
         params = c.request.query_params
         q = (params.get("q") or "").strip()[:200]
-        prefix = f"{c.kp.ctx.key_prefix}_"
-        searched = q.removeprefix(prefix) if q.startswith(prefix) else q  # the page shows it
+        searched = q.removeprefix(f"{c.kp.ctx.key_prefix}_")  # starts are shown with it
         state = params.get("state") or "all"
         state = state if state in STATES else "all"
         cursor = (params.get("cursor") or "")[:64] or None
