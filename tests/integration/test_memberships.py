@@ -124,7 +124,7 @@ def test_a_tenant_adding_someones_address_with_its_own_password_opens_only_its_m
     # Beta's person signs in as before, straight into Beta: no choice, nothing of Acme
     with httpx2.Client(base_url=server.url, timeout=10) as person:
         r = sign_in(person, EMAIL, beta.admin_password)
-        assert r.status_code == 303 and r.headers["location"] == "/signin"
+        assert r.status_code == 303 and r.headers["location"] == "/"
         page = person.get("/signin").text
         assert SIGNED_IN in page and "Beta" in page and "Acme" not in page
         assert session_principal(keyplane, person.cookies["kp_session"]) == beta.admin_id
@@ -152,7 +152,7 @@ def test_one_signin_offers_exactly_the_workspaces_whose_password_matched(
     assert "Gamma" not in page.text and gamma_id not in page.text
 
     r = choose(http, page, beta_id)
-    assert r.status_code == 303 and r.headers["location"] == "/signin"
+    assert r.status_code == 303 and r.headers["location"] == "/"
     assert session_principal(keyplane, http.cookies["kp_session"]) == beta_id
     signed_in = http.get("/signin").text
     assert SIGNED_IN in signed_in and "Beta" in signed_in and "member of" in signed_in

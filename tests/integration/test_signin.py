@@ -58,7 +58,7 @@ def session_cookie(response: httpx2.Response) -> str:
 def test_signin_sets_an_httponly_samesite_session_cookie(
         http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
     r = sign_in(http, tenant.admin_email, tenant.admin_password)
-    assert r.status_code == 303 and r.headers["location"] == "/signin"
+    assert r.status_code == 303 and r.headers["location"] == "/"  # the console
     header = session_cookie(r)
     assert header.startswith("kp_session=")
     attributes = [a.strip().lower() for a in header.split(";")]
@@ -185,7 +185,7 @@ def test_service_accounts_and_disabled_members_never_sign_in(
 def test_after_signin_the_browser_stays_on_this_site(http: httpx2.Client, tenant: Tenant,
                                                      target: str) -> None:
     r = sign_in(http, tenant.admin_email, tenant.admin_password, target)
-    assert r.status_code == 303 and r.headers["location"] == "/signin"
+    assert r.status_code == 303 and r.headers["location"] == "/"
 
 
 def test_after_signin_the_browser_returns_to_the_authorization_request(

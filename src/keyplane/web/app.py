@@ -84,6 +84,9 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(routes_apps.router)
     app.include_router(routes_oauth.router)
     app.include_router(routes_session.router)
+    from keyplane.web import console  # the server-rendered console at /
+
+    console.install(app)
 
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, Any]:

@@ -116,7 +116,7 @@ def _sentence(message: str) -> str:
 
 def _signed_in(request: Request, raw: str, next_path: str) -> Response:
     env = pages.env_of(request)
-    response = RedirectResponse(next_path or "/signin", status_code=303)
+    response = RedirectResponse(next_path or "/", status_code=303)  # the console
     pages.set_cookie(request, response, pages.session_cookie(request), raw,
                      max_age=int(env.sessions.lifetime.total_seconds()))
     return response

@@ -1,0 +1,18 @@
+"""The console: server-rendered pages at ``/`` for the people of a tenant, acting through the
+same services and rights as keys (a session caller). Pages live in one module per section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
+
+from keyplane.web.console import keys
+
+STATIC = Path(__file__).resolve().parent.parent.parent / "admin" / "static"
+
+
+def install(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.include_router(keys.router)

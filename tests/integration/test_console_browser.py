@@ -1,0 +1,301 @@
+"""The console in a real browser (Playwright driving Debian's Chromium), as a tenant admin and a
+member use it: sign in → create a key with Contacts View and Payments Edit → take the secret from
+the one-time dialog → it verifies → change its scopes → the change holds at once → rotate with a
+grace period → both secrets verify → delete → refused. axe-core (vendored, tests only) checks
+every page; the tests save the screenshots under docs/screenshots/.
+
+Skipped when /usr/bin/chromium or Playwright is missing, except in CI
+(``KEYPLANE_TEST_REQUIRE_SERVICES=1``), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from keyplane.bootstrap import Keyplane
+from tests.conftest import Tenant, auth, make_tenant
+from tests.integration import test_oauth_browser as oauth_browser
+from tests.integration.console_support import MEMBER_PASSWORD, add_member, verify
+from tests.integration.test_oauth_browser import (
+    BOUND,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    _missing_browser,
+    bearer,
+)
+from tests.support import REQUIRE_SERVICES, RunningServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+AXE = (ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js").read_text()
+PHONE = {"width": 390, "height": 844}
+crm = oauth_browser.crm  # the example CRM behind the SDK middleware (a fixture)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    missing = _missing_browser()
+    if missing:
+        if REQUIRE_SERVICES:
+            pytest.fail(missing)
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def accessible(page: Any) -> None:
+    """No serious or critical axe-core violation on the page as it is now."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE)
+    found = page.evaluate("""async () => {
+        const r = await axe.run(document, {resultTypes: ['violations']});
+        return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => v.id + ': ' + v.help + ' @ ' + v.nodes.map(n => n.target).join(' | '));
+    }""")
+    assert found == [], f"{page.url}: {found}"
+
+
+@pytest.fixture
+def shot(database: tuple[str, str | None], tmp_path: Path) -> Callable[..., None]:
+    """Saves a screenshot: the README's, under docs/screenshots/, from the SQLite run (one
+    write per test run); the PostgreSQL run's go to the test's temporary folder."""
+    folder = SCREENSHOTS if database[1] is None else tmp_path
+
+    def save(page: Any, name: str, full_page: bool = True) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(folder / f"{name}.png"), full_page=full_page)
+
+    return save
+
+
+def no_sideways_scroll(page: Any) -> None:
+    width = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert width <= 0, f"{page.url} scrolls sideways by {width}px at phone width"
+
+
+def sign_in(page: Any, base: str, email: str, password: str) -> None:
+    page.goto(base + "/")
+    page.wait_for_url("**/signin?next=%2F")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/keys")
+
+
+def seed_keys(http: httpx2.Client, tenant: Tenant, verifier_key: str) -> None:
+    """A few keys in different states, so the list shows its badges."""
+    def create(**body: Any) -> dict[str, Any]:
+        r = http.post("/v1/keys", headers=auth(tenant.management_key), json=body)
+        assert r.status_code == 201, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    create(name="Billing sync", description="Pushes invoices to the ledger",
+           scopes=["payments:write"], expires_in_days=10)
+    used = create(name="Nightly export", description="Contacts to the data warehouse",
+                  scopes=["contacts:read", "opportunities:read"], require_tls=False)
+    assert verify(http, verifier_key, used["key"], ["contacts:read"]) == "VALID"
+    locked = create(name="Legacy import", scopes=["contacts:write"])
+    r = http.patch(f"/v1/keys/{locked['id']}", headers=auth(tenant.management_key),
+                   json={"enabled": False})
+    assert r.status_code == 200, r.text
+
+
+def test_an_admin_creates_changes_rotates_and_deletes_a_key(
+        chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
+        verifier_key: str, shot: Callable[..., None], crm: httpx2.Client) -> None:
+    from playwright.sync_api import expect
+
+    seed_keys(http, tenant, verifier_key)
+    context = chromium.new_context(viewport={"width": 1280, "height": 860})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page = context.new_page()
+    try:
+        # signed out, / sends the browser to sign in, which comes back to the console
+        sign_in(page, server.url, tenant.admin_email, tenant.admin_password)
+        expect(page).to_have_title("API keys · Acme · Keyplane")
+        expect(page.get_by_role("row", name="Billing sync")).to_contain_text("Expires soon")
+        expect(page.get_by_role("row", name="Billing sync")).to_contain_text("Never used")
+        expect(page.get_by_role("row", name="Legacy import")).to_contain_text("Locked")
+        accessible(page)
+        shot(page, "keys-list")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        shot(page, "keys-list-phone")
+        page.set_viewport_size({"width": 1280, "height": 860})
+
+        # search and the locked filter
+        page.get_by_label("Search").fill("nightly")
+        page.get_by_role("button", name="Search").click()
+        expect(page.get_by_role("row")).to_have_count(2)  # the header and Nightly export
+        page.get_by_label("Search").fill("")
+        page.get_by_label("State").select_option("locked")
+        page.get_by_role("button", name="Search").click()
+        expect(page.locator("tbody tr")).to_have_count(1)
+        expect(page.locator("tbody")).to_contain_text("Legacy import")
+
+        # create: a field error first, shown beside its field, the form filled in again
+        page.get_by_role("link", name="Create key").click()
+        expect(page).to_have_title("Create key · Acme · Keyplane")
+        expect(page.get_by_label("Validity (days)")).to_have_value("90")
+        expect(page.get_by_label("Require secure connections")).to_be_checked()
+        page.get_by_label("Name", exact=True).fill("Zapier")
+        page.get_by_label("Description").fill("Contacts and payments for our automations")
+        page.get_by_label("Contacts View", exact=True).check()
+        page.get_by_label("Payments Edit", exact=True).check()
+        expect(page.get_by_label("Payments View", exact=True)).to_be_checked()  # Edit ticks View
+        page.get_by_label("Allowed IPs").fill("10.0.0.0/8\n203.0.113.999")
+        page.get_by_role("button", name="Create key").click()
+        error = page.locator("#allowed_ips-error")
+        expect(error).to_contain_text("Line 2 is not an IPv4 or IPv6 CIDR")
+        expect(page.get_by_label("Allowed IPs")).to_have_attribute("aria-invalid", "true")
+        expect(page.get_by_label("Contacts View", exact=True)).to_be_checked()
+        expect(page.get_by_label("Payments Edit", exact=True)).to_be_checked()
+        expect(page.get_by_label("Name", exact=True)).to_have_value("Zapier")
+        accessible(page)
+        shot(page, "key-create-error")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.get_by_label("Allowed IPs").fill("")
+        page.get_by_label("Require secure connections").uncheck()  # the CRM runs on plain HTTP
+        page.get_by_role("button", name="Create key").click()
+
+        # the one-time dialog: modal, focus inside, Continue only once the key is stored
+        dialog = page.get_by_role("dialog", name="Your new API key")
+        expect(dialog).to_be_visible()
+        assert page.evaluate("document.activeElement.closest('dialog') !== null")
+        secret = page.locator("#new-secret").inner_text().strip()
+        assert secret.startswith("kp_")
+        assert secret not in page.url
+        expect(dialog).to_contain_text("cannot be shown again")
+        next_button = dialog.get_by_role("button", name="Continue")
+        expect(next_button).to_be_disabled()
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_visible()  # Escape does not close it before the box is ticked
+        dialog.get_by_role("button", name="Copy the key").click()
+        assert page.evaluate("navigator.clipboard.readText()") == secret
+        accessible(page)
+        shot(page, "key-secret-dialog", full_page=False)
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        assert verify(http, verifier_key, secret, ["contacts:read", "payments:write"]) == "VALID"
+        assert verify(http, verifier_key, secret, ["contacts:write"]) == "INSUFFICIENT_SCOPE"
+        # and the example CRM, behind the SDK middleware, lets it in within its scopes
+        assert crm.get("/contacts", headers=bearer(secret)).status_code == 200
+        assert crm.get("/payments", headers=bearer(secret)).status_code == 200
+        assert crm.post("/contacts", json={"name": "Ada"},
+                        headers=bearer(secret)).status_code == 403
+        dialog.get_by_label("I have stored my key").check()
+        expect(next_button).to_be_enabled()
+        next_button.click()
+        page.wait_for_url("**/keys/key_*")
+        expect(page.get_by_role("dialog")).to_have_count(0)
+        expect(page).to_have_title("Zapier · Acme · Keyplane")
+        assert secret not in page.content()
+
+        # the detail page: scope changes take effect at once
+        expect(page.get_by_text("Changes take effect at once")).to_be_visible()
+        accessible(page)
+        shot(page, "key-detail")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.get_by_label("Payments Edit", exact=True).uncheck()
+        page.get_by_label("Contacts Edit", exact=True).check()
+        page.get_by_role("button", name="Save changes").click()
+        expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+        assert verify(http, verifier_key, secret, ["payments:write"]) == "INSUFFICIENT_SCOPE"
+        assert verify(http, verifier_key, secret, ["payments:read", "contacts:write"]) == "VALID"
+
+        # rotate with a grace period: both secrets work
+        page.get_by_label("Expire the old key later").check()
+        page.get_by_label("Grace period (days)").fill("3")
+        page.get_by_role("button", name="Rotate", exact=True).click()
+        dialog = page.get_by_role("dialog", name="The new secret of this key")
+        expect(dialog).to_contain_text("The old secret keeps working until")
+        rotated = page.locator("#new-secret").inner_text().strip()
+        assert rotated != secret
+        for s in (secret, rotated):
+            assert verify(http, verifier_key, s, ["contacts:write"]) == "VALID"
+        # the dialog works from the keyboard alone: Copy has focus, then the box, then Continue
+        expect(dialog.get_by_role("button", name="Copy the key")).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(dialog.get_by_label("I have stored my key")).to_be_focused()
+        page.keyboard.press("Space")
+        expect(dialog.get_by_label("I have stored my key")).to_be_checked()
+        expect(dialog.get_by_role("button", name="Continue")).to_be_enabled()
+        page.keyboard.press("Tab")
+        expect(dialog.get_by_role("button", name="Continue")).to_be_focused()
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/keys/key_*")
+        expect(page.get_by_role("dialog")).to_have_count(0)
+        expect(page.get_by_text("Previous secret works until")).to_be_visible()
+
+        # delete, behind a confirmation that says it is immediate and final
+        page.get_by_role("button", name="Delete").click()
+        expect(page.get_by_text("Deleting is immediate and cannot be undone")).to_be_visible()
+        accessible(page)
+        page.get_by_role("button", name="Delete").click()
+        page.wait_for_url("**/keys?done=deleted")
+        expect(page.get_by_role("status").filter(has_text="Deleted")).to_be_visible()
+        deleted_at = time.monotonic()
+        for s in (secret, rotated):
+            assert verify(http, verifier_key, s) == "REVOKED"
+        status = 200
+        while time.monotonic() - deleted_at < BOUND and status != 401:
+            status = crm.get("/contacts", headers=bearer(rotated)).status_code
+            time.sleep(0.05)
+        assert status == 401
+    finally:
+        context.close()
+
+
+def test_a_member_cannot_create_keys_and_another_tenants_key_is_not_found(
+        chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
+        keyplane: Keyplane) -> None:
+    from playwright.sync_api import expect
+
+    add_member(keyplane, tenant.id, "mia@example.com")
+    other = make_tenant(keyplane, "Globex")
+    theirs = http.get("/v1/keys", headers=auth(other.management_key)).json()["items"][0]["id"]
+    context = chromium.new_context()
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, "mia@example.com", MEMBER_PASSWORD)
+        expect(page.get_by_role("link", name="Create key")).to_have_count(0)
+        expect(page.get_by_role("button", name="Create key")).to_have_count(0)
+        accessible(page)
+        page.get_by_role("link", name="ops").click()
+        expect(page.get_by_label("Contacts Edit", exact=True)).to_be_disabled()
+        for name in ("Rotate", "Duplicate as new key", "Lock", "Delete", "Save changes"):
+            expect(page.get_by_role("button", name=name, exact=True)).to_have_count(0)
+        accessible(page)
+        # a forged form post carrying the member's own valid CSRF token is still refused
+        token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+        before = len(http.get("/v1/keys", headers=auth(tenant.management_key)).json()["items"])
+        answer = page.request.post(server.url + "/keys", form={
+            "csrf_token": token, "name": "sneaky", "expires_in_days": "30",
+            "scopes": "contacts:read"})
+        assert answer.status == 403 and "You cannot do this" in answer.text()
+        after = len(http.get("/v1/keys", headers=auth(tenant.management_key)).json()["items"])
+        assert after == before
+        response = page.goto(f"{server.url}/keys/{theirs}")
+        assert response is not None and response.status == 404
+        expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    finally:
+        context.close()
