@@ -58,7 +58,8 @@ class PrincipalService:
             else ("name", "role", "group_ids"),
         )
         email = v.email(body.get("email")) if member else None
-        name = v.text(body.get("name") or email, "name", max_len=v.MAX_NAME)
+        name = v.text(email if body.get("name") is None else body["name"], "name",
+                      max_len=v.MAX_NAME)
         role = _role(body.get("role", "member"))
         password_hash = _password(body["password"]) if member and "password" in body else None
         with self.ctx.uow() as uow:

@@ -14,6 +14,7 @@ from keyplane import __version__
 from keyplane.bootstrap import Keyplane
 from keyplane.core.policy import parse_networks
 from keyplane.web import (
+    contract,
     errors,
     routes_admin,
     routes_changes,
@@ -22,6 +23,7 @@ from keyplane.web import (
     routes_verify,
 )
 from keyplane.web.fastverify import VerifyFastPath
+from keyplane.web.methods import AllowedMethods
 from keyplane.web.middleware import RequestContext
 
 DESCRIPTION = """Keyplane's API: keys, tenants, members, service accounts, groups, scopes,
@@ -32,15 +34,16 @@ class KeyplaneAPI(FastAPI):
     """FastAPI with Keyplane's pure-ASGI layers in front of all of it, FastAPI's own
     per-request telemetry checks included: the verify fast path first, which answers cache hits
     itself (with a request id and an access-log line), then request ids and the access log
-    around everything else (500s included)."""
+    around everything else (500s included), then ``Allow`` for OPTIONS and 405 answers."""
 
     _front: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         front = self._front
         if front is None:
-            front = self._front = VerifyFastPath(RequestContext(super().__call__),
-                                                 self.state.keyplane)
+            front = self._front = VerifyFastPath(
+                RequestContext(AllowedMethods(super().__call__, self.router.routes)),
+                self.state.keyplane)
         await front(scope, receive, send)
 
 
@@ -87,4 +90,5 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
         # invalidation: "redis", "degraded" (Redis lost: polling, short cache) or "polling"
         return JSONResponse({"status": "ok", "invalidation": kp.propagation.mode})
 
+    contract.install(app)
     return app

@@ -10,15 +10,15 @@ from pydantic import Field
 from keyplane.core.apps import App, ConnectionView
 from keyplane.oauth.wiring import ConnectedApps, connected
 from keyplane.web.deps import CallerDep, Cursor, Limit, TenantParam, page_out
-from keyplane.web.schemas import Body, ts
+from keyplane.web.schemas import Body, Name, Text, ts
 
 router = APIRouter()
 SECRET_NOTE = "Copy the client secret now; it is shown only once."
 
 
 class AppCreate(Body):
-    name: str = Field(max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
+    name: Name
+    description: Text | None = None
     homepage: str = Field(max_length=2000)
     redirect_uris: list[str] = Field(max_length=10, description=(
         "Exact redirect URIs: https, or http on a loopback address. Compared byte for byte."))
@@ -26,7 +26,7 @@ class AppCreate(Body):
 
 
 class Decision(Body):
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: Text | None = None
 
 
 class SecretRotate(Body):

@@ -7,11 +7,26 @@ CIDRs parse, limits hold) and name the field on failure.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Tenant
+from keyplane.services import validate as v
+
+# Human-entered text: the services refuse invisible and bidirectional-control characters and
+# blank names (naming the field and the character); the schema states the same rule with the
+# same character class, so clients and contract tests know it.
+Name = Annotated[str, Field(max_length=v.MAX_NAME, json_schema_extra={
+    "pattern": v.NAME_PATTERN,
+    "description": "Not blank; no control, invisible or bidirectional-control characters"})]
+Text = Annotated[str, Field(max_length=v.MAX_DESCRIPTION, json_schema_extra={
+    "pattern": v.TEXT_PATTERN,
+    "description": "No control, invisible or bidirectional-control characters"})]
+ShortText = Annotated[str, Field(max_length=200, json_schema_extra={
+    "pattern": v.TEXT_PATTERN,
+    "description": "No control, invisible or bidirectional-control characters"})]
+Email = Annotated[str, Field(max_length=320, json_schema_extra={"pattern": v.EMAIL_PATTERN})]
 
 
 def unstorable(value: Any) -> str | None:
@@ -63,8 +78,8 @@ REMAINING = ("Usage quota: how many more successful verifications the key may pa
 
 
 class KeyCreate(Body):
-    name: str = Field(max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
+    name: Name
+    description: Text | None = None
     scopes: list[str] = Field(default_factory=list, max_length=200)
     owner_id: str | None = Field(default=None, max_length=40)
     expires_in_days: int | None = Field(default=90, description="null: never (if policy allows)")
@@ -76,8 +91,8 @@ class KeyCreate(Body):
 
 
 class KeyPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
+    name: Name | None = None
+    description: Text | None = None
     scopes: list[str] | None = Field(default=None, max_length=200)
     allowed_ips: list[str] | None = Field(default=None, max_length=100)
     require_tls: bool | None = None
@@ -92,7 +107,7 @@ class KeyRotate(Body):
 
 
 class KeyDuplicate(Body):
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
 
 
 class Verify(Body):
@@ -120,12 +135,12 @@ class Policy(Body):
 
 
 class TenantCreate(Body):
-    name: str = Field(max_length=200)
+    name: Name
     policy: Policy | None = None
 
 
 class TenantPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
     enabled: bool | None = None
     policy: Policy | None = None
 
@@ -134,15 +149,15 @@ Roles = Literal["admin", "member", "read_only"]
 
 
 class MemberCreate(Body):
-    email: str = Field(max_length=320)
-    name: str | None = Field(default=None, max_length=200)
+    email: Email
+    name: Name | None = None
     role: Roles = "member"
     password: str | None = Field(default=None, max_length=1024)
     group_ids: list[str] = Field(default_factory=list)
 
 
 class MemberPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
     role: Roles | None = None
     enabled: bool | None = None
     password: str | None = Field(default=None, max_length=1024)
@@ -150,32 +165,32 @@ class MemberPatch(Body):
 
 
 class ServiceAccountCreate(Body):
-    name: str = Field(max_length=200)
+    name: Name
     role: Roles = "member"
     group_ids: list[str] = Field(default_factory=list)
 
 
 class ServiceAccountPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
     role: Roles | None = None
     enabled: bool | None = None
     group_ids: list[str] | None = None
 
 
 class GroupCreate(Body):
-    name: str = Field(max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
+    name: Name
+    description: Text | None = None
     scopes: list[str] = Field(default_factory=list)
 
 
 class GroupPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
+    name: Name | None = None
+    description: Text | None = None
     scopes: list[str] | None = None
 
 
 class ScopePut(Body):
-    description: str = Field(max_length=200)
+    description: ShortText
 
 
 def ts(value: datetime | None) -> str | None:

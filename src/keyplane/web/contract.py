@@ -1,0 +1,129 @@
+"""The HTTP contract in /openapi.json: the 4xx answers every operation can give, derived from
+what each operation declares (a credential? a body? ids in the path? query parameters? a
+write?) in one place rather than copied route by route, all with the one error shape
+``{"error": {"code", "message", "field"?}}``. What a route declares itself wins."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+
+ERROR_REF = {"$ref": "#/components/schemas/Error"}
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string",
+                     "description": "Stable and machine-readable: not_found, invalid_request …"},
+            "message": {"type": "string", "description": "Plain words for a person"},
+            "field": {"type": "string", "description": "The field or parameter at fault"},
+        },
+    }},
+}
+OAUTH_ERROR = {  # RFC 6749 §5.2: the OAuth endpoints answer in OAuth's own shape
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}, "error_description": {"type": "string"}},
+}
+
+
+def _seconds(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "integer", "minimum": 0}}
+
+
+RETRY_AFTER = {"Retry-After": _seconds("Seconds to wait before trying again")}
+RATELIMIT_HEADERS = {
+    **RETRY_AFTER,
+    "RateLimit-Limit": _seconds("Requests the limit allows in its window"),
+    "RateLimit-Remaining": _seconds("Requests left in the window"),
+    "RateLimit-Reset": _seconds("Seconds until the window resets"),
+}
+WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": 'Bearer realm="keyplane"',
+                                         "schema": {"type": "string"}}}
+WRITES = frozenset({"post", "put", "patch", "delete"})
+
+
+def error(description: str, headers: dict[str, Any] | None = None,
+          schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description,
+                           "content": {"application/json": {"schema": schema or ERROR_REF}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def oauth_errors() -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of the OAuth endpoints (token, revocation, introspection)."""
+    return {
+        400: error("invalid_request, invalid_grant, unsupported_grant_type … (RFC 6749 §5.2)",
+                   schema=OAUTH_ERROR),
+        401: error("invalid_client: the client did not authenticate", schema=OAUTH_ERROR),
+        413: error("The body is larger than KEYPLANE_MAX_BODY_BYTES"),
+        429: error("slow_down: too many failed attempts from this address",
+                   headers=RETRY_AFTER, schema=OAUTH_ERROR),
+    }
+
+
+def errors_for(method: str, operation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The error answers an operation can give, from what it declares."""
+    params = operation.get("parameters", [])
+    path_ids = any(p.get("in") == "path" for p in params)
+    query = {p.get("name") for p in params if p.get("in") == "query"}
+    has_body = "requestBody" in operation
+    authenticated = bool(operation.get("security"))
+    out: dict[int, dict[str, Any]] = {
+        400: error("Malformed request: the body is not JSON, the URL holds a NUL character, "
+                   "or a credential was sent in the query string"),
+        431: error("Too many or too large request headers (headers_too_large)"),
+    }
+    if has_body:
+        out[413] = error("The body is larger than KEYPLANE_MAX_BODY_BYTES (payload_too_large)")
+    if has_body or query or path_ids:
+        out[422] = error("A field or parameter breaks an input rule (the field is named)")
+    if authenticated:
+        out[401] = error("No valid credential (Authorization: Bearer <key>)", WWW_AUTHENTICATE)
+        out[403] = error("The credential lacks a scope or right this call needs")
+        out[429] = error("Too many failed attempts from this address, or over a rate limit",
+                         RATELIMIT_HEADERS)
+        if path_ids or has_body or "tenant_id" in query:
+            out[404] = error("No such object here (or it belongs to another tenant)")
+        if method in WRITES:
+            out[409] = error("Conflicts with the current state (a duplicate name or email, a "
+                             "group still in use, a built-in scope, an app's status …)")
+    return {str(status): spec for status, spec in sorted(out.items())}
+
+
+def document(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the error answers to every operation of an OpenAPI document (in place)."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    for operations in schema.get("paths", {}).values():
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            for status, spec in errors_for(method, operation).items():
+                responses.setdefault(status, spec)
+            if responses.get("422", {}).get("content", {}).get("application/json", {}).get(
+                    "schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+                responses["422"] = errors_for(method, {"requestBody": {}})["422"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
+    return schema
+
+
+def install(app: FastAPI) -> None:
+    """/openapi.json with the error answers: FastAPI's own document, completed once."""
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
