@@ -154,8 +154,8 @@ class KeyService:
                     raise ValidationError("owner_id must be a string", field="owner_id")
                 owner = uow.principals.get(tid, owner_id)
                 if owner is None:
-                    raise ValidationError("owner_id: no such member or service account",
-                                          field="owner_id")
+                    raise NotFound("owner_id: no such member or service account",
+                                   field="owner_id")
                 if not owner.enabled:
                     raise ValidationError("owner_id: the owner is disabled", field="owner_id")
             elif "owner_id" in body:

@@ -42,7 +42,7 @@ class PrincipalService:
         found = {g.id for g in uow.groups.get_many(value) if g.tenant_id == tenant_id}
         missing = [g for g in value if g not in found]
         if missing:
-            raise ValidationError(f"group_ids: no such group {missing[0]!r}", field="group_ids")
+            raise NotFound(f"group_ids: no such group {missing[0]!r}", field="group_ids")
         return sorted(set(value))
 
     def create(

@@ -90,5 +90,9 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
         # invalidation: "redis", "degraded" (Redis lost: polling, short cache) or "polling"
         return JSONResponse({"status": "ok", "invalidation": kp.propagation.mode})
 
-    contract.install(app)
+    def scopes() -> contract.Scopes:
+        catalogue = kp.ctx.catalogue()
+        return tuple(sorted(catalogue.entries)), tuple(sorted(catalogue.data_scopes()))
+
+    contract.install(app, scopes)
     return app

@@ -5,6 +5,7 @@ write?) in one place rather than copied route by route, all with the one error s
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -99,9 +100,32 @@ def errors_for(method: str, operation: dict[str, Any]) -> dict[str, dict[str, An
     return {str(status): spec for status, spec in sorted(out.items())}
 
 
-def document(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add the error answers to every operation of an OpenAPI document (in place)."""
-    schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+NO_NUL = "^[^\\u0000]*$"  # middleware and bodies refuse NUL in any string (PostgreSQL cannot)
+
+JSON_VALUE = {  # any JSON value whose strings (keys too) hold no NUL
+    "anyOf": [
+        {"type": "null"}, {"type": "boolean"}, {"type": "number"},
+        {"type": "string", "pattern": NO_NUL},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "propertyNames": {"pattern": NO_NUL},
+         "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ],
+}
+Scopes = tuple[tuple[str, ...], tuple[str, ...]]  # (every scope, data scopes) of the catalogue
+
+
+def document(schema: dict[str, Any], scopes: Scopes = ((), ())) -> dict[str, Any]:
+    """Add the error answers to every operation of an OpenAPI document, and the rules every
+    string follows (in place)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Error"] = ERROR_SCHEMA
+    components["JsonValue"] = JSON_VALUE
+    # connected apps get tokens through the authorization-code flow (the OAuth routes)
+    schema["components"].setdefault("securitySchemes", {})["oauth2"] = {
+        "type": "oauth2", "description": "Connected apps: access tokens for a tenant's data",
+        "flows": {"authorizationCode": {
+            "authorizationUrl": "/oauth/authorize", "tokenUrl": "/oauth/token",
+            "refreshUrl": "/oauth/token", "scopes": {name: name for name in scopes[1]}}}}
     for operations in schema.get("paths", {}).values():
         for method, operation in operations.items():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -112,18 +136,50 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
             if responses.get("422", {}).get("content", {}).get("application/json", {}).get(
                     "schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
                 responses["422"] = errors_for(method, {"requestBody": {}})["422"]
+            for parameter in operation.get("parameters", []):
+                _strings(parameter.get("schema", {}), scopes)
     for unused in ("HTTPValidationError", "ValidationError"):
-        schema["components"]["schemas"].pop(unused, None)
+        components.pop(unused, None)
+    for name, component in components.items():
+        if name not in ("Error", "JsonValue"):
+            _strings(component, scopes)
     return schema
 
 
-def install(app: FastAPI) -> None:
-    """/openapi.json with the error answers: FastAPI's own document, completed once."""
+def _strings(node: Any, scopes: Scopes) -> None:
+    """Every string without a rule of its own holds no NUL; scope names come from the
+    catalogue; free-form objects' keys hold no NUL either."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        kind = item.pop("x-keyplane-scopes", None)
+        if kind is not None:
+            item["enum"] = list(scopes[0] if kind == "all" else scopes[1])
+        if item.get("type") == "string" and not {"pattern", "enum", "format", "const"} & set(item):
+            item["pattern"] = NO_NUL
+        if item.get("type") == "object" and item.get("additionalProperties") is True:
+            item["additionalProperties"] = {"$ref": "#/components/schemas/JsonValue"}
+            item["propertyNames"] = {"pattern": NO_NUL}
+        stack.extend(v for k, v in item.items() if k not in ("enum", "examples", "default"))
+
+
+def install(app: FastAPI, scopes: Callable[[], Scopes]) -> None:
+    """/openapi.json with the error answers and input rules: FastAPI's own document,
+    completed, and made again when the scope catalogue changes."""
     generate: Callable[[], dict[str, Any]] = app.openapi
+    made_for: list[Scopes] = []
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = document(generate())
+        current = scopes()
+        if app.openapi_schema is None or made_for != [current]:
+            app.openapi_schema = None
+            app.openapi_schema = document(copy.deepcopy(generate()), current)
+            made_for[:] = [current]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
