@@ -50,7 +50,11 @@ def ratelimit_headers(retry_after: int, limit: int | None = None,
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """The field a pydantic error location names, without the location's kind and the tags
+    pydantic adds inside unions (a model's class name, ``constrained-int`` …): fields are
+    snake_case."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")
+             and not (isinstance(p, str) and (p[:1].isupper() or "-" in p or "[" in p))]
     return ".".join(parts) or "body"
 
 

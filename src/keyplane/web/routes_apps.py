@@ -28,9 +28,11 @@ class AppCreate(Body):
     name: Name
     description: Text | None = None
     homepage: WebUri
-    redirect_uris: list[WebUri] = Field(min_length=1, max_length=MAX_REDIRECT_URIS, description=(
-        "Exact redirect URIs: https, or http on a loopback address. Compared byte for byte."))
-    scopes: list[DataScope] = Field(min_length=1, max_length=200,
+    # minItems: stated for the schema; the service refuses an empty list in its own words
+    redirect_uris: list[WebUri] = Field(
+        max_length=MAX_REDIRECT_URIS, json_schema_extra={"minItems": 1}, description=(
+            "Exact redirect URIs: https, or http on a loopback address. Compared byte for byte."))
+    scopes: list[DataScope] = Field(max_length=200, json_schema_extra={"minItems": 1},
                                     description="Data scopes from the catalogue")
 
 

@@ -32,9 +32,11 @@ ShortText = Annotated[str, Field(max_length=200, json_schema_extra={
     "description": "No control, invisible or bidirectional-control characters"})]
 # an optional field that may be left out but not sent as null
 Absent = SkipJsonSchema[None]
-Days = Annotated[int, Field(ge=1, le=MAX_DAYS)]
+# bounds the services check (naming the field); stated here for the schema only
+Days = Annotated[int, Field(json_schema_extra={"minimum": 1, "maximum": MAX_DAYS})]
 Email = Annotated[str, Field(max_length=320, json_schema_extra={"pattern": v.EMAIL_PATTERN})]
-Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+Password = Annotated[str, Field(json_schema_extra={"minLength": MIN_PASSWORD,
+                                                   "maxLength": MAX_PASSWORD})]
 # formats the services check with ``ipaddress``; the contract test teaches schemathesis them
 Cidr = Annotated[str, Field(max_length=49, json_schema_extra={
     "format": "ip-network",
