@@ -94,6 +94,9 @@ def errors_for(method: str, operation: dict[str, Any]) -> dict[str, dict[str, An
                          RATELIMIT_HEADERS)
         if path_ids or has_body or "tenant_id" in query:
             out[404] = error("No such object here (or it belongs to another tenant)")
+        if any(p.get("in") == "header" and str(p.get("name")).lower() == "if-match"
+               for p in params):
+            out[412] = error("If-Match names a version that is no longer current")
         if method in WRITES:
             out[409] = error("Conflicts with the current state (a duplicate name or email, a "
                              "group still in use, a built-in scope, an app's status …)")

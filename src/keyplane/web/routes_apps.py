@@ -9,6 +9,7 @@ from pydantic import Field
 
 from keyplane.core.apps import MAX_REDIRECT_URIS, MAX_URI_LENGTH, App, ConnectionView
 from keyplane.oauth.wiring import ConnectedApps, connected
+from keyplane.services.validate import MAX_GRACE_SECONDS
 from keyplane.web.deps import CallerDep, Cursor, Limit, TenantParam, page_out
 from keyplane.web.schemas import Body, DataScope, Name, Text, ts
 
@@ -41,7 +42,7 @@ class Decision(Body):
 
 
 class SecretRotate(Body):
-    grace_period_seconds: int = Field(default=604800, ge=0, le=90 * 86400)
+    grace_period_seconds: int = Field(default=604800, ge=0, le=MAX_GRACE_SECONDS)
 
 
 def app_out(app: App, secret: str | None = None) -> dict[str, Any]:

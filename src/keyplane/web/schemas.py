@@ -114,7 +114,7 @@ def _takes_int(annotation: Any) -> bool:
 
 class RateLimitIn(Body):
     limit: int = Field(ge=1)
-    window_seconds: int = Field(default=60, ge=1, le=86400)
+    window_seconds: int = Field(default=60, ge=1, le=v.MAX_WINDOW_SECONDS)
 
 
 REMAINING = ("Usage quota: how many more successful verifications the key may pass, counted "
@@ -148,7 +148,7 @@ class KeyPatch(Body):
 
 
 class KeyRotate(Body):
-    grace_period_seconds: int = Field(default=604800, ge=0, le=90 * 86400)
+    grace_period_seconds: int = Field(default=604800, ge=0, le=v.MAX_GRACE_SECONDS)
 
 
 class KeyDuplicate(Body):
