@@ -40,7 +40,7 @@ def test_strings_hold_no_nul_and_scopes_come_from_the_catalogue() -> None:
         "scopes": {"type": "array", "items": {"type": "string", "x-keyplane-scopes": "data"}},
         "meta": {"type": "object", "additionalProperties": True},
     }}}}}
-    props = contract.document(schema, (("a:read", "keys:write"), ("a:read",)))[
+    props = contract.document(schema, {"tenant": ("a:read", "keys:write"), "data": ("a:read",)})[
         "components"]["schemas"]["M"]["properties"]
     assert props["free"]["pattern"] == contract.NO_NUL
     assert props["name"]["pattern"] == "^x$"

@@ -86,7 +86,7 @@ class KeyService:
                     f"scopes: this credential does not hold {beyond_caller[0]!r}, so it cannot "
                     "grant it", code="insufficient_scope", field="scopes")
         if key.is_operator:
-            allowed = {"keys:verify", "platform:read", "platform:write"}
+            allowed = sc.OPERATOR_KEY_SCOPES
             bad = [s for s in key.scopes if s not in allowed]
             if bad:
                 raise ValidationError(f"scopes: operator keys hold only {sorted(allowed)}; "

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyplane import __version__
 from keyplane.bootstrap import Keyplane
+from keyplane.core import scopes as sc
 from keyplane.core.policy import parse_networks
 from keyplane.web import (
     contract,
@@ -92,7 +93,10 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
 
     def scopes() -> contract.Scopes:
         catalogue = kp.ctx.catalogue()
-        return tuple(sorted(catalogue.entries)), tuple(sorted(catalogue.data_scopes()))
+        return {"tenant": tuple(sorted(s for s in catalogue.entries
+                                       if s not in sc.PLATFORM_SCOPES)),
+                "data": tuple(sorted(catalogue.data_scopes())),
+                "operator": tuple(sorted(sc.OPERATOR_KEY_SCOPES & set(catalogue.entries)))}
 
     contract.install(app, scopes)
     return app

@@ -114,12 +114,15 @@ JSON_VALUE = {  # any JSON value whose strings (keys too) hold no NUL
          "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
     ],
 }
-Scopes = tuple[tuple[str, ...], tuple[str, ...]]  # (every scope, data scopes) of the catalogue
+# scope names by kind, from the catalogue: "tenant" (a tenant's key may hold), "data" (groups
+# and apps), "operator" (an operator key may hold)
+Scopes = dict[str, tuple[str, ...]]
 
 
-def document(schema: dict[str, Any], scopes: Scopes = ((), ())) -> dict[str, Any]:
+def document(schema: dict[str, Any], scopes: Scopes | None = None) -> dict[str, Any]:
     """Add the error answers to every operation of an OpenAPI document, and the rules every
     string follows (in place)."""
+    scopes = scopes or {}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
     components["JsonValue"] = JSON_VALUE
@@ -128,7 +131,8 @@ def document(schema: dict[str, Any], scopes: Scopes = ((), ())) -> dict[str, Any
         "type": "oauth2", "description": "Connected apps: access tokens for a tenant's data",
         "flows": {"authorizationCode": {
             "authorizationUrl": "/oauth/authorize", "tokenUrl": "/oauth/token",
-            "refreshUrl": "/oauth/token", "scopes": {name: name for name in scopes[1]}}}}
+            "refreshUrl": "/oauth/token",
+            "scopes": {name: name for name in scopes.get("data", ())}}}}
     for operations in schema.get("paths", {}).values():
         for method, operation in operations.items():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -162,7 +166,7 @@ def _strings(node: Any, scopes: Scopes) -> None:
             continue
         kind = item.pop("x-keyplane-scopes", None)
         if kind is not None:
-            item["enum"] = list(scopes[0] if kind == "all" else scopes[1])
+            item["enum"] = list(scopes.get(kind, ())) or ["(none)"]
         if item.get("type") == "string" and not {"pattern", "enum", "format", "const"} & set(item):
             item["pattern"] = NO_NUL
         if item.get("type") == "object" and item.get("additionalProperties") is True:

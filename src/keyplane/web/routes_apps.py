@@ -19,8 +19,8 @@ SECRET_NOTE = "Copy the client secret now; it is shown only once."
 
 # what core.apps.web_uri accepts, as a pattern: https (http only on a loopback address), no
 # userinfo, fragment, spaces, quotes or control characters
-URI_PATTERN = (r'^(https://[A-Za-z0-9.-]+|http://(127\.0\.0\.1|localhost|\[::1\]))(:[0-9]{1,4})?'
-               r'([/?][^\u0000-\u0020\u007F"<>\\^`{|}#]*)?$')
+URI_PATTERN = (r"^(https://[!$%&'()*+,\-.0-9;=A-Z_a-z~]+|http://(127\.0\.0\.1|localhost|\[::1\]))"
+               r'(:[0-9]{1,4})?([/?][^\u0000-\u0020\u007F"<>\\^`{|}#]*)?$')
 WebUri = Annotated[str, Field(max_length=MAX_URI_LENGTH, json_schema_extra={
     "pattern": URI_PATTERN})]
 

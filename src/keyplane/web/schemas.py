@@ -27,9 +27,9 @@ Name = Annotated[str, Field(max_length=v.MAX_NAME, json_schema_extra={
 Text = Annotated[str, Field(max_length=v.MAX_DESCRIPTION, json_schema_extra={
     "pattern": v.TEXT_PATTERN,
     "description": "No control, invisible or bidirectional-control characters"})]
-ShortText = Annotated[str, Field(max_length=200, json_schema_extra={
-    "pattern": v.TEXT_PATTERN,
-    "description": "No control, invisible or bidirectional-control characters"})]
+ScopeDescription = Annotated[str, Field(max_length=200, json_schema_extra={
+    "pattern": v.NAME_PATTERN,
+    "description": "Not blank; no control, invisible or bidirectional-control characters"})]
 # an optional field that may be left out but not sent as null
 Absent = SkipJsonSchema[None]
 # bounds the services check (naming the field); stated here for the schema only
@@ -45,10 +45,13 @@ Cidr = Annotated[str, Field(max_length=49, json_schema_extra={
 IpAddress = Annotated[str, Field(max_length=64, json_schema_extra={
     "format": "ip-address", "description": "An IPv4 or IPv6 address"})]
 # scope names must be in the catalogue; /openapi.json lists the catalogue's names as an enum
-# ("x-keyplane-scopes": "all" or "data", filled in by web/contract.py when it is served)
-Scope = Annotated[str, Field(max_length=64, json_schema_extra={"x-keyplane-scopes": "all"})]
+# ("x-keyplane-scopes": a kind of web/contract.py's Scopes, filled in when it is served)
+Scope = Annotated[str, Field(max_length=64, json_schema_extra={"x-keyplane-scopes": "tenant"})]
+OperatorScope = Annotated[str, Field(max_length=64,
+                                     json_schema_extra={"x-keyplane-scopes": "operator"})]
 DataScope = Annotated[str, Field(max_length=64, json_schema_extra={"x-keyplane-scopes": "data"})]
 ScopeList = Annotated[list[Scope], Field(max_length=200)]
+OperatorScopeList = Annotated[list[OperatorScope], Field(max_length=200)]
 DataScopeList = Annotated[list[DataScope], Field(max_length=200)]
 CidrList = Annotated[list[Cidr], Field(max_length=v.MAX_IPS)]
 IdList = Annotated[list[str], Field(max_length=200)]
@@ -121,11 +124,12 @@ REMAINING = ("Usage quota: how many more successful verifications the key may pa
              "exactly across workers (null: no quota). At 0 verification answers RATE_LIMITED.")
 
 
-class KeyCreate(Body):
+class OperatorKeyCreate(Body):
+    """An operator key: it belongs to no tenant and has no owner."""
+
     name: Name
     description: Text | None = None
-    scopes: ScopeList = Field(default_factory=list)
-    owner_id: str | None = Field(default=None, max_length=40)
+    scopes: OperatorScopeList = Field(default_factory=list)
     expires_in_days: Days | None = Field(default=90, description=(
         "Days until the key expires; null: never, where the tenant's policy allows it"))
     allowed_ips: CidrList = Field(default_factory=list)
@@ -133,6 +137,11 @@ class KeyCreate(Body):
     ratelimit: RateLimitIn | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     remaining: int | None = Field(default=None, ge=0, description=REMAINING)
+
+
+class KeyCreate(OperatorKeyCreate):
+    scopes: ScopeList = Field(default_factory=list)
+    owner_id: str | None = Field(default=None, max_length=40)
 
 
 class KeyPatch(Body):
@@ -175,13 +184,13 @@ class Policy(Body):
     default_expiry_days: Days | Absent = None
     max_expiry_days: Days | None = None
     allow_non_expiring: bool | Absent = None
-    allowed_ips: CidrList | Absent = None
+    allowed_ips: CidrList | None = None
     require_tls_default: bool | Absent = None
 
 
 class TenantCreate(Body):
     name: Name
-    policy: Policy | Absent = None
+    policy: Policy | None = None
 
 
 class TenantPatch(Body):
@@ -235,7 +244,7 @@ class GroupPatch(Body):
 
 
 class ScopePut(Body):
-    description: ShortText
+    description: ScopeDescription
 
 
 def ts(value: datetime | None) -> str | None:
