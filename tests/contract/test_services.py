@@ -680,11 +680,13 @@ def test_a_failed_create_writes_nothing(env: Env) -> None:
     kp.usage.flush()  # the management key's last use is written on the usage timer
     before = dump_database(kp, written_by_create)
     for body in ({"owner_id": reader, "scopes": ["contacts:write"]},
-                 {"owner_id": "usr_nobody"}, {"owner_id": 42},
+                 {"owner_id": 42},
                  {"scopes": ["contacts:read"], "meta": {"x": float("nan")}},
                  {"name": "x" * 201}, {"name": "ok", "colour": "red"}):
         with pytest.raises(ValidationError):
             env.create(**body)
+    with pytest.raises(NotFound):  # an owner that does not exist, like an id in the path
+        env.create(owner_id="usr_nobody")
     assert dump_database(kp, written_by_create) == before
 
 

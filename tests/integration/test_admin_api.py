@@ -137,7 +137,7 @@ def test_members(http: httpx2.Client, tenant: Tenant) -> None:
         ({"email": "not an email"}, "email", 422),
         ({"email": "c@example.com", "role": "owner"}, "role", 422),
         ({"email": "c@example.com", "password": "short"}, "password", 422),
-        ({"email": "c@example.com", "group_ids": ["grp_nope"]}, "group_ids", 422),
+        ({"email": "c@example.com", "group_ids": ["grp_nope"]}, "group_ids", 404),
         ({"email": "c@example.com", "licence": "api"}, "licence", 422),
     ):
         assert err(http.post("/v1/members", json=body, headers=mk), status)["field"] == field
@@ -217,10 +217,10 @@ def test_members_and_groups_are_isolated_between_tenants(http: httpx2.Client, te
         else:
             r = http.request(method, path, json=body, headers=mine)
         assert err(r, 404)["code"] == "not_found", (method, path)
-    # nor can another tenant's group be joined
+    # nor can another tenant's group be joined: to this tenant it does not exist
     r = http.post("/v1/service-accounts", json={"name": "x", "group_ids": [group["id"]]},
                   headers=mine)
-    assert err(r, 422)["field"] == "group_ids"
+    assert err(r, 404)["field"] == "group_ids"
     assert [m["id"] for m in ok(http.get("/v1/members", headers=mine))["items"]] == [
         tenant.admin_id]
     assert ok(http.get("/v1/service-accounts", headers=mine))["items"] == []

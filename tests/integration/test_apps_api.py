@@ -144,7 +144,8 @@ def test_client_secret_rotation_with_grace(http: httpx2.Client, tenant: Tenant,
 def test_pending_app_secret_cannot_be_rotated(http: httpx2.Client, tenant: Tenant) -> None:
     app = register(http, tenant.management_key).json()
     r = http.post(f"/v1/apps/{app['id']}/rotate-secret", headers=auth(tenant.management_key))
-    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_status"
+    # the request is well formed; the app's state refuses it
+    assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_status"
 
 
 def wait_for(check: Any, timeout: float = 10.0) -> Any:

@@ -99,7 +99,6 @@ CREATE_CASES: list[tuple[dict[str, Any], str]] = [
     ({"name": "x", "expires_in_days": 366}, "expires_in_days"),  # policy maximum: 365
     ({"name": "x", "expires_in_days": 10**12}, "expires_in_days"),
     ({"name": "x", "expires_in_days": None}, "expires_in_days"),  # policy: keys must expire
-    ({"name": "x", "owner_id": "usr_doesnotexist"}, "owner_id"),
     ({"name": "x", "meta": {"blob": "x" * 5000}}, "meta"),
 ]
 
@@ -113,6 +112,10 @@ def test_bad_create_bodies_name_the_field_and_write_nothing(
         err = error(r, 422)
         assert err["field"].split(".")[0] == field, (body, err)
         assert err["code"] == "invalid_request", (body, err)
+    # an owner that does not exist is not found, like an id in the path
+    err = error(http.post("/v1/keys", json={"name": "x", "owner_id": "usr_doesnotexist"},
+                          headers=auth(tenant.management_key)), 404)
+    assert err["field"] == "owner_id" and err["code"] == "not_found"
     assert state() == before
 
 
@@ -323,9 +326,9 @@ def test_tenants_are_isolated_both_ways(http: httpx2.Client, tenant: Tenant,
     # nothing happened to either key
     assert code(http, verifier_key, mine["key"]) == "VALID"
     assert code(http, verifier_key, theirs["key"]) == "VALID"
-    # and an owner from another tenant cannot be named
+    # and an owner from another tenant cannot be named: to this tenant it does not exist
     err = error(http.post("/v1/keys", json={"name": "x", "owner_id": other.admin_id},
-                          headers=auth(tenant.management_key)), 422)
+                          headers=auth(tenant.management_key)), 404)
     assert err["field"] == "owner_id"
 
 

@@ -235,3 +235,81 @@ def test_only_fields_names_the_first_unknown_field() -> None:
     v.only_fields({}, ("name",))
     refused("zeta", v.only_fields, {"name": "x", "zeta": 1}, ("name",))
     refused("alpha", v.only_fields, {"zeta": 1, "alpha": 2}, ("name",))
+
+
+# -- text hygiene: invisible and bidirectional-control characters ----------------------------
+
+INVISIBLE = {  # every one the issue names, and the rest of the kinds it stands for
+    "\u202e": "U+202E",  # right-to-left override
+    "\u202a": "U+202A",  # left-to-right embedding
+    "\u2066": "U+2066",  # left-to-right isolate
+    "\u2069": "U+2069",  # pop directional isolate
+    "\u200e": "U+200E",  # left-to-right mark
+    "\u200f": "U+200F",  # right-to-left mark
+    "\u200b": "U+200B",  # zero-width space
+    "\ufeff": "U+FEFF",  # byte-order mark
+    "\u2060": "U+2060",  # word joiner
+    "\u2064": "U+2064",  # invisible plus
+    "\u00ad": "U+00AD",  # soft hyphen
+    "\u2028": "U+2028",  # line separator
+    "\U000e0041": "U+E0041",  # tag latin capital a (invisible "ASCII smuggling")
+}
+
+
+@pytest.mark.parametrize("char", list(INVISIBLE))
+def test_text_refuses_invisible_and_bidi_characters_naming_them(char: str) -> None:
+    for value in (f"pay{char}ments", f"{char}payments", f"payments{char}"):
+        for field, required in (("name", True), ("description", False)):
+            err = refused(field, v.text, value, field, max_len=200, required=required)
+            assert err.message == (f"{field} must not contain invisible or "
+                                   f"bidirectional-control characters ({INVISIBLE[char]})")
+
+
+def test_text_keeps_joiners_that_emoji_and_scripts_need() -> None:
+    for value in ("ops \U0001f469\u200d\U0001f4bb",
+                  "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with ZWNJ
+                  "Åsa ✓ 名前", "flag \U0001f1f8\U0001f1ea", "tab\there"):
+        assert v.text(value, "name", max_len=200) == value
+
+
+def test_control_characters_are_named_as_such() -> None:
+    err = refused("name", v.text, "a\x07b", "name", max_len=200)
+    assert err.message == "name must not contain control characters (U+0007)"
+
+
+def test_the_forbidden_class_is_exactly_every_control_and_format_character() -> None:
+    """One character class, proven against this Python's Unicode database: Cc but tab, Cf but
+    the zero-width joiner and non-joiner, and the line and paragraph separators."""
+    import re
+    import sys
+    import unicodedata
+
+    cls = re.compile(f"[{v.FORBIDDEN_CHARS}]")
+    for cp in range(sys.maxunicode + 1):
+        c = chr(cp)
+        expected = (unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
+                    and c not in "\t\u200c\u200d")
+        assert bool(cls.match(c)) is expected, f"U+{cp:04X}"
+
+
+def test_name_pattern_agrees_with_the_validator() -> None:
+    """The schema's pattern (web/schemas.py) accepts exactly what ``text`` accepts."""
+    import re
+
+    name, desc = re.compile(v.NAME_PATTERN), re.compile(v.TEXT_PATTERN)
+    samples = ["Zapier", "  padded  ", "", "   ", "\t", "\u3000x", "\u00a0", "tab\there",
+               "ops \U0001f469\u200d\U0001f4bb", "a\x07b", "x\x85", "\x1c", *(
+                   f"a{c}b" for c in INVISIBLE), *INVISIBLE]
+    for sample in samples:
+        try:
+            v.text(sample, "name", max_len=200)
+            accepted = True
+        except ValidationError:
+            accepted = False
+        assert bool(name.match(sample)) is accepted, repr(sample)
+        try:
+            v.text(sample, "description", max_len=200, required=False)
+            accepted = True
+        except ValidationError:
+            accepted = False
+        assert bool(desc.match(sample)) is accepted, repr(sample)

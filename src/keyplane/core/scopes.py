@@ -35,6 +35,7 @@ PLATFORM_SCOPES: dict[str, str] = {
     "platform:read": "View every tenant (operator only)",
     "platform:write": "Manage tenants and the scope catalogue (operator only)",
 }
+OPERATOR_KEY_SCOPES = frozenset({"keys:verify", *PLATFORM_SCOPES})  # all an operator key holds
 
 
 def default_catalogue() -> dict[str, str]:

@@ -26,7 +26,7 @@ from keyplane.core.apps import (
     transition,
     web_uri,
 )
-from keyplane.core.errors import NotFound, ValidationError
+from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.model import Page
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller, CredentialKind
@@ -142,8 +142,8 @@ class AppService:
             app = self._load(repos, caller, tenant_id, app_id, "write")
             if app.client_id is None or app.status not in (AppStatus.APPROVED,
                                                            AppStatus.SUSPENDED):
-                raise ValidationError("only an approved app has a client secret to rotate",
-                                      field="status", code="invalid_status")
+                raise Conflict("only an approved app has a client secret to rotate",
+                               field="status", code="invalid_status")
             now = self.ctx.clock.now()
             deadline = now + timedelta(seconds=grace)
             previous: datetime | None = None

@@ -93,7 +93,7 @@ class KeyService:
                 f"scopes: this credential does not hold {_listed(beyond_caller)}, so it cannot "
                 "grant it", code="insufficient_scope", field="scopes")
         if key.is_operator:
-            allowed = {"keys:verify", "platform:read", "platform:write"}
+            allowed = sc.OPERATOR_KEY_SCOPES
             bad = [s for s in key.scopes if s not in allowed]
             if bad:
                 raise ValidationError(f"scopes: operator keys hold only {sorted(allowed)}; "
@@ -184,8 +184,8 @@ class KeyService:
                     raise ValidationError("owner_id must be a string", field="owner_id")
                 owner = uow.principals.get(tid, owner_id)
                 if owner is None:
-                    raise ValidationError("owner_id: no such member or service account",
-                                          field="owner_id")
+                    raise NotFound("owner_id: no such member or service account",
+                                   field="owner_id")
                 if not owner.enabled:
                     raise ValidationError("owner_id: the owner is disabled", field="owner_id")
             elif "owner_id" in body:

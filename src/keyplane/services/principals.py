@@ -88,7 +88,7 @@ class PrincipalService:
         found = {g.id for g in uow.groups.get_many(value) if g.tenant_id == tenant_id}
         missing = [g for g in value if g not in found]
         if missing:
-            raise ValidationError(f"group_ids: no such group {missing[0]!r}", field="group_ids")
+            raise NotFound(f"group_ids: no such group {missing[0]!r}", field="group_ids")
         return sorted(set(value))
 
     def create(
@@ -104,7 +104,8 @@ class PrincipalService:
             else ("name", "role", "group_ids"),
         )
         email = v.email(body.get("email")) if member else None
-        name = v.text(body.get("name") or email, "name", max_len=v.MAX_NAME)
+        name = v.text(email if body.get("name") is None else body["name"], "name",
+                      max_len=v.MAX_NAME)
         role = _role(body.get("role", "member"))
         password_hash = _password(body["password"]) if member and "password" in body else None
         with self.ctx.uow() as uow:

@@ -29,7 +29,40 @@ MAX_WINDOW_SECONDS = 86400
 MAX_RATE_LIMIT = 1_000_000
 MAX_DAYS = 3650  # key lifetimes and tenant expiry policies: ten years
 MAX_REMAINING = 10**12  # a usage quota
-_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
+
+# -- text hygiene ---------------------------------------------------------------------------
+# The characters no human-entered text (names, descriptions, notes) may hold, as the body of
+# one regex character class, used both here and as the ``pattern`` of those fields in
+# /openapi.json (web/schemas.py), so the schema and the server agree. It is every control
+# character but tab (Unicode Cc: C0, DEL, C1), every format character (Cf: bidirectional
+# overrides and isolates U+202A-202E and U+2066-2069, marks U+200E/F and U+061C, zero-width
+# space U+200B, word joiner and invisible operators U+2060-2064, BOM U+FEFF, soft hyphen U+00AD,
+# interlinear annotations, the invisible tag characters U+E0001 and U+E0020-E007F ...) and the
+# line and paragraph separators U+2028/2029. Allowed on purpose: zero-width joiner U+200D and
+# non-joiner U+200C, which emoji sequences and Persian and Indic scripts need to be written
+# correctly (they cannot reorder text, and look-alike names are possible without them anyway).
+# Escapes are \uXXXX and \UXXXXXXXX (Python ``re`` syntax; tests/unit/test_validate.py proves
+# the class is exactly that set for this Python's Unicode database).
+FORBIDDEN_CHARS = (
+    r"\u0000-\u0008\u000A-\u001F\u007F-\u009F\u00AD\u0600-\u0605\u061C\u06DD\u070F"
+    r"\u0890-\u0891\u08E2\u180E\u200B\u200E-\u200F\u2028-\u202E\u2060-\u2064"
+    r"\u2066-\u206F\uFEFF\uFFF9-\uFFFB\U000110BD\U000110CD\U00013430-\U00013438"
+    r"\U0001BCA0-\U0001BCA3\U0001D173-\U0001D17A\U000E0001\U000E0020-\U000E007F"
+)
+# what ``str.strip()`` removes that is not forbidden: a name needs one character besides these
+BLANK_CHARS = r"\t \u00A0\u1680\u2000-\u200A\u202F\u205F\u3000"
+TEXT_PATTERN = f"^[^{FORBIDDEN_CHARS}]*$"  # optional text: descriptions, notes
+NAME_PATTERN = f"^[^{FORBIDDEN_CHARS}]*[^{FORBIDDEN_CHARS}{BLANK_CHARS}][^{FORBIDDEN_CHARS}]*$"
+_FORBIDDEN_RE = re.compile(f"[{FORBIDDEN_CHARS}]")
+_EMAIL_PART = rf"[^@\s{FORBIDDEN_CHARS}]"
+EMAIL_PATTERN = rf"^{_EMAIL_PART}{{1,64}}@{_EMAIL_PART}{{1,255}}\.{_EMAIL_PART}{{2,}}$"
+_EMAIL_RE = re.compile(EMAIL_PATTERN)
+
+
+def forbidden_char(value: str) -> str | None:
+    """The first character of ``value`` that human-entered text must not hold, or None."""
+    found = _FORBIDDEN_RE.search(value)
+    return found.group() if found else None
 
 
 def text(value: Any, field: str, *, max_len: int, required: bool = True) -> str:
@@ -37,13 +70,17 @@ def text(value: Any, field: str, *, max_len: int, required: bool = True) -> str:
         return ""
     if not isinstance(value, str):
         raise ValidationError(f"{field} must be a string", field=field)
+    bad = forbidden_char(value)
+    if bad is not None:
+        kind = ("control" if unicodedata.category(bad) == "Cc"
+                else "invisible or bidirectional-control")
+        raise ValidationError(f"{field} must not contain {kind} characters (U+{ord(bad):04X})",
+                              field=field)
+    if len(value) > max_len:
+        raise ValidationError(f"{field} must be at most {max_len} characters", field=field)
     out: str = value.strip()
     if required and not out:
         raise ValidationError(f"{field} must not be empty", field=field)
-    if len(out) > max_len:
-        raise ValidationError(f"{field} must be at most {max_len} characters", field=field)
-    if any(c != "\t" and unicodedata.category(c) == "Cc" for c in out):  # C0, DEL, C1
-        raise ValidationError(f"{field} must not contain control characters", field=field)
     return out
 
 

@@ -12,9 +12,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyplane import __version__
 from keyplane.bootstrap import Keyplane
+from keyplane.core import scopes as sc
 from keyplane.core.policy import parse_networks
 from keyplane.logs import install_redaction
 from keyplane.web import (
+    contract,
     errors,
     refusals,
     routes_admin,
@@ -27,6 +29,7 @@ from keyplane.web import (
 )
 from keyplane.web.fastverify import VerifyFastPath
 from keyplane.web.limits import JsonDepthLimit, RequestLimits
+from keyplane.web.methods import AllowedMethods
 from keyplane.web.middleware import RequestContext
 
 DESCRIPTION = """Keyplane's API: keys, tenants, members, service accounts, groups, scopes,
@@ -38,7 +41,8 @@ class KeyplaneAPI(FastAPI):
     per-request telemetry checks included: the limits on what a request may make a worker hold
     (head and body size) first, then the verify fast path, which answers cache hits itself
     (with a request id and an access-log line), then request ids and the access log around
-    everything else (500s included), and the JSON nesting limit in front of the routes."""
+    everything else (500s included), ``Allow`` for OPTIONS and 405 answers, and the JSON
+    nesting limit in front of the routes."""
 
     _front: ASGIApp | None = None
 
@@ -47,7 +51,8 @@ class KeyplaneAPI(FastAPI):
         if front is None:
             kp = self.state.keyplane
             front = self._front = RequestLimits(
-                VerifyFastPath(RequestContext(JsonDepthLimit(super().__call__)), kp),
+                VerifyFastPath(RequestContext(AllowedMethods(
+                    JsonDepthLimit(super().__call__), self.router.routes)), kp),
                 kp.settings.max_body_bytes)
         await front(scope, receive, send)
 
@@ -104,4 +109,12 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
         return JSONResponse({"status": "ok", "invalidation": kp.propagation.mode,
                              "ratelimit": kp.limits.mode})
 
+    def scopes() -> contract.Scopes:
+        catalogue = kp.ctx.catalogue()
+        return {"tenant": tuple(sorted(s for s in catalogue.entries
+                                       if s not in sc.PLATFORM_SCOPES)),
+                "data": tuple(sorted(catalogue.data_scopes())),
+                "operator": tuple(sorted(sc.OPERATOR_KEY_SCOPES & set(catalogue.entries)))}
+
+    contract.install(app, scopes)
     return app

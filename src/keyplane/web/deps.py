@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.security import HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from keyplane.bootstrap import Keyplane
@@ -36,7 +37,13 @@ def bearer_credential(header: str | None) -> str | None:
     return value.strip().rpartition(":")[2]
 
 
-async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)]) -> Caller:
+# declares the credential in /openapi.json; ``caller`` reads and answers it itself
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="A Keyplane key: `Authorization: Bearer <key>`")
+
+
+async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)],
+                 _declared: Annotated[object, Depends(BEARER)] = None) -> Caller:
     """The authenticated credential; cache hits are answered on the event loop."""
     trusted = request.app.state.trusted_proxies
     raw = bearer(request)

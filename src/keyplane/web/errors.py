@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -49,8 +50,24 @@ def ratelimit_headers(retry_after: int, limit: int, remaining: int = 0) -> dict[
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """The field a pydantic error location names, without the location's kind and the tags
+    pydantic adds inside unions (a request model's class name, ``constrained-int`` …)."""
+    tags = _model_names()
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")
+             and not (isinstance(p, str) and (p in tags or "-" in p or "[" in p))]
     return ".".join(parts) or "body"
+
+
+@functools.cache
+def _model_names() -> frozenset[str]:
+    from keyplane.web.schemas import Body
+
+    names, stack = set(), list(Body.__subclasses__())
+    while stack:
+        model = stack.pop()
+        names.add(model.__name__)
+        stack.extend(model.__subclasses__())
+    return frozenset(names)
 
 
 def install(app: FastAPI) -> None:

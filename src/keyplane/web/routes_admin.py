@@ -5,6 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Path, Query, Response
 
+from keyplane.core import scopes as sc
 from keyplane.core.errors import NotFound
 from keyplane.core.model import PrincipalKind
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
@@ -143,7 +144,9 @@ def list_scopes(caller: CallerDep, kp: KeyplaneDep) -> dict[str, Any]:
             "next_cursor": None}
 
 
-ScopeName = Path(max_length=64, description="area:action")
+ScopeName = Path(max_length=64, description="area:action (lowercase)",
+                 json_schema_extra={"pattern": sc.SCOPE_RE.pattern.replace(r"\A", "^")
+                                    .replace(r"\Z", "$")})
 
 
 @router.put("/v1/scopes/{name}", tags=["scopes"], summary="Add or describe a scope (operator)")

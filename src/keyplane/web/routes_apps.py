@@ -2,32 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from keyplane.core.apps import MAX_REDIRECT_URIS, App, ConnectionView
+from keyplane.core.apps import MAX_REDIRECT_URIS, MAX_URI_LENGTH, App, ConnectionView
 from keyplane.oauth.wiring import ConnectedApps, connected
 from keyplane.services import validate as v
 from keyplane.web.deps import CallerDep, Cursor, Limit, TenantParam, page_out
-from keyplane.web.schemas import Body, ts
+from keyplane.web.schemas import Body, DataScope, Name, Text, ts
 
 router = APIRouter()
 SECRET_NOTE = "Copy the client secret now; it is shown only once."
 
 
+# what core.apps.web_uri accepts, as a pattern: https (http only on a loopback address), no
+# userinfo, fragment, spaces, quotes or control characters
+URI_PATTERN = (r"^(https://[!$%&'()*+,\-.0-9;=A-Z_a-z~]+|http://(127\.0\.0\.1|localhost|\[::1\]))"
+               r'(:[0-9]{1,4})?([/?][^\u0000-\u0020\u007F"<>\\^`{|}#]*)?$')
+WebUri = Annotated[str, Field(max_length=MAX_URI_LENGTH, json_schema_extra={
+    "pattern": URI_PATTERN})]
+
+
 class AppCreate(Body):
-    name: str = Field(max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
-    homepage: str = Field(max_length=2000)
-    redirect_uris: list[str] = Field(max_length=MAX_REDIRECT_URIS, description=(
-        "Exact redirect URIs: https, or http on a loopback address. Compared byte for byte."))
-    scopes: list[str] = Field(max_length=v.MAX_SCOPES, description="Data scopes from the catalogue")
+    name: Name
+    description: Text | None = None
+    homepage: WebUri
+    # minItems: stated for the schema; the service refuses an empty list in its own words
+    redirect_uris: list[WebUri] = Field(
+        max_length=MAX_REDIRECT_URIS, json_schema_extra={"minItems": 1}, description=(
+            "Exact redirect URIs: https, or http on a loopback address. Compared byte for byte."))
+    scopes: list[DataScope] = Field(max_length=v.MAX_SCOPES, json_schema_extra={"minItems": 1},
+                                    description="Data scopes from the catalogue")
 
 
 class Decision(Body):
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: Text | None = None
 
 
 class SecretRotate(Body):

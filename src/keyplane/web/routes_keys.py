@@ -11,7 +11,14 @@ from fastapi import APIRouter, Header, Query, Response
 
 from keyplane.core.model import ApiKey
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
-from keyplane.web.schemas import KeyCreate, KeyDuplicate, KeyPatch, KeyRotate, key_out
+from keyplane.web.schemas import (
+    KeyCreate,
+    KeyDuplicate,
+    KeyPatch,
+    KeyRotate,
+    OperatorKeyCreate,
+    key_out,
+)
 
 router = APIRouter(tags=["keys"])
 
@@ -45,11 +52,15 @@ def _routes(prefix: str, operator: bool) -> None:
     def tid(value: str | None) -> str | None:
         return None if operator else value
 
-    @router.post(prefix, status_code=201, summary="Create a key (the secret is shown once)")
     def create(body: KeyCreate, caller: CallerDep, kp: KeyplaneDep, response: Response,
                tenant_id: TenantParam = None) -> dict[str, Any]:
         issued = kp.keys.create(caller, tid(tenant_id), body.fields(), operator=operator)
         return tagged(response, issued.key, issued.secret)
+
+    # an operator key has no owner: its body has no owner_id (so the schema says so too)
+    create.__annotations__["body"] = OperatorKeyCreate if operator else KeyCreate
+    router.post(prefix, status_code=201, summary="Create a key (the secret is shown once)")(
+        create)
 
     @router.get(prefix, summary="List keys (newest first)")
     def list_keys(caller: CallerDep, kp: KeyplaneDep, tenant_id: TenantParam = None,

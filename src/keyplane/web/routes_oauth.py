@@ -34,7 +34,7 @@ from keyplane.oauth.metadata import (
 )
 from keyplane.oauth.server import AuthorizationServer, Member, run
 from keyplane.storage.sql.oauth_repositories import connected_repos
-from keyplane.web import net, pages
+from keyplane.web import contract, net, pages
 from keyplane.web.errors import ratelimit_headers
 
 router = APIRouter(tags=["oauth"])
@@ -224,18 +224,20 @@ def _slow_down(retry_after: int, limit: int) -> JSONResponse:
 
 
 @router.post(TOKEN_PATH, summary="Token endpoint (RFC 6749): authorization_code, refresh_token",
-             response_class=Response)
+             response_class=Response, responses=contract.oauth_errors())
 async def token(request: Request) -> Response:
     return await _endpoint(request, lambda srv, oreq: srv.create_token_response(oreq))
 
 
-@router.post(REVOKE_PATH, summary="Token revocation (RFC 7009)", response_class=Response)
+@router.post(REVOKE_PATH, summary="Token revocation (RFC 7009)", response_class=Response,
+             responses=contract.oauth_errors())
 async def revoke(request: Request) -> Response:
     return await _endpoint(request,
                            lambda srv, oreq: srv.create_endpoint_response("revocation", oreq))
 
 
-@router.post(INTROSPECT_PATH, summary="Token introspection (RFC 7662)", response_class=Response)
+@router.post(INTROSPECT_PATH, summary="Token introspection (RFC 7662)", response_class=Response,
+             responses=contract.oauth_errors())
 async def introspect(request: Request) -> Response:
     return await _endpoint(request,
                            lambda srv, oreq: srv.create_endpoint_response("introspection", oreq))

@@ -7,13 +7,54 @@ CIDRs parse, limits hold) and name the field on failure.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Share, Tenant
 from keyplane.services import shares
 from keyplane.services import validate as v
+from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD
+
+# Human-entered text: the services refuse invisible and bidirectional-control characters and
+# blank names (naming the field and the character); the schema states the same rule with the
+# same character class, so clients and contract tests know it.
+Name = Annotated[str, Field(max_length=v.MAX_NAME, json_schema_extra={
+    "pattern": v.NAME_PATTERN,
+    "description": "Not blank; no control, invisible or bidirectional-control characters"})]
+Text = Annotated[str, Field(max_length=v.MAX_DESCRIPTION, json_schema_extra={
+    "pattern": v.TEXT_PATTERN,
+    "description": "No control, invisible or bidirectional-control characters"})]
+ScopeDescription = Annotated[str, Field(max_length=200, json_schema_extra={
+    "pattern": v.NAME_PATTERN,
+    "description": "Not blank; no control, invisible or bidirectional-control characters"})]
+# an optional field that may be left out but not sent as null
+Absent = SkipJsonSchema[None]
+# bounds the services check (naming the field); stated here for the schema only
+Days = Annotated[int, Field(json_schema_extra={"minimum": 1, "maximum": v.MAX_DAYS})]
+Email = Annotated[str, Field(max_length=320, json_schema_extra={"pattern": v.EMAIL_PATTERN})]
+Password = Annotated[str, Field(json_schema_extra={"minLength": MIN_PASSWORD,
+                                                   "maxLength": MAX_PASSWORD})]
+# formats the services check with ``ipaddress``; the contract test teaches schemathesis them
+Cidr = Annotated[str, Field(max_length=49, json_schema_extra={
+    "format": "ip-network",
+    "description": "An IPv4 or IPv6 network in CIDR notation (10.0.0.0/8, 2001:db8::/32); "
+                   "a plain address means that one address"})]
+IpAddress = Annotated[str, Field(max_length=64, json_schema_extra={
+    "format": "ip-address", "description": "An IPv4 or IPv6 address"})]
+# scope names must be in the catalogue; /openapi.json lists the catalogue's names as an enum
+# ("x-keyplane-scopes": a kind of web/contract.py's Scopes, filled in when it is served)
+Scope = Annotated[str, Field(max_length=64, json_schema_extra={"x-keyplane-scopes": "tenant"})]
+OperatorScope = Annotated[str, Field(max_length=64,
+                                     json_schema_extra={"x-keyplane-scopes": "operator"})]
+DataScope = Annotated[str, Field(max_length=64, json_schema_extra={"x-keyplane-scopes": "data"})]
+ScopeList = Annotated[list[Scope], Field(max_length=v.MAX_SCOPES)]
+OperatorScopeList = Annotated[list[OperatorScope], Field(max_length=v.MAX_SCOPES)]
+DataScopeList = Annotated[list[DataScope], Field(max_length=v.MAX_SCOPES)]
+CidrList = Annotated[list[Cidr], Field(max_length=v.MAX_IPS)]
+IdList = Annotated[list[str], Field(max_length=v.MAX_GROUPS)]
 
 
 def unstorable(value: Any) -> str | None:
@@ -51,8 +92,27 @@ class Body(BaseModel):
             raise ValueError(problem)
         return value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON Schema counts 350.0 as an integer, so integer fields take it (never 350.5)."""
+        if isinstance(value, float) and value.is_integer() and info.field_name and \
+                _takes_int(cls.model_fields[info.field_name].annotation):
+            return int(value)
+        return value
+
     def fields(self) -> dict[str, Any]:
         return self.model_dump(exclude_unset=True)
+
+
+def _takes_int(annotation: Any) -> bool:
+    for option in (get_args(annotation) if get_origin(annotation) in (Union, UnionType)
+                   else (annotation,)):
+        if get_origin(option) is Annotated:
+            option = get_args(option)[0]
+        if option is int:
+            return True
+    return False
 
 
 class RateLimitIn(Body):
@@ -65,27 +125,33 @@ REMAINING = ("Usage quota: how many more successful verifications the key may pa
              "exactly across workers (null: no quota). At 0 verification answers RATE_LIMITED.")
 
 
-class KeyCreate(Body):
-    name: str = Field(max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
-    scopes: list[str] = Field(default_factory=list, max_length=v.MAX_SCOPES)
-    owner_id: str | None = Field(default=None, max_length=40)
-    expires_in_days: int | None = Field(default=90, ge=1, le=v.MAX_DAYS, description=(
-        "null: never (if policy allows); at most the tenant's max_expiry_days"))
-    allowed_ips: list[str] = Field(default_factory=list, max_length=v.MAX_IPS)
+class OperatorKeyCreate(Body):
+    """An operator key: it belongs to no tenant and has no owner."""
+
+    name: Name
+    description: Text | None = None
+    scopes: OperatorScopeList = Field(default_factory=list)
+    expires_in_days: Days | None = Field(default=90, description=(
+        "Days until the key expires; null: never, where the tenant's policy allows it"))
+    allowed_ips: CidrList = Field(default_factory=list)
     require_tls: bool = True
     ratelimit: RateLimitIn | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     remaining: int | None = Field(default=None, ge=0, le=v.MAX_REMAINING, description=REMAINING)
 
 
+class KeyCreate(OperatorKeyCreate):
+    scopes: ScopeList = Field(default_factory=list)
+    owner_id: str | None = Field(default=None, max_length=40)
+
+
 class KeyPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
-    scopes: list[str] | None = Field(default=None, max_length=v.MAX_SCOPES)
-    allowed_ips: list[str] | None = Field(default=None, max_length=v.MAX_IPS)
-    require_tls: bool | None = None
-    enabled: bool | None = None
+    name: Name | Absent = None
+    description: Text | None = None
+    scopes: ScopeList | Absent = None
+    allowed_ips: CidrList | Absent = None
+    require_tls: bool | Absent = None
+    enabled: bool | Absent = None
     ratelimit: RateLimitIn | None = None
     meta: dict[str, Any] | None = None
     remaining: int | None = Field(default=None, ge=0, le=v.MAX_REMAINING, description=REMAINING)
@@ -96,13 +162,13 @@ class KeyRotate(Body):
 
 
 class KeyDuplicate(Body):
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | Absent = None
 
 
 class Verify(Body):
     key: str = Field(max_length=400)
     scopes: list[str] = Field(default_factory=list, max_length=50)
-    ip: str | None = Field(default=None, max_length=64)
+    ip: IpAddress | None = None
     tls: bool | None = None
 
 
@@ -116,69 +182,69 @@ class UsageReport(Body):
 
 
 class Policy(Body):
-    default_expiry_days: int | None = Field(default=None, ge=1, le=v.MAX_DAYS)
-    max_expiry_days: int | None = Field(default=None, ge=1, le=v.MAX_DAYS)
-    allow_non_expiring: bool | None = None
-    allowed_ips: list[str] | None = Field(default=None, max_length=v.MAX_IPS)
-    require_tls_default: bool | None = None
-    leaked_key_action: Literal["revoke", "lock"] | None = Field(
+    default_expiry_days: Days | Absent = None
+    max_expiry_days: Days | None = None
+    allow_non_expiring: bool | Absent = None
+    allowed_ips: CidrList | None = None
+    require_tls_default: bool | Absent = None
+    leaked_key_action: Literal["revoke", "lock"] | Absent = Field(
         default=None, description="A key reported leaked is revoked at once (default) or "
         "locked (reversible) and its owner and the tenant's admins told")
 
 
 class TenantCreate(Body):
-    name: str = Field(max_length=200)
+    name: Name
     policy: Policy | None = None
 
 
 class TenantPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
-    enabled: bool | None = None
-    policy: Policy | None = None
+    name: Name | Absent = None
+    enabled: bool | Absent = None
+    policy: Policy | Absent = None
 
 
 Roles = Literal["admin", "member", "read_only"]
 
 
 class MemberCreate(Body):
-    email: str = Field(max_length=320)
-    name: str | None = Field(default=None, max_length=200)
+    email: Email
+    name: Name | None = None
     role: Roles = "member"
-    password: str | None = Field(default=None, max_length=1024)
-    group_ids: list[str] = Field(default_factory=list, max_length=v.MAX_GROUPS)
+    password: Password | Absent = None
+    group_ids: IdList = Field(default_factory=list)
 
 
 class MemberPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
-    role: Roles | None = None
-    enabled: bool | None = None
-    password: str | None = Field(default=None, max_length=1024)
-    group_ids: list[str] | None = Field(default=None, max_length=v.MAX_GROUPS)
+    name: Name | Absent = None
+    role: Roles | Absent = None
+    enabled: bool | Absent = None
+    password: Password | Absent = None
+    group_ids: IdList | Absent = None
 
 
 class ServiceAccountCreate(Body):
-    name: str = Field(max_length=200)
+    name: Name
     role: Roles = "member"
-    group_ids: list[str] = Field(default_factory=list, max_length=v.MAX_GROUPS)
+    group_ids: IdList = Field(default_factory=list)
 
 
 class ServiceAccountPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
-    role: Roles | None = None
-    enabled: bool | None = None
-    group_ids: list[str] | None = Field(default=None, max_length=v.MAX_GROUPS)
+    name: Name | Absent = None
+    role: Roles | Absent = None
+    enabled: bool | Absent = None
+    group_ids: IdList | Absent = None
 
 
 class GroupCreate(Body):
-    name: str = Field(max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
-    scopes: list[str] = Field(default_factory=list, max_length=v.MAX_SCOPES)
+    name: Name
+    description: Text | None = None
+    scopes: DataScopeList = Field(default_factory=list)
 
 
 class GroupPatch(Body):
-    name: str | None = Field(default=None, max_length=200)
-    description: str | None = Field(default=None, max_length=1000)
-    scopes: list[str] | None = Field(default=None, max_length=v.MAX_SCOPES)
+    name: Name | Absent = None
+    description: Text | None = None
+    scopes: DataScopeList | Absent = None
 
 
 class ShareCreate(Body):
@@ -191,7 +257,7 @@ class ShareCreate(Body):
 
 
 class ScopePut(Body):
-    description: str = Field(max_length=200)
+    description: ScopeDescription
 
 
 def ts(value: datetime | None) -> str | None:
