@@ -3,6 +3,7 @@ each 4xx an operation can give, and schemathesis ``--checks all`` finding nothin
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -108,6 +109,7 @@ def test_schemathesis_checks_all_find_nothing(contract_server: tuple[str, str],
     failures = run.stdout.partition("FAILURES")[2][:15000]  # each failure, with a curl line
     assert run.returncode == 0, (failures or run.stderr[-3000:]) + summary
     assert "failures" not in summary.rsplit("SUMMARY", 1)[-1].lower(), summary
-    assert re.search(r"Tested: 5\d", summary), summary  # every operation was exercised
-    report: dict[str, Any] = __import__("json").loads((tmp_path / "report.json").read_text())
+    report: dict[str, Any] = json.loads((tmp_path / "report.json").read_text())
     assert report.get("failures") in ([], {}, None, 0), report.get("failures")
+    operations = report["operations"]  # every operation was exercised
+    assert operations["tested"] == operations["total"] >= 58, operations

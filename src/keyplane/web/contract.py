@@ -35,7 +35,9 @@ OAUTH_ERROR = {  # RFC 6749 §5.2: the OAuth endpoints answer in OAuth's own sha
 
 
 def _seconds(description: str) -> dict[str, Any]:
-    return {"description": description, "schema": {"type": "integer", "minimum": 0}}
+    """A header every such answer carries (every 429 sends all of them)."""
+    return {"description": description, "required": True,
+            "schema": {"type": "integer", "minimum": 0}}
 
 
 RETRY_AFTER = {"Retry-After": _seconds("Seconds to wait before trying again")}

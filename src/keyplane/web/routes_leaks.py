@@ -19,28 +19,18 @@ from starlette.responses import JSONResponse
 from keyplane.core.errors import ValidationError
 from keyplane.core.rights import Caller, CredentialKind
 from keyplane.services.leaks import parse_reports
-from keyplane.web import net
+from keyplane.web import contract, net
 from keyplane.web.deps import KeyplaneDep
-from keyplane.web.errors import error_body
 
 router = APIRouter(tags=["secret scanning"])
 
-MAX_REPORT_BYTES = 1 << 20  # 1 MiB
-
-
-async def bounded_body(request: Request, limit: int) -> bytes | None:
-    """The raw body, or None when it is larger than ``limit`` bytes (read no further)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+REPORT_SCHEMA = {"type": "array", "maxItems": 1000, "items": {
+    "type": "object", "required": ["token"], "properties": {
+        "token": {"type": "string"}, "type": {"type": "string"}, "url": {"type": "string"},
+        "source": {"type": "string"}}}}
+LABELS = {"type": "array", "items": {"type": "object", "properties": {
+    "token_raw": {"type": "string"}, "token_type": {"type": "string"},
+    "label": {"enum": ["true_positive", "false_positive"]}}}}
 
 
 @router.post(
@@ -50,13 +40,20 @@ async def bounded_body(request: Request, limit: int) -> bytes | None:
     "1 MiB), signed over the raw body: base64 DER signature in `Github-Public-Key-Signature`, "
     "key id in `Github-Public-Key-Identifier`. Answers `[{\"token_raw\", \"token_type\", "
     "\"label\"}]`. 401: bad signature or unknown key id; 409: a replayed body.",
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": REPORT_SCHEMA}}}},
+    responses={
+        200: {"description": "A label for every token",
+              "content": {"application/json": {"schema": LABELS}}},
+        401: contract.error("No, a bad or an unknown signature (Github-Public-Key-*)"),
+        409: contract.error("This very body was accepted already (a replay)"),
+        413: contract.error("The report is larger than KEYPLANE_MAX_BODY_BYTES"),
+        422: contract.error("Not a list of reports, or more than 1000 tokens"),
+        503: contract.error("Secret scanning is not configured, or its keys cannot be loaded"),
+    },
 )
 async def report(request: Request, kp: KeyplaneDep) -> JSONResponse:
-    body = await bounded_body(request, MAX_REPORT_BYTES)
-    if body is None:
-        return JSONResponse(error_body("body_too_large",
-                                       f"the report must be at most {MAX_REPORT_BYTES} bytes"),
-                            status_code=413)
+    body = await request.body()  # bounded by KEYPLANE_MAX_BODY_BYTES before it is read
     key_id = request.headers.get("github-public-key-identifier")
     signature = request.headers.get("github-public-key-signature")
     await run_in_threadpool(kp.scanning_keys.check, body, key_id, signature)

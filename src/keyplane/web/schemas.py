@@ -40,8 +40,9 @@ Password = Annotated[str, Field(json_schema_extra={"minLength": MIN_PASSWORD,
 # formats the services check with ``ipaddress``; the contract test teaches schemathesis them
 Cidr = Annotated[str, Field(max_length=49, json_schema_extra={
     "format": "ip-network",
-    "description": "An IPv4 or IPv6 network in CIDR notation (10.0.0.0/8, 2001:db8::/32); "
-                   "a plain address means that one address"})]
+    "description": "An IPv4 or IPv6 network in CIDR notation (10.0.0.0/8, 2001:db8::/32) with "
+                   "its host bits zero, no leading zeros and no zone id; a plain address means "
+                   "that one address"})]
 IpAddress = Annotated[str, Field(max_length=64, json_schema_extra={
     "format": "ip-address", "description": "An IPv4 or IPv6 address"})]
 # scope names must be in the catalogue; /openapi.json lists the catalogue's names as an enum
@@ -249,11 +250,15 @@ class GroupPatch(Body):
 
 class ShareCreate(Body):
     ciphertext: str = Field(
-        max_length=shares.MAX_CIPHERTEXT, description="Unpadded base64url of iv (12 bytes) || "
-        "AES-GCM ciphertext || tag (16 bytes); the key stays in the link's fragment")
+        max_length=shares.MAX_CIPHERTEXT, json_schema_extra={
+            # unpadded base64url of at least iv + tag + one byte (29 bytes: 39 characters)
+            "minLength": 39, "pattern": "^(?:[A-Za-z0-9_-]{4})*(?:[A-Za-z0-9_-]{2,3})?$"},
+        description="Unpadded base64url of iv (12 bytes) || AES-GCM ciphertext || tag "
+        "(16 bytes); the key stays in the link's fragment")
     expires_in_seconds: int = Field(default=shares.DEFAULT_SECONDS, ge=shares.MIN_SECONDS,
                                     le=shares.MAX_SECONDS)
-    note: str | None = Field(default=None, max_length=shares.MAX_NOTE)
+    note: Annotated[str, Field(max_length=shares.MAX_NOTE, json_schema_extra={
+        "pattern": v.TEXT_PATTERN})] | None = None
 
 
 class ScopePut(Body):
