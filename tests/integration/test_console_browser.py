@@ -11,7 +11,7 @@ Skipped when /usr/bin/chromium or Playwright is missing, except in CI
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,8 @@ from keyplane.bootstrap import Keyplane
 from tests.conftest import Tenant, auth, make_tenant
 from tests.integration import test_oauth_browser as oauth_browser
 from tests.integration.console_support import MEMBER_PASSWORD, add_member, verify
-from tests.integration.test_oauth_browser import (
-    BOUND,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    _missing_browser,
-    bearer,
-)
-from tests.support import REQUIRE_SERVICES, RunningServer
+from tests.integration.test_oauth_browser import BOUND, bearer
+from tests.support import RunningServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,23 +31,6 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 AXE = (ROOT / "tests" / "vendor" / "axe-core" / "axe.min.js").read_text()
 PHONE = {"width": 390, "height": 844}
 crm = oauth_browser.crm  # the example CRM behind the SDK middleware (a fixture)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    missing = _missing_browser()
-    if missing:
-        if REQUIRE_SERVICES:
-            pytest.fail(missing)
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def accessible(page: Any) -> None:

@@ -22,42 +22,11 @@ import httpx2
 import pytest
 
 from tests.conftest import Tenant, auth
-from tests.support import REQUIRE_SERVICES, RunningServer, start_server
+from tests.support import RunningServer, start_server
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 BOUND = 5.0  # seconds for a revocation to reach the SDK process (its p99 is far lower)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def _missing_browser() -> str | None:
-    if not os.path.exists(CHROMIUM):
-        return f"{CHROMIUM} is not installed (apt-get install -y chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install playwright)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    missing = _missing_browser()
-    if missing:
-        if REQUIRE_SERVICES:
-            pytest.fail(missing)
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 class Callback:

@@ -21,7 +21,6 @@ from keyplane.core import sealed, tokens
 from keyplane.core.rights import SYSTEM
 from keyplane.storage.sql.safety import shares
 from tests.conftest import Tenant, auth, make_tenant, serving
-from tests.integration.test_oauth_browser import chromium  # noqa: F401  (the browser)
 from tests.support import SettableClock
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -89,7 +88,7 @@ def page_text(browser: Any, link: str) -> tuple[str, int]:
         page.close()
 
 
-def test_cli_share_links_decrypt_in_the_browser_once(site: Site, chromium: Any) -> None:  # noqa: F811
+def test_cli_share_links_decrypt_in_the_browser_once(site: Site, chromium: Any) -> None:
     tid = site.tenant.id
     made = site.cli("keys", "create", "--tenant", tid, "--name", "zapier", "--share")
     assert "key" not in made  # the secret is not printed, only the link
@@ -118,7 +117,7 @@ def test_cli_share_links_decrypt_in_the_browser_once(site: Site, chromium: Any) 
 
 
 def test_expired_withdrawn_and_incomplete_links_fail_in_the_browser(
-        site: Site, chromium: Any, clock: SettableClock) -> None:  # noqa: F811
+        site: Site, chromium: Any, clock: SettableClock) -> None:
     mk = site.tenant.management_key
     base = str(site.http.base_url).rstrip("/")
 

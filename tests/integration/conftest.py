@@ -1,0 +1,3 @@
+"""Fixtures shared by the integration suites (the root conftest holds the storage-backed ones)."""
+
+from tests.integration.browser import chromium  # noqa: F401  (Debian's Chromium, for browser tests)
