@@ -10,6 +10,7 @@ Skipped when /usr/bin/chromium or Playwright is missing, except in CI
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,9 +48,11 @@ def accessible(page: Any) -> None:
 
 @pytest.fixture
 def shot(database: tuple[str, str | None], tmp_path: Path) -> Callable[..., None]:
-    """Saves a screenshot: the README's, under docs/screenshots/, from the SQLite run (one
-    write per test run); the PostgreSQL run's go to the test's temporary folder."""
-    folder = SCREENSHOTS if database[1] is None else tmp_path
+    """Saves a screenshot of each main page: the README's, under docs/screenshots/, from the
+    SQLite run when ``KEYPLANE_UPDATE_SCREENSHOTS=1`` (so a plain test run leaves the work tree
+    as it was); otherwise in the test's temporary folder."""
+    refresh = os.environ.get("KEYPLANE_UPDATE_SCREENSHOTS") == "1" and database[1] is None
+    folder = SCREENSHOTS if refresh else tmp_path
 
     def save(page: Any, name: str, full_page: bool = True) -> None:
         folder.mkdir(parents=True, exist_ok=True)
