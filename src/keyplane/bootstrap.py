@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -15,21 +16,27 @@ from keyplane.cache.redis_bus import Propagation
 from keyplane.config import Settings
 from keyplane.core.ports import Clock, SystemClock
 from keyplane.core.tokens import Hasher, valid_prefix
+from keyplane.core.webhooks import RetryPolicy
 from keyplane.oauth.wiring import install as install_connected_apps
+from keyplane.outbound import HttpSender, SystemResolver
 from keyplane.peppers import load_peppers
+from keyplane.sealing import PepperSealer
 from keyplane.services.audit import AuditService
 from keyplane.services.catalogue import CatalogueService, load_toml
 from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
+from keyplane.services.delivery import DeliveryWorker
 from keyplane.services.keys import KeyService
 from keyplane.services.principals import GroupService, PrincipalService
 from keyplane.services.tenants import TenantService
 from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
+from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
 from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
+from keyplane.storage.sql.webhook_repositories import webhook_repo
 
 log = logging.getLogger("keyplane")
 
@@ -54,6 +61,9 @@ class Keyplane:
     propagation: Propagation  # other workers' changes reach this one's caches
     limits: LimitStore  # rate-limit counts: Redis or memory
     throttle: FailureThrottle  # slows repeated failures per client address
+    webhooks: WebhookService
+    deliveries: DeliveryWorker  # sends the outbox; runs in serve (unless disabled) and worker
+    sender: HttpSender
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -62,14 +72,18 @@ class Keyplane:
         )
         self.usage.start()
         self.propagation.start()
+        if self.settings.webhook_worker:
+            self.deliveries.start()
 
     def stop(self) -> None:
+        self.deliveries.stop()
         self.propagation.stop()
         self.usage.stop()
 
     def close(self) -> None:
         self.stop()
         self.limits.close()
+        self.sender.close()
         self.engine.dispose()
 
 
@@ -88,12 +102,27 @@ def build(
     )
     if migrate_db:
         migrate.upgrade(engine)
+    peppers = load_peppers(settings)
+    policy = RetryPolicy(
+        base=timedelta(seconds=settings.webhook_retry_base_seconds),
+        cap=timedelta(seconds=settings.webhook_retry_max_seconds),
+        window=timedelta(seconds=settings.webhook_retry_window_seconds),
+        disable_after=timedelta(seconds=settings.webhook_disable_after_seconds),
+    )
+    outbox = Outbox(webhook_repo, clock, policy)
     ctx = Context(
         uow=partial(SqlUnitOfWork, engine, clock),
         clock=clock,
-        hasher=Hasher(load_peppers(settings)),
+        hasher=Hasher(peppers),
         key_prefix=settings.key_prefix,
+        events=outbox,
     )
+    sealer = PepperSealer(peppers)
+    allow_private = settings.webhook_allow_private_targets
+    sender = HttpSender(timeout=settings.webhook_timeout_seconds,
+                        max_response_bytes=settings.webhook_max_response_bytes,
+                        allow_private=allow_private,
+                        max_connections=max(20, settings.webhook_concurrency))
     usage_store = SqlUsageStore()
     usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds, store=usage_store)
     cache = VerificationCache(settings.cache_size, settings.cache_ttl_seconds,
@@ -130,6 +159,14 @@ def build(
         limits=limits,
         throttle=FailureThrottle(limits, ctx, limit=settings.failure_limit,
                                  window=settings.failure_window_seconds),
+        webhooks=WebhookService(ctx, webhook_repo, sealer, SystemResolver(), outbox,
+                                allow_private=allow_private),
+        deliveries=DeliveryWorker(
+            ctx, webhook_repo, outbox, sender, sealer, policy,
+            lease=timedelta(seconds=settings.webhook_lease_seconds),
+            concurrency=settings.webhook_concurrency,
+            poll_seconds=settings.webhook_poll_seconds),
+        sender=sender,
     )
     install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
     return kp

@@ -20,6 +20,7 @@ from keyplane.web import (
     routes_keys,
     routes_usage,
     routes_verify,
+    routes_webhooks,
 )
 from keyplane.web.fastverify import VerifyFastPath
 from keyplane.web.middleware import RequestContext
@@ -67,6 +68,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(routes_usage.router)
     app.include_router(routes_changes.router)
     app.include_router(routes_admin.router)
+    app.include_router(routes_webhooks.router)
     from keyplane.web import routes_apps, routes_oauth, routes_session  # connected apps
 
     app.include_router(routes_apps.router)

@@ -6,12 +6,13 @@ CIDRs parse, limits hold) and name the field on failure.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Tenant
+from keyplane.core.views import key_view
+from keyplane.core.views import ts as ts  # re-exported for the routes
 
 
 def unstorable(value: Any) -> str | None:
@@ -178,29 +179,8 @@ class ScopePut(Body):
     description: str = Field(max_length=200)
 
 
-def ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def key_out(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": key.id, "object": "key", "tenant_id": key.tenant_id, "owner_id": key.owner_id,
-        "name": key.name, "description": key.description, "prefix": key.prefix,
-        "start": key.start, "scopes": list(key.scopes), "created_by": key.created_by,
-        "created_at": ts(key.created_at), "updated_at": ts(key.updated_at),
-        "last_used_at": ts(key.last_used_at), "expires_at": ts(key.expires_at),
-        "allowed_ips": list(key.allowed_ips), "require_tls": key.require_tls,
-        "enabled": key.enabled,
-        "ratelimit": (
-            {"limit": key.ratelimit.limit, "window_seconds": key.ratelimit.window_seconds}
-            if key.ratelimit else None
-        ),
-        "meta": key.meta,
-        "remaining": key.remaining,
-        "previous_secret_expires_at": ts(key.previous_expires_at),
-    }
+    out = key_view(key)
     if secret is not None:
         out["key"] = secret
     return out

@@ -1,0 +1,207 @@
+"""The delivery worker: claims due deliveries, signs and sends them, records the outcome.
+
+It runs as a thread in every ``keyplane serve`` process and in ``keyplane worker``. All of its
+state is in the database: a delivery is claimed with a lease (``lease_until``) that outlives
+the attempt; a worker killed mid-attempt leaves the lease to expire and another worker (or the
+restarted one) sends it again with the same ``webhook-id``. Delivery is at least once.
+
+Failures are retried with exponential backoff and jitter until the delivery's window (24 h by
+default) ends. An endpoint whose every attempt failed for ``disable_after`` (24 h by default,
+counted from the first event it failed to take) is disabled with a reason the admin sees, and a
+``webhook.disabled`` event goes to the tenant's other endpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+
+from standardwebhooks import Webhook as Signer
+
+from keyplane.core.ports import (
+    Clock,
+    Sealer,
+    SystemClock,
+    UnitOfWork,
+    WebhookRepos,
+    WebhookSender,
+)
+from keyplane.core.rights import SYSTEM
+from keyplane.core.views import webhook_view
+from keyplane.core.webhooks import Claimed, DeliveryStatus, Outcome, RetryPolicy
+from keyplane.services.context import Context
+from keyplane.services.webhooks import Outbox
+
+log = logging.getLogger("keyplane.webhooks")
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:g} hours" if hours != 1 else "1 hour"
+
+
+class DeliveryWorker:
+    def __init__(self, ctx: Context, repos: WebhookRepos, outbox: Outbox, sender: WebhookSender,
+                 sealer: Sealer, policy: RetryPolicy, *, lease: timedelta, concurrency: int,
+                 poll_seconds: float, wall: Clock | None = None) -> None:
+        self.ctx = ctx
+        self.repos = repos
+        self.sender = sender
+        self.sealer = sealer
+        self.policy = policy
+        self.lease = lease
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        # webhook-timestamp is real time (receivers check it against theirs), whatever clock
+        # schedules the retries
+        self.wall = wall or SystemClock()
+        self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight = 0
+        self._lock = threading.Lock()
+        outbox.listeners.append(self._wake.set)
+
+    # -- one delivery --------------------------------------------------------------------------
+
+    def claim(self, limit: int) -> list[Claimed]:
+        now = self.ctx.clock.now()
+        with self.ctx.uow() as uow:
+            claimed = self.repos(uow).claim(self.owner, now, now + self.lease, limit)
+            uow.commit()
+        return claimed
+
+    def headers(self, c: Claimed) -> dict[str, str]:
+        """Standard Webhooks headers; one signature per live secret (new one first)."""
+        at = self.wall.now()
+        signatures = [Signer(self.sealer.unseal(s, c.webhook_id)).sign(c.event_id, at, c.payload)
+                      for s in c.secrets]
+        return {"webhook-id": c.event_id, "webhook-timestamp": str(int(at.timestamp())),
+                "webhook-signature": " ".join(signatures), "content-type": "application/json"}
+
+    def attempt(self, c: Claimed) -> Outcome:
+        try:
+            headers = self.headers(c)
+        except Exception:  # e.g. its pepper was removed: say so, never the secret
+            log.exception("webhook %s: cannot open its signing secret", c.webhook_id)
+            return Outcome(None, 0, "the signing secret cannot be decrypted with the "
+                                    "configured peppers")
+        return self.sender.send(c.url, headers, c.payload.encode())
+
+    def record(self, c: Claimed, outcome: Outcome) -> None:
+        now = self.ctx.clock.now()
+        if outcome.ok:
+            status, retry_at = DeliveryStatus.SUCCEEDED, None
+        else:
+            retry_at = self.policy.next_attempt(now, c.attempts + 1, c.deadline)
+            status = DeliveryStatus.PENDING if retry_at else DeliveryStatus.FAILED
+        with self.ctx.uow() as uow:
+            repo = self.repos(uow)
+            if not repo.record(c.delivery_id, self.owner, outcome, now, status=status,
+                               next_attempt_at=retry_at):
+                return  # the lease was lost (and the delivery taken over): nothing to add
+            if outcome.ok:
+                repo.mark_success(c.webhook_id)
+            else:
+                self._failed(uow, c, outcome, now)
+            uow.commit()
+
+    def _failed(self, uow: UnitOfWork, c: Claimed, outcome: Outcome, now: datetime) -> None:
+        repo = self.repos(uow)
+        w = repo.get(c.tenant_id, c.webhook_id, for_update=True)
+        if w is None:
+            return
+        w.consecutive_failures += 1
+        first_due = c.deadline - self.policy.window  # when this event was first due
+        if w.failing_since is None or first_due < w.failing_since:
+            w.failing_since = first_due
+        if w.enabled and self.policy.should_disable(w.failing_since, now):
+            w.enabled = False
+            w.disabled_at = now
+            w.disabled_reason = (
+                f"every delivery attempt failed for {_hours(self.policy.disable_after)} "
+                f"({w.consecutive_failures} attempts; last: {outcome.describe()})")[:500]
+            repo.update(w)
+            self.ctx.audit(uow, SYSTEM, "webhook.disabled", w.id,
+                           tenant_id=w.tenant_id, reason=w.disabled_reason,
+                           subject=webhook_view(w))
+            log.warning("webhook %s disabled: %s", w.id, w.disabled_reason)
+        else:
+            repo.update(w)
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def deliver_due(self) -> int:
+        """Claims and sends what is due now, until nothing is (tests, benchmarks, CLI)."""
+        total = 0
+        pool = self._pool or ThreadPoolExecutor(self.concurrency)
+        try:
+            while True:
+                claimed = self.claim(self.concurrency)
+                if not claimed:
+                    return total
+                outcomes = list(pool.map(self.attempt, claimed))
+                for c, o in zip(claimed, outcomes, strict=True):
+                    self.record(c, o)
+                total += len(claimed)
+        finally:
+            if pool is not self._pool:
+                pool.shutdown()
+
+    def _one(self, c: Claimed) -> None:
+        try:
+            self.record(c, self.attempt(c))
+        except Exception:  # the lease expires and the delivery is sent again
+            log.exception("webhook delivery %s: recording failed", c.delivery_id)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+            self._wake.set()
+
+    def _run(self) -> None:
+        assert self._pool is not None
+        while not self._stop.is_set():
+            self._wake.clear()
+            with self._lock:
+                free = self.concurrency - self._inflight
+            claimed: list[Claimed] = []
+            if free > 0:
+                try:
+                    claimed = self.claim(free)
+                except Exception:
+                    log.exception("webhook deliveries: claiming failed; retrying")
+                    self._stop.wait(self.poll_seconds)
+                    continue
+                for c in claimed:
+                    with self._lock:
+                        self._inflight += 1
+                    self._pool.submit(self._one, c)
+            if not claimed:
+                self._wake.wait(self.poll_seconds)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="keyplane-webhook")
+        self._thread = threading.Thread(target=self._run, name="keyplane-webhooks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops claiming; attempts under way finish and are recorded."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        self._wake.set()
+        thread.join(timeout=30)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
