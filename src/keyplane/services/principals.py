@@ -9,6 +9,7 @@ from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.model import Group, Page, Principal, PrincipalKind, Role
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller
+from keyplane.core.views import key_view, principal_view
 from keyplane.services import validate as v
 from keyplane.services.context import Context
 from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_password
@@ -79,7 +80,8 @@ class PrincipalService:
             )
             uow.principals.add(principal)
             self.ctx.audit(
-                uow, caller, f"{kind.value}.created", principal.id, tenant_id=tid, role=role.value
+                uow, caller, f"{kind.value}.created", principal.id, tenant_id=tid, role=role.value,
+                subject=principal_view(principal),
             )
             uow.commit()
         return principal
@@ -143,6 +145,7 @@ class PrincipalService:
                 principal.id,
                 tenant_id=tid,
                 fields=sorted(set(body) - {"password"}),
+                subject=principal_view(principal),
             )
             self.ctx.changed(uow, "principal", principal.id)
             uow.commit()
@@ -165,6 +168,8 @@ class PrincipalService:
                     key.updated_at = now
                     uow.keys.update(key)
                     revoked.append(key_id)
+                    self.ctx.audit(uow, caller, "key.revoked", key_id, tenant_id=tid,
+                                   reason="owner_deleted", subject=key_view(key))
                     self.ctx.changed(uow, "key", key_id)
             uow.principals.delete(tid, principal.id)
             self.ctx.audit(
@@ -174,6 +179,7 @@ class PrincipalService:
                 principal.id,
                 tenant_id=tid,
                 revoked_keys=revoked,
+                subject=principal_view(principal),
             )
             self.ctx.changed(uow, "principal", principal.id)
             uow.commit()

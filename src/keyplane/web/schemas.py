@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Tenant
-from keyplane.core.views import key_view
+from keyplane.core.views import key_view, principal_view
 from keyplane.core.views import ts as ts  # re-exported for the routes
 
 
@@ -200,15 +200,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
 
 
 def principal_out(p: Principal) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": p.id, "object": p.kind.value, "tenant_id": p.tenant_id, "name": p.name,
-        "role": p.role.value, "enabled": p.enabled, "group_ids": p.group_ids,
-        "created_at": ts(p.created_at),
-    }
-    if p.email is not None:
-        out["email"] = p.email
-        out["has_password"] = p.password_hash is not None
-    return out
+    return principal_view(p)
 
 
 def group_out(g: Group) -> dict[str, Any]:

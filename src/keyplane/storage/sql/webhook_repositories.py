@@ -123,17 +123,22 @@ class SqlWebhooks:
 
     # -- the worker --------------------------------------------------------------------------
 
-    def claim(self, owner: str, now: datetime, lease_until: datetime,
-              limit: int) -> list[Claimed]:
-        due = (
+    @staticmethod
+    def _due(now: datetime) -> sa.Select[Any]:
+        return (
             sa.select(D.id)
             .select_from(webhook_deliveries.join(webhooks, W.id == D.webhook_id))
             .where(D.status == DeliveryStatus.PENDING.value, D.next_attempt_at <= now,
                    sa.or_(D.lease_until.is_(None), D.lease_until <= now),
                    W.enabled.is_(True))
-            .order_by(D.next_attempt_at)
-            .limit(limit)
         )
+
+    def due(self, now: datetime) -> bool:
+        return self.conn.execute(self._due(now).limit(1)).first() is not None
+
+    def claim(self, owner: str, now: datetime, lease_until: datetime,
+              limit: int) -> list[Claimed]:
+        due = self._due(now).order_by(D.next_attempt_at).limit(limit)
         if self.conn.dialect.name == "postgresql":
             due = due.with_for_update(of=webhook_deliveries, skip_locked=True)
         ids = [i for (i,) in self.conn.execute(due)]
