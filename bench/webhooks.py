@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -43,53 +44,79 @@ from keyplane.core.rights import SYSTEM
 KEYPLANE = Path(sys.executable).with_name("keyplane")
 
 
+def serve_receiver(port: int, secrets_path: str, out_path: str) -> None:
+    """The receiver process: verifies each request and appends ``id arrival stamp`` (or
+    ``invalid``) to ``out_path``, one line per delivery."""
+    verifiers = {path: Webhook(secret)
+                 for path, secret in json.loads(Path(secrets_path).read_text()).items()}
+    out = open(out_path, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            arrived = time.time()
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            try:
+                payload = verifiers[self.path].verify(body, headers)
+                stamp = datetime.fromisoformat(payload["timestamp"].replace("Z", "+00:00"))
+                line = f"{headers['webhook-id']} {arrived} {stamp.timestamp()}\n"
+            except (WebhookVerificationError, KeyError):
+                line = "invalid\n"
+            with lock:
+                out.write(line)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
 class Receiver:
-    """Records (webhook-id, arrival time) and whether the signature verified."""
+    """The receiver, in its own process so it does not share a GIL with the writers."""
 
-    def __init__(self) -> None:
-        self.secrets: dict[str, Webhook] = {}  # path -> verifier
-        self.arrivals: list[tuple[str, float, float]] = []  # (id, arrival, event timestamp)
-        self.invalid = 0
-        self.lock = threading.Lock()
-        receiver = self
+    def __init__(self, tmp: Path, secrets: dict[str, str], port: int) -> None:
+        self.port = port
+        (tmp / "secrets.json").write_text(json.dumps(secrets))
+        self.out = tmp / "arrivals.txt"
+        self.out.touch()
+        self.seen = 0
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve-receiver", str(self.port),
+             str(tmp / "secrets.json"), str(self.out)])
+        deadline = time.monotonic() + 20
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("the receiver did not start")
+            time.sleep(0.05)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                arrived = time.time()
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                try:
-                    payload = receiver.secrets[self.path].verify(body, headers)
-                    row = (headers["webhook-id"], arrived,
-                           datetime.fromisoformat(payload["timestamp"].replace("Z", "+00:00"))
-                           .timestamp())
-                    with receiver.lock:
-                        receiver.arrivals.append(row)
-                except (WebhookVerificationError, KeyError):
-                    with receiver.lock:
-                        receiver.invalid += 1
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def lines(self) -> list[str]:
+        return [line for line in self.out.read_text().splitlines() if line]
 
     def count(self) -> int:
-        with self.lock:
-            return len(self.arrivals)
+        return len(self.lines()) - self.seen
 
-    def take(self) -> list[tuple[str, float, float]]:
-        with self.lock:
-            out, self.arrivals = self.arrivals, []
-        return out
+    def take(self) -> tuple[list[tuple[str, float, float]], int]:
+        """The deliveries since the last take, and how many failed verification."""
+        lines = self.lines()
+        fresh, self.seen = lines[self.seen:], len(lines)
+        rows = [(i, float(a), float(t)) for i, a, t in
+                (line.split() for line in fresh if line != "invalid")]
+        return rows, sum(1 for line in fresh if line == "invalid")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
 
 
 def write_events(kp: Keyplane, tenant_id: str, owner_id: str, count: int,
@@ -140,14 +167,18 @@ def main() -> None:
                 "log_level": "warning"}
     kp = build(Settings(**settings, webhook_worker=False), migrate_db=True)  # type: ignore[arg-type]
     kp.catalogue.seed()
-    receiver = Receiver()
     tenant = kp.tenants.create(SYSTEM, {"name": "Bench"})
     owner = kp.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
                                  {"name": "bench"})
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    secrets = {}
     for n in range(args.endpoints):
         issued = kp.webhooks.create(SYSTEM, tenant.id, {
-            "url": f"http://127.0.0.1:{receiver.port}/e{n}", "events": ["key.created"]})
-        receiver.secrets[f"/e{n}"] = Webhook(issued.secret)
+            "url": f"http://127.0.0.1:{port}/e{n}", "events": ["key.created"]})
+        secrets[f"/e{n}"] = issued.secret
+    receiver = Receiver(tmp, secrets, port)
     expected = args.events * args.endpoints
     env = {**os.environ, **{"KEYPLANE_" + k.upper(): v for k, v in settings.items()}}
 
@@ -162,7 +193,7 @@ def main() -> None:
     worker = subprocess.Popen([str(KEYPLANE), "worker"], env=env, stdout=subprocess.DEVNULL)
     try:
         wait_for(receiver, expected, 300)
-        backlog = receiver.take()
+        backlog, invalid = receiver.take()
         first = min(a for _, a, _ in backlog)
         last = max(a for _, a, _ in backlog)
         print(f"events written: {args.events / wrote:,.0f}/s (each a key created, with its "
@@ -174,7 +205,8 @@ def main() -> None:
         time.sleep(1.0)
         start = write_events(kp, tenant.id, owner.id, args.events, args.writers)
         wait_for(receiver, expected, 300)
-        burst = receiver.take()
+        burst, more_invalid = receiver.take()
+        invalid += more_invalid
         lags = [(arrived - stamped) * 1000 for _, arrived, stamped in burst]
         end = max(a for _, a, _ in burst)
         print(f"burst:          {len(burst) / (end - start):,.0f} deliveries/s from the first "
@@ -182,20 +214,23 @@ def main() -> None:
         print(f"outbox lag:     p50 {statistics.median(lags):.0f} ms, p99 {pct(lags, 99):.0f} ms,"
               f" max {max(lags):.0f} ms (event committed -> received)")
         dupes = len(burst) + len(backlog) - len({i for i, _, _ in burst + backlog})
-        print(f"signatures:     {receiver.invalid} invalid; {dupes} duplicate deliveries")
+        print(f"signatures:     {invalid} invalid; {dupes} duplicate deliveries")
         print(json.dumps({"backlog_per_s": round(len(backlog) / (last - first)),
                           "burst_per_s": round(len(burst) / (end - start)),
                           "lag_p50_ms": round(statistics.median(lags)),
-                          "lag_p99_ms": round(pct(lags, 99)), "invalid": receiver.invalid}))
+                          "lag_p99_ms": round(pct(lags, 99)), "invalid": invalid}))
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
             worker.wait(20)
         except subprocess.TimeoutExpired:
             worker.kill()
-        receiver.server.shutdown()
+        receiver.stop()
         kp.close()
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--serve-receiver"]:
+        serve_receiver(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+    else:
+        main()
