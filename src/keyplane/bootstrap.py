@@ -165,7 +165,8 @@ def build(
             ctx, webhook_repo, outbox, sender, sealer, policy,
             lease=timedelta(seconds=settings.webhook_lease_seconds),
             concurrency=settings.webhook_concurrency,
-            poll_seconds=settings.webhook_poll_seconds),
+            poll_seconds=settings.webhook_poll_seconds,
+            retention=timedelta(days=settings.webhook_retention_days)),
         sender=sender,
     )
     install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys

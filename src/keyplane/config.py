@@ -86,6 +86,9 @@ class Settings(BaseSettings):
         "after this long (must exceed the timeout)")
     webhook_concurrency: int = Field(default=8, ge=1, le=256)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_retention_days: int = Field(
+        default=30, ge=2, le=3650, description="Finished deliveries (and their events) are "
+        "kept this long for GET …/deliveries and redelivery")
     db_pool_size: int = 10
     log_level: str = "info"
     demo: bool = False

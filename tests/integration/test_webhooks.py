@@ -379,3 +379,24 @@ def test_members_service_accounts_and_apps_send_their_events(
     assert got["app.approved"].payload["data"]["object"]["id"] == app.json()["id"]
     assert got["app.approved"].payload["data"]["tenant_id"] == tenant.id
     assert all("argon2" not in r.body.decode() for r in got.values())  # no password hash
+
+
+def test_finished_deliveries_are_forgotten_after_the_retention(
+    site: tuple[Keyplane, httpx2.Client, Tenant], receiver: Receiver, clock: SettableClock
+) -> None:
+    kp, http, tenant = site
+    hook = subscribe(http, tenant, receiver)
+    create_key(http, tenant.management_key)
+    wait_until(lambda: deliveries(http, tenant, hook["id"])[0]["status"] == "succeeded", 10)
+    old = deliveries(http, tenant, hook["id"])[0]
+    clock.advance(days=31)  # KEYPLANE_WEBHOOK_RETENTION_DAYS: 30
+    create_key(http, tenant.management_key)
+    wait_until(lambda: len(receiver.snapshot()) == 2, 10)
+    wait_until(lambda: all(d["status"] == "succeeded"
+                           for d in deliveries(http, tenant, hook["id"])), 10)
+    assert kp.deliveries.prune() == 1
+    left = deliveries(http, tenant, hook["id"])
+    assert len(left) == 1 and left[0]["id"] != old["id"]
+    with kp.engine.connect() as conn:
+        events = conn.execute(sa.text("SELECT id FROM webhook_events")).scalars().all()
+    assert events == [left[0]["event_id"]]

@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -38,6 +39,7 @@ from keyplane.services.context import Context
 from keyplane.services.webhooks import Outbox
 
 log = logging.getLogger("keyplane.webhooks")
+PRUNE_EVERY_SECONDS = 3600.0
 
 
 def _hours(delta: timedelta) -> str:
@@ -48,7 +50,8 @@ def _hours(delta: timedelta) -> str:
 class DeliveryWorker:
     def __init__(self, ctx: Context, repos: WebhookRepos, outbox: Outbox, sender: WebhookSender,
                  sealer: Sealer, policy: RetryPolicy, *, lease: timedelta, concurrency: int,
-                 poll_seconds: float, wall: Clock | None = None) -> None:
+                 poll_seconds: float, retention: timedelta = timedelta(days=30),
+                 wall: Clock | None = None) -> None:
         self.ctx = ctx
         self.repos = repos
         self.sender = sender
@@ -57,6 +60,8 @@ class DeliveryWorker:
         self.lease = lease
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
+        self.retention = retention
+        self._next_prune = 0.0  # time.monotonic() of the next pruning
         # webhook-timestamp is real time (receivers check it against theirs), whatever clock
         # schedules the retries
         self.wall = wall or SystemClock()
@@ -143,6 +148,24 @@ class DeliveryWorker:
         else:
             repo.update(w)
 
+    def prune(self) -> int:
+        """Forgets deliveries finished longer than ``retention`` ago (and their events)."""
+        with self.ctx.uow() as uow:
+            removed = self.repos(uow).prune(self.ctx.clock.now() - self.retention)
+            uow.commit()
+        return removed
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+        try:
+            removed = self.prune()
+            if removed:
+                log.info("webhook deliveries: %d finished ones pruned", removed)
+        except Exception:
+            log.exception("webhook deliveries: pruning failed; will try again")
+
     # -- the loop --------------------------------------------------------------------------------
 
     def deliver_due(self) -> int:
@@ -186,6 +209,7 @@ class DeliveryWorker:
         while not self._stop.is_set():
             self._wake.clear()
             self._flush()
+            self._maybe_prune()
             with self._lock:
                 inflight = self._inflight
             free = capacity - inflight

@@ -189,6 +189,17 @@ class SqlWebhooks:
             sa.or_(W.consecutive_failures > 0, W.failing_since.is_not(None)),
         ).values(consecutive_failures=0, failing_since=None))
 
+    def prune(self, before: datetime) -> int:
+        """Removes finished deliveries created before ``before``, then events left with no
+        delivery. Pending deliveries are never removed."""
+        done = self.conn.execute(webhook_deliveries.delete().where(
+            D.status != DeliveryStatus.PENDING.value, D.created_at < before))
+        E = webhook_events.c
+        self.conn.execute(webhook_events.delete().where(
+            E.created_at < before,
+            ~sa.exists().where(D.event_id == E.id)))
+        return int(done.rowcount or 0)
+
 
 def webhook_repo(uow: UnitOfWork) -> WebhookRepo:
     conn: Connection = getattr(uow, "connection")  # noqa: B009 - SqlUnitOfWork only
