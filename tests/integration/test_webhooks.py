@@ -400,3 +400,31 @@ def test_finished_deliveries_are_forgotten_after_the_retention(
     with kp.engine.connect() as conn:
         events = conn.execute(sa.text("SELECT id FROM webhook_events")).scalars().all()
     assert events == [left[0]["event_id"]]
+
+
+def test_connecting_and_revoking_an_app_send_connection_events(
+    site: tuple[Keyplane, httpx2.Client, Tenant], receiver: Receiver
+) -> None:
+    from keyplane.core.rights import SYSTEM
+    from tests.integration.oauth_support import approved_app, exchange, get_code
+
+    kp, http, tenant = site
+    subscribe(http, tenant, receiver, events=["connection.*"])
+    operator = kp.keys.create(SYSTEM, None, {"name": "platform", "scopes": ["platform:write"],
+                                             "require_tls": False}, operator=True).secret
+    partner = approved_app(http, tenant.management_key, operator)
+    code, verifier = get_code(http, partner, tenant.admin_email, tenant.admin_password)
+    assert exchange(http, partner, code, verifier).status_code == 200
+    wait_until(lambda: len(receiver.of_type("connection.authorized")) == 1, 10)
+    authorized = receiver.of_type("connection.authorized")[0]
+    assert authorized.valid_with == [True]
+    assert authorized.payload["data"]["tenant_id"] == tenant.id
+    assert authorized.payload["data"]["actor"] == f"principal:{tenant.admin_id}"
+    connections = http.get("/v1/connections", headers=auth(tenant.management_key)).json()
+    connection_id = connections["items"][0]["id"]
+    r = http.delete(f"/v1/connections/{connection_id}", headers=auth(tenant.management_key))
+    assert r.status_code == 200, r.text
+    wait_until(lambda: len(receiver.of_type("connection.revoked")) == 1, 10)
+    revoked = receiver.of_type("connection.revoked")[0]
+    assert revoked.payload["data"]["object"]["id"] == connection_id
+    assert partner.client_secret not in b"".join(r.body for r in receiver.snapshot()).decode()
