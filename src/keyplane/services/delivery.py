@@ -108,6 +108,7 @@ class DeliveryWorker:
         """Records attempts in one transaction; a delivery whose lease was lost (and taken
         over) is left to its new owner."""
         now = self.ctx.clock.now()
+        healthy: set[str] = set()
         with self.ctx.uow() as uow:
             repo = self.repos(uow)
             for c, outcome in results:
@@ -120,9 +121,12 @@ class DeliveryWorker:
                                    next_attempt_at=retry_at):
                     continue
                 if outcome.ok:
-                    repo.mark_success(c.webhook_id)
+                    healthy.add(c.webhook_id)
                 else:
+                    healthy.discard(c.webhook_id)
                     self._failed(uow, c, outcome, now)
+            for webhook_id in sorted(healthy):  # ends a failure streak
+                repo.mark_success(webhook_id)
             uow.commit()
 
     def _failed(self, uow: UnitOfWork, c: Claimed, outcome: Outcome, now: datetime) -> None:
