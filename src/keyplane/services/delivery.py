@@ -73,7 +73,7 @@ class DeliveryWorker:
         self._inflight = 0  # claimed and not yet recorded
         self._done: list[tuple[Claimed, Outcome]] = []
         self._lock = threading.Lock()
-        outbox.listeners.append(self._wake.set)
+        outbox.subscribe(self._wake.set)
 
     # -- one delivery --------------------------------------------------------------------------
 

@@ -81,6 +81,10 @@ class Outbox:
                 created_at=now, next_attempt_at=now, deadline=now + self.policy.window))
         uow.after_commit(self.notify)
 
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """``listener`` is called after every commit that queued deliveries (this process)."""
+        self.listeners.append(listener)
+
     def notify(self) -> None:
         for listener in list(self.listeners):
             listener()
