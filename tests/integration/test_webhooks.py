@@ -269,6 +269,30 @@ def test_redeliver_sends_the_same_event_again(
                         headers=auth(tenant.management_key))
     assert missing.status_code == 404
 
+    # a disabled endpoint first needs enabling
+    http.patch(f"/v1/webhooks/{hook['id']}", json={"enabled": False},
+               headers=auth(tenant.management_key))
+    r = http.post(f"/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/redeliver",
+                  headers=auth(tenant.management_key))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "webhook_disabled"
+
+
+def test_a_delivery_being_sent_cannot_be_redelivered_twice_at_once(
+    site: tuple[Keyplane, httpx2.Client, Tenant], receiver: Receiver
+) -> None:
+    _kp, http, tenant = site
+    receiver.delay = 1.5  # the first attempt is still under way
+    hook = subscribe(http, tenant, receiver)
+    create_key(http, tenant.management_key)
+    wait_until(lambda: deliveries(http, tenant, hook["id"]) != [], 10)
+    delivery = deliveries(http, tenant, hook["id"])[0]
+    wait_until(lambda: receiver._inflight.get(delivery["event_id"]), 10)
+    r = http.post(f"/v1/webhooks/{hook['id']}/deliveries/{delivery['id']}/redeliver",
+                  headers=auth(tenant.management_key))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "delivery_in_progress"
+    wait_until(lambda: deliveries(http, tenant, hook["id"])[0]["status"] == "succeeded", 10)
+    assert len(receiver.snapshot()) == 1
+
 
 def test_another_tenant_can_neither_see_nor_change_a_webhook(
     site: tuple[Keyplane, httpx2.Client, Tenant], receiver: Receiver

@@ -206,6 +206,7 @@ class Delivery:
     response_status: int | None = None
     latency_ms: int | None = None
     last_error: str | None = None
+    lease_until: datetime | None = None  # a worker is sending it until then
 
 
 @dataclass(frozen=True)

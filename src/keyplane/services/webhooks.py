@@ -269,6 +269,9 @@ class WebhookService:
                 raise Conflict("the webhook is disabled; enable it first (PATCH enabled: true)",
                                code="webhook_disabled")
             now = self.ctx.clock.now()
+            if d.lease_until is not None and d.lease_until > now:
+                raise Conflict("this delivery is being sent right now; try again in a minute",
+                               code="delivery_in_progress")
             d.status = DeliveryStatus.PENDING
             d.next_attempt_at = now
             d.deadline = now + self.outbox.policy.window

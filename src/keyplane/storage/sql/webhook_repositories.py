@@ -48,7 +48,7 @@ def _delivery(r: RowMapping) -> Delivery:
         next_attempt_at=r["next_attempt_at"], deadline=r["deadline"],
         last_attempt_at=r["last_attempt_at"], delivered_at=r["delivered_at"],
         response_status=r["response_status"], latency_ms=r["latency_ms"],
-        last_error=r["last_error"],
+        last_error=r["last_error"], lease_until=r["lease_until"],
     )
 
 
