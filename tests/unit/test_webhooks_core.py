@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from keyplane.config import Settings
 from keyplane.core.errors import ValidationError
 from keyplane.core.tokens import Pepper
 from keyplane.core.webhooks import (
@@ -93,3 +95,10 @@ def test_sealed_secrets_open_only_with_their_pepper_and_their_record() -> None:
         PepperSealer([new]).unseal(sealed, "whk_1")  # its pepper is gone
     with pytest.raises(Exception):
         PepperSealer([old]).unseal(sealed, "whk_2")
+
+
+def test_a_lease_shorter_than_an_attempt_is_refused_at_startup(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="WEBHOOK_LEASE_SECONDS"):
+        Settings(data_dir=tmp_path, webhook_timeout_seconds=30)  # default lease: 60 s
+    ok = Settings(data_dir=tmp_path, webhook_timeout_seconds=30, webhook_lease_seconds=90)
+    assert ok.webhook_retry_window_seconds == 86400  # retried for a day by default
