@@ -105,8 +105,15 @@ class DeliveryWorker:
         return self.sender.send(c.url, headers, c.payload.encode())
 
     def record(self, results: list[tuple[Claimed, Outcome]]) -> None:
-        """Records attempts in one transaction; a delivery whose lease was lost (and taken
-        over) is left to its new owner."""
+        """Records attempts in one transaction."""
+        self.exchange(results, 0)
+
+    def exchange(self, results: list[tuple[Claimed, Outcome]], limit: int) -> list[Claimed]:
+        """Records finished attempts and claims up to ``limit`` more, in one transaction: one
+        write lock per round (SQLite has a single writer). A delivery whose lease was lost
+        (and taken over) is left to its new owner."""
+        if not results:
+            return self.claim(limit) if limit else []
         now = self.ctx.clock.now()
         healthy: set[str] = set()
         with self.ctx.uow() as uow:
@@ -127,7 +134,9 @@ class DeliveryWorker:
                     self._failed(uow, c, outcome, now)
             for webhook_id in sorted(healthy):  # ends a failure streak
                 repo.mark_success(webhook_id)
+            claimed = repo.claim(self.owner, now, now + self.lease, limit) if limit else []
             uow.commit()
+        return claimed
 
     def _failed(self, uow: UnitOfWork, c: Claimed, outcome: Outcome, now: datetime) -> None:
         repo = self.repos(uow)
@@ -207,29 +216,30 @@ class DeliveryWorker:
 
     def _run(self) -> None:
         """Keeps up to twice ``concurrency`` deliveries claimed (half of them queued for the
-        pool), claiming in batches; the lease covers a queued wait plus the attempt."""
+        pool), claiming in batches; the lease covers a queued wait plus the attempt. Each
+        round records what finished and claims more in one transaction."""
         assert self._pool is not None
         capacity = 2 * self.concurrency
         while not self._stop.is_set():
             self._wake.clear()
-            self._flush()
-            self._maybe_prune()
             with self._lock:
-                inflight = self._inflight
+                done, self._done = self._done, []
+                inflight = self._inflight - len(done)
             free = capacity - inflight
+            limit = free if free >= self.concurrency or inflight == 0 else 0
             claimed: list[Claimed] = []
-            if free >= self.concurrency or inflight == 0:
-                try:
-                    claimed = self.claim(free)
-                except Exception:
-                    log.exception("webhook deliveries: claiming failed; retrying")
-                    self._stop.wait(self.poll_seconds)
-                    continue
+            try:
+                claimed = self.exchange(done, limit)
+            except Exception:  # unrecorded attempts are sent again when their leases expire
+                log.exception("webhook deliveries: recording or claiming failed; retrying")
+                self._stop.wait(self.poll_seconds)
+            finally:
                 with self._lock:
-                    self._inflight += len(claimed)
-                for c in claimed:
-                    self._pool.submit(self._one, c)
-            if not claimed:
+                    self._inflight += len(claimed) - len(done)
+            for c in claimed:
+                self._pool.submit(self._one, c)
+            self._maybe_prune()
+            if not claimed and not done:
                 self._wake.wait(self.poll_seconds)
 
     def start(self) -> None:
