@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -15,12 +16,16 @@ from keyplane.cache.redis_bus import Propagation
 from keyplane.config import Settings
 from keyplane.core.ports import Clock, SystemClock
 from keyplane.core.tokens import Hasher, valid_prefix
+from keyplane.core.webhooks import RetryPolicy
 from keyplane.oauth.wiring import install as install_connected_apps
+from keyplane.outbound import HttpSender, SystemResolver
 from keyplane.peppers import load_peppers
+from keyplane.sealing import PepperSealer
 from keyplane.services.audit import AuditService
 from keyplane.services.catalogue import CatalogueService, load_toml
 from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
+from keyplane.services.delivery import DeliveryWorker
 from keyplane.services.keys import KeyService
 from keyplane.services.leaks import LeakService
 from keyplane.services.principals import GroupService, PrincipalService
@@ -30,12 +35,14 @@ from keyplane.services.shares import ShareService
 from keyplane.services.tenants import TenantService
 from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
+from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
 from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.storage.sql.safety import safety_repos
 from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
+from keyplane.storage.sql.webhook_repositories import webhook_repo
 
 log = logging.getLogger("keyplane")
 
@@ -63,6 +70,9 @@ class Keyplane:
     shares: ShareService  # one-time share links
     leaks: LeakService  # leaked secrets: revoke or lock, record where
     scanning_keys: ScanningKeys  # the code host's public keys for signed leak reports
+    webhooks: WebhookService
+    deliveries: DeliveryWorker  # sends the outbox; runs in serve (unless disabled) and worker
+    sender: HttpSender
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -72,8 +82,11 @@ class Keyplane:
         self.usage.start()
         self.audit.refusals.start()
         self.propagation.start()
+        if self.settings.webhook_worker:
+            self.deliveries.start()
 
     def stop(self) -> None:
+        self.deliveries.stop()
         self.propagation.stop()
         self.usage.stop()
         self.audit.refusals.stop()
@@ -81,6 +94,7 @@ class Keyplane:
     def close(self) -> None:
         self.stop()
         self.limits.close()
+        self.sender.close()
         self.engine.dispose()
 
 
@@ -99,12 +113,27 @@ def build(
     )
     if migrate_db:
         migrate.upgrade(engine)
+    peppers = load_peppers(settings)
+    policy = RetryPolicy(
+        base=timedelta(seconds=settings.webhook_retry_base_seconds),
+        cap=timedelta(seconds=settings.webhook_retry_max_seconds),
+        window=timedelta(seconds=settings.webhook_retry_window_seconds),
+        disable_after=timedelta(seconds=settings.webhook_disable_after_seconds),
+    )
+    outbox = Outbox(webhook_repo, clock, policy)
     ctx = Context(
         uow=partial(SqlUnitOfWork, engine, clock),
         clock=clock,
-        hasher=Hasher(load_peppers(settings)),
+        hasher=Hasher(peppers),
         key_prefix=settings.key_prefix,
+        events=outbox,
     )
+    sealer = PepperSealer(peppers)
+    allow_private = settings.webhook_allow_private_targets
+    sender = HttpSender(timeout=settings.webhook_timeout_seconds,
+                        max_response_bytes=settings.webhook_max_response_bytes,
+                        allow_private=allow_private,
+                        max_connections=max(20, settings.webhook_concurrency))
     usage_store = SqlUsageStore()
     usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds, store=usage_store)
     cache = VerificationCache(settings.cache_size, settings.cache_ttl_seconds,
@@ -145,6 +174,15 @@ def build(
         leaks=LeakService(ctx, safety_repos),
         scanning_keys=ScanningKeys(source_from(settings.secret_scanning_keys_file,
                                                settings.secret_scanning_keys_url), clock),
+        webhooks=WebhookService(ctx, webhook_repo, sealer, SystemResolver(), outbox,
+                                allow_private=allow_private),
+        deliveries=DeliveryWorker(
+            ctx, webhook_repo, outbox, sender, sealer, policy,
+            lease=timedelta(seconds=settings.webhook_lease_seconds),
+            concurrency=settings.webhook_concurrency,
+            poll_seconds=settings.webhook_poll_seconds,
+            retention=timedelta(days=settings.webhook_retention_days)),
+        sender=sender,
     )
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
     kp.leaks.connections = apps.connections  # leaked OAuth tokens end their connection

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyplane.core.errors import KeyplaneError
@@ -81,6 +81,29 @@ class Settings(BaseSettings):
         default=None, description="Or a URL serving that document, e.g. "
         "https://api.github.com/meta/public_keys/secret_scanning; cached, refreshed hourly "
         "and on an unknown key id (at most once a minute)")
+    # webhooks (services/webhooks.py, services/delivery.py, outbound.py)
+    webhook_allow_private_targets: bool = Field(
+        default=False, description="Allow webhook URLs on private, loopback and link-local "
+        "addresses, and plain http (development and tests only)")
+    webhook_worker: bool = Field(default=True, description="Deliver webhooks from `keyplane "
+                                 "serve` processes (false: only `keyplane worker` does)")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_max_response_bytes: int = Field(default=65536, ge=0, le=10 * 1024 * 1024)
+    webhook_retry_window_seconds: int = Field(
+        default=86400, ge=60, description="How long a failing delivery is retried")
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_disable_after_seconds: int = Field(
+        default=86400, ge=60, description="Disable an endpoint whose every attempt failed "
+        "for this long")
+    webhook_lease_seconds: float = Field(
+        default=60.0, gt=0, description="A claimed delivery is someone else's to send again "
+        "after this long (must exceed the timeout)")
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_retention_days: int = Field(
+        default=30, ge=2, le=3650, description="Finished deliveries (and their events) are "
+        "kept this long for GET …/deliveries and redelivery")
     db_pool_size: int = 10
     log_level: str = "info"
     demo: bool = False
@@ -95,6 +118,13 @@ class Settings(BaseSettings):
             return normalise_networks(value, "trusted_proxies")
         except KeyplaneError as exc:
             raise ValueError(exc.message) from None
+    @model_validator(mode="after")
+    def _lease_outlives_attempt(self) -> Settings:
+        if self.webhook_lease_seconds < 3 * self.webhook_timeout_seconds:
+            raise ValueError("KEYPLANE_WEBHOOK_LEASE_SECONDS must be at least three times "
+                             "KEYPLANE_WEBHOOK_TIMEOUT_SECONDS: a claim must outlive a wait in "
+                             "the queue and its attempt")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from keyplane.core.model import (
     ApiKey,
@@ -17,6 +17,7 @@ from keyplane.core.model import (
     Share,
     Tenant,
 )
+from keyplane.core.webhooks import Claimed, Delivery, DeliveryStatus, Outcome, Webhook
 
 
 class Clock(Protocol):
@@ -160,3 +161,61 @@ class Invalidator(Protocol):
     """Tells every verifier (this process, other workers, SDKs) that something changed."""
 
     def publish(self, kind: str, ref: str) -> None: ...
+
+
+# -- webhooks (core/webhooks.py) ----------------------------------------------------------------
+
+class Sealer(Protocol):
+    """Encrypts secrets the server must read back (webhook signing secrets), bound to a
+    context string (the owning record's id) so a sealed value cannot be moved to another."""
+
+    def seal(self, plain: str, context: str) -> str: ...
+    def unseal(self, sealed: str, context: str) -> str: ...
+
+
+class Resolver(Protocol):
+    """Host name to IP addresses (all of them)."""
+
+    def resolve(self, host: str, port: int) -> list[str]: ...
+
+
+class WebhookSender(Protocol):
+    """Sends one signed request and reports what happened; never raises for network errors."""
+
+    def send(self, url: str, headers: dict[str, str], body: bytes) -> Outcome: ...
+
+
+class WebhookRepo(Protocol):
+    def add(self, webhook: Webhook) -> None: ...
+    def get(self, tenant_id: str, webhook_id: str, *, for_update: bool = False) -> (
+        Webhook | None
+    ): ...
+    def update(self, webhook: Webhook) -> None: ...
+    def delete(self, tenant_id: str, webhook_id: str) -> None: ...
+    def page(self, tenant_id: str, *, limit: int, cursor: str | None) -> Page: ...
+    def subscribers(self, tenant_id: str) -> list[Webhook]: ...
+    # the outbox
+    def add_event(self, event_id: str, tenant_id: str, event_type: str, payload: str,
+                  at: datetime) -> None: ...
+    def add_delivery(self, delivery: Delivery) -> None: ...
+    def delivery(self, webhook_id: str, delivery_id: str) -> Delivery | None: ...
+    def deliveries(self, webhook_id: str, *, status: str | None, limit: int,
+                   cursor: str | None) -> Page: ...
+    def update_delivery(self, delivery: Delivery) -> None: ...
+    def due(self, now: datetime) -> bool: ...
+    def claim(self, owner: str, now: datetime, lease_until: datetime,
+              limit: int) -> list[Claimed]: ...
+    def record(self, delivery_id: str, owner: str, attempt: Outcome, now: datetime, *,
+               status: DeliveryStatus, next_attempt_at: datetime | None) -> bool: ...
+    def mark_success(self, webhook_id: str) -> None: ...
+    def prune(self, before: datetime) -> int: ...
+
+
+WebhookRepos = Callable[[UnitOfWork], WebhookRepo]
+
+
+class EventSink(Protocol):
+    """Writes an event to the outbox in the caller's transaction."""
+
+    def emit(self, uow: UnitOfWork, event_type: str, tenant_id: str,
+             subject: dict[str, Any], actor: str) -> None: ...

@@ -10,7 +10,7 @@ from typing import Any
 
 from keyplane.core import ids
 from keyplane.core.model import AuditEvent
-from keyplane.core.ports import Clock, UnitOfWork
+from keyplane.core.ports import Clock, EventSink, UnitOfWork
 from keyplane.core.rights import Caller
 from keyplane.core.scopes import Catalogue
 from keyplane.core.tokens import Hasher
@@ -42,6 +42,7 @@ class Context:
     hasher: Hasher
     key_prefix: str = "kp"
     bus: LocalBus = field(default_factory=LocalBus)
+    events: EventSink | None = None  # the webhook outbox: audited changes become events
     _catalogue: Catalogue | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,8 +75,13 @@ class Context:
         *,
         tenant_id: str | None,
         outcome: str = "success",
+        subject: dict[str, Any] | None = None,
         **details: Any,
     ) -> None:
+        """Append an audit entry in this transaction; a successful change of a tenant's
+        objects is also written to the webhook outbox (same transaction) as the event named
+        ``action`` when that is an event type. ``subject`` is the object as the API shows it
+        (default: its id and ``details``); never a secret."""
         # details are data, never secrets; json round-trip keeps them storable
         safe = json.loads(json.dumps(details, default=str))
         uow.audit.add(
@@ -92,3 +98,6 @@ class Context:
                 details=safe,
             )
         )
+        if self.events is not None and outcome == "success" and tenant_id is not None:
+            self.events.emit(uow, action, tenant_id, subject or {"id": target, **safe},
+                             caller.actor)

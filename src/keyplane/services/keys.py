@@ -18,6 +18,7 @@ from keyplane.core.errors import (
 from keyplane.core.model import ApiKey, KeySecret, Page, Tenant
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller, principal_rights
+from keyplane.core.views import key_view
 from keyplane.services import validate as v
 from keyplane.services.context import Context
 
@@ -209,7 +210,7 @@ class KeyService:
             uow.keys.add(key)
             uow.keys.add_secret(secret)
             self.ctx.audit(uow, caller, "key.created", key.id, tenant_id=tid, name=name,
-                           scopes=scopes, owner_id=owner_id)
+                           scopes=scopes, owner_id=owner_id, subject=key_view(key))
             uow.commit()
         return IssuedKey(key=key, secret=raw)
 
@@ -268,9 +269,10 @@ class KeyService:
             action = "key.updated"
             if set(body) == {"enabled"}:
                 action = "key.unlocked" if key.enabled else "key.locked"
-            self.ctx.audit(uow, caller, action, key.id, tenant_id=tid, fields=sorted(body))
-            self.ctx.changed(uow, "key", key.id)
             key = self._with_grace(uow, key)
+            self.ctx.audit(uow, caller, action, key.id, tenant_id=tid, fields=sorted(body),
+                           subject=key_view(key))
+            self.ctx.changed(uow, "key", key.id)
             uow.commit()
         return key
 
@@ -285,7 +287,8 @@ class KeyService:
             key.updated_at = now
             key.enabled = False
             uow.keys.update(key)
-            self.ctx.audit(uow, caller, "key.revoked", key.id, tenant_id=tid, reason=reason)
+            self.ctx.audit(uow, caller, "key.revoked", key.id, tenant_id=tid, reason=reason,
+                           subject=key_view(key))
             self.ctx.changed(uow, "key", key.id)
             uow.commit()
 
@@ -324,10 +327,10 @@ class KeyService:
             if key.lifetime_days is not None:
                 key.expires_at = now + timedelta(days=key.lifetime_days)
             uow.keys.update(key)
-            self.ctx.audit(uow, caller, "key.rotated", key.id, tenant_id=tid,
-                           grace_period_seconds=grace)
-            self.ctx.changed(uow, "key", key.id)
             key = self._with_grace(uow, key)
+            self.ctx.audit(uow, caller, "key.rotated", key.id, tenant_id=tid,
+                           grace_period_seconds=grace, subject=key_view(key))
+            self.ctx.changed(uow, "key", key.id)
             uow.commit()
         return IssuedKey(key=key, secret=raw)
 

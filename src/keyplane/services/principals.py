@@ -10,6 +10,7 @@ from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.model import Group, Page, Principal, PrincipalKind, Role
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller
+from keyplane.core.views import key_view, principal_view
 from keyplane.services import validate as v
 from keyplane.services.connections import Repos
 from keyplane.services.context import Context
@@ -126,7 +127,8 @@ class PrincipalService:
             )
             uow.principals.add(principal)
             self.ctx.audit(
-                uow, caller, f"{kind.value}.created", principal.id, tenant_id=tid, role=role.value
+                uow, caller, f"{kind.value}.created", principal.id, tenant_id=tid, role=role.value,
+                subject=principal_view(principal),
             )
             uow.commit()
         return principal
@@ -202,6 +204,7 @@ class PrincipalService:
                 tenant_id=tid,
                 fields=sorted(set(body) - {"password"}),
                 **details,
+                subject=principal_view(principal),
             )
             self.ctx.changed(uow, "principal", principal.id)
             uow.commit()
@@ -239,6 +242,8 @@ class PrincipalService:
                     key.updated_at = now
                     uow.keys.update(key)
                     revoked.append(key_id)
+                    self.ctx.audit(uow, caller, "key.revoked", key_id, tenant_id=tid,
+                                   reason="owner_deleted", subject=key_view(key))
                     self.ctx.changed(uow, "key", key_id)
             uow.principals.delete(tid, principal.id)
             self.ctx.audit(
@@ -248,6 +253,7 @@ class PrincipalService:
                 principal.id,
                 tenant_id=tid,
                 revoked_keys=revoked,
+                subject=principal_view(principal),
             )
             self.ctx.changed(uow, "principal", principal.id)
             uow.commit()

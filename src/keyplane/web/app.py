@@ -26,6 +26,7 @@ from keyplane.web import (
     routes_shares,
     routes_usage,
     routes_verify,
+    routes_webhooks,
 )
 from keyplane.web.fastverify import VerifyFastPath
 from keyplane.web.limits import JsonDepthLimit, RequestLimits
@@ -84,6 +85,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(routes_admin.router)
     app.include_router(routes_leaks.router)
     app.include_router(routes_shares.router)
+    app.include_router(routes_webhooks.router)
     from keyplane.web import routes_apps, routes_oauth, routes_session  # connected apps
 
     app.include_router(routes_apps.router)

@@ -6,7 +6,7 @@ CIDRs parse, limits hold) and name the field on failure.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic.json_schema import SkipJsonSchema
 
 from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Share, Tenant
+from keyplane.core.views import key_view, principal_view
+from keyplane.core.views import ts as ts  # re-exported for the routes
 from keyplane.services import shares
 from keyplane.services import validate as v
 from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD
@@ -265,34 +267,8 @@ class ScopePut(Body):
     description: ScopeDescription
 
 
-def ts(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def key_out(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": key.id, "object": "key", "tenant_id": key.tenant_id, "owner_id": key.owner_id,
-        "name": key.name, "description": key.description, "prefix": key.prefix,
-        "start": key.start, "scopes": list(key.scopes), "created_by": key.created_by,
-        "created_at": ts(key.created_at), "updated_at": ts(key.updated_at),
-        "last_used_at": ts(key.last_used_at), "expires_at": ts(key.expires_at),
-        "allowed_ips": list(key.allowed_ips), "require_tls": key.require_tls,
-        "enabled": key.enabled,
-        "ratelimit": (
-            {"limit": key.ratelimit.limit, "window_seconds": key.ratelimit.window_seconds}
-            if key.ratelimit else None
-        ),
-        "meta": key.meta,
-        "remaining": key.remaining,
-        "previous_secret_expires_at": ts(key.previous_expires_at),
-        "revoked_at": ts(key.revoked_at),  # shown only for a key revoked because it leaked
-        "leaked": (
-            {"at": ts(key.leak.at), "url": key.leak.url, "source": key.leak.source}
-            if key.leak else None
-        ),
-    }
+    out = key_view(key)
     if secret is not None:
         out["key"] = secret
     return out
@@ -313,15 +289,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
 
 
 def principal_out(p: Principal) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": p.id, "object": p.kind.value, "tenant_id": p.tenant_id, "name": p.name,
-        "role": p.role.value, "enabled": p.enabled, "group_ids": p.group_ids,
-        "created_at": ts(p.created_at),
-    }
-    if p.email is not None:
-        out["email"] = p.email
-        out["has_password"] = p.password_hash is not None
-    return out
+    return principal_view(p)
 
 
 def group_out(g: Group) -> dict[str, Any]:

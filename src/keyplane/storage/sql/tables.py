@@ -179,3 +179,4 @@ changes = sa.Table(
 from keyplane.storage.sql import oauth_tables as _oauth_tables  # noqa: E402,F401
 from keyplane.storage.sql import safety as _safety_tables  # noqa: E402,F401
 from keyplane.storage.sql import usage as _usage_tables  # noqa: E402,F401
+from keyplane.storage.sql import webhook_tables as _webhook_tables  # noqa: E402,F401
