@@ -565,7 +565,7 @@ def test_tenant_policy_sets_the_default_and_the_maximum(env: Env, clock: Settabl
         assert info.value.field == "expires_in_days"
     with pytest.raises(ValidationError) as info:
         kp.tenants.update(env.caller, env.tid, {"policy": {"default_expiry_days": 90}})
-    assert info.value.field == "default_expiry_days"
+    assert info.value.field == "policy.default_expiry_days"
 
 
 def test_non_expiring_keys_only_where_the_policy_allows(env: Env, clock: SettableClock) -> None:

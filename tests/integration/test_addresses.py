@@ -44,10 +44,10 @@ def test_allowlists_refuse_cidrs_they_would_have_widened(
     op = auth(operator_key)
     r = http.patch(f"/v1/tenants/{tenant.id}", json={"policy": {"allowed_ips": [cidr]}},
                    headers=op)
-    refused(r, "allowed_ips", says)
+    refused(r, "policy.allowed_ips", says)
     r = http.post("/v1/tenants", json={"name": "Initech", "policy": {"allowed_ips": [cidr]}},
                   headers=op)
-    refused(r, "allowed_ips", says)
+    refused(r, "policy.allowed_ips", says)
     assert http.get(f"/v1/keys/{key['id']}", headers=mk).json()["allowed_ips"] == [
         "192.0.2.0/24"]
     assert http.get(f"/v1/tenants/{tenant.id}", headers=op).json()["policy"][

@@ -107,7 +107,7 @@ def test_tenants_are_the_operators(http: httpx2.Client, tenant: Tenant, operator
     for body, field in (({}, "name"), ({"name": ""}, "name"), ({"name": "x" * 201}, "name"),
                         ({"name": "x", "policy": {"default_expiry_days": 0}},
                          "policy.default_expiry_days"),
-                        ({"name": "x", "policy": {"allowed_ips": ["nope"]}}, "allowed_ips"),
+                        ({"name": "x", "policy": {"allowed_ips": ["nope"]}}, "policy.allowed_ips"),
                         ({"name": "x", "policy": {"colour": 1}}, "policy.colour"),
                         ({"name": "x", "plan": "gold"}, "plan")):
         assert err(http.post("/v1/tenants", json=body, headers=op), 422)["field"] == field, body

@@ -77,7 +77,10 @@ def contract_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A real server on SQLite and a tenant's management key. The failure throttle is raised
     so schemathesis' own bad-credential probes do not lock its valid key out, and the tenant's
     policy allows every expiry the schema does (null: never; up to 3650 days)."""
-    kp = build(make_settings(tmp_path, sqlite_url(tmp_path), failure_limit=1_000_000),
+    # webhook URLs: this sandbox resolves no public name, so private targets are allowed (the
+    # schema then allows plain http too) and nothing is delivered: no worker sends anything
+    kp = build(make_settings(tmp_path, sqlite_url(tmp_path), failure_limit=1_000_000,
+                             webhook_allow_private_targets=True, webhook_worker=False),
                migrate_db=True)
     kp.start()
     tenant = make_tenant(kp)

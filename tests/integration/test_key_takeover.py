@@ -93,7 +93,7 @@ def test_a_weaker_credential_cannot_take_over_or_mint_a_stronger_key(
             continue  # minting in its own tenant is its own business
         r = http.request(method, path, json=body, headers=auth(secret))
         if foreign:  # another tenant's keys and members do not exist for this caller
-            expected = (422, "owner_id") if path == "/v1/keys" else (404, None)
+            expected = (404, "owner_id") if path == "/v1/keys" else (404, None)
             assert r.status_code == expected[0], (label, r.status_code, r.text)
             assert r.json()["error"].get("field") == expected[1], label
         else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +31,26 @@ EVENT_TYPES: frozenset[str] = frozenset({
 })
 
 MAX_URL_LENGTH = 2048
+
+#: Every subscription pattern a webhook accepts: a type, ``area.*``, or ``*``.
+EVENT_PATTERNS: tuple[str, ...] = tuple(sorted(
+    EVENT_TYPES | {t.split(".", 1)[0] + ".*" for t in EVENT_TYPES} | {"*"}))
+
+# The URL syntax a webhook accepts, as one pattern for the server and for /openapi.json: a host
+# name or IPv4 address (ASCII: an internationalised name goes in its xn-- form), an optional
+# port 1-65535, then path and query of URL characters (%-escape the rest); never credentials,
+# spaces or a #fragment.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = (r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}"
+         r"|[1-9][0-9]{0,3}))?")
+_REST = r"(?:[/?][-!$&'()*+,;=:@%/?A-Za-z0-9._~]*)?"
+
+
+def url_pattern(allow_http: bool) -> str:
+    """The webhook URL syntax: ``https`` only, or ``http`` too where private targets are
+    allowed."""
+    scheme = "https?" if allow_http else "https"
+    return rf"^{scheme}://{_LABEL}(?:\.{_LABEL})*{_PORT}{_REST}$"
 MAX_PATTERNS = 50
 SECRET_PREFIX = "whsec_"
 
@@ -102,8 +123,16 @@ def check_url(url: Any, *, allow_private: bool, field_name: str = "url") -> Targ
                               field=field_name)
     if not parts.hostname:
         raise ValidationError(f"{field_name}: names no host", field=field_name)
-    if parts.fragment:
+    if parts.fragment or "#" in url:
         raise ValidationError(f"{field_name}: must not have a #fragment", field=field_name)
+    if parts.netloc.startswith("["):
+        raise ValidationError(f"{field_name}: IPv6 address literals are not accepted; use a "
+                              "host name", field=field_name)
+    if not re.fullmatch(url_pattern(allow_private)[1:-1], url):
+        raise ValidationError(
+            f"{field_name}: not a URL webhooks accept: an ASCII host name or IPv4 address "
+            "(xn-- for international names), an optional port from 1 to 65535, and a path of "
+            "URL characters (%-escape the rest)", field=field_name)
     return Target(parts.scheme, parts.hostname,
                   port or (443 if parts.scheme == "https" else 80))
 

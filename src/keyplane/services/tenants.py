@@ -17,30 +17,37 @@ POLICY_FIELDS = ("default_expiry_days", "max_expiry_days", "allow_non_expiring",
 
 
 def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
+    """Set the policy fields ``body`` names; an error names the field as the API nests it
+    (``policy.<name>``)."""
+    def field(name: str) -> str:
+        return f"policy.{name}"
+
     if "default_expiry_days" in body:
         policy.default_expiry_days = v.integer(
-            body["default_expiry_days"], "default_expiry_days", minimum=1, maximum=MAX_DAYS
-        )
+            body["default_expiry_days"], field("default_expiry_days"), minimum=1,
+            maximum=MAX_DAYS)
     if "max_expiry_days" in body:
         value = body["max_expiry_days"]
         policy.max_expiry_days = None if value is None else v.integer(
-            value, "max_expiry_days", minimum=1, maximum=MAX_DAYS
+            value, field("max_expiry_days"), minimum=1, maximum=MAX_DAYS
         )
     if "allow_non_expiring" in body:
-        policy.allow_non_expiring = v.boolean(body["allow_non_expiring"], "allow_non_expiring")
+        policy.allow_non_expiring = v.boolean(body["allow_non_expiring"],
+                                              field("allow_non_expiring"))
     if "allowed_ips" in body:
-        policy.allowed_ips = v.ip_list(body["allowed_ips"])
+        policy.allowed_ips = v.ip_list(body["allowed_ips"], field("allowed_ips"))
     if "require_tls_default" in body:
-        policy.require_tls_default = v.boolean(body["require_tls_default"], "require_tls_default")
+        policy.require_tls_default = v.boolean(body["require_tls_default"],
+                                               field("require_tls_default"))
     if "leaked_key_action" in body:
         value = body["leaked_key_action"]
         if value not in tuple(LeakAction):
-            raise ValidationError("leaked_key_action must be 'revoke' or 'lock'",
-                                  field="leaked_key_action")
+            raise ValidationError(f"{field('leaked_key_action')} must be 'revoke' or 'lock'",
+                                  field=field("leaked_key_action"))
         policy.leaked_key_action = LeakAction(value)
     if policy.max_expiry_days is not None and policy.default_expiry_days > policy.max_expiry_days:
-        raise ValidationError("default_expiry_days must not exceed max_expiry_days",
-                              field="default_expiry_days")
+        raise ValidationError(f"{field('default_expiry_days')} must not exceed "
+                              "max_expiry_days", field=field("default_expiry_days"))
 
 
 class TenantService:

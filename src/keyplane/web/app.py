@@ -14,6 +14,7 @@ from keyplane import __version__
 from keyplane.bootstrap import Keyplane
 from keyplane.core import scopes as sc
 from keyplane.core.policy import parse_networks
+from keyplane.core.webhooks import url_pattern
 from keyplane.logs import install_redaction
 from keyplane.web import (
     contract,
@@ -118,5 +119,6 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
                 "data": tuple(sorted(catalogue.data_scopes())),
                 "operator": tuple(sorted(sc.OPERATOR_KEY_SCOPES & set(catalogue.entries)))}
 
-    contract.install(app, scopes)
+    contract.install(app, scopes, webhook_url=url_pattern(
+        allow_http=kp.settings.webhook_allow_private_targets))
     return app

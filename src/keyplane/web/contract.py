@@ -11,6 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from keyplane.core.webhooks import url_pattern
+
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 ERROR_SCHEMA = {
     "title": "Error",
@@ -121,9 +123,10 @@ JSON_VALUE = {  # any JSON value whose strings (keys too) hold no NUL
 Scopes = dict[str, tuple[str, ...]]
 
 
-def document(schema: dict[str, Any], scopes: Scopes | None = None) -> dict[str, Any]:
+def document(schema: dict[str, Any], scopes: Scopes | None = None, *,
+             webhook_url: str = url_pattern(allow_http=False)) -> dict[str, Any]:
     """Add the error answers to every operation of an OpenAPI document, and the rules every
-    string follows (in place)."""
+    string follows (in place); ``webhook_url`` is the URL syntax webhooks accept here."""
     scopes = scopes or {}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
@@ -146,16 +149,16 @@ def document(schema: dict[str, Any], scopes: Scopes | None = None) -> dict[str, 
                     "schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
                 responses["422"] = errors_for(method, {"requestBody": {}})["422"]
             for parameter in operation.get("parameters", []):
-                _strings(parameter.get("schema", {}), scopes)
+                _strings(parameter.get("schema", {}), scopes, webhook_url)
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     for name, component in components.items():
         if name not in ("Error", "JsonValue"):
-            _strings(component, scopes)
+            _strings(component, scopes, webhook_url)
     return schema
 
 
-def _strings(node: Any, scopes: Scopes) -> None:
+def _strings(node: Any, scopes: Scopes, webhook_url: str) -> None:
     """Every string without a rule of its own holds no NUL; scope names come from the
     catalogue; free-form objects' keys hold no NUL either."""
     stack = [node]
@@ -169,6 +172,8 @@ def _strings(node: Any, scopes: Scopes) -> None:
         kind = item.pop("x-keyplane-scopes", None)
         if kind is not None:
             item["enum"] = list(scopes.get(kind, ())) or ["(none)"]
+        if item.pop("x-keyplane-webhook-url", None):
+            item["pattern"] = webhook_url
         if item.get("type") == "string" and not {"pattern", "enum", "format", "const"} & set(item):
             item["pattern"] = NO_NUL
         if item.get("type") == "object" and item.get("additionalProperties") is True:
@@ -177,7 +182,7 @@ def _strings(node: Any, scopes: Scopes) -> None:
         stack.extend(v for k, v in item.items() if k not in ("enum", "examples", "default"))
 
 
-def install(app: FastAPI, scopes: Callable[[], Scopes]) -> None:
+def install(app: FastAPI, scopes: Callable[[], Scopes], *, webhook_url: str) -> None:
     """/openapi.json with the error answers and input rules: FastAPI's own document,
     completed, and made again when the scope catalogue changes."""
     generate: Callable[[], dict[str, Any]] = app.openapi
@@ -187,7 +192,8 @@ def install(app: FastAPI, scopes: Callable[[], Scopes]) -> None:
         current = scopes()
         if app.openapi_schema is None or made_for != [current]:
             app.openapi_schema = None
-            app.openapi_schema = document(copy.deepcopy(generate()), current)
+            app.openapi_schema = document(copy.deepcopy(generate()), current,
+                                          webhook_url=webhook_url)
             made_for[:] = [current]
         return app.openapi_schema
 

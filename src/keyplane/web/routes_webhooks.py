@@ -6,33 +6,44 @@ operator names the tenant with ``?tenant_id=``. Another tenant's webhooks do not
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from pydantic import Field
 
 from keyplane.core.views import delivery_view, webhook_view
+from keyplane.core.webhooks import EVENT_PATTERNS, MAX_PATTERNS, MAX_URL_LENGTH
 from keyplane.services.webhooks import IssuedWebhook
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
-from keyplane.web.schemas import Body
+from keyplane.web.schemas import Absent, Body, Text
 
 router = APIRouter(tags=["webhooks"])
 
 EVENTS = ("Event types (key.created, key.*, *, …); see the catalogue in the README")
 
 
+WebhookUrl = Annotated[str, Field(max_length=MAX_URL_LENGTH, json_schema_extra={
+    "x-keyplane-webhook-url": True,  # its pattern: https only unless private targets are allowed
+    "description": "Where to send events: https (plain http only where "
+                   "KEYPLANE_WEBHOOK_ALLOW_PRIVATE_TARGETS is set), no credentials, no #fragment; "
+                   "a host that resolves to a private, loopback or link-local address is refused"})]
+EventPattern = Annotated[str, Field(json_schema_extra={"enum": list(EVENT_PATTERNS)})]
+Events = Annotated[list[EventPattern], Field(max_length=MAX_PATTERNS, json_schema_extra={
+    "minItems": 1}, description=EVENTS)]
+
+
 class WebhookCreate(Body):
-    url: str = Field(max_length=2048)
-    description: str | None = Field(default=None, max_length=1000)
-    events: list[str] = Field(max_length=50, description=EVENTS)
+    url: WebhookUrl
+    description: Text | None = None
+    events: Events
     enabled: bool = True
 
 
 class WebhookPatch(Body):
-    url: str | None = Field(default=None, max_length=2048)
-    description: str | None = Field(default=None, max_length=1000)
-    events: list[str] | None = Field(default=None, max_length=50, description=EVENTS)
-    enabled: bool | None = None
+    url: WebhookUrl | Absent = None
+    description: Text | None = None
+    events: Events | Absent = None
+    enabled: bool | Absent = None
 
 
 class SecretRotate(Body):
