@@ -105,10 +105,10 @@ def serve(
 
         console.print("\n[bold green]Keyplane demo tenant created[/]")
         console.print(f"  Location ID (tenant id): {creds.tenant_id}")
-        console.print(f"  Admin sign-in:           {creds.admin_email} / {creds.admin_password}"
-                      f"  at {base}/signin", soft_wrap=True)
-        console.print(f"  Management key (keys:write, members:write, tenant:write; shown once):\n"
-                      f"    {creds.management_key}", soft_wrap=True)
+        console.print(f"  Console:                 {base}/  (sign in as {creds.admin_email} / "
+                      f"{creds.admin_password})", soft_wrap=True)
+        console.print("  Management key (keys, members, tenant and every data scope; shown once):"
+                      f"\n    {creds.management_key}", soft_wrap=True)
         console.print(f"  Verifier key (operator, keys:verify; shown once):\n"
                       f"    {creds.verifier_key}", soft_wrap=True)
         console.print(f"\n  Try: curl -H 'Authorization: Bearer <management key>' {base}/v1/keys",
