@@ -26,6 +26,7 @@ from keyplane.services.catalogue import CatalogueService, load_toml
 from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
 from keyplane.services.delivery import DeliveryWorker
+from keyplane.services.hygiene import HygieneService
 from keyplane.services.keys import KeyService
 from keyplane.services.leaks import LeakService
 from keyplane.services.principals import GroupService, PrincipalService
@@ -39,6 +40,7 @@ from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
+from keyplane.storage.sql.hygiene import hygiene_repo
 from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.storage.sql.safety import safety_repos
 from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
@@ -73,6 +75,7 @@ class Keyplane:
     webhooks: WebhookService
     deliveries: DeliveryWorker  # sends the outbox; runs in serve (unless disabled) and worker
     sender: HttpSender
+    hygiene: HygieneService  # the keys report and the unused-key policy's job
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -84,8 +87,11 @@ class Keyplane:
         self.propagation.start()
         if self.settings.webhook_worker:
             self.deliveries.start()
+        if self.settings.hygiene_interval_seconds > 0:
+            self.hygiene.start()
 
     def stop(self) -> None:
+        self.hygiene.stop()
         self.deliveries.stop()
         self.propagation.stop()
         self.usage.stop()
@@ -183,7 +189,11 @@ def build(
             poll_seconds=settings.webhook_poll_seconds,
             retention=timedelta(days=settings.webhook_retention_days)),
         sender=sender,
+        hygiene=HygieneService(
+            ctx, hygiene_repo, keys,
+            interval=timedelta(seconds=settings.hygiene_interval_seconds or 3600)),
     )
+    kp.hygiene.before_run.append(usage.flush)  # this process's uses count before deciding
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
     kp.leaks.connections = apps.connections  # leaked OAuth tokens end their connection
     return kp

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         "after this long (must exceed the timeout)")
     webhook_concurrency: int = Field(default=8, ge=1, le=256)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    hygiene_interval_seconds: float = Field(
+        default=3600.0, ge=0, le=86400 * 7,
+        description="How often the unused-key policy (revoke_unused_after_days) runs: every "
+        "instance checks once a minute and one of them runs it per interval (a database "
+        "lease); 0: never from serve (run `keyplane hygiene run` from cron instead)")
     webhook_retention_days: int = Field(
         default=30, ge=2, le=3650, description="Finished deliveries (and their events) are "
         "kept this long for GET …/deliveries and redelivery")

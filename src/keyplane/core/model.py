@@ -36,6 +36,7 @@ class TenantPolicy:
     allowed_ips: list[str] = field(default_factory=list)
     require_tls_default: bool = True
     leaked_key_action: LeakAction = LeakAction.REVOKE
+    revoke_unused_after_days: int | None = None  # None: unused keys are never revoked
 
 
 @dataclass

@@ -23,6 +23,7 @@ from keyplane.core.errors import ValidationError
 #: Every event type a webhook can subscribe to; ``prefix.*`` and ``*`` patterns match these.
 EVENT_TYPES: frozenset[str] = frozenset({
     "key.created", "key.updated", "key.rotated", "key.locked", "key.unlocked", "key.revoked",
+    "key.unused_warning",
     "member.created", "member.updated", "member.deleted",
     "service_account.created", "service_account.updated", "service_account.deleted",
     "connection.authorized", "connection.revoked",

@@ -282,15 +282,21 @@ class KeyService:
         caller.require("keys:write")
         with self.ctx.uow() as uow:
             key = self._load(uow, caller, tid, key_id, for_update=True)
-            now = self.ctx.clock.now()
-            key.revoked_at = now
-            key.updated_at = now
-            key.enabled = False
-            uow.keys.update(key)
-            self.ctx.audit(uow, caller, "key.revoked", key.id, tenant_id=tid, reason=reason,
-                           subject=key_view(key))
-            self.ctx.changed(uow, "key", key.id)
+            self.revoke_loaded(uow, caller, key, reason)
             uow.commit()
+
+    def revoke_loaded(self, uow: UnitOfWork, caller: Caller, key: ApiKey, reason: str,
+                      **details: Any) -> None:
+        """Revokes a key the caller loaded for update in ``uow`` (audit, ``key.revoked`` event,
+        caches told); the caller commits."""
+        now = self.ctx.clock.now()
+        key.revoked_at = now
+        key.updated_at = now
+        key.enabled = False
+        uow.keys.update(key)
+        self.ctx.audit(uow, caller, "key.revoked", key.id, tenant_id=key.tenant_id,
+                       reason=reason, subject=key_view(key), **details)
+        self.ctx.changed(uow, "key", key.id)
 
     def rotate(self, caller: Caller, tenant_id: str | None, key_id: str, body: dict[str, Any],
                *, operator: bool = False, if_match: Sequence[str] | None = None) -> IssuedKey:

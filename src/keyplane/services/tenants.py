@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from keyplane.core import hygiene as hy
 from keyplane.core import ids
 from keyplane.core.errors import NotFound, ValidationError
 from keyplane.core.model import LeakAction, Page, Tenant, TenantPolicy
@@ -13,7 +14,7 @@ from keyplane.services.context import Context
 
 MAX_DAYS = v.MAX_DAYS
 POLICY_FIELDS = ("default_expiry_days", "max_expiry_days", "allow_non_expiring", "allowed_ips",
-                 "require_tls_default", "leaked_key_action")
+                 "require_tls_default", "leaked_key_action", "revoke_unused_after_days")
 
 
 def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
@@ -45,6 +46,11 @@ def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
             raise ValidationError(f"{field('leaked_key_action')} must be 'revoke' or 'lock'",
                                   field=field("leaked_key_action"))
         policy.leaked_key_action = LeakAction(value)
+    if "revoke_unused_after_days" in body:
+        value = body["revoke_unused_after_days"]
+        policy.revoke_unused_after_days = None if value is None else v.integer(
+            value, field("revoke_unused_after_days"), minimum=hy.MIN_REVOKE_UNUSED_DAYS,
+            maximum=hy.MAX_REVOKE_UNUSED_DAYS)
     if policy.max_expiry_days is not None and policy.default_expiry_days > policy.max_expiry_days:
         raise ValidationError(f"{field('default_expiry_days')} must not exceed "
                               "max_expiry_days", field=field("default_expiry_days"))

@@ -24,6 +24,7 @@ from keyplane.web import (
     routes_changes,
     routes_keys,
     routes_leaks,
+    routes_reports,
     routes_shares,
     routes_usage,
     routes_verify,
@@ -82,6 +83,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(routes_verify.router)
     app.include_router(routes_keys.router)
     app.include_router(routes_usage.router)
+    app.include_router(routes_reports.router)
     app.include_router(routes_changes.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_leaks.router)

@@ -193,6 +193,11 @@ class Policy(Body):
     leaked_key_action: Literal["revoke", "lock"] | Absent = Field(
         default=None, description="A key reported leaked is revoked at once (default) or "
         "locked (reversible) and its owner and the tenant's admins told")
+    revoke_unused_after_days: Annotated[int, Field(json_schema_extra={
+        "minimum": 7, "maximum": 3650})] | None = Field(
+        default=None, description="Keys not used for this many days (never-used keys: "
+        "since creation) are revoked with reason `unused`, after a `key.unused_warning` "
+        "to their owner up to 7 days before; null (the default) turns it off")
 
 
 class TenantCreate(Body):
@@ -284,6 +289,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
             "allow_non_expiring": p.allow_non_expiring, "allowed_ips": p.allowed_ips,
             "require_tls_default": p.require_tls_default,
             "leaked_key_action": p.leaked_key_action.value,
+            "revoke_unused_after_days": p.revoke_unused_after_days,
         },
     }
 

@@ -53,6 +53,7 @@ class SqlTenants:
             allow_non_expiring=p.allow_non_expiring, allowed_ips=list(p.allowed_ips),
             require_tls_default=p.require_tls_default,
             leaked_key_action=p.leaked_key_action.value,
+            revoke_unused_after_days=p.revoke_unused_after_days,
         )
 
     @staticmethod
@@ -64,6 +65,7 @@ class SqlTenants:
                 allow_non_expiring=r["allow_non_expiring"], allowed_ips=list(r["allowed_ips"]),
                 require_tls_default=r["require_tls_default"],
                 leaked_key_action=LeakAction(r["leaked_key_action"]),
+                revoke_unused_after_days=r["revoke_unused_after_days"],
             ),
         )
 

@@ -56,6 +56,7 @@ tenants = sa.Table(
     sa.Column("require_tls_default", sa.Boolean, nullable=False),
     sa.Column("leaked_key_action", sa.String(10), nullable=False,
               server_default="revoke"),  # 0006_leaks_shares
+    sa.Column("revoke_unused_after_days", sa.Integer, nullable=True),  # 0008_hygiene
 )
 
 principals = sa.Table(
@@ -126,6 +127,8 @@ api_keys = sa.Table(
     sa.Column("leaked_at", UTCDateTime, nullable=True),  # 0006_leaks_shares
     sa.Column("leak_url", sa.String(2000), nullable=True),
     sa.Column("leak_source", sa.String(200), nullable=True),
+    # when the unused-key policy last warned the owner (0008_hygiene)
+    sa.Column("unused_warned_at", UTCDateTime, nullable=True),
     sa.Index("ix_api_keys_tenant", "tenant_id", "id"),
     sa.Index("ix_api_keys_owner", "owner_id"),
 )
@@ -176,6 +179,7 @@ changes = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
 )
 
+from keyplane.storage.sql import hygiene as _hygiene_tables  # noqa: E402,F401
 from keyplane.storage.sql import oauth_tables as _oauth_tables  # noqa: E402,F401
 from keyplane.storage.sql import safety as _safety_tables  # noqa: E402,F401
 from keyplane.storage.sql import usage as _usage_tables  # noqa: E402,F401

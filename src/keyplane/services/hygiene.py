@@ -1,0 +1,198 @@
+"""Key hygiene: the report of a tenant's keys that need attention (``GET /v1/reports/keys``,
+``keyplane keys report``), and the unused-key policy (``revoke_unused_after_days``): a job that
+warns owners, then revokes keys unused that long. The job runs on a timer in every instance and
+takes a database lease first, so one instance among many runs it per interval."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from keyplane.core import hygiene as hy
+from keyplane.core.errors import NotFound, ValidationError
+from keyplane.core.model import ApiKey, Page
+from keyplane.core.ports import UnitOfWork
+from keyplane.core.rights import SYSTEM, Caller
+from keyplane.core.views import key_view, ts
+from keyplane.services.context import Context
+
+log = logging.getLogger("keyplane.hygiene")
+
+JOB = "unused_keys"
+ACTOR = replace(SYSTEM, name="policy:revoke_unused")
+SCAN_BATCH = 500  # keys read per query while filling a report page
+
+
+class HygieneRepo(Protocol):
+    def live_keys(self, tenant_id: str, *, cursor: str | None,
+                  limit: int) -> list[tuple[ApiKey, bool]]: ...
+    def policy_tenants(self) -> list[tuple[str, int]]: ...
+    def idle_keys(self, tenant_id: str, idle_since: datetime) -> list[str]: ...
+    def warned_at(self, key_id: str) -> datetime | None: ...
+    def set_warned(self, key_id: str, at: datetime) -> None: ...
+    def claim(self, job: str, owner: str, now: datetime, until: datetime) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Flagged:
+    key: ApiKey
+    reasons: list[hy.Reason]
+
+
+@dataclass
+class PolicyRun:
+    """What one run of the unused-key policy did (None from ``run`` when another instance
+    holds the lease)."""
+
+    warned: list[str]
+    revoked: list[str]
+
+
+class HygieneService:
+    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], HygieneRepo], keys: Any, *,
+                 interval: timedelta = timedelta(hours=1)) -> None:
+        self.ctx = ctx
+        self.repos = repos
+        self.keys = keys  # KeyService: one way to revoke a key
+        self.interval = interval
+        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.before_run: list[Callable[[], object]] = []  # e.g. flush this process's usage
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the report --------------------------------------------------------------------------
+
+    def report(self, caller: Caller, tenant_id: str | None, *,
+               thresholds: hy.Thresholds = hy.Thresholds(), reason: str | None = None,
+               limit: int = 50, cursor: str | None = None) -> Page:
+        """The tenant's live keys with at least one reason (or ``reason``), newest first,
+        paged by key id like ``GET /v1/keys``."""
+        tid = caller.tenant_for(tenant_id)
+        caller.require("keys:read")
+        wanted = None
+        if reason is not None:
+            if reason not in hy.REASONS:
+                raise ValidationError(f"reason must be one of {', '.join(hy.REASONS)}",
+                                      field="reason")
+            wanted = hy.Reason(reason)
+        now = self.ctx.clock.now()
+        items: list[Flagged] = []
+        with self.ctx.uow(readonly=True) as uow:
+            if uow.tenants.get(tid) is None:
+                raise NotFound("no such tenant")
+            repo = self.repos(uow)
+            after = cursor
+            while len(items) <= limit:
+                batch = repo.live_keys(tid, cursor=after, limit=SCAN_BATCH)
+                for key, owner_enabled in batch:
+                    found = hy.reasons(key, now, thresholds, owner_enabled=owner_enabled)
+                    if found and (wanted is None or wanted in found):
+                        items.append(Flagged(key, found))
+                        if len(items) > limit:
+                            break
+                if len(batch) < SCAN_BATCH:
+                    break
+                after = batch[-1][0].id
+        more = len(items) > limit
+        items = items[:limit]
+        return Page(items=items, next_cursor=items[-1].key.id if more and items else None)
+
+    # -- the unused-key policy ---------------------------------------------------------------
+
+    def run(self, *, force: bool = False) -> PolicyRun | None:
+        """One run of the policy over every tenant that has it. Takes the job's lease for an
+        interval first (``force``: runs even if another instance ran it within the interval);
+        None when another instance holds it. Each key is decided again in its own transaction,
+        holding its row, so overlapping runs still warn and revoke each key once."""
+        now = self.ctx.clock.now()
+        with self.ctx.uow() as uow:
+            claimed = self.repos(uow).claim(JOB, self.owner, now, now + self.interval)
+            uow.commit()
+        if not claimed and not force:
+            return None
+        for hook in self.before_run:
+            hook()
+        done = PolicyRun(warned=[], revoked=[])
+        with self.ctx.uow(readonly=True) as uow:
+            tenants = self.repos(uow).policy_tenants()
+        for tenant_id, days in tenants:
+            idle_since = self.ctx.clock.now() - (timedelta(days=days) - hy.warn_lead(days))
+            with self.ctx.uow(readonly=True) as uow:
+                candidates = self.repos(uow).idle_keys(tenant_id, idle_since)
+            for key_id in candidates:
+                try:
+                    step = self._apply(tenant_id, key_id)
+                except Exception:  # one key's failure never stops the others
+                    log.exception("unused-key policy failed for %s", key_id)
+                    continue
+                if step is hy.Step.WARN:
+                    done.warned.append(key_id)
+                elif step is hy.Step.REVOKE:
+                    done.revoked.append(key_id)
+        if done.warned or done.revoked:
+            log.info("unused-key policy: %d warned, %d revoked", len(done.warned),
+                     len(done.revoked))
+        return done
+
+    def _apply(self, tenant_id: str, key_id: str) -> hy.Step:
+        with self.ctx.uow() as uow:
+            tenant = uow.tenants.get(tenant_id)
+            days = tenant.policy.revoke_unused_after_days if tenant else None
+            key = uow.keys.get(tenant_id, key_id, for_update=True)
+            if key is None or days is None or tenant is None or not tenant.enabled:
+                return hy.Step.NONE
+            repo = self.repos(uow)
+            now = self.ctx.clock.now()
+            step = hy.unused_step(key, now, days, repo.warned_at(key.id))
+            activity = hy.last_activity(key)
+            if step is hy.Step.WARN:
+                repo.set_warned(key.id, now)
+                revoke_at = max(activity + timedelta(days=days), now + hy.warn_lead(days))
+                self.ctx.audit(uow, ACTOR, "key.unused_warning", key.id, tenant_id=tenant_id,
+                               owner_id=key.owner_id, notify=[key.owner_id] if key.owner_id
+                               else [], unused_since=ts(activity), revoke_at=ts(revoke_at),
+                               subject={**key_view(key), "unused_since": ts(activity),
+                                        "revoke_at": ts(revoke_at)})
+            elif step is hy.Step.REVOKE:
+                self.keys.revoke_loaded(uow, ACTOR, key, "unused", owner_id=key.owner_id,
+                                        unused_since=ts(activity), policy_days=days)
+            else:
+                return step
+            uow.commit()
+            return step
+
+    # -- the timer ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="keyplane-hygiene",
+                                            daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        # every instance looks often; the lease lets one of them run per interval
+        poll = min(60.0, self.interval.total_seconds())
+        while not self._stop.wait(poll):
+            try:
+                self.run()
+            except Exception:
+                log.exception("unused-key policy run failed; will retry")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+def flagged_view(item: Flagged) -> dict[str, Any]:
+    """A report entry as the API and ``--json`` show it."""
+    return {"key": key_view(item.key), "reasons": [r.value for r in item.reasons]}
