@@ -78,9 +78,14 @@ def report(
     if ran is not None:
         _print_run(ran)
     table(f"keys that need attention ({len(items)})",
-          ["id", "name", "owner", "last used", "expires", "reasons"],
-          [(i["key"]["id"], i["key"]["name"], i["key"]["owner_id"], i["key"]["last_used_at"],
-            i["key"]["expires_at"], ", ".join(i["reasons"])) for i in items])
+          ["id", "name", "last used", "expires", "reasons"],
+          [(i["key"]["id"], i["key"]["name"], _day(i["key"]["last_used_at"]) or "never",
+            _day(i["key"]["expires_at"]) or "never", "\n".join(i["reasons"]))
+           for i in items])
+
+
+def _day(stamp: str | None) -> str | None:
+    return stamp[:10] if stamp else None
 
 
 @hygiene_app.command("run")
