@@ -34,7 +34,8 @@ class HygieneRepo(Protocol):
     def live_keys(self, tenant_id: str, *, cursor: str | None,
                   limit: int) -> list[tuple[ApiKey, bool]]: ...
     def policy_tenants(self) -> list[tuple[str, int]]: ...
-    def idle_keys(self, tenant_id: str, idle_since: datetime) -> list[str]: ...
+    def idle_keys(self, tenant_id: str, *, warn_since: datetime, revoke_since: datetime,
+                  warned_before: datetime) -> list[str]: ...
     def warned_at(self, key_id: str) -> datetime | None: ...
     def set_warned(self, key_id: str, at: datetime) -> None: ...
     def claim(self, job: str, owner: str, now: datetime, until: datetime) -> bool: ...
@@ -123,9 +124,12 @@ class HygieneService:
         with self.ctx.uow(readonly=True) as uow:
             tenants = self.repos(uow).policy_tenants()
         for tenant_id, days in tenants:
-            idle_since = self.ctx.clock.now() - (timedelta(days=days) - hy.warn_lead(days))
-            with self.ctx.uow(readonly=True) as uow:
-                candidates = self.repos(uow).idle_keys(tenant_id, idle_since)
+            now = self.ctx.clock.now()
+            period, lead = timedelta(days=days), hy.warn_lead(days)
+            with self.ctx.uow(readonly=True) as uow:  # a first cut; each key decided again
+                candidates = self.repos(uow).idle_keys(
+                    tenant_id, warn_since=now - (period - lead), revoke_since=now - period,
+                    warned_before=now - lead)
             for key_id in candidates:
                 try:
                     step = self._apply(tenant_id, key_id)

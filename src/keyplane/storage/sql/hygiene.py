@@ -55,11 +55,18 @@ class SqlHygiene:
              .order_by(c.id))
         return [(i, int(d)) for i, d in self.conn.execute(q)]
 
-    def idle_keys(self, tenant_id: str, idle_since: datetime) -> list[str]:
-        """Live keys of a tenant not used (never-used: not created) since ``idle_since``."""
+    def idle_keys(self, tenant_id: str, *, warn_since: datetime, revoke_since: datetime,
+                  warned_before: datetime) -> list[str]:
+        """Live keys of a tenant the unused-key policy may act on: idle (not used, or if
+        never used not created) since ``warn_since`` and not warned since; or idle since
+        ``revoke_since`` and warned before ``warned_before`` (and since they went idle)."""
+        activity = sa.func.coalesce(K.last_used_at, K.created_at)
+        warned = K.unused_warned_at
         q = (sa.select(K.id).where(
-            K.tenant_id == tenant_id, K.revoked_at.is_(None),
-            sa.func.coalesce(K.last_used_at, K.created_at) <= idle_since).order_by(K.id))
+            K.tenant_id == tenant_id, K.revoked_at.is_(None), activity <= warn_since,
+            sa.or_(warned.is_(None), warned < activity,
+                   sa.and_(activity <= revoke_since, warned <= warned_before)))
+            .order_by(K.id))
         return [i for (i,) in self.conn.execute(q)]
 
     def warned_at(self, key_id: str) -> datetime | None:
