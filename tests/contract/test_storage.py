@@ -90,7 +90,8 @@ def secret_for(key_id: str, digest: str, **kw: Any) -> KeySecret:
 
 def test_tenant_round_trips_every_field(keyplane: Keyplane) -> None:
     policy = TenantPolicy(default_expiry_days=30, max_expiry_days=None, allow_non_expiring=True,
-                          allowed_ips=["10.0.0.0/8", "2001:db8::/32"], require_tls_default=False)
+                          allowed_ips=["10.0.0.0/8", "2001:db8::/32"], require_tls_default=False,
+                          revoke_unused_after_days=45)
     tenant = Tenant(id=ids.new_id("loc"), name="Åcme ✓ 名前", enabled=False,
                     created_at=datetime(2031, 5, 6, 9, 8, 9, 654321, tzinfo=PLUS2), policy=policy)
     with uow(keyplane) as u:

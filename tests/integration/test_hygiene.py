@@ -322,3 +322,50 @@ def kp_key_of(kp: Keyplane, tenant: Tenant) -> str:
     """The id of the tenant's management key (``make_tenant``'s "ops")."""
     page = kp.keys.list(SYSTEM, tenant.id, limit=200)
     return next(k.id for k in page.items if k.name == "ops")
+
+
+def test_serve_runs_the_policy_on_its_timer(
+    database: tuple[str, str | None], tmp_path: Path, clock: SettableClock
+) -> None:
+    url, schema = database
+    with serving(url, schema, tmp_path, clock, hygiene_interval_seconds=0.05) as (kp, _http):
+        tenant = make_tenant(kp)
+        kp.tenants.update(SYSTEM, tenant.id, {"policy": {"revoke_unused_after_days": 7}})
+        idle = kp.keys.create(SYSTEM, tenant.id, {"name": "idle", "scopes": ["contacts:read"],
+                                                  "owner_id": tenant.admin_id}).key
+
+        def warnings() -> int:
+            with kp.ctx.uow(readonly=True) as uow:
+                return len(uow.audit.page(tenant.id, action="key.unused_warning", limit=10,
+                                          cursor=None).items)
+
+        clock.advance(days=4)  # the timer's next lease (the clock moved past the last one)
+        wait_until(lambda: warnings() == 2, 10)  # "idle" and make_tenant's "ops"
+        clock.advance(days=3)
+        def revoked() -> bool:
+            with kp.ctx.uow(readonly=True) as uow:
+                key = uow.keys.get_any(idle.id)
+                return key is not None and key.revoked_at is not None
+
+        wait_until(revoked, 10)
+        assert warnings() == 2
+
+
+def test_keyplane_hygiene_run_for_cron(
+    keyplane: Keyplane, clock: SettableClock, cli: Cli  # noqa: F811
+) -> None:
+    real = clock.now()
+    clock.set(real - timedelta(days=40))  # the CLI runs on the real clock
+    tenant = make_tenant(keyplane)
+    keyplane.tenants.update(SYSTEM, tenant.id, {"policy": {"revoke_unused_after_days": 30}})
+    idle = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "idle", "scopes": ["contacts:read"], "owner_id": tenant.admin_id}).key
+    ops = kp_key_of(keyplane, tenant)
+    first = cli.json("hygiene", "run")
+    assert first["ran"] is True and set(first["warned"]) == {idle.id, ops}
+    assert first["revoked"] == []
+    assert cli.json("hygiene", "run") == {"ran": False, "warned": [], "revoked": []}
+    assert "Another instance ran" in cli.ok("hygiene", "run")
+    forced = cli.json("keys", "report", "--tenant", tenant.id, "--apply-policy", "--force")
+    assert forced["policy"] == {"ran": True, "warned": [], "revoked": []}
+    assert {i["key"]["id"] for i in forced["items"]} == {idle.id, ops}
