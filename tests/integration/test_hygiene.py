@@ -159,6 +159,9 @@ def test_the_api_and_the_cli_agree(
         "never_used", "unused", "expiring", "write_scopes_unused"]
     table = cli.ok("keys", "report", "--tenant", tenant.id)
     assert "idle" in table and "never_used" in table
+    assert "no such tenant" in cli.refused("keys", "report", "--tenant", "loc_nope")
+    assert "reason must be one of" in cli.refused("keys", "report", "--tenant", tenant.id,
+                                                  "--reason", "stale")
 
 
 # -- the unused-key policy ----------------------------------------------------------------------
