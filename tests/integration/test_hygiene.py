@@ -17,6 +17,7 @@ from keyplane.bootstrap import Keyplane, build
 from keyplane.core.rights import SYSTEM
 from keyplane.services.hygiene import PolicyRun
 from tests.conftest import Tenant, auth, make_settings, make_tenant, serving
+from tests.integration.console_support import signed_in
 from tests.integration.helpers import code, create_key, when
 from tests.integration.procs import wait_until
 from tests.integration.test_cli import Cli, cli  # noqa: F401  (the ``cli`` fixture)
@@ -372,3 +373,21 @@ def test_keyplane_hygiene_run_for_cron(
     forced = cli.json("keys", "report", "--tenant", tenant.id, "--apply-policy", "--force")
     assert forced["policy"] == {"ran": True, "warned": [], "revoked": []}
     assert {i["key"]["id"] for i in forced["items"]} == {idle.id, ops}
+
+
+def test_the_console_shows_the_report(
+    keyplane: Keyplane, http: httpx2.Client, tenant: Tenant, clock: SettableClock
+) -> None:
+    create_key(http, tenant.management_key, name="stale-zapier", scopes=["contacts:write"])
+    clock.advance(days=8)
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    page = http.get("/hygiene")
+    assert page.status_code == 200, page.text
+    assert "stale-zapier" in page.text and "Never used" in page.text
+    assert 'href="/hygiene" aria-current="page"' in page.text
+    page = http.get("/hygiene", params={"reason": "owner_disabled"})
+    assert page.status_code == 200 and "stale-zapier" not in page.text
+    assert "No key needs attention" in page.text
+    page = http.get("/hygiene", params={"unused_days": "1", "reason": "write_scopes_unused"})
+    assert "stale-zapier" in page.text and "Edit scopes unused" in page.text
+    assert http.get("/hygiene", params={"unused_days": "x"}).status_code == 200
