@@ -117,6 +117,17 @@ def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         shot(page, "keys-list-phone")
         page.set_viewport_size({"width": 1280, "height": 860})
 
+        # the key hygiene page, from the sections menu
+        page.get_by_role("link", name="Key hygiene").click()
+        page.wait_for_url("**/hygiene")
+        expect(page.get_by_role("row", name="Billing sync")).to_contain_text("Expiring soon")
+        accessible(page)
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.get_by_role("link", name="API keys").click()
+        page.wait_for_url("**/keys")
+
         # search and the locked filter
         page.get_by_label("Search").fill("nightly")
         page.get_by_role("button", name="Search").click()
