@@ -22,6 +22,7 @@ from keyplane.outbound import HttpSender, SystemResolver
 from keyplane.peppers import load_peppers
 from keyplane.sealing import PepperSealer
 from keyplane.services.audit import AuditService
+from keyplane.services.backup import BackupService
 from keyplane.services.catalogue import CatalogueService, load_toml
 from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
@@ -37,6 +38,7 @@ from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
 from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
+from keyplane.storage.sql.backup import backup_repo
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
 from keyplane.storage.sql.oauth_repositories import connected_repos
@@ -73,6 +75,7 @@ class Keyplane:
     webhooks: WebhookService
     deliveries: DeliveryWorker  # sends the outbox; runs in serve (unless disabled) and worker
     sender: HttpSender
+    backup: BackupService  # keyplane export / restore
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -183,6 +186,7 @@ def build(
             poll_seconds=settings.webhook_poll_seconds,
             retention=timedelta(days=settings.webhook_retention_days)),
         sender=sender,
+        backup=BackupService(ctx, backup_repo),
     )
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
     kp.leaks.connections = apps.connections  # leaked OAuth tokens end their connection
