@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane.core.tokens import redact_secrets
+from keyplane.metrics import UNMATCHED
 from keyplane.web.errors import error_body
 
 access_log = logging.getLogger("keyplane.access")
@@ -114,14 +115,23 @@ async def _reject(send: Send, request_id: str, code: str = "credential_in_url",
     await send({"type": "http.response.body", "body": body})
 
 
-def log_request(scope: Scope, status: int, started: float, request_id: str) -> None:
-    """The access log line (no query string: it may hold what must not be logged; a secret
-    pasted into the path is redacted)."""
+def log_request(scope: Scope, status: int, started: float, request_id: str,
+                route: str | None = None) -> None:
+    """The request's duration in /metrics (by route template, never the path), and the
+    access log line (no query string: it may hold what must not be logged; a secret pasted
+    into the path is redacted)."""
+    elapsed = time.perf_counter() - started
+    metrics = scope.get("keyplane.metrics")
+    if metrics is not None:
+        if route is None:
+            found = scope.get("route")
+            route = getattr(found, "path", None) or UNMATCHED
+        metrics.observe(scope.get("method"), route, elapsed)
     if not access_log.isEnabledFor(logging.INFO):
         return
     client: Any = scope.get("client") or ("-", 0)
     access_log.info(
         '%s "%s %s" %d %.1fms request_id=%s', client[0], scope.get("method"),
-        _logged_path(scope), status, (time.perf_counter() - started) * 1000,
+        _logged_path(scope), status, elapsed * 1000,
         request_id,
     )
