@@ -38,12 +38,22 @@ class RequestMetrics:
         counts = self.verifications
         counts[code] = counts.get(code, 0) + 1
 
+    def row(self, method: str, route: str) -> list[float]:
+        """The counts of one route, made on its first request: a hot route keeps a reference
+        and bumps it with :func:`observe` (no tuple, no lookup per request)."""
+        key = (method, route)
+        found = self.latency.get(key)
+        if found is None:
+            found = self.latency[key] = [0] * (len(BUCKETS) + 1) + [0.0]
+        return found
+
     def observe(self, method: str, route: str, seconds: float) -> None:
-        row = self.latency.get((method, route))
-        if row is None:
-            row = self.latency[(method, route)] = [0] * (len(BUCKETS) + 1) + [0.0]
-        row[bisect_left(BUCKETS, seconds)] += 1
-        row[-1] += seconds
+        observe(self.row(method, route), seconds)
+
+
+def observe(row: list[float], seconds: float) -> None:
+    row[bisect_left(BUCKETS, seconds)] += 1
+    row[-1] += seconds
 
 class KeyplaneCollector(Collector):
     """Reads the figures of one Keyplane process when Prometheus scrapes."""

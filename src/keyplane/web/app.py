@@ -49,12 +49,14 @@ class KeyplaneAPI(FastAPI):
     nesting limit in front of the routes."""
 
     _front: ASGIApp | None = None
+    _metrics: RequestMetrics | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["keyplane.metrics"] = self.state.metrics
+        scope["keyplane.metrics"] = self._metrics  # where log_request counts the duration
         front = self._front
         if front is None:
             kp = self.state.keyplane
+            scope["keyplane.metrics"] = self._metrics = self.state.metrics
             front = self._front = RequestLimits(
                 VerifyFastPath(RequestContext(AllowedMethods(
                     JsonDepthLimit(super().__call__), self.router.routes)), kp,

@@ -69,6 +69,7 @@ class VerifyFastPath:
         self.app = app
         self.kp = keyplane
         self.metrics = metrics or RequestMetrics()
+        self._latency = self.metrics.row("POST", PATH)
         self.trusted = parse_networks(keyplane.settings.trusted_proxies, "trusted_proxies")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -116,7 +117,7 @@ class VerifyFastPath:
             await send({"type": "http.response.body", "body": body})
             status = 200
         finally:
-            log_request(scope, status, started, request_id, PATH)
+            log_request(scope, status, started, request_id, self._latency)
 
     def _remembered(self, request: bytes) -> bytes | None:
         """The answer to this exact request if it was given before and still holds."""
