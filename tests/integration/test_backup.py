@@ -21,7 +21,8 @@ from keyplane.bootstrap import Keyplane, build
 from keyplane.core.errors import AuthenticationError
 from keyplane.core.rights import SYSTEM
 from keyplane.oauth.wiring import connected
-from tests.conftest import Tenant, make_settings, make_tenant
+from tests.conftest import Tenant, make_settings, make_tenant, serving
+from tests.integration.oauth_support import approved_app, exchange, get_code, refresh
 from tests.support import postgres_schema, sqlite_url
 
 KEYPLANE = Path(sys.executable).with_name("keyplane")
@@ -212,3 +213,35 @@ def test_a_truncated_or_foreign_file_is_refused(source: Source, tmp_path: Path) 
         assert kp.tenants.list(SYSTEM, limit=10, cursor=None).items == []
     finally:
         kp.close()
+
+
+def test_a_tenants_connection_to_another_tenants_app_survives_a_restore_of_that_tenant(
+        tmp_path: Path) -> None:
+    """Tenant A connected tenant B's app: A's backup brings the app along (shared), so that
+    A's access and refresh tokens keep working on a server that never held B."""
+    src = tmp_path / "src"
+    src.mkdir()
+    url = sqlite_url(src)
+    with serving(url, None, src) as (kp, http):
+        a, b = make_tenant(kp, "Acme"), make_tenant(kp, "Globex")
+        operator = kp.keys.create(SYSTEM, None, {"name": "op", "scopes": ["platform:write"],
+                                                 "require_tls": False}, operator=True).secret
+        partner = approved_app(http, b.management_key, operator)
+        code, verifier = get_code(http, partner, a.admin_email, a.admin_password)
+        issued = exchange(http, partner, code, verifier)
+        assert issued.status_code == 200, issued.text
+        tokens = issued.json()
+    file = tmp_path / "acme.jsonl"
+    done = run(cli_env(url, src / "data"), "export", "--output", str(file), "--tenant", a.id)
+    assert done.returncode == 0, done.stderr
+    assert tokens["access_token"] not in file.read_text()
+    assert partner.client_secret not in file.read_text()
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    done = run(cli_env(sqlite_url(dst), src / "data"), "restore", str(file))
+    assert done.returncode == 0, done.stderr
+    with serving(sqlite_url(dst), None, src) as (kp, http):  # src/data: the same pepper
+        assert kp.verifier.verify(tokens["access_token"]).valid
+        again = refresh(http, partner, tokens["refresh_token"])
+        assert again.status_code == 200, again.text
+        assert [t.id for t in kp.tenants.list(SYSTEM, limit=10, cursor=None).items] == [a.id]

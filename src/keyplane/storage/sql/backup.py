@@ -2,7 +2,8 @@
 
 Each section is one table, listed so that a row's references are restored before it. A
 tenant's backup selects that tenant's rows; the scope catalogue and the apps of other owners
-its connections use come along as *shared* rows, which a restore keeps when they exist.
+its connections use come along as *shared* rows, which a restore keeps when they exist (such
+an app whose owner is not in the target becomes a platform app).
 Left out on purpose: browser sessions, authorization codes, share links (short-lived, and a
 share link holds an encrypted secret), the webhook outbox, the change log and leak-report
 dedupe digests.
@@ -141,14 +142,29 @@ class SqlBackup:
     def insert(self, section: str, rows: list[dict[str, Any]]) -> None:
         table = TABLES[section]
         decoded = [_decode(table, row) for row in rows]
+        if section == "oauth_apps":
+            self._adopt_orphans(decoded)
         try:
             for start in range(0, len(decoded), BATCH):
                 self.conn.execute(table.insert(), decoded[start:start + BATCH])
         except sa.exc.IntegrityError as exc:
             reason = str(exc.orig or exc).strip().splitlines()[0]
-            raise Conflict(f"{section}: the database refuses a row of the backup ({reason}); "
-                           "restore needs a database without these records",
+            raise Conflict(f"{section}: the database refuses a row of the backup ({reason})",
                            field=section) from None
+
+
+    def _adopt_orphans(self, apps: list[dict[str, Any]]) -> None:
+        """Another owner's app that a tenant's backup brought along (its connections use it)
+        has no owner here when that owner was not restored: it becomes a platform app
+        (owner none) rather than break the tenant's connections."""
+        owners = {a["owner_tenant_id"] for a in apps if a.get("owner_tenant_id")}
+        if not owners:
+            return
+        present = set(self.conn.execute(
+            sa.select(t.tenants.c.id).where(t.tenants.c.id.in_(owners))).scalars())
+        for app in apps:
+            if app.get("owner_tenant_id") and app["owner_tenant_id"] not in present:
+                app["owner_tenant_id"] = None
 
 
 def backup_repo(uow: UnitOfWork) -> BackupRepo:
