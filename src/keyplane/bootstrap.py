@@ -22,6 +22,7 @@ from keyplane.outbound import HttpSender, SystemResolver
 from keyplane.peppers import load_peppers
 from keyplane.sealing import PepperSealer
 from keyplane.services.audit import AuditService
+from keyplane.services.backup import BackupService
 from keyplane.services.catalogue import CatalogueService, load_toml
 from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
@@ -38,6 +39,7 @@ from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
 from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
+from keyplane.storage.sql.backup import backup_repo
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
 from keyplane.storage.sql.hygiene import hygiene_repo
@@ -76,6 +78,7 @@ class Keyplane:
     deliveries: DeliveryWorker  # sends the outbox; runs in serve (unless disabled) and worker
     sender: HttpSender
     hygiene: HygieneService  # the keys report and the unused-key policy's job
+    backup: BackupService  # keyplane export / restore
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -192,6 +195,7 @@ def build(
         hygiene=HygieneService(
             ctx, hygiene_repo, keys,
             interval=timedelta(seconds=settings.hygiene_interval_seconds or 3600)),
+        backup=BackupService(ctx, backup_repo),
     )
     kp.hygiene.before_run.append(usage.flush)  # this process's uses count before deciding
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     webhook_retention_days: int = Field(
         default=30, ge=2, le=3650, description="Finished deliveries (and their events) are "
         "kept this long for GET …/deliveries and redelivery")
+    metrics_open_on_loopback: bool = Field(
+        default=True, description="GET /metrics answers loopback clients (not through a "
+        "proxy) without a credential; everyone else needs one with platform:read")
     db_pool_size: int = 10
     log_level: str = "info"
     demo: bool = False

@@ -173,6 +173,7 @@ class KeyRateLimits:
     use up quota."""
 
     def __init__(self, store: LimitStore, quotas: QuotaStore | None = None) -> None:
+        self.rejections: dict[str, int] = {"rate_limit": 0, "quota": 0}  # /metrics
         self.store = store
         self.quotas = quotas
         self.faults = Faults()
@@ -209,10 +210,12 @@ class KeyRateLimits:
             info = {"limit": limit, "remaining": max(0, int(stats.remaining)),
                     "reset_at": math.ceil(stats.reset_time)}
             if not allowed:
+                self.rejections["rate_limit"] += 1
                 return RATE_LIMITED, info
         if snapshot.meta.get("quota") and self.quotas is not None:
             admitted, _left = self.quotas.take(snapshot.key_id)
             if not admitted:
+                self.rejections["quota"] += 1
                 return QUOTA_EXHAUSTED, info
         return None, info
 
@@ -237,6 +240,12 @@ class FailureThrottle:
         self._audit_item = RateLimitItemPerSecond(1, window, namespace="fail-audit")
         self._blocked: dict[tuple[str, str], float] = {}
         self.faults = Faults()
+        self.throttled: dict[str, int] = {}  # /metrics: failures over the limit, by scope
+
+    def blocked_now(self) -> list[tuple[str, str]]:
+        """The (scope, address) pairs this process refuses now."""
+        now = time.monotonic()
+        return [k for k, until in list(self._blocked.items()) if until > now]
 
     @property
     def blocking(self) -> bool:
@@ -279,6 +288,7 @@ class FailureThrottle:
         if allowed:
             return None
         retry = max(1, math.ceil(reset - time.time()))
+        self.throttled[scope] = self.throttled.get(scope, 0) + 1
         if len(self._blocked) >= self.MAX_TRACKED:
             now = time.monotonic()
             self._blocked = {k: u for k, u in self._blocked.items() if u > now}

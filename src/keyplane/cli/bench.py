@@ -19,7 +19,7 @@ from rich.table import Table
 from keyplane.cli.main import JsonOpt, app
 from keyplane.cli.output import console, emit_json, err_console, fail
 
-QUICK = ["inprocess", "middleware", "verify_http", "djrf_compare"]
+QUICK = ["inprocess", "middleware", "verify_http", "djrf_compare", "metrics_cost"]
 FULL = [*QUICK, "million"]
 NEEDS_DJANGO = {"djrf_compare"}
 
@@ -44,7 +44,7 @@ def _run(directory: Path, name: str, quick: bool, tool: str) -> dict[str, Any]:
     cmd = [sys.executable, str(directory / f"{name}.py"), "--json"]
     if quick:
         cmd.append("--quick")
-    if name not in ("inprocess", "million"):
+    if name not in ("inprocess", "million", "metrics_cost"):
         cmd += ["--tool", tool]
     done = subprocess.run(cmd, capture_output=True, text=True,  # noqa: S603 (our own scripts)
                           cwd=directory.parent, check=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
@@ -209,6 +209,9 @@ class WebhookRepo(Protocol):
                status: DeliveryStatus, next_attempt_at: datetime | None) -> bool: ...
     def mark_success(self, webhook_id: str) -> None: ...
     def prune(self, before: datetime) -> int: ...
+    def backlog(self) -> tuple[int, datetime | None]:
+        """Pending deliveries of every tenant, and when the oldest was created."""
+        ...
 
 
 WebhookRepos = Callable[[UnitOfWork], WebhookRepo]
@@ -219,3 +222,28 @@ class EventSink(Protocol):
 
     def emit(self, uow: UnitOfWork, event_type: str, tenant_id: str,
              subject: dict[str, Any], actor: str) -> None: ...
+
+
+# -- backup (services/backup.py) ----------------------------------------------------------------
+
+class BackupRepo(Protocol):
+    """Rows of every table a backup holds, as JSON-ready dicts, in an order that restores
+    (a row's references come before it). Secrets are never among them: only digests, password
+    hashes and sealed values, exactly as stored."""
+
+    def sections(self) -> list[str]: ...
+    def columns(self, section: str) -> set[str]: ...
+    def read(self, section: str, tenant_id: str | None) -> Iterator[tuple[dict[str, Any], bool]]:
+        """(row, shared): a shared row (the scope catalogue, another owner's app a tenant is
+        connected to) is kept as it is when the target already holds it."""
+        ...
+    def key(self, section: str, row: dict[str, Any]) -> str:
+        """The row's primary key as text (parts joined by ``/``)."""
+        ...
+    def existing(self, section: str, rows: list[dict[str, Any]]) -> list[str]:
+        """The primary keys of ``rows`` the database already holds."""
+        ...
+    def insert(self, section: str, rows: list[dict[str, Any]]) -> None: ...
+
+
+BackupRepos = Callable[[UnitOfWork], BackupRepo]

@@ -101,6 +101,9 @@ class Verifier:
         self.loaders: dict[str, Loader] = {ctx.key_prefix: self._load_key}
         self.rate_check: RateCheck | None = None
         self.rate_check_blocking = False  # it may wait on the network: never on an event loop
+        # /metrics: credential checks answered from the cache, and those that read storage
+        self.cache_hits = 0
+        self.cache_misses = 0
         ctx.bus.subscribe(cache.invalidate)
 
     def register(self, prefix: str, loader: Loader) -> None:
@@ -132,6 +135,7 @@ class Verifier:
             now = self.ctx.clock.now()
             if remembered.expires_at is None or now < remembered.expires_at:
                 self.usage.record(remembered.key_id, now, remembered.outcome)
+                self.cache_hits += 1
                 return remembered.verdict
         generation = cache.generation  # before the snapshot is read
         prefix = tokens.prefix_of(raw, self.loaders)
@@ -141,7 +145,10 @@ class Verifier:
         if snapshot is None:
             if not load:
                 return None
+            self.cache_misses += 1
             snapshot = self._fill(raw, key, prefix)
+        else:
+            self.cache_hits += 1
         if snapshot is MISSING or not isinstance(snapshot, Snapshot):
             return Verdict(NOT_FOUND)
         now = self.ctx.clock.now()

@@ -128,6 +128,14 @@ class WebhookService:
                     "target private networks", field="url")
         return url
 
+    def backlog(self) -> tuple[int, float]:
+        """For /metrics: deliveries waiting (every tenant), and the oldest one's age in
+        seconds (0 when none waits)."""
+        with self.ctx.uow(readonly=True) as uow:
+            pending, oldest = self.repos(uow).backlog()
+        age = (self.ctx.clock.now() - oldest).total_seconds() if oldest is not None else 0.0
+        return pending, max(0.0, age)
+
     def _tenant(self, caller: Caller, tenant_id: str | None, *, write: bool) -> str:
         tid = caller.tenant_for(tenant_id)
         caller.require("tenant:write" if write else "tenant:read")

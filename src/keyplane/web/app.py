@@ -16,6 +16,7 @@ from keyplane.core import scopes as sc
 from keyplane.core.policy import parse_networks
 from keyplane.core.webhooks import url_pattern
 from keyplane.logs import install_redaction
+from keyplane.metrics import RequestMetrics
 from keyplane.web import (
     contract,
     errors,
@@ -24,6 +25,7 @@ from keyplane.web import (
     routes_changes,
     routes_keys,
     routes_leaks,
+    routes_metrics,
     routes_reports,
     routes_shares,
     routes_usage,
@@ -48,14 +50,18 @@ class KeyplaneAPI(FastAPI):
     nesting limit in front of the routes."""
 
     _front: ASGIApp | None = None
+    _metrics: RequestMetrics | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["keyplane.metrics"] = self._metrics  # where log_request counts the duration
         front = self._front
         if front is None:
             kp = self.state.keyplane
+            scope["keyplane.metrics"] = self._metrics = self.state.metrics
             front = self._front = RequestLimits(
                 VerifyFastPath(RequestContext(AllowedMethods(
-                    JsonDepthLimit(super().__call__), self.router.routes)), kp),
+                    JsonDepthLimit(super().__call__), self.router.routes)), kp,
+                    self.state.metrics),
                 kp.settings.max_body_bytes)
         await front(scope, receive, send)
 
@@ -77,6 +83,8 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app = KeyplaneAPI(title="Keyplane", version=__version__, description=DESCRIPTION,
                       lifespan=lifespan)
     app.state.keyplane = kp
+    app.state.metrics = RequestMetrics()
+    app.state.metrics_registry = None  # built on the first scrape
     app.state.trusted_proxies = parse_networks(kp.settings.trusted_proxies, "trusted_proxies")
     errors.install(app)
     refusals.install(app)  # 403s and 404s of authenticated /v1 calls are audited
@@ -89,6 +97,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(routes_leaks.router)
     app.include_router(routes_shares.router)
     app.include_router(routes_webhooks.router)
+    app.include_router(routes_metrics.router)
     from keyplane.web import routes_apps, routes_oauth, routes_session  # connected apps
 
     app.include_router(routes_apps.router)

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from keyplane.bootstrap import Keyplane
 from keyplane.core.errors import KeyplaneError
 from keyplane.core.policy import Address, parse_address, parse_networks
+from keyplane.metrics import RequestMetrics
 from keyplane.services.auth import caller_from
 from keyplane.services.verify import cache_key
 from keyplane.web import net
@@ -59,12 +60,16 @@ class RememberedAnswer(NamedTuple):
     expires_at: datetime | None
     caller_ip: Address | None
     subject: Address | None  # whose guesses /v1/verify counts: ``ip``, else the caller's
+    code: str  # the answer's code, for /metrics
 
 
 class VerifyFastPath:
-    def __init__(self, app: ASGIApp, keyplane: Keyplane) -> None:
+    def __init__(self, app: ASGIApp, keyplane: Keyplane,
+                 metrics: RequestMetrics | None = None) -> None:
         self.app = app
         self.kp = keyplane
+        self.metrics = metrics or RequestMetrics()
+        self._latency = self.metrics.row("POST", PATH)
         self.trusted = parse_networks(keyplane.settings.trusted_proxies, "trusted_proxies")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,7 +117,7 @@ class VerifyFastPath:
             await send({"type": "http.response.body", "body": body})
             status = 200
         finally:
-            log_request(scope, status, started, request_id)
+            log_request(scope, status, started, request_id, self._latency)
 
     def _remembered(self, request: bytes) -> bytes | None:
         """The answer to this exact request if it was given before and still holds."""
@@ -132,6 +137,8 @@ class VerifyFastPath:
         record = kp.usage.record
         record(found.caller_key_id, now, _OUTCOME_VALID)
         record(found.key_id, now, found.outcome)
+        kp.verifier.cache_hits += 2  # both credentials, answered from the cache
+        self.metrics.verified(found.code)
         return found.body
 
     def _answer(self, scope: Scope, raw_body: bytes, request: bytes) -> bytes | None:
@@ -176,7 +183,9 @@ class VerifyFastPath:
         verdict = as_seen_by(caller, verdict)
         if verdict.decision.code in GUESSES:
             return None  # the route counts the guess against the address
+        code = verdict.decision.code.value
         out = json.dumps(verdict_out(verdict), separators=(",", ":")).encode()
+        self.metrics.verified(code)
         assert seen.snapshot is not None
         if not seen.snapshot.counted and verdict.snapshot is not None and not (
                 verdict.snapshot.counted) and verdict.decision.code not in GUESSES:
@@ -188,7 +197,7 @@ class VerifyFastPath:
                 cache = kp.verifier.cache
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
-                    verdict.decision.code.value, expires_at, caller_ip, subject),
+                    verdict.decision.code.value, expires_at, caller_ip, subject, code),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 

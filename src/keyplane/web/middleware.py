@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane.core.tokens import redact_secrets
+from keyplane.metrics import UNMATCHED, observe
 from keyplane.web.errors import error_body
 
 access_log = logging.getLogger("keyplane.access")
@@ -114,14 +115,24 @@ async def _reject(send: Send, request_id: str, code: str = "credential_in_url",
     await send({"type": "http.response.body", "body": body})
 
 
-def log_request(scope: Scope, status: int, started: float, request_id: str) -> None:
-    """The access log line (no query string: it may hold what must not be logged; a secret
-    pasted into the path is redacted)."""
+def log_request(scope: Scope, status: int, started: float, request_id: str,
+                row: list[float] | None = None) -> None:
+    """The request's duration in /metrics (by route template, never the path; ``row``: the
+    counts of the route, when the caller holds them), and the access log line (no query
+    string: it may hold what must not be logged; a secret pasted into the path is redacted)."""
+    elapsed = time.perf_counter() - started
+    if row is None:
+        metrics = scope.get("keyplane.metrics")
+        if metrics is not None:
+            found = scope.get("route")
+            row = metrics.row(scope.get("method"), getattr(found, "path", None) or UNMATCHED)
+    if row is not None:
+        observe(row, elapsed)
     if not access_log.isEnabledFor(logging.INFO):
         return
     client: Any = scope.get("client") or ("-", 0)
     access_log.info(
         '%s "%s %s" %d %.1fms request_id=%s', client[0], scope.get("method"),
-        _logged_path(scope), status, (time.perf_counter() - started) * 1000,
+        _logged_path(scope), status, elapsed * 1000,
         request_id,
     )

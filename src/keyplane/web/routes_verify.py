@@ -6,7 +6,7 @@ import math
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from keyplane.bootstrap import Keyplane
@@ -41,7 +41,14 @@ def verdict_out(verdict: Verdict) -> dict[str, Any]:
 
 
 @router.post("/v1/verify", summary="Verify a key or access token for one request")
-async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep) -> dict[str, Any]:
+async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep,
+                 request: Request) -> dict[str, Any]:
+    out = await _verify(body, caller, kp)
+    request.app.state.metrics.verified(out["code"])
+    return out
+
+
+async def _verify(body: Verify, caller: Caller, kp: Keyplane) -> dict[str, Any]:
     caller.require("keys:verify")
     raw = body.key.strip().rpartition(":")[2]  # "<name>:<key>" is accepted too
     ip = None

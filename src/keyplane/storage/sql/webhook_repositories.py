@@ -8,7 +8,7 @@ only by the lease's owner.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -199,6 +199,14 @@ class SqlWebhooks:
             E.created_at < before,
             ~sa.exists().where(D.event_id == E.id)))
         return int(done.rowcount or 0)
+
+    def backlog(self) -> tuple[int, datetime | None]:
+        row = self.conn.execute(sa.select(sa.func.count(), sa.func.min(D.created_at)).where(
+            D.status == DeliveryStatus.PENDING.value)).one()
+        oldest = row[1]
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)  # SQLite's aggregate skips the column type
+        return int(row[0]), oldest
 
 
 def webhook_repo(uow: UnitOfWork) -> WebhookRepo:
