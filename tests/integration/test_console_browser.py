@@ -279,3 +279,111 @@ def test_a_member_cannot_create_keys_and_another_tenants_key_is_not_found(
         expect(page.get_by_role("heading", name="Not found")).to_be_visible()
     finally:
         context.close()
+
+
+def test_an_admin_revokes_a_connected_app_and_sets_the_key_policy(
+        chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
+        operator_key: str, verifier_key: str, shot: Callable[..., None]) -> None:
+    from playwright.sync_api import expect
+
+    from tests.integration.test_console_pages import connect
+
+    connection_id, token = connect(http, tenant, operator_key)
+    connect(http, tenant, operator_key, name="Ledger sync", homepage="https://ledger.example")
+    assert verify(http, verifier_key, token, ["contacts:read"]) == "VALID"
+    context = chromium.new_context(viewport={"width": 1280, "height": 860})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, tenant.admin_email, tenant.admin_password)
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="Connected apps").click()
+        expect(page).to_have_title("Connected apps · Acme · Keyplane")
+        row = page.get_by_role("row", name="Zapier")
+        expect(row).to_contain_text("Contacts Edit")
+        expect(row).to_contain_text(tenant.admin_email)
+        accessible(page)
+        shot(page, "connections")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        shot(page, "connections-phone")
+        page.set_viewport_size({"width": 1280, "height": 860})
+
+        row.get_by_role("link", name="Revoke Zapier").click()
+        expect(page).to_have_title("Revoke Zapier · Acme · Keyplane")
+        expect(page.get_by_text("Automations built on this connection stop working")) \
+            .to_be_visible()
+        accessible(page)
+        shot(page, "connection-revoke")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        assert verify(http, verifier_key, token, ["contacts:read"]) == "VALID"  # asked only
+        page.get_by_role("button", name="Revoke").click()
+        page.wait_for_url("**/connections?done=revoked")
+        expect(page.get_by_role("status").filter(has_text="Revoked")).to_be_visible()
+        expect(page.get_by_role("row", name="Zapier")).to_have_count(0)
+        expect(page.get_by_role("row", name="Ledger sync")).to_have_count(1)
+        assert verify(http, verifier_key, token, ["contacts:read"]) != "VALID"
+        r = http.get(f"/v1/connections/{connection_id}", headers=auth(tenant.management_key))
+        assert r.json()["revoked_at"] is not None
+
+        # settings: copy the Location ID, then a policy error beside its field, then save
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="Settings").click()
+        expect(page).to_have_title("Settings · Acme · Keyplane")
+        page.locator("main").get_by_role("button", name="Copy Location ID").click()
+        assert page.evaluate("navigator.clipboard.readText()") == tenant.id
+        page.get_by_label("Default lifetime (days)").fill("400")
+        page.get_by_label("Maximum lifetime (days)").fill("365")
+        page.get_by_label("Tenant IP allowlist").fill("127.0.0.0/8\n10.0.0.0/8")
+        page.get_by_label("Lock it").check()
+        page.get_by_role("button", name="Save policy").click()
+        expect(page.locator("#default_expiry_days-error")).to_contain_text(
+            "must not be longer than the maximum lifetime")
+        expect(page.get_by_label("Default lifetime (days)")).to_be_focused()
+        expect(page.get_by_label("Lock it")).to_be_checked()
+        accessible(page)
+        shot(page, "settings-error")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.get_by_label("Default lifetime (days)").fill("30")
+        page.get_by_role("button", name="Save policy").click()
+        page.wait_for_url("**/settings?done=saved")
+        expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+        expect(page.get_by_label("Tenant IP allowlist")).to_have_value("127.0.0.0/8\n10.0.0.0/8")
+        accessible(page)
+        shot(page, "settings")
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="API keys").click()
+        page.get_by_role("link", name="Create key").click()
+        expect(page.get_by_label("Validity (days)")).to_have_value("30")
+    finally:
+        context.close()
+
+
+def test_a_member_sees_connected_apps_and_settings_read_only(
+        chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
+        keyplane: Keyplane, operator_key: str) -> None:
+    from playwright.sync_api import expect
+
+    from tests.integration.test_console_pages import connect
+
+    connect(http, tenant, operator_key)
+    add_member(keyplane, tenant.id, "mia@example.com")
+    context = chromium.new_context()
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, "mia@example.com", MEMBER_PASSWORD)
+        page.goto(server.url + "/connections")
+        expect(page.get_by_role("row", name="Zapier")).to_be_visible()
+        expect(page.get_by_role("link", name="Revoke Zapier")).to_have_count(0)
+        accessible(page)
+        page.goto(server.url + "/settings")
+        expect(page.get_by_label("Default lifetime (days)")).not_to_be_editable()
+        expect(page.get_by_label("Revoke it")).to_be_disabled()
+        expect(page.get_by_role("button", name="Save policy")).to_have_count(0)
+        accessible(page)
+    finally:
+        context.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from keyplane.web.console import keys
+from keyplane.web.console import connections, keys, settings
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "admin" / "static"
 
@@ -16,3 +16,5 @@ STATIC = Path(__file__).resolve().parent.parent.parent / "admin" / "static"
 def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(keys.router)
+    app.include_router(connections.router)
+    app.include_router(settings.router)

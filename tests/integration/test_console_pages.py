@@ -1,0 +1,239 @@
+"""The console's connected apps and settings pages over plain HTTP (a cookie-keeping client, no
+browser): what each role sees and may do, confirmation before revoking, CSRF, another tenant's
+ids, and policy errors beside their field. The browser walk-through is in
+test_console_browser.py."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from html import unescape
+
+import httpx2
+import pytest
+
+from keyplane.bootstrap import Keyplane
+from tests.conftest import Tenant, auth, make_tenant
+from tests.integration.console_support import (
+    MEMBER_PASSWORD,
+    add_member,
+    form_token,
+    signed_in,
+    verify,
+)
+from tests.integration.oauth_support import approved_app, exchange, get_code
+
+
+def field_error(html: str, field: str) -> str:
+    found = re.search(rf'<p class="field-error" id="{field}-error"><span class="sr-only">'
+                      r'Error: </span>([^<]+)</p>', html)
+    assert found, f"no error beside {field}"
+    return unescape(found.group(1))
+
+
+def connect(http: httpx2.Client, tenant: Tenant, operator_key: str,
+            name: str = "Zapier", homepage: str = "https://zapier.example") -> tuple[str, str]:
+    """An approved app the tenant's admin consented to: (connection id, access token). Leaves
+    ``http`` signed in as the admin."""
+    partner = approved_app(http, tenant.management_key, operator_key, name=name,
+                           homepage=homepage)
+    code, verifier = get_code(http, partner, tenant.admin_email, tenant.admin_password,
+                              scopes=["contacts:read", "contacts:write"])
+    r = exchange(http, partner, code, verifier)
+    assert r.status_code == 200, r.text
+    listed = http.get("/v1/connections", headers=auth(tenant.management_key)).json()["items"]
+    found = [c["id"] for c in listed if c["app"]["name"] == name]
+    assert len(found) == 1
+    return found[0], r.json()["access_token"]
+
+
+def active(http: httpx2.Client, tenant: Tenant, connection_id: str) -> bool:
+    r = http.get(f"/v1/connections/{connection_id}", headers=auth(tenant.management_key))
+    assert r.status_code == 200, r.text
+    return r.json()["revoked_at"] is None
+
+
+# -- connected apps -----------------------------------------------------------------------------
+
+def test_an_admin_sees_every_connection_and_revokes_one_after_confirming(
+        http: httpx2.Client, tenant: Tenant, operator_key: str, verifier_key: str) -> None:
+    connection_id, token = connect(http, tenant, operator_key)
+    assert verify(http, verifier_key, token, ["contacts:write"]) == "VALID"
+    page = http.get("/connections")
+    assert page.status_code == 200
+    assert "<title>Connected apps · Acme · Keyplane</title>" in page.text
+    row = page.text[page.text.index('<th scope="row" class="name">Zapier'):]
+    row = row[:row.index("</tr>")]
+    assert "https://zapier.example" in row and f">{tenant.admin_email}</td>" in row
+    assert '<span class="chip">Contacts Edit</span>' in row  # Edit stands for View
+    assert "Contacts View" not in row
+    assert f'href="/connections/{connection_id}/revoke"' in row
+    assert 'aria-current="page">Connected apps' in page.text
+
+    confirm = http.get(f"/connections/{connection_id}/revoke")
+    assert confirm.status_code == 200
+    assert "Revoke “Zapier”?" in confirm.text
+    assert "Automations" in confirm.text and "stop working" in confirm.text
+    assert '<span class="chip">Contacts Edit</span>' in confirm.text
+    assert active(http, tenant, connection_id)  # asking changes nothing
+
+    r = http.post(f"/connections/{connection_id}/revoke",
+                  data={"csrf_token": form_token(http, "/connections")})
+    assert r.status_code == 303 and r.headers["location"] == "/connections?done=revoked"
+    assert not active(http, tenant, connection_id)
+    assert verify(http, verifier_key, token, ["contacts:read"]) != "VALID"
+    after = http.get(r.headers["location"])
+    assert "Revoked. The app’s tokens are refused from now on." in after.text
+    assert "revoke\">Revoke" not in after.text and "Zapier" not in after.text
+    assert "No apps are connected" in after.text
+    # revoking again: there is nothing left to revoke
+    r = http.post(f"/connections/{connection_id}/revoke",
+                  data={"csrf_token": form_token(http, "/connections")})
+    assert r.status_code == 404
+
+
+def test_revoking_needs_the_forms_csrf_token(http: httpx2.Client, tenant: Tenant,
+                                             operator_key: str) -> None:
+    connection_id, _ = connect(http, tenant, operator_key)
+    for data in ({}, {"csrf_token": ""}, {"csrf_token": "forged-token"}):
+        r = http.post(f"/connections/{connection_id}/revoke", data=data)
+        assert r.status_code == 400 and "This form has expired" in r.text
+    assert active(http, tenant, connection_id)
+
+
+@pytest.mark.parametrize("role", ["member", "read_only"])
+def test_a_member_sees_connected_apps_read_only(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, operator_key: str,
+        role: str) -> None:
+    connection_id, _ = connect(http, tenant, operator_key)
+    http.cookies.clear()
+    add_member(keyplane, tenant.id, "mia@example.com", role=role)
+    signed_in(http, "mia@example.com", MEMBER_PASSWORD)
+    page = http.get("/connections")
+    assert page.status_code == 200 and "Zapier" in page.text
+    assert "/revoke" not in page.text and ">Revoke" not in page.text
+    assert "Only an administrator can revoke them" in page.text
+    assert http.get(f"/connections/{connection_id}/revoke").status_code == 403
+    r = http.post(f"/connections/{connection_id}/revoke",
+                  data={"csrf_token": form_token(http, "/connections")})
+    assert r.status_code == 403 and "You cannot do this" in r.text
+    assert active(http, tenant, connection_id)
+
+
+def test_another_tenants_connection_is_not_found(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, operator_key: str) -> None:
+    other = make_tenant(keyplane, "Globex")
+    theirs, _ = connect(http, other, operator_key)
+    http.cookies.clear()
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    assert "Zapier" not in http.get("/connections").text
+    assert http.get(f"/connections/{theirs}/revoke").status_code == 404
+    r = http.post(f"/connections/{theirs}/revoke",
+                  data={"csrf_token": form_token(http, "/connections")})
+    assert r.status_code == 404 and "Not found" in r.text
+    assert active(http, other, theirs)
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+def policy_form(http: httpx2.Client, **changes: str) -> dict[str, str]:
+    data = {"csrf_token": form_token(http, "/settings"), "default_expiry_days": "90",
+            "max_expiry_days": "365", "allowed_ips": "", "require_tls_default": "on",
+            "leaked_key_action": "revoke"}
+    data.update(changes)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def policy(keyplane: Keyplane, tenant: Tenant) -> dict[str, object]:
+    from keyplane.core.rights import SYSTEM
+
+    found = keyplane.tenants.get(SYSTEM, tenant.id).policy
+    return {**asdict(found), "leaked_key_action": found.leaked_key_action.value}
+
+
+def test_an_admin_changes_the_key_policy_and_new_keys_follow_it(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    page = http.get("/settings")
+    assert page.status_code == 200
+    assert f'<code id="settings-location-id">{tenant.id}</code>' in page.text
+    assert 'data-copy="settings-location-id"' in page.text
+    r = http.post("/settings", data=policy_form(
+        http, default_expiry_days="30", max_expiry_days="", allow_non_expiring="on",
+        allowed_ips="10.0.0.0/8\n 2001:db8::/32 ", require_tls_default="",
+        leaked_key_action="lock"))
+    assert r.status_code == 303 and r.headers["location"] == "/settings?done=saved"
+    assert policy(keyplane, tenant) == {
+        "default_expiry_days": 30, "max_expiry_days": None, "allow_non_expiring": True,
+        "allowed_ips": ["10.0.0.0/8", "2001:db8::/32"], "require_tls_default": False,
+        "leaked_key_action": "lock"}
+    saved = http.get("/settings?done=saved").text
+    assert "Saved. New keys follow the new policy" in saved
+    assert 'id="leak-lock" name="leaked_key_action" value="lock" checked' in saved
+    assert ">10.0.0.0/8\n2001:db8::/32</textarea>" in saved
+    new_key = http.get("/keys/new").text
+    assert 'value="30"' in new_key and "Leave it empty for a key that never expires" in new_key
+
+
+def test_policy_errors_appear_beside_their_field_and_nothing_is_saved(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    before = policy(keyplane, tenant)
+    cases = [
+        ({"default_expiry_days": "soon"}, "default_expiry_days",
+         "Enter a whole number of days, such as 90."),
+        ({"default_expiry_days": "0"}, "default_expiry_days",
+         "Default lifetime (days) must be between 1 and 3650."),
+        ({"default_expiry_days": "400", "max_expiry_days": "365"}, "default_expiry_days",
+         "The default lifetime must not be longer than the maximum lifetime."),
+        ({"max_expiry_days": "99999"}, "max_expiry_days",
+         "Maximum lifetime (days) must be between 1 and 3650."),
+        ({"max_expiry_days": "-5"}, "max_expiry_days",
+         "Enter a whole number of days, such as 90."),
+        ({"allowed_ips": "10.0.0.0/8\nnot-an-address"}, "allowed_ips",
+         "Line 2 "),
+        ({"leaked_key_action": "shrug"}, "leaked_key_action",
+         "Choose whether a leaked key is revoked or locked."),
+    ]
+    for changes, field, words in cases:
+        r = http.post("/settings", data=policy_form(http, **changes))
+        assert r.status_code == 422, (changes, r.text)
+        assert field_error(r.text, field).startswith(words), (changes, field_error(r.text, field))
+        assert f'id="{field}-error"' in r.text and 'role="alert"' in r.text
+    r = http.post("/settings", data=policy_form(http, allowed_ips="10.0.0.0/8\nbad",
+                                                default_expiry_days="45"))
+    assert ">10.0.0.0/8\nbad</textarea>" in r.text and 'value="45"' in r.text  # kept
+    assert policy(keyplane, tenant) == before
+
+
+@pytest.mark.parametrize("role", ["member", "read_only"])
+def test_a_member_sees_the_policy_but_cannot_change_it(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, role: str) -> None:
+    add_member(keyplane, tenant.id, "mia@example.com", role=role)
+    signed_in(http, "mia@example.com", MEMBER_PASSWORD)
+    before = policy(keyplane, tenant)
+    page = http.get("/settings")
+    assert page.status_code == 200 and tenant.id in page.text
+    assert "Save policy" not in page.text and "Only an administrator can change it" in page.text
+    r = http.post("/settings", data=policy_form(http, default_expiry_days="7"))
+    assert r.status_code == 403 and "You cannot do this" in r.text
+    assert policy(keyplane, tenant) == before
+
+
+def test_saving_the_policy_needs_the_forms_csrf_token(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    before = policy(keyplane, tenant)
+    for token in ("", "forged-token"):
+        r = http.post("/settings", data=policy_form(http, csrf_token=token,
+                                                    default_expiry_days="7"))
+        assert r.status_code == 400 and "This form has expired" in r.text
+    assert policy(keyplane, tenant) == before
+
+
+def test_signed_out_visitors_are_sent_to_sign_in(http: httpx2.Client) -> None:
+    for path in ("/connections", "/settings", "/connections/con_x/revoke"):
+        r = http.get(path)
+        assert r.status_code == 303 and r.headers["location"].startswith("/signin?next=")
+    r = http.post("/settings", data={"default_expiry_days": "1"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/signin")
