@@ -83,7 +83,7 @@ def test_an_admin_sees_every_connection_and_revokes_one_after_confirming(
     assert not active(http, tenant, connection_id)
     assert verify(http, verifier_key, token, ["contacts:read"]) != "VALID"
     after = http.get(r.headers["location"])
-    assert "Revoked. The app’s tokens are refused from now on." in after.text
+    assert "Revoked. Its tokens are refused from now on." in after.text
     assert "revoke\">Revoke" not in after.text and "Zapier" not in after.text
     assert "No apps are connected" in after.text
     # revoking again: there is nothing left to revoke

@@ -18,7 +18,7 @@ from keyplane.web.console.base import Console, action, page
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 25
-NOTICES = {"revoked": "Revoked. The app’s tokens are refused from now on."}
+NOTICES = {"revoked": "Revoked. Its tokens are refused from now on."}
 
 
 def _authorised_by(view: ConnectionView) -> str:
