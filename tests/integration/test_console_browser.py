@@ -281,7 +281,7 @@ def test_a_member_cannot_create_keys_and_another_tenants_key_is_not_found(
         context.close()
 
 
-def test_an_admin_revokes_a_connected_app_and_sets_the_key_policy(
+def test_an_admin_revokes_a_connected_app_sets_the_policy_and_reads_the_audit_log(
         chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
         operator_key: str, verifier_key: str, shot: Callable[..., None]) -> None:
     from playwright.sync_api import expect
@@ -359,6 +359,26 @@ def test_an_admin_revokes_a_connected_app_and_sets_the_key_policy(
             "link", name="API keys").click()
         page.get_by_role("link", name="Create key").click()
         expect(page.get_by_label("Validity (days)")).to_have_value("30")
+
+        # the audit log: the revoke and the policy change, by this admin, from this address
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="Audit log").click()
+        expect(page).to_have_title("Audit log · Acme · Keyplane")
+        revoked = page.get_by_role("row").filter(has_text="connection.revoked")
+        expect(revoked).to_contain_text("App connection revoked")
+        expect(revoked).to_contain_text(tenant.admin_email)
+        expect(revoked).to_contain_text("127.0.0.1")
+        expect(page.get_by_role("row").filter(has_text="connection.created").first) \
+            .to_contain_text("Partner app")
+        accessible(page)
+        shot(page, "audit")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.get_by_label("Action").select_option("tenant.updated")
+        page.get_by_role("button", name="Filter").click()
+        expect(page.locator("tbody tr")).to_have_count(1)
+        expect(page.locator("tbody")).to_contain_text("Tenant updated")
     finally:
         context.close()
 
@@ -384,6 +404,9 @@ def test_a_member_sees_connected_apps_and_settings_read_only(
         expect(page.get_by_label("Default lifetime (days)")).not_to_be_editable()
         expect(page.get_by_label("Revoke it")).to_be_disabled()
         expect(page.get_by_role("button", name="Save policy")).to_have_count(0)
+        accessible(page)
+        page.goto(server.url + "/audit")
+        expect(page.get_by_role("row").filter(has_text="session.signed_in").first).to_be_visible()
         accessible(page)
     finally:
         context.close()

@@ -237,3 +237,76 @@ def test_signed_out_visitors_are_sent_to_sign_in(http: httpx2.Client) -> None:
         assert r.status_code == 303 and r.headers["location"].startswith("/signin?next=")
     r = http.post("/settings", data={"default_expiry_days": "1"})
     assert r.status_code == 303 and r.headers["location"].startswith("/signin")
+
+
+# -- audit log ----------------------------------------------------------------------------------
+
+def audit_rows(html: str) -> list[str]:
+    body = html.split("<tbody>", 1)[1].split("</tbody>", 1)[0] if "<tbody>" in html else ""
+    return [row for row in body.split("<tr>")[1:]]
+
+
+def test_the_audit_log_shows_who_did_what_from_where_and_filters_by_action(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    token = form_token(http, "/keys/new")
+    r = http.post("/keys", data={"csrf_token": token, "name": "Audited", "expires_in_days": "9",
+                                 "require_tls": "on"})
+    assert r.status_code == 200, r.text
+    key_id = re.search(r'data-url="/keys/([^"]+)"', r.text).group(1)  # type: ignore[union-attr]
+    r = http.post(f"/keys/{key_id}/delete", data={"csrf_token": token})
+    assert r.status_code == 303
+    page = http.get("/audit")
+    assert page.status_code == 200 and "<title>Audit log · Acme · Keyplane</title>" in page.text
+    rows = audit_rows(page.text)
+    revoked = next(row for row in rows if "<code>key.revoked</code>" in row)
+    assert "Key revoked" in revoked and f"{tenant.admin_email}" in revoked
+    assert '<span class="sub">Session</span>' in revoked
+    assert f'<a href="/keys/{key_id}"><code>{key_id}</code></a>' in revoked
+    assert "<code>127.0.0.1</code>" in revoked
+    assert any("<code>key.created</code>" in row for row in rows)
+    assert any("<code>session.signed_in</code>" in row for row in rows)
+
+    only = http.get("/audit?action=key.revoked")
+    assert all("<code>key.revoked</code>" in row for row in audit_rows(only.text))
+    assert len(audit_rows(only.text)) == 1
+    assert '<option value="key.revoked" selected>' in only.text
+    assert "No events match" in http.get("/audit?action=webhook.deleted").text
+    ignored = http.get("/audit?action=%3Cscript%3E")  # not an action: the filter is ignored
+    assert ignored.status_code == 200 and "<script>" not in ignored.text
+    assert len(audit_rows(ignored.text)) == len(rows)
+
+
+def test_the_audit_log_pages_with_the_service_cursor(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    from keyplane.core.rights import SYSTEM
+
+    for i in range(55):
+        keyplane.keys.create(SYSTEM, tenant.id, {"name": f"batch {i:02}",
+                                                 "owner_id": tenant.admin_id})
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    first = http.get("/audit?action=key.created")
+    assert len(audit_rows(first.text)) == 50 and "Newest events" not in first.text
+    assert '<span class="sub">Keyplane</span>' in audit_rows(first.text)[0]
+    found = re.search(r'href="([^"]+)" rel="next">Older events', first.text)
+    assert found and "action=key.created" in found.group(1)
+    second = http.get(unescape(found.group(1)))
+    assert len(audit_rows(second.text)) == 6  # 55 here and the tenant's first key
+    assert "Older events" not in second.text
+    assert 'href="/audit?action=key.created">Newest events' in second.text
+
+
+@pytest.mark.parametrize("role", ["member", "read_only"])
+def test_members_read_the_audit_log_of_their_own_tenant_only(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, role: str) -> None:
+    other = make_tenant(keyplane, "Globex")
+    r = http.post("/v1/keys", headers=auth(other.management_key),
+                  json={"name": "Globex secret project"})
+    assert r.status_code == 201, r.text
+    add_member(keyplane, tenant.id, "mia@example.com", role=role)
+    signed_in(http, "mia@example.com", MEMBER_PASSWORD)
+    page = http.get("/audit")
+    assert page.status_code == 200
+    assert "Globex" not in page.text and other.id not in page.text
+    assert r.json()["id"] not in page.text
+    assert any("<code>session.signed_in</code>" in row for row in audit_rows(page.text))

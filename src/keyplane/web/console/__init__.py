@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from keyplane.web.console import connections, keys, settings
+from keyplane.web.console import audit, connections, keys, settings
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "admin" / "static"
 
@@ -18,3 +18,4 @@ def install(app: FastAPI) -> None:
     app.include_router(keys.router)
     app.include_router(connections.router)
     app.include_router(settings.router)
+    app.include_router(audit.router)

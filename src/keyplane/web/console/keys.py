@@ -38,7 +38,7 @@ class OneTime:
     note: str
 
 
-def _principals(c: Console) -> list[Any]:
+def principals_of(c: Console) -> list[Any]:
     out: list[Any] = []
     cursor = None
     while len(out) < MAX_PRINCIPALS:
@@ -50,8 +50,8 @@ def _principals(c: Console) -> list[Any]:
     return out
 
 
-def _owners(c: Console) -> dict[str, str]:
-    return {p.id: present.owner_name(p) for p in _principals(c)}
+def owner_names(c: Console) -> dict[str, str]:
+    return {p.id: present.owner_name(p) for p in principals_of(c)}
 
 
 def _key_url(key_id: str, done: str | None = None) -> str:
@@ -83,7 +83,7 @@ async def list_keys(request: Request) -> Response:
         cursor = (params.get("cursor") or "")[:64] or None
         result = c.kp.keys.list(c.caller, c.tenant_id, enabled=STATES[state], q=searched or None,
                                 limit=PAGE_SIZE, cursor=cursor)
-        owners = _owners(c)
+        owners = owner_names(c)
         now = c.kp.ctx.clock.now()
         next_url = None
         if result.next_cursor:
@@ -112,7 +112,7 @@ def _new_page(c: Console, shown: forms.KeyForm | None = None, status: int = 200)
         "scopes": [], "expires_in_days": str(policy.default_expiry_days), "allowed_ips": "",
         "require_tls": policy.require_tls_default,
     })
-    owners = [p for p in _principals(c) if p.enabled]
+    owners = [p for p in principals_of(c) if p.enabled]
     return c.render("console/key_new.html", {
         "form": shown, "policy": policy,
         "owners": [(p.id, present.owner_label(p)) for p in owners],
