@@ -410,3 +410,62 @@ def test_a_member_sees_connected_apps_and_settings_read_only(
         accessible(page)
     finally:
         context.close()
+
+
+def test_an_admin_manages_members(chromium: Any, server: RunningServer, tenant: Tenant,
+                                  keyplane: Keyplane, shot: Callable[..., None]) -> None:
+    from playwright.sync_api import expect
+
+    from keyplane.core.rights import SYSTEM
+
+    mia = add_member(keyplane, tenant.id, "mia@example.com")
+    keyplane.keys.create(SYSTEM, tenant.id, {"name": "Mia's export", "owner_id": mia})
+    context = chromium.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, tenant.admin_email, tenant.admin_password)
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="Members").click()
+        expect(page).to_have_title("Members · Acme · Keyplane")
+        expect(page.get_by_role("row", name="Mia")).to_contain_text("Member")
+        accessible(page)
+        shot(page, "members")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+
+        # the last admin: plain words beside the action
+        page.get_by_role("link", name=tenant.admin_email).click()
+        page.get_by_label("Member", exact=True).check()
+        page.get_by_role("button", name="Save role").click()
+        expect(page.locator(".field-error")).to_contain_text("they are the only admin of Acme")
+        accessible(page)
+
+        page.goto(server.url + "/members")
+        page.get_by_role("link", name="Mia").click()
+        page.get_by_label("Admin", exact=True).check()
+        page.get_by_role("button", name="Save role").click()
+        expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+        accessible(page)
+        shot(page, "member-detail")
+        page.get_by_role("button", name="Remove").click()
+        expect(page.get_by_role("heading", name="Remove Mia?")).to_be_visible()
+        expect(page.get_by_role("link", name="Mia's export")).to_be_visible()
+        accessible(page)
+        shot(page, "member-remove")
+        page.get_by_role("button", name="Remove").click()
+        page.wait_for_url("**/members?done=removed")
+        expect(page.get_by_role("row", name="Mia")).to_have_count(0)
+
+        page.get_by_role("link", name="Add member").click()
+        page.get_by_label("Email").fill("noor@example")
+        page.get_by_label("Password").fill("a long password 1")
+        page.get_by_role("button", name="Add member").click()
+        expect(page.locator("#email-error")).to_contain_text("not an email address")
+        expect(page.get_by_label("Email")).to_be_focused()
+        accessible(page)
+        shot(page, "member-add-error")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+    finally:
+        context.close()

@@ -310,3 +310,170 @@ def test_members_read_the_audit_log_of_their_own_tenant_only(
     assert "Globex" not in page.text and other.id not in page.text
     assert r.json()["id"] not in page.text
     assert any("<code>session.signed_in</code>" in row for row in audit_rows(page.text))
+
+
+# -- members ------------------------------------------------------------------------------------
+
+def member_state(keyplane: Keyplane, tenant: Tenant, member_id: str) -> tuple[str, bool] | None:
+    from keyplane.core.errors import NotFound
+    from keyplane.core.rights import SYSTEM
+
+    try:
+        found = keyplane.principals.get(SYSTEM, tenant.id, member_id)
+    except NotFound:
+        return None
+    return found.role.value, found.enabled
+
+
+def test_an_admin_changes_a_role_disables_enables_and_removes_a_member(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, operator_key: str,
+        verifier_key: str) -> None:
+    from keyplane.core.rights import SYSTEM
+
+    mia = add_member(keyplane, tenant.id, "mia@example.com", role="admin")
+    issued = keyplane.keys.create(SYSTEM, tenant.id, {"name": "Mia's export", "owner_id": mia,
+                                                      "scopes": ["contacts:read"]})
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    listing = http.get("/members")
+    assert listing.status_code == 200 and "<title>Members · Acme · Keyplane</title>" in listing.text
+    assert f'<a href="/members/{mia}">Mia</a>' in listing.text and "mia@example.com" in listing.text
+    token = form_token(http, f"/members/{mia}")
+
+    r = http.post(f"/members/{mia}/role", data={"csrf_token": token, "role": "read_only"})
+    assert r.status_code == 303 and r.headers["location"] == f"/members/{mia}?done=role"
+    assert member_state(keyplane, tenant, mia) == ("read_only", True)
+    assert "Saved. The new role applies at once" in http.get(r.headers["location"]).text
+    r = http.post(f"/members/{mia}/role", data={"csrf_token": token, "role": "owner"})
+    assert r.status_code == 422 and "Choose one of the roles listed." in r.text
+
+    r = http.post(f"/members/{mia}/disable", data={"csrf_token": token})
+    assert r.status_code == 303 and member_state(keyplane, tenant, mia) == ("read_only", False)
+    assert verify(http, verifier_key, issued.secret) != "VALID"
+    r = http.post(f"/members/{mia}/enable", data={"csrf_token": token})
+    assert r.status_code == 303 and member_state(keyplane, tenant, mia) == ("read_only", True)
+    assert verify(http, verifier_key, issued.secret) == "VALID"
+
+    confirm = http.get(f"/members/{mia}/remove")
+    assert confirm.status_code == 200 and "Remove Mia?" in confirm.text
+    assert "Mia&#39;s export</a>" in confirm.text and "Keys revoked" in confirm.text
+    assert member_state(keyplane, tenant, mia) is not None  # asking changes nothing
+    r = http.post(f"/members/{mia}/remove", data={"csrf_token": token})
+    assert r.status_code == 303 and r.headers["location"] == "/members?done=removed"
+    assert member_state(keyplane, tenant, mia) is None
+    assert verify(http, verifier_key, issued.secret) == "REVOKED"
+    assert "mia@example.com" not in http.get("/members").text
+
+
+def test_removing_lists_the_connected_apps_it_stops(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, operator_key: str) -> None:
+    connect(http, tenant, operator_key)
+    http.cookies.clear()
+    add_member(keyplane, tenant.id, "ops@example.com", role="admin")
+    signed_in(http, "ops@example.com", MEMBER_PASSWORD)
+    confirm = http.get(f"/members/{tenant.admin_id}/remove")
+    assert confirm.status_code == 200
+    apps = confirm.text.split("Connected apps refused", 1)[1]
+    assert "<li>Zapier</li>" in apps
+    assert "<li><a href=\"/keys/" in confirm.text  # the admin's own key, ops
+
+
+def test_the_last_admin_stays_and_the_page_says_why(http: httpx2.Client, tenant: Tenant,
+                                                     keyplane: Keyplane) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    me = tenant.admin_id
+    token = form_token(http, f"/members/{me}")
+    for path, data in ((f"/members/{me}/role", {"role": "member"}),
+                       (f"/members/{me}/disable", {}), (f"/members/{me}/remove", {})):
+        r = http.post(path, data={"csrf_token": token, **data})
+        assert r.status_code == 409, path
+        assert "they are the only admin of Acme, and nobody could manage it any more. " \
+               "Make another member an admin first." in r.text
+        assert 'class="field-error"' in r.text
+    assert member_state(keyplane, tenant, me) == ("admin", True)
+
+
+def test_an_admin_adds_a_member_with_a_password(http: httpx2.Client, tenant: Tenant,
+                                                 keyplane: Keyplane) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+
+    def add(**fields: str) -> httpx2.Response:
+        data = {"csrf_token": form_token(http, "/members/new"), "name": "Noor",
+                "email": "noor@example.com", "role": "member", "password": "a long password 1"}
+        data.update(fields)
+        return http.post("/members", data=data)
+
+    r = add(email="not an address")
+    assert r.status_code == 422 and field_error(r.text, "email") == \
+        "Email is not an email address."
+    assert 'value="Noor"' in r.text and "a long password 1" not in r.text
+    r = add(password="short")
+    assert r.status_code == 422 and field_error(r.text, "password").startswith("Password must")
+    r = add()
+    assert r.status_code == 303 and r.headers["location"] == "/members?done=added"
+    r = add()
+    assert r.status_code == 409 and field_error(r.text, "email") == \
+        "A member with this email already exists."
+    http.cookies.clear()
+    signed_in(http, "noor@example.com", "a long password 1")
+    assert http.get("/members").status_code == 200
+
+
+@pytest.mark.parametrize("role", ["member", "read_only"])
+def test_a_member_sees_members_read_only(http: httpx2.Client, tenant: Tenant,
+                                         keyplane: Keyplane, role: str) -> None:
+    mia = add_member(keyplane, tenant.id, "mia@example.com", role=role)
+    signed_in(http, "mia@example.com", MEMBER_PASSWORD)
+    listing = http.get("/members")
+    assert listing.status_code == 200 and tenant.admin_email in listing.text
+    assert "Add member" not in listing.text and f'href="/members/{tenant.admin_id}"' not in \
+        listing.text
+    token = form_token(http, "/members")
+    for path, data in ((f"/members/{tenant.admin_id}/role", {"role": "read_only"}),
+                       (f"/members/{tenant.admin_id}/disable", {}),
+                       (f"/members/{tenant.admin_id}/remove", {}),
+                       (f"/members/{mia}/role", {"role": "admin"}),
+                       ("/members", {"email": "x@example.com", "password": "a long password 1",
+                                     "role": "admin"})):
+        r = http.post(path, data={"csrf_token": token, **data})
+        assert r.status_code == 403 and "You cannot do this" in r.text, path
+    assert http.get(f"/members/{tenant.admin_id}/remove").status_code == 403
+    assert http.get("/members/new").status_code == 403
+    assert member_state(keyplane, tenant, tenant.admin_id) == ("admin", True)
+    assert member_state(keyplane, tenant, mia) == (role, True)
+
+
+def test_another_tenants_member_is_not_found_and_forms_need_csrf(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    other = make_tenant(keyplane, "Globex")
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    token = form_token(http, "/members")
+    assert http.get(f"/members/{other.admin_id}").status_code == 404
+    assert http.get(f"/members/{other.admin_id}/remove").status_code == 404
+    for action in ("role", "disable", "remove"):
+        r = http.post(f"/members/{other.admin_id}/{action}",
+                      data={"csrf_token": token, "role": "read_only"})
+        assert r.status_code == 404, action
+    assert member_state(keyplane, other, other.admin_id) == ("admin", True)
+    mia = add_member(keyplane, tenant.id, "mia@example.com")
+    for action in ("role", "disable", "remove"):
+        r = http.post(f"/members/{mia}/{action}", data={"csrf_token": "forged",
+                                                        "role": "admin"})
+        assert r.status_code == 400 and "This form has expired" in r.text
+    r = http.post("/members", data={"email": "x@example.com", "password": "a long password 1"})
+    assert r.status_code == 400
+    assert member_state(keyplane, tenant, mia) == ("member", True)
+
+
+def test_the_key_list_filters_by_owner(http: httpx2.Client, tenant: Tenant,
+                                       keyplane: Keyplane) -> None:
+    from keyplane.core.rights import SYSTEM
+
+    mia = add_member(keyplane, tenant.id, "mia@example.com")
+    keyplane.keys.create(SYSTEM, tenant.id, {"name": "Mias key", "owner_id": mia})
+    other = make_tenant(keyplane, "Globex")
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    mine = http.get(f"/keys?owner={mia}")
+    assert ">Mias key</a>" in mine.text and ">ops</a>" not in mine.text
+    assert f'<option value="{mia}" selected>' in mine.text
+    theirs = http.get(f"/keys?owner={other.admin_id}")  # not ours: no filter
+    assert ">Mias key</a>" in theirs.text and ">ops</a>" in theirs.text

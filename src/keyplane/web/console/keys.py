@@ -81,18 +81,22 @@ async def list_keys(request: Request) -> Response:
         state = params.get("state") or "all"
         state = state if state in STATES else "all"
         cursor = (params.get("cursor") or "")[:64] or None
-        result = c.kp.keys.list(c.caller, c.tenant_id, enabled=STATES[state], q=searched or None,
-                                limit=PAGE_SIZE, cursor=cursor)
         owners = owner_names(c)
+        owner = params.get("owner") or ""
+        owner = owner if owner in owners else ""  # another tenant's id: no filter, no oracle
+        result = c.kp.keys.list(c.caller, c.tenant_id, enabled=STATES[state], q=searched or None,
+                                owner_id=owner or None, limit=PAGE_SIZE, cursor=cursor)
         now = c.kp.ctx.clock.now()
         next_url = None
+        filters = {"q": q, "state": state, "owner": owner}
         if result.next_cursor:
-            query = {"q": q, "state": state, "cursor": result.next_cursor}
+            query = {**filters, "cursor": result.next_cursor}
             next_url = "/keys?" + urlencode({k: v for k, v in query.items() if v})
-        first_url = "/keys?" + urlencode({k: v for k, v in {"q": q, "state": state}.items()
+        first_url = "/keys?" + urlencode({k: v for k, v in filters.items()
                                           if v and v != "all"})
         return c.render("console/keys.html", {
             "rows": [present.key_row(k, now, owners) for k in result.items],
+            "owner": owner, "owners": sorted(owners.items(), key=lambda item: item[1].lower()),
             "q": q, "state": state, "paged": cursor is not None, "next_url": next_url,
             "first_url": first_url.rstrip("?"), "can_write": c.can("keys:write"),
             "notice": _notice(c), "times": present.Times(now),
