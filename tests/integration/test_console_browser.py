@@ -469,3 +469,67 @@ def test_an_admin_manages_members(chromium: Any, server: RunningServer, tenant: 
         no_sideways_scroll(page)
     finally:
         context.close()
+
+
+def test_an_admin_creates_an_api_user_and_goes_straight_on_to_its_first_key(
+        chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
+        keyplane: Keyplane, verifier_key: str, shot: Callable[..., None]) -> None:
+    from playwright.sync_api import expect
+
+    from keyplane.core.rights import SYSTEM
+
+    keyplane.groups.create(SYSTEM, tenant.id, {"name": "CRM", "scopes": ["contacts:write"]})
+    keyplane.groups.create(SYSTEM, tenant.id, {"name": "Billing", "scopes": ["payments:read"]})
+    context = chromium.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, tenant.admin_email, tenant.admin_password)
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="API users").click()
+        expect(page).to_have_title("API users · Acme · Keyplane")
+        accessible(page)
+        page.get_by_role("link", name="Create API user").click()
+        page.get_by_role("button", name="Create API user").click()
+        expect(page.locator("#name-error")).to_contain_text("Name must not be empty")
+        accessible(page)
+        page.get_by_label("Name", exact=True).fill("Zapier robot")
+        page.get_by_label("CRM").check()
+        shot(page, "api-user-create")
+        page.get_by_role("button", name="Create API user").click()
+
+        expect(page).to_have_title("Create key · Acme · Keyplane")
+        expect(page.get_by_role("status").filter(has_text="created")).to_contain_text(
+            "Now create its first key")
+        assert page.get_by_label("Owner").evaluate(
+            "s => s.options[s.selectedIndex].text") == "Zapier robot (API user)"
+        accessible(page)
+        page.get_by_label("Name", exact=True).fill("Zap")
+        page.get_by_label("Contacts Edit", exact=True).check()
+        page.get_by_role("button", name="Create key").click()
+        dialog = page.get_by_role("dialog", name="Your new API key")
+        secret = page.locator("#new-secret").inner_text().strip()
+        assert verify(http, verifier_key, secret, ["contacts:write"]) == "VALID"
+        dialog.get_by_label("I have stored my key").check()
+        dialog.get_by_role("button", name="Continue").click()
+
+        page.goto(server.url + "/api-users")
+        row = page.get_by_role("row", name="Zapier robot")
+        expect(row).to_contain_text("CRM")
+        accessible(page)
+        shot(page, "api-users")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        row.get_by_role("link", name="Its keys").click()
+        expect(page.locator("tbody tr")).to_have_count(1)
+        expect(page.locator("tbody")).to_contain_text("Zap")
+        page.goto(server.url + "/api-users")
+        page.get_by_role("link", name="Zapier robot", exact=True).click()
+        expect(page.get_by_role("link", name="Zap", exact=True)).to_be_visible()
+        accessible(page)
+        shot(page, "api-user-detail")
+        page.get_by_role("button", name="Disable").click()
+        expect(page.get_by_role("status").filter(has_text="Disabled")).to_be_visible()
+        assert verify(http, verifier_key, secret) != "VALID"
+    finally:
+        context.close()

@@ -477,3 +477,131 @@ def test_the_key_list_filters_by_owner(http: httpx2.Client, tenant: Tenant,
     assert f'<option value="{mia}" selected>' in mine.text
     theirs = http.get(f"/keys?owner={other.admin_id}")  # not ours: no filter
     assert ">Mias key</a>" in theirs.text and ">ops</a>" in theirs.text
+
+
+# -- API users ----------------------------------------------------------------------------------
+
+def make_group(keyplane: Keyplane, tenant: Tenant, name: str, scopes: list[str]) -> str:
+    from keyplane.core.rights import SYSTEM
+
+    return keyplane.groups.create(SYSTEM, tenant.id, {"name": name, "scopes": scopes}).id
+
+
+def test_creating_an_api_user_leads_on_to_its_first_key(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, verifier_key: str) -> None:
+    from keyplane.core.rights import SYSTEM
+
+    crm = make_group(keyplane, tenant, "CRM", ["contacts:write"])
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    token = form_token(http, "/api-users/new")
+    r = http.post("/api-users", data={"csrf_token": token, "name": " ", "role": "member",
+                                      "group_ids": crm})
+    assert r.status_code == 422 and field_error(r.text, "name") == "Name must not be empty."
+    assert f'value="{crm}" checked' in r.text
+    r = http.post("/api-users", data={"csrf_token": token, "name": "Zapier robot",
+                                      "role": "member", "group_ids": crm})
+    assert r.status_code == 303 and r.headers["location"].startswith("/keys/new?owner=svc_")
+    robot = r.headers["location"].split("owner=")[1].split("&")[0]
+    made = keyplane.principals.get(SYSTEM, tenant.id, robot)
+    assert made.name == "Zapier robot" and made.group_ids == [crm]
+    form = http.get(r.headers["location"])
+    assert "API user “Zapier robot” created. Now create its first key" in form.text
+    assert f'<option value="{robot}" selected>Zapier robot (API user)</option>' in form.text
+    r = http.post("/keys", data={"csrf_token": token, "name": "Zap", "owner_id": robot,
+                                 "scopes": ["contacts:write"], "expires_in_days": "30"})
+    assert r.status_code == 200, r.text
+    secret = re.search(r'<code id="new-secret">([^<]+)</code>', r.text).group(1)  # type: ignore[union-attr]
+    assert verify(http, verifier_key, secret, ["contacts:write"]) == "VALID"
+    listing = http.get("/api-users")
+    assert f'<a href="/api-users/{robot}">Zapier robot</a>' in listing.text
+    assert '<span class="chip">CRM</span>' in listing.text
+    assert f'href="/keys?owner={robot}"' in listing.text
+    assert ">Zap</a>" in http.get(f"/api-users/{robot}").text
+
+
+def test_an_admin_changes_groups_and_disables_an_api_user(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, verifier_key: str) -> None:
+    from keyplane.core.model import PrincipalKind
+    from keyplane.core.rights import SYSTEM
+
+    crm = make_group(keyplane, tenant, "CRM", ["contacts:write"])
+    billing = make_group(keyplane, tenant, "Billing", ["payments:read"])
+    robot = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
+                                       {"name": "Robot", "group_ids": [crm]}).id
+    issued = keyplane.keys.create(SYSTEM, tenant.id, {"name": "Robot key", "owner_id": robot,
+                                                      "scopes": ["contacts:read"]})
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    token = form_token(http, f"/api-users/{robot}")
+    r = http.post(f"/api-users/{robot}/groups", data={"csrf_token": token,
+                                                      "group_ids": billing})
+    assert r.status_code == 303 and r.headers["location"] == f"/api-users/{robot}?done=groups"
+    assert keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids == [billing]
+    assert verify(http, verifier_key, issued.secret, ["contacts:read"]) != "VALID"
+    r = http.post(f"/api-users/{robot}/groups", data={"csrf_token": token,
+                                                      "group_ids": "grp_nope"})
+    assert r.status_code == 422 and "one of them no longer exists" in r.text
+    r = http.post(f"/api-users/{robot}/groups", data={"csrf_token": token, "group_ids": crm})
+    assert verify(http, verifier_key, issued.secret, ["contacts:read"]) == "VALID"
+    r = http.post(f"/api-users/{robot}/disable", data={"csrf_token": token})
+    assert r.status_code == 303 and verify(http, verifier_key, issued.secret) != "VALID"
+    assert "Disabled. Its keys are refused" in http.get(r.headers["location"]).text
+    r = http.post(f"/api-users/{robot}/enable", data={"csrf_token": token})
+    assert r.status_code == 303 and verify(http, verifier_key, issued.secret) == "VALID"
+
+
+@pytest.mark.parametrize("role", ["member", "read_only"])
+def test_a_member_sees_api_users_read_only(http: httpx2.Client, tenant: Tenant,
+                                           keyplane: Keyplane, role: str) -> None:
+    from keyplane.core.model import PrincipalKind
+    from keyplane.core.rights import SYSTEM
+
+    robot = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
+                                       {"name": "Robot"}).id
+    add_member(keyplane, tenant.id, "mia@example.com", role=role)
+    signed_in(http, "mia@example.com", MEMBER_PASSWORD)
+    listing = http.get("/api-users")
+    assert listing.status_code == 200 and ">Robot</a>" in listing.text
+    assert "Create API user" not in listing.text
+    detail = http.get(f"/api-users/{robot}")
+    assert detail.status_code == 200
+    for button in ("Save role", "Save groups", ">Disable<", ">Create key<"):
+        assert button not in detail.text
+    assert http.get("/api-users/new").status_code == 403
+    token = form_token(http, "/api-users")
+    for path, data in (("/api-users", {"name": "Sneaky", "role": "admin"}),
+                       (f"/api-users/{robot}/role", {"role": "admin"}),
+                       (f"/api-users/{robot}/groups", {}),
+                       (f"/api-users/{robot}/disable", {})):
+        r = http.post(path, data={"csrf_token": token, **data})
+        assert r.status_code == 403 and "You cannot do this" in r.text, path
+    found = keyplane.principals.get(SYSTEM, tenant.id, robot)
+    assert found.enabled and found.role.value == "member"
+    names = [p.name for p in keyplane.principals.list(
+        SYSTEM, tenant.id, kind=PrincipalKind.SERVICE_ACCOUNT, limit=10, cursor=None).items]
+    assert names == ["Robot"]
+
+
+def test_another_tenants_api_user_is_not_found_and_forms_need_csrf(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    from keyplane.core.model import PrincipalKind
+    from keyplane.core.rights import SYSTEM
+
+    other = make_tenant(keyplane, "Globex")
+    theirs = keyplane.principals.create(SYSTEM, other.id, PrincipalKind.SERVICE_ACCOUNT,
+                                        {"name": "Their robot"}).id
+    ours = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
+                                      {"name": "Our robot"}).id
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    token = form_token(http, "/api-users")
+    assert http.get(f"/api-users/{theirs}").status_code == 404
+    assert http.get(f"/api-users/{tenant.admin_id}").status_code == 404  # a member, not one
+    for action in ("role", "groups", "disable", "enable"):
+        r = http.post(f"/api-users/{theirs}/{action}", data={"csrf_token": token,
+                                                             "role": "admin"})
+        assert r.status_code == 404, action
+        r = http.post(f"/api-users/{ours}/{action}", data={"csrf_token": "forged",
+                                                           "role": "admin"})
+        assert r.status_code == 400, action
+    assert keyplane.principals.get(SYSTEM, other.id, theirs).enabled
+    found = keyplane.principals.get(SYSTEM, tenant.id, ours)
+    assert found.enabled and found.role.value == "member"

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from keyplane.web.console import audit, connections, keys, members, settings
+from keyplane.web.console import api_users, audit, connections, keys, members, settings
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "admin" / "static"
 
@@ -20,3 +20,4 @@ def install(app: FastAPI) -> None:
     app.include_router(settings.router)
     app.include_router(audit.router)
     app.include_router(members.router)
+    app.include_router(api_users.router)

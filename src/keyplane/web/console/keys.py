@@ -111,14 +111,19 @@ def _new_page(c: Console, shown: forms.KeyForm | None = None, status: int = 200)
     if not c.can("keys:write"):
         raise PermissionDenied("your role lets you view keys, not create them")
     policy = c.signed_in.tenant.policy
+    owners = [p for p in principals_of(c) if p.enabled]
+    chosen = next((p for p in owners if p.id == c.request.query_params.get("owner")), None)
     shown = shown or forms.KeyForm({
-        "name": "", "description": "", "owner_id": c.caller.principal_id or "",
+        "name": "", "description": "",
+        "owner_id": chosen.id if chosen else c.caller.principal_id or "",
         "scopes": [], "expires_in_days": str(policy.default_expiry_days), "allowed_ips": "",
         "require_tls": policy.require_tls_default,
     })
-    owners = [p for p in principals_of(c) if p.enabled]
+    made = ""
+    if chosen is not None and c.request.query_params.get("made") == "1":
+        made = f"API user “{chosen.name}” created. Now create its first key: it is the owner."
     return c.render("console/key_new.html", {
-        "form": shown, "policy": policy,
+        "form": shown, "policy": policy, "notice": made,
         "owners": [(p.id, present.owner_label(p)) for p in owners],
         "grids": present.scope_grids(c.kp.ctx.catalogue(), shown.values["scopes"], c.caller),
     }, status=status, title="Create key")
