@@ -158,6 +158,7 @@ def test_an_admin_changes_the_key_policy_and_new_keys_follow_it(
     assert page.status_code == 200
     assert f'<code id="settings-location-id">{tenant.id}</code>' in page.text
     assert 'data-copy="settings-location-id"' in page.text
+    assert "You are connecting from <code>127.0.0.1</code>." in page.text
     r = http.post("/settings", data=policy_form(
         http, default_expiry_days="30", max_expiry_days="", allow_non_expiring="on",
         allowed_ips="10.0.0.0/8\n 2001:db8::/32 ", require_tls_default="",

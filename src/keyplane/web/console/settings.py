@@ -13,6 +13,7 @@ from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.errors import ValidationError
 from keyplane.core.model import TenantPolicy
+from keyplane.web import pages
 from keyplane.web.console.base import Console, action, page, sentence
 from keyplane.web.console.forms import KeyForm
 
@@ -99,6 +100,7 @@ def _settings_page(c: Console, shown: KeyForm | None = None, status: int = 200) 
     return c.render("console/settings.html", {
         "form": shown or _shown(tenant.policy), "can_write": c.can("tenant:write"),
         "leak_actions": LEAK_ACTIONS, "labels": LABELS, "nav": "settings",
+        "client_ip": pages.client_ip(c.request),
         "notice": "Saved. New keys follow the new policy from now on."
                   if c.request.query_params.get("done") == "saved" else "",
     }, status=status, title="Settings")
