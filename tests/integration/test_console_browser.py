@@ -290,3 +290,257 @@ def test_a_member_cannot_create_keys_and_another_tenants_key_is_not_found(
         expect(page.get_by_role("heading", name="Not found")).to_be_visible()
     finally:
         context.close()
+
+
+def test_an_admin_revokes_a_connected_app_sets_the_policy_and_reads_the_audit_log(
+        chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
+        operator_key: str, verifier_key: str, shot: Callable[..., None]) -> None:
+    from playwright.sync_api import expect
+
+    from tests.integration.test_console_pages import connect
+
+    connection_id, token = connect(http, tenant, operator_key)
+    connect(http, tenant, operator_key, name="Ledger sync", homepage="https://ledger.example")
+    assert verify(http, verifier_key, token, ["contacts:read"]) == "VALID"
+    context = chromium.new_context(viewport={"width": 1280, "height": 860})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, tenant.admin_email, tenant.admin_password)
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="Connected apps").click()
+        expect(page).to_have_title("Connected apps · Acme · Keyplane")
+        row = page.get_by_role("row", name="Zapier")
+        expect(row).to_contain_text("Contacts Edit")
+        expect(row).to_contain_text(tenant.admin_email)
+        accessible(page)
+        shot(page, "connections")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        shot(page, "connections-phone")
+        page.set_viewport_size({"width": 1280, "height": 860})
+
+        row.get_by_role("link", name="Revoke Zapier").click()
+        expect(page).to_have_title("Revoke Zapier · Acme · Keyplane")
+        expect(page.get_by_text("Automations built on this connection stop working")) \
+            .to_be_visible()
+        accessible(page)
+        shot(page, "connection-revoke")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        assert verify(http, verifier_key, token, ["contacts:read"]) == "VALID"  # asked only
+        page.get_by_role("button", name="Revoke").click()
+        page.wait_for_url("**/connections?done=revoked")
+        expect(page.get_by_role("status").filter(has_text="Revoked")).to_be_visible()
+        expect(page.get_by_role("row", name="Zapier")).to_have_count(0)
+        expect(page.get_by_role("row", name="Ledger sync")).to_have_count(1)
+        assert verify(http, verifier_key, token, ["contacts:read"]) != "VALID"
+        r = http.get(f"/v1/connections/{connection_id}", headers=auth(tenant.management_key))
+        assert r.json()["revoked_at"] is not None
+
+        # settings: copy the Location ID, then a policy error beside its field, then save
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="Settings").click()
+        expect(page).to_have_title("Settings · Acme · Keyplane")
+        page.locator("main").get_by_role("button", name="Copy Location ID").click()
+        assert page.evaluate("navigator.clipboard.readText()") == tenant.id
+        page.get_by_label("Default lifetime (days)").fill("400")
+        page.get_by_label("Maximum lifetime (days)").fill("365")
+        page.get_by_label("Tenant IP allowlist").fill("127.0.0.0/8\n10.0.0.0/8")
+        page.get_by_label("Lock it").check()
+        page.get_by_role("button", name="Save policy").click()
+        expect(page.locator("#default_expiry_days-error")).to_contain_text(
+            "must not be longer than the maximum lifetime")
+        expect(page.get_by_label("Default lifetime (days)")).to_be_focused()
+        expect(page.get_by_label("Lock it")).to_be_checked()
+        accessible(page)
+        shot(page, "settings-error")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.get_by_label("Default lifetime (days)").fill("30")
+        page.get_by_role("button", name="Save policy").click()
+        page.wait_for_url("**/settings?done=saved")
+        expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+        expect(page.get_by_label("Tenant IP allowlist")).to_have_value("127.0.0.0/8\n10.0.0.0/8")
+        accessible(page)
+        shot(page, "settings")
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="API keys").click()
+        page.get_by_role("link", name="Create key").click()
+        expect(page.get_by_label("Validity (days)")).to_have_value("30")
+
+        # the audit log: the revoke and the policy change, by this admin, from this address
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="Audit log").click()
+        expect(page).to_have_title("Audit log · Acme · Keyplane")
+        revoked = page.get_by_role("row").filter(has_text="connection.revoked")
+        expect(revoked).to_contain_text("App connection revoked")
+        expect(revoked).to_contain_text(tenant.admin_email)
+        expect(revoked).to_contain_text("127.0.0.1")
+        expect(page.get_by_role("row").filter(has_text="connection.created").first) \
+            .to_contain_text("Partner app")
+        accessible(page)
+        shot(page, "audit")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.get_by_label("Action").select_option("tenant.updated")
+        page.get_by_role("button", name="Filter").click()
+        expect(page.locator("tbody tr")).to_have_count(1)
+        expect(page.locator("tbody")).to_contain_text("Tenant updated")
+    finally:
+        context.close()
+
+
+def test_a_member_sees_connected_apps_and_settings_read_only(
+        chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
+        keyplane: Keyplane, operator_key: str) -> None:
+    from playwright.sync_api import expect
+
+    from tests.integration.test_console_pages import connect
+
+    connect(http, tenant, operator_key)
+    add_member(keyplane, tenant.id, "mia@example.com")
+    context = chromium.new_context()
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, "mia@example.com", MEMBER_PASSWORD)
+        page.goto(server.url + "/connections")
+        expect(page.get_by_role("row", name="Zapier")).to_be_visible()
+        expect(page.get_by_role("link", name="Revoke Zapier")).to_have_count(0)
+        accessible(page)
+        page.goto(server.url + "/settings")
+        expect(page.get_by_label("Default lifetime (days)")).not_to_be_editable()
+        expect(page.get_by_label("Revoke it")).to_be_disabled()
+        expect(page.get_by_role("button", name="Save policy")).to_have_count(0)
+        accessible(page)
+        page.goto(server.url + "/audit")
+        expect(page.get_by_role("row").filter(has_text="session.signed_in").first).to_be_visible()
+        accessible(page)
+    finally:
+        context.close()
+
+
+def test_an_admin_manages_members(chromium: Any, server: RunningServer, tenant: Tenant,
+                                  keyplane: Keyplane, shot: Callable[..., None]) -> None:
+    from playwright.sync_api import expect
+
+    from keyplane.core.rights import SYSTEM
+
+    mia = add_member(keyplane, tenant.id, "mia@example.com")
+    keyplane.keys.create(SYSTEM, tenant.id, {"name": "Mia's export", "owner_id": mia})
+    context = chromium.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, tenant.admin_email, tenant.admin_password)
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="Members").click()
+        expect(page).to_have_title("Members · Acme · Keyplane")
+        expect(page.get_by_role("row", name="Mia")).to_contain_text("Member")
+        accessible(page)
+        shot(page, "members")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+
+        # the last admin: plain words beside the action
+        page.get_by_role("link", name=tenant.admin_email).click()
+        page.get_by_label("Member", exact=True).check()
+        page.get_by_role("button", name="Save role").click()
+        expect(page.locator(".field-error")).to_contain_text("they are the only admin of Acme")
+        accessible(page)
+
+        page.goto(server.url + "/members")
+        page.get_by_role("link", name="Mia").click()
+        page.get_by_label("Admin", exact=True).check()
+        page.get_by_role("button", name="Save role").click()
+        expect(page.get_by_role("status").filter(has_text="Saved")).to_be_visible()
+        accessible(page)
+        shot(page, "member-detail")
+        page.get_by_role("button", name="Remove").click()
+        expect(page.get_by_role("heading", name="Remove Mia?")).to_be_visible()
+        expect(page.get_by_role("link", name="Mia's export")).to_be_visible()
+        accessible(page)
+        shot(page, "member-remove")
+        page.get_by_role("button", name="Remove").click()
+        page.wait_for_url("**/members?done=removed")
+        expect(page.get_by_role("row", name="Mia")).to_have_count(0)
+
+        page.get_by_role("link", name="Add member").click()
+        page.get_by_label("Email").fill("noor@example")
+        page.get_by_label("Password").fill("a long password 1")
+        page.get_by_role("button", name="Add member").click()
+        expect(page.locator("#email-error")).to_contain_text("not an email address")
+        expect(page.get_by_label("Email")).to_be_focused()
+        accessible(page)
+        shot(page, "member-add-error")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+    finally:
+        context.close()
+
+
+def test_an_admin_creates_an_api_user_and_goes_straight_on_to_its_first_key(
+        chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,
+        keyplane: Keyplane, verifier_key: str, shot: Callable[..., None]) -> None:
+    from playwright.sync_api import expect
+
+    from keyplane.core.rights import SYSTEM
+
+    keyplane.groups.create(SYSTEM, tenant.id, {"name": "CRM", "scopes": ["contacts:write"]})
+    keyplane.groups.create(SYSTEM, tenant.id, {"name": "Billing", "scopes": ["payments:read"]})
+    context = chromium.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    try:
+        sign_in(page, server.url, tenant.admin_email, tenant.admin_password)
+        page.get_by_role("navigation", name="Sections").get_by_role(
+            "link", name="API users").click()
+        expect(page).to_have_title("API users · Acme · Keyplane")
+        accessible(page)
+        page.get_by_role("link", name="Create API user").click()
+        page.get_by_role("button", name="Create API user").click()
+        expect(page.locator("#name-error")).to_contain_text("Name must not be empty")
+        accessible(page)
+        page.get_by_label("Name", exact=True).fill("Zapier robot")
+        page.get_by_label("CRM").check()
+        shot(page, "api-user-create")
+        page.get_by_role("button", name="Create API user").click()
+
+        expect(page).to_have_title("Create key · Acme · Keyplane")
+        expect(page.get_by_role("status").filter(has_text="created")).to_contain_text(
+            "Now create its first key")
+        assert page.get_by_label("Owner").evaluate(
+            "s => s.options[s.selectedIndex].text") == "Zapier robot (API user)"
+        accessible(page)
+        page.get_by_label("Name", exact=True).fill("Zap")
+        page.get_by_label("Contacts Edit", exact=True).check()
+        page.get_by_role("button", name="Create key").click()
+        dialog = page.get_by_role("dialog", name="Your new API key")
+        secret = page.locator("#new-secret").inner_text().strip()
+        assert verify(http, verifier_key, secret, ["contacts:write"]) == "VALID"
+        dialog.get_by_label("I have stored my key").check()
+        dialog.get_by_role("button", name="Continue").click()
+
+        page.goto(server.url + "/api-users")
+        row = page.get_by_role("row", name="Zapier robot")
+        expect(row).to_contain_text("CRM")
+        accessible(page)
+        shot(page, "api-users")
+        page.set_viewport_size(PHONE)
+        no_sideways_scroll(page)
+        page.set_viewport_size({"width": 1280, "height": 860})
+        row.get_by_role("link", name="Its keys").click()
+        expect(page.locator("tbody tr")).to_have_count(1)
+        expect(page.locator("tbody")).to_contain_text("Zap")
+        page.goto(server.url + "/api-users")
+        page.get_by_role("link", name="Zapier robot", exact=True).click()
+        expect(page.get_by_role("link", name="Zap", exact=True)).to_be_visible()
+        accessible(page)
+        shot(page, "api-user-detail")
+        page.get_by_role("button", name="Disable").click()
+        expect(page.get_by_role("status").filter(has_text="Disabled")).to_be_visible()
+        assert verify(http, verifier_key, secret) != "VALID"
+    finally:
+        context.close()

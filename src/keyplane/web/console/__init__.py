@@ -8,7 +8,15 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
-from keyplane.web.console import hygiene, keys
+from keyplane.web.console import (
+    api_users,
+    audit,
+    connections,
+    hygiene,
+    keys,
+    members,
+    settings,
+)
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "admin" / "static"
 
@@ -17,3 +25,8 @@ def install(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(keys.router)
     app.include_router(hygiene.router)
+    app.include_router(connections.router)
+    app.include_router(settings.router)
+    app.include_router(audit.router)
+    app.include_router(members.router)
+    app.include_router(api_users.router)

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from keyplane.core import hygiene as hy
 from keyplane.web.console import present
 from keyplane.web.console.base import Console, page
-from keyplane.web.console.keys import PAGE_SIZE, _owners
+from keyplane.web.console.keys import PAGE_SIZE, owner_names
 
 router = APIRouter(include_in_schema=False)
 
@@ -46,7 +46,7 @@ async def hygiene(request: Request) -> Response:
         result = c.kp.hygiene.report(c.caller, c.tenant_id,
                                      thresholds=hy.Thresholds(unused, expiring),
                                      reason=reason or None, limit=PAGE_SIZE, cursor=cursor)
-        owners = _owners(c)
+        owners = owner_names(c)
         now = c.kp.ctx.clock.now()
         query = {"unused_days": unused, "expiring_days": expiring, "reason": reason}
         next_url = None

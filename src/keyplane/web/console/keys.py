@@ -38,7 +38,7 @@ class OneTime:
     note: str
 
 
-def _principals(c: Console) -> list[Any]:
+def principals_of(c: Console) -> list[Any]:
     out: list[Any] = []
     cursor = None
     while len(out) < MAX_PRINCIPALS:
@@ -50,8 +50,8 @@ def _principals(c: Console) -> list[Any]:
     return out
 
 
-def _owners(c: Console) -> dict[str, str]:
-    return {p.id: present.owner_name(p) for p in _principals(c)}
+def owner_names(c: Console) -> dict[str, str]:
+    return {p.id: present.owner_name(p) for p in principals_of(c)}
 
 
 def _key_url(key_id: str, done: str | None = None) -> str:
@@ -81,18 +81,22 @@ async def list_keys(request: Request) -> Response:
         state = params.get("state") or "all"
         state = state if state in STATES else "all"
         cursor = (params.get("cursor") or "")[:64] or None
+        owners = owner_names(c)
+        owner = params.get("owner") or ""
+        owner = owner if owner in owners else ""  # another tenant's id: no filter, no oracle
         result = c.kp.keys.list(c.caller, c.tenant_id, enabled=STATES[state], q=searched or None,
-                                limit=PAGE_SIZE, cursor=cursor)
-        owners = _owners(c)
+                                owner_id=owner or None, limit=PAGE_SIZE, cursor=cursor)
         now = c.kp.ctx.clock.now()
         next_url = None
+        filters = {"q": q, "state": state, "owner": owner}
         if result.next_cursor:
-            query = {"q": q, "state": state, "cursor": result.next_cursor}
+            query = {**filters, "cursor": result.next_cursor}
             next_url = "/keys?" + urlencode({k: v for k, v in query.items() if v})
-        first_url = "/keys?" + urlencode({k: v for k, v in {"q": q, "state": state}.items()
+        first_url = "/keys?" + urlencode({k: v for k, v in filters.items()
                                           if v and v != "all"})
         return c.render("console/keys.html", {
             "rows": [present.key_row(k, now, owners) for k in result.items],
+            "owner": owner, "owners": sorted(owners.items(), key=lambda item: item[1].lower()),
             "q": q, "state": state, "paged": cursor is not None, "next_url": next_url,
             "first_url": first_url.rstrip("?"), "can_write": c.can("keys:write"),
             "notice": _notice(c), "times": present.Times(now),
@@ -107,14 +111,19 @@ def _new_page(c: Console, shown: forms.KeyForm | None = None, status: int = 200)
     if not c.can("keys:write"):
         raise PermissionDenied("your role lets you view keys, not create them")
     policy = c.signed_in.tenant.policy
+    owners = [p for p in principals_of(c) if p.enabled]
+    chosen = next((p for p in owners if p.id == c.request.query_params.get("owner")), None)
     shown = shown or forms.KeyForm({
-        "name": "", "description": "", "owner_id": c.caller.principal_id or "",
+        "name": "", "description": "",
+        "owner_id": chosen.id if chosen else c.caller.principal_id or "",
         "scopes": [], "expires_in_days": str(policy.default_expiry_days), "allowed_ips": "",
         "require_tls": policy.require_tls_default,
     })
-    owners = [p for p in _principals(c) if p.enabled]
+    made = ""
+    if chosen is not None and c.request.query_params.get("made") == "1":
+        made = f"API user “{chosen.name}” created. Now create its first key: it is the owner."
     return c.render("console/key_new.html", {
-        "form": shown, "policy": policy,
+        "form": shown, "policy": policy, "notice": made,
         "owners": [(p.id, present.owner_label(p)) for p in owners],
         "grids": present.scope_grids(c.kp.ctx.catalogue(), shown.values["scopes"], c.caller),
     }, status=status, title="Create key")
