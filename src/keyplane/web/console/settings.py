@@ -25,6 +25,7 @@ LABELS = {
     "allowed_ips": "Tenant IP allowlist",
     "require_tls_default": "Require secure connections by default",
     "leaked_key_action": "When a key leaks",
+    "revoke_unused_after_days": "Revoke keys unused for (days)",
 }
 LEAK_ACTIONS = (("revoke", "Revoke it", "The key is refused for good; its owner makes a new one."),
                 ("lock", "Lock it", "The key is refused until an administrator unlocks it."))
@@ -45,6 +46,8 @@ def _shown(policy: TenantPolicy) -> KeyForm:
         "allowed_ips": "\n".join(policy.allowed_ips),
         "require_tls_default": policy.require_tls_default,
         "leaked_key_action": policy.leaked_key_action.value,
+        "revoke_unused_after_days": ("" if policy.revoke_unused_after_days is None
+                                     else str(policy.revoke_unused_after_days)),
     })
 
 
@@ -57,6 +60,7 @@ def policy_body(form: FormData) -> tuple[dict[str, Any], KeyForm]:
         "allowed_ips": _text(form, "allowed_ips"),
         "require_tls_default": form.get("require_tls_default") == "on",
         "leaked_key_action": _text(form, "leaked_key_action"),
+        "revoke_unused_after_days": _text(form, "revoke_unused_after_days").strip(),
     })
     values = shown.values
     body: dict[str, Any] = {
@@ -66,10 +70,11 @@ def policy_body(form: FormData) -> tuple[dict[str, Any], KeyForm]:
         "require_tls_default": values["require_tls_default"],
         "leaked_key_action": values["leaked_key_action"],
     }
-    for name, optional in (("default_expiry_days", False), ("max_expiry_days", True)):
+    for name, optional in (("default_expiry_days", False), ("max_expiry_days", True),
+                           ("revoke_unused_after_days", True)):
         text = values[name]
         if optional and not text:
-            body[name] = None  # no maximum
+            body[name] = None  # no maximum, or never revoke for disuse
         elif text.isdecimal() and len(text) < 7:
             body[name] = int(text)
         else:
