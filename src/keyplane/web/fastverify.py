@@ -34,8 +34,9 @@ from keyplane.core.errors import KeyplaneError
 from keyplane.core.policy import Address, parse_address, parse_networks
 from keyplane.services.auth import caller_from
 from keyplane.services.verify import cache_key
-from keyplane.web import net
-from keyplane.web.deps import AUTH_FAILURES, GUESSES, bearer_credential
+from keyplane.web import credentials, net
+from keyplane.web.credentials import key_in
+from keyplane.web.deps import AUTH_FAILURES, GUESSES
 from keyplane.web.middleware import log_request, new_request_id, response_headers
 from keyplane.web.routes_verify import VERIFY_FAILURES, as_seen_by, verdict_out
 
@@ -66,6 +67,7 @@ class VerifyFastPath:
         self.app = app
         self.kp = keyplane
         self.trusted = parse_networks(keyplane.settings.trusted_proxies, "trusted_proxies")
+        self.legacy = credentials.legacy_names(keyplane.settings.legacy_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST" or \
@@ -94,10 +96,10 @@ class VerifyFastPath:
         if not more:
             raw = chunk if len(chunks) == 1 else b"".join(chunks)  # one chunk, usually
             try:
-                request = _request_key(scope, raw)
+                request, credential = _request_key(scope, raw, self.legacy)
                 body = self._remembered(request)
-                if body is None:
-                    body = self._answer(scope, raw, request)
+                if body is None and credential is not None:
+                    body = self._answer(scope, raw, request, credential)
             except Exception:  # never fail here: the route will answer, or report the error
                 log.exception("verify fast path failed; the route answers instead")
         if body is None:
@@ -134,14 +136,12 @@ class VerifyFastPath:
         record(found.key_id, now, found.outcome)
         return found.body
 
-    def _answer(self, scope: Scope, raw_body: bytes, request: bytes) -> bytes | None:
+    def _answer(self, scope: Scope, raw_body: bytes, request: bytes,
+                credential: str) -> bytes | None:
         """The route's answer when it can be given from the caches alone, else ``None``."""
         kp = self.kp
         generation = kp.verifier.cache.generation  # before anything is read from the cache
         conn = HTTPConnection(scope)
-        credential = bearer_credential(conn.headers.get("authorization"))
-        if credential is None:
-            return None
         trusted = self.trusted
         caller_ip = net.client_address(conn, trusted)
         if kp.throttle.retry_after(AUTH_FAILURES, caller_ip) is not None:
@@ -168,7 +168,7 @@ class VerifyFastPath:
         subject = ip if ip is not None else caller_ip
         if kp.throttle.retry_after(VERIFY_FAILURES, subject) is not None:
             return None
-        key = body["key"].strip().rpartition(":")[2]
+        key = key_in(body["key"])
         verdict = kp.verifier.verify_cached(
             key, required=frozenset(body.get("scopes", ())), ip=ip, tls=body.get("tls"))
         if verdict is None:
@@ -193,25 +193,27 @@ class VerifyFastPath:
         return out
 
 
-def _request_key(scope: Scope, raw_body: bytes) -> bytes:
+def _request_key(scope: Scope, raw_body: bytes,
+                 legacy: frozenset[bytes]) -> tuple[bytes, str | None]:
     """A SHA-256 of everything an answer depends on besides the caches (the body, the caller's
     credential, and what decides the caller's address and TLS: the first of each header, as
-    Starlette reads them), so that no secret is kept as a key. Each part's length goes first:
-    no two different requests share a digest."""
-    auth = forwarded = proto = b""
+    Starlette reads them), so that no secret is kept as a key, and the caller's credential
+    (read as the route reads it: web/credentials.py). Each part's length goes first: no two
+    different requests share a digest."""
+    forwarded = proto = b""
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            auth = auth or value
-        elif name == b"x-forwarded-for":
+        if name == b"x-forwarded-for":
             forwarded = forwarded or value
         elif name == b"x-forwarded-proto":
             proto = proto or value
+    credential = credentials.from_headers(scope["headers"], legacy)
+    auth = credential.encode() if credential is not None else b""
     client = scope.get("client")
     host = client[0].encode() if client else b""
     scheme = (scope.get("scheme") or "").encode()
     lengths = _LENGTHS.pack(len(auth), len(forwarded), len(proto), len(host), len(scheme))
     return hashlib.sha256(
-        b"".join((lengths, auth, forwarded, proto, host, scheme, raw_body))).digest()
+        b"".join((lengths, auth, forwarded, proto, host, scheme, raw_body))).digest(), credential
 
 
 def _body(raw: bytes) -> dict[str, Any] | None:

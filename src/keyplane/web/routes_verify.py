@@ -15,6 +15,7 @@ from keyplane.core.errors import ValidationError
 from keyplane.core.policy import parse_address
 from keyplane.core.rights import Caller
 from keyplane.services.verify import NOT_FOUND, Verdict
+from keyplane.web.credentials import key_in
 from keyplane.web.deps import GUESSES, CallerDep, KeyplaneDep
 from keyplane.web.schemas import Verify, ts
 
@@ -43,7 +44,7 @@ def verdict_out(verdict: Verdict) -> dict[str, Any]:
 @router.post("/v1/verify", summary="Verify a key or access token for one request")
 async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep) -> dict[str, Any]:
     caller.require("keys:verify")
-    raw = body.key.strip().rpartition(":")[2]  # "<name>:<key>" is accepted too
+    raw = key_in(body.key)  # "<name>:<key>" and the raw header value "Bearer …" too
     ip = None
     if body.ip is not None:
         ip = parse_address(body.ip)
