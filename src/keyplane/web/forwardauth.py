@@ -1,0 +1,202 @@
+"""``/v1/forward-auth``: a reverse proxy asks "may this request pass?" (nginx ``auth_request``,
+Traefik ``ForwardAuth``, Caddy ``forward_auth``, Envoy ``ext_authz`` in HTTP mode).
+
+A pure-ASGI layer, like the verify fast path: no body, every method, its input in headers only.
+
+- Who may ask: only a peer whose socket address is in ``KEYPLANE_TRUSTED_PROXIES``. The proxy
+  authenticates by where it stands, not by a key: that is the trust the answer needs anyway
+  (the client address and TLS come from the proxy's forwarded headers), it works with every
+  proxy's stock configuration (Traefik cannot add a secret header to its auth request alone),
+  and no secret sits in the proxy's configuration. Anyone else gets 403 ``proxy_not_trusted``.
+- The original request: ``X-Forwarded-Method`` + ``X-Forwarded-Uri`` (Traefik, Caddy) or
+  ``X-Original-Method`` + ``X-Original-URI`` (nginx); Envoy's ``path_prefix`` form
+  (``/v1/forward-auth/<original path>``, the original method) as well.
+- The credential: the original request's ``Authorization: Bearer [<name>:]<key>``, then
+  ``X-API-Key``, then the legacy headers (web/credentials.py).
+- The scopes: the route map (core/routemap.py); an unmapped route is refused with 403.
+- An optional ``X-Location-Id``: a key of another tenant is then unknown (401).
+- The same verifier, caches, usage counting and guess throttle as ``/v1/verify``: guesses are
+  counted per client address in the same count (``verify``).
+
+200 carries ``X-Keyplane-Key-Id``, ``-Tenant-Id``, ``-Owner-Id`` (when set), ``-Scopes``
+(space-separated) and ``-Kind``; a refusal is 401 / 403 / 429 with the SDK's bodies and
+``WWW-Authenticate`` / ``Retry-After`` + ``RateLimit-*``. Every answer also carries its body in
+``X-Keyplane-Error-Body`` (ASCII JSON) and its status in ``X-Keyplane-Status``, for proxies that
+build the refusal themselves (nginx).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from keyplane.bootstrap import Keyplane
+from keyplane.core.decisions import Code
+from keyplane.core.errors import ValidationError
+from keyplane.core.policy import address_allowed, parse_address, parse_networks
+from keyplane.core.routemap import RouteMap
+from keyplane.services.verify import NOT_FOUND, Verdict
+from keyplane.web import credentials, net
+from keyplane.web.deps import GUESSES
+from keyplane.web.middleware import log_request, new_request_id, response_headers
+from keyplane.web.routes_verify import VERIFY_FAILURES
+
+PATH = "/v1/forward-auth"
+REALM = "api"
+Headers = list[tuple[bytes, bytes]]
+_INVALID = frozenset({Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED,
+                      Code.DISABLED})
+
+
+def load_route_map(path: Path | None, known: set[str] | frozenset[str]) -> RouteMap:
+    """``KEYPLANE_ROUTE_MAP``, read once at start (no file: every route is refused)."""
+    if path is None:
+        return RouteMap(())
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValidationError(f"KEYPLANE_ROUTE_MAP {path}: cannot be read as TOML ({exc})",
+                              field="route_map") from None
+    return RouteMap.parse(table, known)
+
+
+def _challenge(error: str | None = None) -> tuple[bytes, bytes]:
+    value = f'Bearer realm="{REALM}"' + (f', error="{error}"' if error else "")
+    return (b"www-authenticate", value.encode())
+
+
+class ForwardAuth:
+    def __init__(self, app: ASGIApp, keyplane: Keyplane, routes: RouteMap) -> None:
+        self.app = app
+        self.kp = keyplane
+        self.routes = routes
+        self.trusted = parse_networks(keyplane.settings.trusted_proxies, "trusted_proxies")
+        self.legacy = credentials.legacy_names(keyplane.settings.legacy_headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == PATH or path.startswith(PATH + "/")):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = new_request_id()
+        status = 500
+        try:
+            status, headers, body = await self._decide(scope, request_id)
+            out = json.dumps(body, separators=(",", ":")).encode()
+            headers += [(b"x-keyplane-status", str(status).encode())]
+            if status != 200:
+                headers.append((b"x-keyplane-error-body", out))
+            await send({"type": "http.response.start", "status": status, "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(out)).encode()),
+                *response_headers(request_id), *headers]})
+            await send({"type": "http.response.body", "body": out})
+        finally:
+            log_request(scope, status, started, request_id)
+
+    async def _decide(self, scope: Scope, request_id: str) -> tuple[int, Headers, object]:
+        kp = self.kp
+        conn = HTTPConnection(scope)
+        peer = parse_address(conn.client.host.partition("%")[0] if conn.client else None)
+        if peer is None or not self.trusted or not address_allowed(peer, self.trusted):
+            return _refuse(403, "proxy_not_trusted", "forward-auth answers only the proxies "
+                           "in KEYPLANE_TRUSTED_PROXIES")
+        headers = conn.headers
+        method = headers.get("x-forwarded-method") or headers.get("x-original-method")
+        uri = headers.get("x-forwarded-uri") or headers.get("x-original-uri")
+        if scope["path"] != PATH:  # Envoy: path_prefix + the original path, original method
+            method = method or scope["method"]
+            uri = uri or scope["path"][len(PATH):]
+        if not method or not uri:
+            return _refuse(403, "route_not_allowed", "the proxy sent no original method and "
+                           "URI (X-Forwarded-Method / X-Forwarded-Uri or X-Original-Method / "
+                           "X-Original-URI)")
+        route = self.routes.match(method, uri)
+        if route is None:
+            return _refuse(403, "route_not_allowed",
+                           "no entry of the route map allows this method and path")
+        raw = credentials.from_headers(scope["headers"], self.legacy)
+        if not raw:
+            return _refuse(401, "missing_key", "an API key is required: send 'Authorization: "
+                           "Bearer <key>' or 'X-API-Key: <key>'", [_challenge()])
+        ip = net.client_address(conn, self.trusted)
+        tls = net.is_tls(conn, self.trusted)
+        throttle = kp.throttle
+        wait = throttle.retry_after(VERIFY_FAILURES, ip)
+        if wait is not None:
+            return _throttled(wait, throttle.limit)
+        verdict = kp.verifier.verify_cached(raw, required=route.scopes, ip=ip, tls=tls)
+        if verdict is None:
+            verdict = await run_in_threadpool(kp.verifier.verify, raw, required=route.scopes,
+                                              ip=ip, tls=tls)
+        location = headers.get("x-location-id")
+        snap = verdict.snapshot
+        if location is not None and snap is not None and snap.tenant_id != location.strip():
+            verdict = Verdict(NOT_FOUND)  # a key of another tenant is unknown here
+        code = verdict.decision.code
+        if code in GUESSES:
+            wait = await run_in_threadpool(throttle.failed, VERIFY_FAILURES, ip,
+                                           request_id=request_id)
+            if wait is not None:
+                return _throttled(wait, throttle.limit)
+        return _answer(verdict)
+
+
+def _answer(verdict: Verdict) -> tuple[int, Headers, object]:
+    snap = verdict.snapshot
+    limits: Headers = []
+    reset = 1
+    if verdict.ratelimit:
+        info = verdict.ratelimit
+        if "reset_at" in info:
+            reset = max(1, math.ceil(info["reset_at"] - time.time()))
+        limits = [(b"ratelimit-limit", str(info.get("limit", 0)).encode()),
+                  (b"ratelimit-remaining", str(info.get("remaining", 0)).encode()),
+                  (b"ratelimit-reset", str(reset).encode())]
+    if verdict.valid and snap is not None:
+        identity: Headers = [(b"x-keyplane-key-id", snap.key_id.encode()),
+                             (b"x-keyplane-scopes", " ".join(sorted(snap.scopes)).encode()),
+                             (b"x-keyplane-kind", snap.kind.encode())]
+        if snap.tenant_id:
+            identity.append((b"x-keyplane-tenant-id", snap.tenant_id.encode()))
+        if snap.owner_id:
+            identity.append((b"x-keyplane-owner-id", snap.owner_id.encode()))
+        return 200, identity + limits, {
+            "valid": True, "key_id": snap.key_id, "tenant_id": snap.tenant_id,
+            "owner_id": snap.owner_id, "scopes": sorted(snap.scopes)}
+    code = verdict.decision.code
+    if code is Code.IP_NOT_ALLOWED:
+        return _refuse(403, "ip_not_allowed", "this key may not be used from this address")
+    if code is Code.TLS_REQUIRED:
+        return _refuse(403, "tls_required", "this key may only be used over HTTPS")
+    if code is Code.INSUFFICIENT_SCOPE:
+        return _refuse(403, "insufficient_scope", verdict.decision.reason,
+                       [_challenge("insufficient_scope")])
+    if code is Code.RATE_LIMITED:
+        return _refuse(429, "rate_limited", "the key's rate limit is exhausted; retry later",
+                       [(b"retry-after", str(reset).encode()), *limits])
+    # unknown, malformed, expired, revoked and locked look alike: no state oracle
+    assert code in _INVALID or not verdict.valid
+    return _refuse(401, "invalid_key", "the API key is not valid", [_challenge("invalid_token")])
+
+
+def _throttled(wait: int, limit: int) -> tuple[int, Headers, object]:
+    return _refuse(429, "rate_limited", "too many failed attempts from this address; try "
+                   "again later", [(b"retry-after", str(wait).encode()),
+                                   (b"ratelimit-limit", str(limit).encode()),
+                                   (b"ratelimit-remaining", b"0"),
+                                   (b"ratelimit-reset", str(wait).encode())])
+
+
+def _refuse(status: int, code: str, message: str,
+            headers: Headers | None = None) -> tuple[int, Headers, object]:
+    return status, list(headers or ()), {"error": {"code": code, "message": message}}

@@ -1,0 +1,191 @@
+"""/v1/forward-auth, as a reverse proxy calls it (nginx, Traefik, Caddy, Envoy conventions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from keyplane.bootstrap import Keyplane, build
+from keyplane.core.errors import ValidationError
+from keyplane.core.rights import SYSTEM
+from keyplane.web.app import create_app
+from tests.conftest import make_settings, make_tenant
+from tests.support import SettableClock, start_server
+
+ROUTES = """
+"GET /contacts/*" = ["contacts:read"]
+"POST /contacts/*" = ["contacts:write"]
+"GET /health" = []
+"""
+NGINX = {"X-Original-Method": "GET", "X-Original-URI": "/contacts/1?x=1"}
+TRAEFIK = {"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/contacts/1"}
+
+
+@contextmanager
+def serving(url: str, schema: str | None, tmp_path: Path, clock: SettableClock | None = None,
+            **overrides: Any) -> Iterator[tuple[Keyplane, httpx2.Client]]:
+    """Keyplane served as ``keyplane serve`` serves it: uvicorn believes no forwarded header
+    (Keyplane itself decides whom to believe)."""
+    kp = build(make_settings(tmp_path, url, **overrides), clock=clock, schema=schema,
+               migrate_db=True)
+    kp.start()
+    try:
+        running = start_server(create_app(kp, manage_lifecycle=False), proxy_headers=False)
+        try:
+            with httpx2.Client(base_url=running.url, timeout=10) as http:
+                yield kp, http
+        finally:
+            running.stop()
+    finally:
+        kp.close()
+
+
+@pytest.fixture
+def proxied(database: tuple[str, str | None], tmp_path: Path,
+            clock: SettableClock) -> Iterator[tuple[Keyplane, httpx2.Client]]:
+    """Keyplane trusting the loopback proxy, with the route map above."""
+    routes = tmp_path / "routes.toml"
+    routes.write_text(ROUTES)
+    with serving(*database, tmp_path, clock, trusted_proxies="127.0.0.1/32", route_map=routes,
+                 failure_limit=3) as served:
+        yield served
+
+
+def key(kp: Keyplane, tenant_id: str, owner_id: str, **fields: Any) -> str:
+    return kp.keys.create(SYSTEM, tenant_id, {
+        "name": "app", "owner_id": owner_id, "require_tls": False, **fields}).secret
+
+
+def test_a_valid_key_passes_with_its_identity(proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    kp, http = proxied
+    tenant = make_tenant(kp)
+    secret = key(kp, tenant.id, tenant.admin_id, scopes=["contacts:write"])
+    for method in ("GET", "POST", "HEAD", "PUT"):  # whatever method the proxy uses
+        for original in (NGINX, TRAEFIK):
+            r = http.request(method, "/v1/forward-auth",
+                             headers={**original, "Authorization": f"Bearer zap:{secret}"})
+            assert r.status_code == 200, r.text
+            assert r.headers["x-keyplane-tenant-id"] == tenant.id
+            assert r.headers["x-keyplane-owner-id"] == tenant.admin_id
+            assert r.headers["x-keyplane-key-id"].startswith("key_")
+            assert r.headers["x-keyplane-scopes"] == "contacts:read contacts:write"
+    # X-API-Key, and Envoy's form: the original method and path after the prefix
+    r = http.post("/v1/forward-auth/contacts/7", headers={"X-API-Key": secret})
+    assert r.status_code == 200
+    # a route mapped to no scope: any valid key
+    r = http.get("/v1/forward-auth", headers={"X-Forwarded-Method": "GET",
+                                              "X-Forwarded-Uri": "/health", "X-API-Key": secret})
+    assert r.status_code == 200
+
+
+def test_refusals_carry_the_sdks_bodies_and_headers(
+        proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    kp, http = proxied
+    tenant = make_tenant(kp)
+    reader = key(kp, tenant.id, tenant.admin_id, scopes=["contacts:read"])
+    post = {"X-Forwarded-Method": "POST", "X-Forwarded-Uri": "/contacts/1"}
+    r = http.get("/v1/forward-auth", headers={**post, "Authorization": f"Bearer {reader}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+    assert r.headers["x-keyplane-error-body"] == r.text  # for proxies that build the refusal
+    r = http.get("/v1/forward-auth", headers=NGINX)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_key"
+    assert r.headers["www-authenticate"] == 'Bearer realm="api"'
+    r = http.get("/v1/forward-auth", headers={**NGINX, "X-API-Key": reader[:-2] + "xx"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_key"
+    kp.keys.revoke(SYSTEM, tenant.id, kp.verifier.verify(reader).snapshot.key_id)  # type: ignore[union-attr]
+    r = http.get("/v1/forward-auth", headers={**NGINX, "X-API-Key": reader})
+    assert r.status_code == 401 and r.json() == {
+        "error": {"code": "invalid_key", "message": "the API key is not valid"}}
+    # unmapped routes, and paths that are not canonical, are refused before any key is read
+    for uri in ("/payments", "/contacts/../payments", "/contacts/%2e%2e/payments"):
+        r = http.get("/v1/forward-auth", headers={"X-Original-Method": "GET",
+                                                  "X-Original-URI": uri})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "route_not_allowed"
+    r = http.get("/v1/forward-auth", headers={"X-API-Key": reader})  # no original request
+    assert r.status_code == 403 and r.json()["error"]["code"] == "route_not_allowed"
+
+
+def test_rate_limits_and_guesses_answer_429_with_retry_after(
+        proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    kp, http = proxied
+    tenant = make_tenant(kp)
+    limited = key(kp, tenant.id, tenant.admin_id, scopes=["contacts:read"],
+                  ratelimit={"limit": 2, "window_seconds": 60})
+    statuses = [http.get("/v1/forward-auth", headers={**NGINX, "X-API-Key": limited})
+                for _ in range(3)]
+    assert [r.status_code for r in statuses] == [200, 200, 429]
+    assert statuses[0].headers["ratelimit-remaining"] == "1"
+    r = statuses[2]
+    assert r.json()["error"]["code"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+    assert r.headers["ratelimit-limit"] == "2" and r.headers["ratelimit-remaining"] == "0"
+    # guesses are counted per client address, as /v1/verify counts them
+    guess = {**NGINX, "X-Forwarded-For": "198.51.100.9"}
+    codes = [http.get("/v1/forward-auth", headers={**guess, "X-API-Key": f"kp_guess{i}"})
+             .status_code for i in range(5)]
+    assert codes == [401, 401, 401, 429, 429]  # failure_limit=3
+    other = key(kp, tenant.id, tenant.admin_id, scopes=["contacts:read"])
+    r = http.get("/v1/forward-auth", headers={**guess, "X-API-Key": other})
+    assert r.status_code == 429 and "retry-after" in r.headers  # even a good key, from there
+    r = http.get("/v1/forward-auth", headers={**NGINX, "X-API-Key": other})
+    assert r.status_code == 200  # another address is not slowed
+
+
+def test_address_and_tls_come_from_the_trusted_proxy(
+        proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    kp, http = proxied
+    tenant = make_tenant(kp)
+    listed = key(kp, tenant.id, tenant.admin_id, scopes=["contacts:read"],
+                 allowed_ips=["203.0.113.0/24"])
+    tls_only = key(kp, tenant.id, tenant.admin_id, scopes=["contacts:read"], require_tls=True)
+    ok = {**NGINX, "X-Forwarded-For": "203.0.113.5", "X-API-Key": listed}
+    assert http.get("/v1/forward-auth", headers=ok).status_code == 200
+    r = http.get("/v1/forward-auth", headers={**ok, "X-Forwarded-For": "198.51.100.1"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "ip_not_allowed"
+    r = http.get("/v1/forward-auth", headers={**NGINX, "X-API-Key": tls_only})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "tls_required"
+    r = http.get("/v1/forward-auth", headers={**NGINX, "X-API-Key": tls_only,
+                                              "X-Forwarded-Proto": "https"})
+    assert r.status_code == 200
+
+
+def test_location_id_beside_the_key(proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    kp, http = proxied
+    mine, theirs = make_tenant(kp, "Mine"), make_tenant(kp, "Theirs")
+    secret = key(kp, mine.id, mine.admin_id, scopes=["contacts:read"])
+    headers = {**NGINX, "X-API-Key": secret}
+    assert http.get("/v1/forward-auth", headers={**headers, "X-Location-Id": mine.id}
+                    ).status_code == 200
+    r = http.get("/v1/forward-auth", headers={**headers, "X-Location-Id": theirs.id})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_key"
+
+
+def test_only_trusted_proxies_are_answered(database: tuple[str, str | None],
+                                           tmp_path: Path) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text(ROUTES)
+    for trusted in ("", "10.0.0.0/8"):  # loopback is not a trusted proxy here
+        with serving(*database, tmp_path, trusted_proxies=trusted, route_map=routes) as (kp, http):
+            tenant = make_tenant(kp)
+            secret = key(kp, tenant.id, tenant.admin_id, scopes=["contacts:read"])
+            r = http.get("/v1/forward-auth", headers={**NGINX, "X-API-Key": secret,
+                                                      "X-Forwarded-For": "10.1.2.3"})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "proxy_not_trusted"
+
+
+def test_a_bad_route_map_stops_the_server_at_start(database: tuple[str, str | None],
+                                                   tmp_path: Path) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text('"GET /contacts/*" = ["contacts:erase"]\n')
+    with pytest.raises(ValidationError, match="contacts:erase"), \
+            serving(*database, tmp_path, route_map=routes):
+        pass
+    routes.write_text('"GET /contacts/*" = [\n')
+    with pytest.raises(ValidationError, match="cannot be read as TOML"), \
+            serving(*database, tmp_path, route_map=routes):
+        pass
