@@ -159,6 +159,8 @@ def _answer(verdict: Verdict) -> tuple[int, Headers, object]:
         info = verdict.ratelimit
         if "reset_at" in info:
             reset = max(1, math.ceil(info["reset_at"] - time.time()))
+            if snap is not None and snap.ratelimit is not None:
+                reset = min(reset, snap.ratelimit[1])  # reset_at is rounded up: never > window
         limits = [(b"ratelimit-limit", str(info.get("limit", 0)).encode()),
                   (b"ratelimit-remaining", str(info.get("remaining", 0)).encode()),
                   (b"ratelimit-reset", str(reset).encode())]
