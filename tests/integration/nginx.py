@@ -59,6 +59,7 @@ SITE = """
     location = /_keyplane {
         internal;
         proxy_pass http://KEYPLANE/v1/forward-auth;
+        proxy_method GET;
         proxy_pass_request_body off;
         proxy_set_header Content-Length "";
         proxy_set_header X-Original-Method $request_method;

@@ -32,6 +32,11 @@ def test_a_valid_key_passes_with_its_identity(proxied: tuple[Keyplane, httpx2.Cl
     # X-API-Key, and Envoy's form: the original method and path after the prefix
     r = http.post("/v1/forward-auth/contacts/7", headers={"X-API-Key": secret})
     assert r.status_code == 200
+    r = http.request("PROPFIND", "/v1/forward-auth/contacts/7", headers={"X-API-Key": secret})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "route_not_allowed"
+    # the plain path answers the eight methods OpenAPI names
+    r = http.request("QUERY", "/v1/forward-auth", headers={**TRAEFIK, "X-API-Key": secret})
+    assert r.status_code == 405 and "TRACE" in r.headers["allow"]
     # a route mapped to no scope: any valid key
     r = http.get("/v1/forward-auth", headers={"X-Forwarded-Method": "GET",
                                               "X-Forwarded-Uri": "/health", "X-API-Key": secret})

@@ -19,6 +19,7 @@ from keyplane.logs import install_redaction
 from keyplane.web import (
     contract,
     errors,
+    forwardauth,
     refusals,
     routes_admin,
     routes_changes,
@@ -127,6 +128,14 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
                 "data": tuple(sorted(catalogue.data_scopes())),
                 "operator": tuple(sorted(sc.OPERATOR_KEY_SCOPES & set(catalogue.entries)))}
 
+    generate = app.openapi
+
+    def with_forward_auth() -> dict[str, Any]:  # served in front of the router (see above)
+        schema = generate()
+        schema["paths"][forwardauth.PATH] = forwardauth.path_item()
+        return schema
+
+    app.openapi = with_forward_auth  # type: ignore[method-assign]
     contract.install(app, scopes, webhook_url=url_pattern(
         allow_http=kp.settings.webhook_allow_private_targets))
     return app

@@ -10,7 +10,8 @@ A pure-ASGI layer, like the verify fast path: no body, every method, its input i
   and no secret sits in the proxy's configuration. Anyone else gets 403 ``proxy_not_trusted``.
 - The original request: ``X-Forwarded-Method`` + ``X-Forwarded-Uri`` (Traefik, Caddy) or
   ``X-Original-Method`` + ``X-Original-URI`` (nginx); Envoy's ``path_prefix`` form
-  (``/v1/forward-auth/<original path>``, the original method) as well.
+  (``/v1/forward-auth/<original path>``, with the original method, whatever it is) as well.
+  ``/v1/forward-auth`` itself answers the eight methods OpenAPI can name (405 otherwise).
 - The credential: the original request's ``Authorization: Bearer [<name>:]<key>``, then
   ``X-API-Key``, then the legacy headers (web/credentials.py).
 - The scopes: the route map (core/routemap.py); an unmapped route is refused with 403.
@@ -32,6 +33,7 @@ import math
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -105,6 +107,10 @@ class ForwardAuth:
 
     async def _decide(self, scope: Scope, request_id: str) -> tuple[int, Headers, object]:
         kp = self.kp
+        if scope["path"] == PATH and scope["method"].lower() not in METHODS:
+            return _refuse(405, "method_not_allowed", "forward-auth answers GET, HEAD, POST, "
+                           "PUT, PATCH, DELETE, OPTIONS and TRACE (the original method goes in "
+                           "X-Forwarded-Method or X-Original-Method)", [(b"allow", ALLOW)])
         conn = HTTPConnection(scope)
         peer = parse_address(conn.client.host.partition("%")[0] if conn.client else None)
         if peer is None or not self.trusted or not address_allowed(peer, self.trusted):
@@ -202,3 +208,69 @@ def _throttled(wait: int, limit: int) -> tuple[int, Headers, object]:
 def _refuse(status: int, code: str, message: str,
             headers: Headers | None = None) -> tuple[int, Headers, object]:
     return status, list(headers or ()), {"error": {"code": code, "message": message}}
+
+
+# -- /openapi.json ------------------------------------------------------------------------------
+
+METHODS = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
+ALLOW = ", ".join(m.upper() for m in METHODS).encode()
+_HEADERS = {
+    "X-Forwarded-Method": "The original request's method (Traefik, Caddy)",
+    "X-Forwarded-Uri": "The original request's URI, query included (Traefik, Caddy)",
+    "X-Original-Method": "The original request's method (nginx: $request_method)",
+    "X-Original-URI": "The original request's URI (nginx: $request_uri)",
+    "X-Forwarded-For": "The client's address, believed from KEYPLANE_TRUSTED_PROXIES only",
+    "X-Forwarded-Proto": "https when the client used TLS (from trusted proxies only)",
+    "X-API-Key": "The original request's key, when it sent no Authorization: Bearer",
+    "X-Location-Id": "Optional: the tenant the key must belong to (else 401)",
+}
+
+
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "schema": {"type": "string"}}
+
+
+def path_item() -> dict[str, Any]:
+    """The operation, for every method (it answers any): it is served by this ASGI layer, in
+    front of FastAPI's router, so FastAPI cannot describe it itself."""
+    from keyplane.web.contract import RETRY_AFTER, WWW_AUTHENTICATE, error
+
+    identity = {
+        "X-Keyplane-Key-Id": {**_text("The key's id"), "required": True},
+        "X-Keyplane-Tenant-Id": _text("The key's tenant (the Location ID); none for an "
+                                      "operator key"),
+        "X-Keyplane-Owner-Id": _text("The key's owner (member or service account)"),
+        "X-Keyplane-Scopes": {**_text("The key's scopes, space-separated"), "required": True},
+    }
+    ok = {"type": "object", "properties": {
+        "valid": {"type": "boolean"}, "key_id": {"type": "string"},
+        "tenant_id": {"type": ["string", "null"]}, "owner_id": {"type": ["string", "null"]},
+        "scopes": {"type": "array", "items": {"type": "string"}}}}
+    parameters = [{"in": "header", "name": name, "required": False, **_text(text)}
+                  for name, text in _HEADERS.items()]
+    item = {}
+    for method in METHODS:
+        item[method] = {
+            "tags": ["verify"], "operationId": f"forward_auth_{method}",
+            "summary": "May this proxied request pass? (nginx auth_request, Traefik "
+                       "ForwardAuth, Caddy forward_auth, Envoy ext_authz)",
+            "description": "Answered only to peers in KEYPLANE_TRUSTED_PROXIES (403 "
+                           "proxy_not_trusted otherwise). The credential is the original "
+                           "request's Authorization: Bearer [<name>:]<key>, X-API-Key or a "
+                           "legacy header; the scopes needed come from KEYPLANE_ROUTE_MAP "
+                           "(unmapped: 403 route_not_allowed). Any method; Envoy's form "
+                           "/v1/forward-auth/<original path> is accepted too.",
+            "parameters": parameters,
+            "responses": {
+                "200": {"description": "The request may pass; who is calling",
+                        "headers": identity,
+                        "content": {"application/json": {"schema": ok}}},
+                "401": error("missing_key or invalid_key (unknown, revoked, expired, locked, "
+                             "or of another tenant than X-Location-Id)", WWW_AUTHENTICATE),
+                "403": error("insufficient_scope, ip_not_allowed, tls_required, "
+                             "route_not_allowed or proxy_not_trusted"),
+                "429": error("rate_limited: the key's rate limit, or too many failed "
+                             "attempts from this address", RETRY_AFTER),
+            },
+        }
+    return item
