@@ -26,7 +26,7 @@ from tests.support import REQUIRE_SERVICES, free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
-# the README's snippet, with the ports and paths of a test
+# the README's snippet (upstreams "keyplane" and "product" are defined in CONF)
 SITE = """
     # the product: every request asks Keyplane first
     location / {
@@ -53,12 +53,16 @@ SITE = """
         error_page 403 = @keyplane_403;
         error_page 500 = @keyplane_other;
         proxy_set_header X-Forwarded-For $remote_addr;
-        proxy_pass http://UPSTREAM;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_pass http://product;
     }
 
     location = /_keyplane {
         internal;
-        proxy_pass http://KEYPLANE/v1/forward-auth;
+        proxy_pass http://keyplane/v1/forward-auth;
+        proxy_http_version 1.1;  # keep connections to Keyplane open
+        proxy_set_header Connection "";
         proxy_method GET;
         proxy_pass_request_body off;
         proxy_set_header Content-Length "";
@@ -104,7 +108,8 @@ http {{
     fastcgi_temp_path {prefix}/tmp/fastcgi;
     uwsgi_temp_path {prefix}/tmp/uwsgi;
     scgi_temp_path {prefix}/tmp/scgi;
-    upstream keyplane {{ server {keyplane}; keepalive 16; }}
+    upstream keyplane {{ server {keyplane}; keepalive 32; }}
+    upstream product {{ server {upstream}; keepalive 32; }}
     server {{
         listen 127.0.0.1:{port};
 {site}
@@ -150,9 +155,9 @@ def echo_upstream() -> Iterator[str]:
 
 
 @contextmanager
-def nginx(keyplane: str, upstream: str) -> Iterator[str]:
+def nginx(keyplane: str, upstream: str, site: str = SITE) -> Iterator[str]:
     """nginx on a free loopback port in front of ``upstream``, asking ``keyplane`` (host:port);
-    yields its base URL."""
+    yields its base URL. ``site``: the server block's locations (the README's by default)."""
     missing = missing_nginx()
     if missing:
         if REQUIRE_SERVICES:
@@ -162,10 +167,9 @@ def nginx(keyplane: str, upstream: str) -> Iterator[str]:
     prefix.chmod(0o755)  # run as root (CI), the workers are "nobody": let them in
     (prefix / "tmp").mkdir(mode=0o777)
     port = free_port()
-    site = SITE.replace("http://UPSTREAM", f"http://{upstream}").replace(
-        "http://KEYPLANE", "http://keyplane")
     conf = prefix / "nginx.conf"
-    conf.write_text(CONF.format(prefix=prefix, keyplane=keyplane, port=port, site=site))
+    conf.write_text(CONF.format(prefix=prefix, keyplane=keyplane, upstream=upstream, port=port,
+                                site=site))
     proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -149,3 +149,37 @@ def test_a_bad_route_map_stops_the_server_at_start(database: tuple[str, str | No
     with pytest.raises(ValidationError, match="cannot be read as TOML"), \
             serving(*database, tmp_path, route_map=routes):
         pass
+
+
+def test_repeats_are_remembered_counted_and_follow_every_change(
+        proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    kp, http = proxied
+    tenant = make_tenant(kp)
+    issued = kp.keys.create(SYSTEM, tenant.id, {
+        "name": "app", "owner_id": tenant.admin_id, "require_tls": False,
+        "scopes": ["contacts:read"]})
+    headers = {**NGINX, "X-API-Key": issued.secret}
+    post = {"X-Original-Method": "POST", "X-Original-URI": "/contacts/1",
+            "X-API-Key": issued.secret}
+    for _ in range(5):
+        assert http.get("/v1/forward-auth", headers=headers).status_code == 200
+    for _ in range(2):
+        assert http.get("/v1/forward-auth", headers=post).status_code == 403
+    assert len(kp.verifier.cache.answers) == 1  # the pass; refusals are worked out each time
+    kp.usage.flush()
+    series = kp.usage_reports.series(SYSTEM, tenant.id, issued.key.id, start=None, end=None)
+    totals: dict[str, int] = {}
+    for item in series["items"]:
+        totals[item["outcome"]] = totals.get(item["outcome"], 0) + item["count"]
+    assert totals == {"VALID": 5, "INSUFFICIENT_SCOPE": 2}  # every use counted, as /v1/verify
+    # a change to the key ends the remembered pass at once
+    kp.keys.update(SYSTEM, tenant.id, issued.key.id, {"scopes": ["payments:read"]})
+    r = http.get("/v1/forward-auth", headers=headers)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    # and an address blocked for guessing gets no remembered pass
+    kp.keys.update(SYSTEM, tenant.id, issued.key.id, {"scopes": ["contacts:read"]})
+    guesser = {**headers, "X-Forwarded-For": "198.51.100.77"}
+    assert http.get("/v1/forward-auth", headers=guesser).status_code == 200  # remembered
+    for i in range(4):
+        http.get("/v1/forward-auth", headers={**guesser, "X-API-Key": f"kp_nope{i}"})
+    assert http.get("/v1/forward-auth", headers=guesser).status_code == 429

@@ -28,12 +28,15 @@ build the refusal themselves (nginx).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import struct
 import time
 import tomllib
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -42,17 +45,34 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keyplane.bootstrap import Keyplane
 from keyplane.core.decisions import Code
 from keyplane.core.errors import ValidationError
-from keyplane.core.policy import address_allowed, parse_address, parse_networks
+from keyplane.core.policy import Address, address_allowed, parse_address, parse_networks
 from keyplane.core.routemap import RouteMap
-from keyplane.services.verify import NOT_FOUND, Verdict
+from keyplane.services.verify import NOT_FOUND, Verdict, cache_key
 from keyplane.web import credentials, net
 from keyplane.web.deps import GUESSES
 from keyplane.web.middleware import log_request, new_request_id, response_headers
 from keyplane.web.routes_verify import VERIFY_FAILURES
 
 PATH = "/v1/forward-auth"
+_VALID = "VALID"  # what usage counts for a pass
 REALM = "api"
 Headers = list[tuple[bytes, bytes]]
+# a pass, and what remembering it needs: the verdict, the credential, the cache generation read
+# before the snapshot, and the client address (the failure throttle's subject)
+Passed = tuple[Verdict, str, int, Address | None]
+Decided = tuple[int, Headers, object, Passed | None]
+# what an answer depends on besides the caches (with the legacy headers and the peer)
+RELEVANT = frozenset({b"authorization", b"x-api-key", b"x-forwarded-for", b"x-forwarded-proto",
+                      b"x-forwarded-method", b"x-forwarded-uri", b"x-original-method",
+                      b"x-original-uri", b"x-location-id"})
+
+
+class RememberedPass(NamedTuple):
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    key_id: str
+    expires_at: datetime | None
+    ip: Address | None
 _INVALID = frozenset({Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED,
                       Code.DISABLED})
 
@@ -82,6 +102,7 @@ class ForwardAuth:
         self.routes = routes
         self.trusted = parse_networks(keyplane.settings.trusted_proxies, "trusted_proxies")
         self.legacy = credentials.legacy_names(keyplane.settings.legacy_headers)
+        self.relevant = RELEVANT | self.legacy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -92,11 +113,18 @@ class ForwardAuth:
         request_id = new_request_id()
         status = 500
         try:
-            status, headers, body = await self._decide(scope, request_id)
-            out = json.dumps(body, separators=(",", ":")).encode()
-            headers += [(b"x-keyplane-status", str(status).encode())]
-            if status != 200:
-                headers.append((b"x-keyplane-error-body", out))
+            question = self._request_key(scope)
+            found = self._remembered(question)
+            if found is not None:
+                status, headers, out = found
+            else:
+                status, headers, body, passed = await self._decide(scope, request_id)
+                out = json.dumps(body, separators=(",", ":")).encode()
+                headers += [(b"x-keyplane-status", str(status).encode())]
+                if status != 200:
+                    headers.append((b"x-keyplane-error-body", out))
+                elif passed is not None:
+                    self._remember(question, passed, headers, out)
             await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(out)).encode()),
@@ -105,16 +133,62 @@ class ForwardAuth:
         finally:
             log_request(scope, status, started, request_id)
 
-    async def _decide(self, scope: Scope, request_id: str) -> tuple[int, Headers, object]:
+    # An exact repeat of a request that passed (same peer, method, path and the headers the
+    # answer depends on) is answered from the verification cache's ``answers``, as the verify
+    # fast path does: until any invalidation, never past the key's expiry or its snapshot's, and
+    # never for a key whose every use is counted (rate limit, quota). A repeat still counts the
+    # key's use and still honours the failure throttle.
+
+    def _request_key(self, scope: Scope) -> bytes:
+        """A SHA-256 of everything the answer depends on (no secret is kept as a key)."""
+        client = scope.get("client")
+        parts = [b"fwd", scope["method"].encode(), scope["path"].encode(),
+                 (client[0] if client else "").encode(), (scope.get("scheme") or "").encode()]
+        relevant = self.relevant
+        for name, value in scope["headers"]:
+            if name in relevant:
+                parts += (name, value)
+        return hashlib.sha256(b"".join(
+            struct.pack("!I", len(p)) + p for p in parts)).digest()
+
+    def _remembered(self, question: bytes) -> tuple[int, Headers, bytes] | None:
         kp = self.kp
+        cache = kp.verifier.cache
+        found: RememberedPass | None = cache.remembered(cache.answers, question)
+        if found is None:
+            return None
+        now = kp.ctx.clock.now()
+        if found.expires_at is not None and now >= found.expires_at:
+            return None
+        if kp.throttle.retry_after(VERIFY_FAILURES, found.ip) is not None:
+            return None
+        kp.usage.record(found.key_id, now, _VALID)
+        return 200, list(found.headers), found.body
+
+    def _remember(self, question: bytes, passed: Passed, headers: Headers,
+                  body: bytes) -> None:
+        verdict, raw, generation, ip = passed
+        snap = verdict.snapshot
+        if snap is None or snap.counted or verdict.ratelimit or not verdict.valid:
+            return
+        if snap.expires_at is not None and self.kp.ctx.clock.now() >= snap.expires_at:
+            return
+        cache = self.kp.verifier.cache
+        cache.remember(cache.answers, question,
+                       RememberedPass(tuple(headers), body, snap.key_id, snap.expires_at, ip),
+                       generation, (cache_key(raw),))
+
+    async def _decide(self, scope: Scope, request_id: str) -> Decided:
+        kp = self.kp
+        generation = kp.verifier.cache.generation  # before anything is read from it
         if scope["path"] == PATH and scope["method"].lower() not in METHODS:
-            return _refuse(405, "method_not_allowed", "forward-auth answers GET, HEAD, POST, "
+            return _denied(405, "method_not_allowed", "forward-auth answers GET, HEAD, POST, "
                            "PUT, PATCH, DELETE, OPTIONS and TRACE (the original method goes in "
                            "X-Forwarded-Method or X-Original-Method)", [(b"allow", ALLOW)])
         conn = HTTPConnection(scope)
         peer = parse_address(conn.client.host.partition("%")[0] if conn.client else None)
         if peer is None or not self.trusted or not address_allowed(peer, self.trusted):
-            return _refuse(403, "proxy_not_trusted", "forward-auth answers only the proxies "
+            return _denied(403, "proxy_not_trusted", "forward-auth answers only the proxies "
                            "in KEYPLANE_TRUSTED_PROXIES")
         headers = conn.headers
         method = headers.get("x-forwarded-method") or headers.get("x-original-method")
@@ -123,23 +197,23 @@ class ForwardAuth:
             method = method or scope["method"]
             uri = uri or scope["path"][len(PATH):]
         if not method or not uri:
-            return _refuse(403, "route_not_allowed", "the proxy sent no original method and "
+            return _denied(403, "route_not_allowed", "the proxy sent no original method and "
                            "URI (X-Forwarded-Method / X-Forwarded-Uri or X-Original-Method / "
                            "X-Original-URI)")
         route = self.routes.match(method, uri)
         if route is None:
-            return _refuse(403, "route_not_allowed",
+            return _denied(403, "route_not_allowed",
                            "no entry of the route map allows this method and path")
         raw = credentials.from_headers(scope["headers"], self.legacy)
         if not raw:
-            return _refuse(401, "missing_key", "an API key is required: send 'Authorization: "
+            return _denied(401, "missing_key", "an API key is required: send 'Authorization: "
                            "Bearer <key>' or 'X-API-Key: <key>'", [_challenge()])
         ip = net.client_address(conn, self.trusted)
         tls = net.is_tls(conn, self.trusted)
         throttle = kp.throttle
         wait = throttle.retry_after(VERIFY_FAILURES, ip)
         if wait is not None:
-            return _throttled(wait, throttle.limit)
+            return (*_throttled(wait, throttle.limit), None)
         verdict = kp.verifier.verify_cached(raw, required=route.scopes, ip=ip, tls=tls)
         if verdict is None:
             verdict = await run_in_threadpool(kp.verifier.verify, raw, required=route.scopes,
@@ -153,8 +227,8 @@ class ForwardAuth:
             wait = await run_in_threadpool(throttle.failed, VERIFY_FAILURES, ip,
                                            request_id=request_id)
             if wait is not None:
-                return _throttled(wait, throttle.limit)
-        return _answer(verdict)
+                return (*_throttled(wait, throttle.limit), None)
+        return (*_answer(verdict), (verdict, raw, generation, ip))
 
 
 def _answer(verdict: Verdict) -> tuple[int, Headers, object]:
@@ -203,6 +277,10 @@ def _throttled(wait: int, limit: int) -> tuple[int, Headers, object]:
                                    (b"ratelimit-limit", str(limit).encode()),
                                    (b"ratelimit-remaining", b"0"),
                                    (b"ratelimit-reset", str(wait).encode())])
+
+
+def _denied(status: int, code: str, message: str, headers: Headers | None = None) -> Decided:
+    return (*_refuse(status, code, message, headers), None)
 
 
 def _refuse(status: int, code: str, message: str,
