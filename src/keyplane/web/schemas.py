@@ -271,7 +271,12 @@ def key_out(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
     out = key_view(key)
     if secret is not None:
         out["key"] = secret
+        out["note"] = SECRET_NOTE
     return out
+
+
+# the create, rotate and duplicate answers say it, as the CLI does
+SECRET_NOTE = "Copy this key now: it will not be shown again (Keyplane keeps only a digest)."
 
 
 def tenant_out(t: Tenant) -> dict[str, Any]:
