@@ -58,3 +58,23 @@ def test_verify_takes_the_raw_header_value_on_both_paths(http: httpx2.Client, ke
     # is refused, whatever is cached
     r = http.post("/v1/verify", json={"key": secret}, headers={"X-API-Key": "kp_nope"})
     assert r.status_code == 401
+
+
+def test_verify_takes_the_location_id_beside_the_key(http: httpx2.Client, keyplane: Keyplane,
+                                                     tenant: Tenant, verifier_key: str) -> None:
+    other = make_tenant(keyplane, "Other")
+    secret = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "zap", "owner_id": tenant.admin_id, "scopes": ["contacts:read"]}).secret
+    for location, code in ((tenant.id, "VALID"), (other.id, "NOT_FOUND"), (None, "VALID")):
+        body = {"key": secret, "tls": True, "tenant_id": location}
+        first = http.post("/v1/verify", json=body, headers=auth(verifier_key))  # the route
+        second = http.post("/v1/verify", json=body, headers=auth(verifier_key))  # fast path
+        assert first.status_code == second.status_code == 200
+        assert first.json() == second.json()
+        assert first.json()["code"] == code, location
+        if code == "NOT_FOUND":  # nothing about the key leaks to the wrong Location ID
+            assert first.json()["key_id"] is None and first.json()["tenant_id"] is None
+    for bad in ("", "ten id", "x" * 65, "ten\n"):
+        r = http.post("/v1/verify", json={"key": secret, "tenant_id": bad},
+                      headers=auth(verifier_key))
+        assert r.status_code == 422 and r.json()["error"]["field"] == "tenant_id", bad

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import struct
 import time
 from datetime import datetime
@@ -38,13 +39,14 @@ from keyplane.web import credentials, net
 from keyplane.web.credentials import key_in
 from keyplane.web.deps import AUTH_FAILURES, GUESSES
 from keyplane.web.middleware import log_request, new_request_id, response_headers
-from keyplane.web.routes_verify import VERIFY_FAILURES, as_seen_by, verdict_out
+from keyplane.web.routes_verify import VERIFY_FAILURES, as_seen_by, at_location, verdict_out
 
 log = logging.getLogger("keyplane.verify")
 
 PATH = "/v1/verify"
 MAX_BODY = 16_384
-_FIELDS = frozenset({"key", "scopes", "ip", "tls"})
+_FIELDS = frozenset({"key", "scopes", "ip", "tls", "tenant_id"})
+_TENANT_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 _OUTCOME_VALID = "VALID"
 _LENGTHS = struct.Struct("!5I")  # the length of each part of a request's digest
 
@@ -173,7 +175,7 @@ class VerifyFastPath:
             key, required=frozenset(body.get("scopes", ())), ip=ip, tls=body.get("tls"))
         if verdict is None:
             return None
-        verdict = as_seen_by(caller, verdict)
+        verdict = at_location(as_seen_by(caller, verdict), body.get("tenant_id"))
         if verdict.decision.code in GUESSES:
             return None  # the route counts the guess against the address
         out = json.dumps(verdict_out(verdict), separators=(",", ":")).encode()
@@ -235,6 +237,10 @@ def _body(raw: bytes) -> dict[str, Any] | None:
     if ip is not None and (not isinstance(ip, str) or len(ip) > 64):
         return None
     if tls is not None and not isinstance(tls, bool):
+        return None
+    tenant_id = body.get("tenant_id")
+    if tenant_id is not None and not (isinstance(tenant_id, str)
+                                      and _TENANT_ID.fullmatch(tenant_id)):
         return None
     if "\x00" in key or any("\x00" in s for s in scopes):
         return None

@@ -47,11 +47,11 @@ from keyplane.core.decisions import Code
 from keyplane.core.errors import ValidationError
 from keyplane.core.policy import Address, address_allowed, parse_address, parse_networks
 from keyplane.core.routemap import RouteMap
-from keyplane.services.verify import NOT_FOUND, Verdict, cache_key
+from keyplane.services.verify import Verdict, cache_key
 from keyplane.web import credentials, net
 from keyplane.web.deps import GUESSES
 from keyplane.web.middleware import log_request, new_request_id, response_headers
-from keyplane.web.routes_verify import VERIFY_FAILURES
+from keyplane.web.routes_verify import VERIFY_FAILURES, at_location
 
 PATH = "/v1/forward-auth"
 _VALID = "VALID"  # what usage counts for a pass
@@ -219,9 +219,7 @@ class ForwardAuth:
             verdict = await run_in_threadpool(kp.verifier.verify, raw, required=route.scopes,
                                               ip=ip, tls=tls)
         location = headers.get("x-location-id")
-        snap = verdict.snapshot
-        if location is not None and snap is not None and snap.tenant_id != location.strip():
-            verdict = Verdict(NOT_FOUND)  # a key of another tenant is unknown here
+        verdict = at_location(verdict, location.strip() if location is not None else None)
         code = verdict.decision.code
         if code in GUESSES:
             wait = await run_in_threadpool(throttle.failed, VERIFY_FAILURES, ip,

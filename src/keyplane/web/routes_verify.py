@@ -62,7 +62,7 @@ async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep) -> dict[str, 
         verdict = await run_in_threadpool(
             kp.verifier.verify, raw, required=required, ip=ip, tls=body.tls
         )
-    verdict = as_seen_by(caller, verdict)
+    verdict = at_location(as_seen_by(caller, verdict), body.tenant_id)
     if verdict.decision.code in GUESSES:
         wait = await run_in_threadpool(kp.throttle.failed, VERIFY_FAILURES, subject,
                                        request_id=caller.request_id)
@@ -75,6 +75,15 @@ def as_seen_by(caller: Caller, verdict: Verdict) -> Verdict:
     """A tenant's verifier cannot learn anything about other tenants' keys."""
     snap = verdict.snapshot
     if snap is not None and caller.tenant_id is not None and snap.tenant_id != caller.tenant_id:
+        return Verdict(NOT_FOUND)
+    return verdict
+
+
+def at_location(verdict: Verdict, tenant_id: str | None) -> Verdict:
+    """With a Location ID beside the key, a key of another tenant is unknown (and counted as a
+    guess)."""
+    snap = verdict.snapshot
+    if tenant_id is not None and snap is not None and snap.tenant_id != tenant_id:
         return Verdict(NOT_FOUND)
     return verdict
 
