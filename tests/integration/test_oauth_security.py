@@ -366,9 +366,11 @@ def test_a_suspended_app_can_neither_start_flows_nor_use_tokens(
     assert r.status_code == 200 and r.json()["status"] == "suspended"
     assert verify(http, verifier_key, tokens["access_token"])["code"] == "DISABLED"
     _, challenge = pkce()
-    assert is_error_page(browser.get(authorize_url(partner, challenge)))
+    page = browser.get(authorize_url(partner, challenge))
+    assert is_error_page(page) and "This app is suspended" in page.text
     r = refresh(http, partner, tokens["refresh_token"])
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    assert "suspended" in r.json()["error_description"]
     # reinstated: the same connection works again (suspension is a reversible lock)
     r = http.post(f"/v1/apps/{partner.app_id}/approve", headers=auth(operator_key))
     assert r.status_code == 200 and "client_secret" not in r.json()

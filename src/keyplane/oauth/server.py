@@ -23,6 +23,7 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749 import (
     ClientMixin,
+    InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
     OAuth2Error,
@@ -38,6 +39,7 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from keyplane.core import ids, tokens
 from keyplane.core.apps import (
     App,
+    AppStatus,
     AuthorizationCode,
     ClientSecret,
     ConnectedRepos,
@@ -359,6 +361,11 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
     def query_client(self, client_id: str) -> Client | None:
         if client_id not in self._clients:
             app = self.repos.apps.by_client_id(client_id) if isinstance(client_id, str) else None
+            if app is not None and app.status is AppStatus.SUSPENDED:  # say so, plainly
+                raise InvalidClientError(
+                    description="This app is suspended by the Keyplane operator: it can "
+                    "neither start a sign-in nor get tokens until it is reinstated.",
+                    status_code=401)
             # pending, rejected and suspended apps are not clients: no flow, no token
             self._clients[client_id] = (
                 Client(app, self.repos.apps.secrets(app.id), self.env)
