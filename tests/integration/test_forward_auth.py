@@ -32,6 +32,8 @@ def test_a_valid_key_passes_with_its_identity(proxied: tuple[Keyplane, httpx2.Cl
     # X-API-Key, and Envoy's form: the original method and path after the prefix
     r = http.post("/v1/forward-auth/contacts/7", headers={"X-API-Key": secret})
     assert r.status_code == 200
+    r = http.get("/v1/forward-auth/contacts/7%2Fx", headers={"X-API-Key": secret})  # not /7/x
+    assert r.status_code == 403 and r.json()["error"]["code"] == "route_not_allowed"
     r = http.request("PROPFIND", "/v1/forward-auth/contacts/7", headers={"X-API-Key": secret})
     assert r.status_code == 403 and r.json()["error"]["code"] == "route_not_allowed"
     # the plain path answers the eight methods OpenAPI names
@@ -41,6 +43,14 @@ def test_a_valid_key_passes_with_its_identity(proxied: tuple[Keyplane, httpx2.Cl
     r = http.get("/v1/forward-auth", headers={"X-Forwarded-Method": "GET",
                                               "X-Forwarded-Uri": "/health", "X-API-Key": secret})
     assert r.status_code == 200
+    # an operator key has no tenant and no owner: the headers are sent, empty, so that a proxy
+    # copying them replaces whatever the client sent
+    operator = kp.keys.create(SYSTEM, None, {"name": "ops", "scopes": ["keys:verify"],
+                                             "require_tls": False}, operator=True).secret
+    r = http.get("/v1/forward-auth", headers={"X-Forwarded-Method": "GET",
+                                              "X-Forwarded-Uri": "/health", "X-API-Key": operator})
+    assert r.status_code == 200
+    assert r.headers["x-keyplane-tenant-id"] == "" and r.headers["x-keyplane-owner-id"] == ""
 
 
 def test_refusals_carry_the_sdks_bodies_and_headers(

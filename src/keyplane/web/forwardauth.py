@@ -195,7 +195,10 @@ class ForwardAuth:
         uri = headers.get("x-forwarded-uri") or headers.get("x-original-uri")
         if scope["path"] != PATH:  # Envoy: path_prefix + the original path, original method
             method = method or scope["method"]
-            uri = uri or scope["path"][len(PATH):]
+            # as sent (still percent-encoded), so that an encoded "/" is refused, not split
+            raw_path = scope.get("raw_path")
+            sent = raw_path.decode("latin-1") if raw_path else scope["path"]
+            uri = uri or sent[len(PATH):]
         if not method or not uri:
             return _denied(403, "route_not_allowed", "the proxy sent no original method and "
                            "URI (X-Forwarded-Method / X-Forwarded-Uri or X-Original-Method / "
@@ -243,13 +246,13 @@ def _answer(verdict: Verdict) -> tuple[int, Headers, object]:
                   (b"ratelimit-remaining", str(info.get("remaining", 0)).encode()),
                   (b"ratelimit-reset", str(reset).encode())]
     if verdict.valid and snap is not None:
+        # every identity header, empty when there is none: a proxy that copies them onto
+        # the upstream request then replaces any the client sent (Traefik, Caddy, nginx)
         identity: Headers = [(b"x-keyplane-key-id", snap.key_id.encode()),
+                             (b"x-keyplane-tenant-id", (snap.tenant_id or "").encode()),
+                             (b"x-keyplane-owner-id", (snap.owner_id or "").encode()),
                              (b"x-keyplane-scopes", " ".join(sorted(snap.scopes)).encode()),
                              (b"x-keyplane-kind", snap.kind.encode())]
-        if snap.tenant_id:
-            identity.append((b"x-keyplane-tenant-id", snap.tenant_id.encode()))
-        if snap.owner_id:
-            identity.append((b"x-keyplane-owner-id", snap.owner_id.encode()))
         return 200, identity + limits, {
             "valid": True, "key_id": snap.key_id, "tenant_id": snap.tenant_id,
             "owner_id": snap.owner_id, "scopes": sorted(snap.scopes)}
