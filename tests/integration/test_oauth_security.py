@@ -612,3 +612,15 @@ def test_concurrent_redemptions_and_refreshes_let_exactly_one_through(
     ok = [r for r in answers if r.status_code == 200]
     assert len(ok) == 1, [r.status_code for r in answers]
     assert introspect(http, partner, ok[0].json()["refresh_token"]) == INACTIVE
+
+
+def test_access_tokens_follow_the_tenants_tls_policy(
+        http: httpx2.Client, browser: httpx2.Client, partner: Partner, tenant: Tenant,
+        keyplane: Keyplane, verifier_key: str) -> None:
+    """As the tenant's keys do: over plain HTTP a token is refused while the tenant requires
+    TLS (the default), and accepted once its policy allows plain HTTP."""
+    token = tokens_for(http, browser, partner, tenant)["access_token"]
+    assert verify(http, verifier_key, token, tls=True)["code"] == "VALID"
+    assert verify(http, verifier_key, token, tls=False)["code"] == "TLS_REQUIRED"
+    keyplane.tenants.update(SYSTEM, tenant.id, {"policy": {"require_tls_default": False}})
+    assert verify(http, verifier_key, token, tls=False)["code"] == "VALID"
