@@ -624,3 +624,21 @@ def test_access_tokens_follow_the_tenants_tls_policy(
     assert verify(http, verifier_key, token, tls=False)["code"] == "TLS_REQUIRED"
     keyplane.tenants.update(SYSTEM, tenant.id, {"policy": {"require_tls_default": False}})
     assert verify(http, verifier_key, token, tls=False)["code"] == "VALID"
+
+
+def test_reauthorising_the_same_app_updates_the_one_connection(
+        http: httpx2.Client, browser: httpx2.Client, partner: Partner, tenant: Tenant,
+        verifier_key: str) -> None:
+    """The same admin connects the same app to the same tenant twice: one connection, whose old
+    tokens end as the new ones are handed out (no gap for the app)."""
+    first = tokens_for(http, browser, partner, tenant)
+    connection = verify(http, verifier_key, first["access_token"])["key_id"]
+    second = tokens_for(http, browser, partner, tenant)
+    assert verify(http, verifier_key, second["access_token"])["code"] == "VALID"
+    assert verify(http, verifier_key, second["access_token"])["key_id"] == connection
+    assert verify(http, verifier_key, first["access_token"])["valid"] is False
+    r = refresh(http, partner, first["refresh_token"])
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert refresh(http, partner, second["refresh_token"]).status_code == 200
+    r = http.get("/v1/connections", headers=auth(tenant.management_key))
+    assert [c["id"] for c in r.json()["items"]] == [connection]

@@ -391,15 +391,34 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
         svc = self.env.connections
         if request.payload.grant_type == "authorization_code":
             record: AuthorizationCode = request.authorization_code.record
-            connection = Connection(
-                id=ids.new_id("con"), tenant_id=record.tenant_id, app_id=record.app_id,
-                principal_id=record.principal_id, scopes=list(record.scopes), created_at=now,
-                expires_at=now + svc.lifetimes.refresh_family)
-            self.repos.connections.add(connection)
-            self.ctx.audit(self.uow, self.app_caller(request.client), "connection.created",
-                           connection.id, tenant_id=connection.tenant_id,
-                           app_id=connection.app_id, authorised_by=connection.principal_id,
-                           scopes=connection.scopes)
+            found = self.repos.connections.active_for(
+                record.tenant_id, record.app_id, record.principal_id, now) \
+                if record.principal_id else None
+            if found is not None:
+                # the same admin authorised the same app again: the one connection is updated
+                # (its new consent, a fresh lifetime); its old tokens end now, the new ones
+                # below are the app's at once
+                connection = found
+                connection.scopes = list(record.scopes)
+                connection.expires_at = now + svc.lifetimes.refresh_family
+                self.repos.connections.update(connection)
+                ended = self.repos.tokens.revoke_connection(connection.id, now)
+                self.ctx.audit(self.uow, self.app_caller(request.client),
+                               "connection.reauthorised", connection.id,
+                               tenant_id=connection.tenant_id, app_id=connection.app_id,
+                               authorised_by=connection.principal_id,
+                               scopes=connection.scopes, tokens_revoked=ended)
+                self.ctx.changed(self.uow, "connection", connection.id)
+            else:
+                connection = Connection(
+                    id=ids.new_id("con"), tenant_id=record.tenant_id, app_id=record.app_id,
+                    principal_id=record.principal_id, scopes=list(record.scopes),
+                    created_at=now, expires_at=now + svc.lifetimes.refresh_family)
+                self.repos.connections.add(connection)
+                self.ctx.audit(self.uow, self.app_caller(request.client),
+                               "connection.created", connection.id,
+                               tenant_id=connection.tenant_id, app_id=connection.app_id,
+                               authorised_by=connection.principal_id, scopes=connection.scopes)
             refresh_scopes, parent = list(record.scopes), None
         else:
             old: Token = request.refresh_token
