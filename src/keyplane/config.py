@@ -5,6 +5,7 @@ Nothing is built at import: ``Settings()`` is created once by the entry point an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from keyplane.core.errors import KeyplaneError
 from keyplane.core.policy import normalise_networks
+
+HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")  # an HTTP header token
 
 
 def _split(value: object) -> object:
@@ -41,6 +44,9 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     legacy_headers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     scopes_file: Path | None = None
+    route_map: Path | None = Field(
+        default=None, description='/v1/forward-auth\'s TOML route map, "METHOD /path/*" = '
+        '["scope", …]; read once at start (none: every route is refused)')
     cache_size: int = 100_000
     cache_ttl_seconds: float = 60.0
     verify_answer_cache_size: int = Field(
@@ -126,6 +132,15 @@ class Settings(BaseSettings):
             return normalise_networks(value, "trusted_proxies")
         except KeyplaneError as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("legacy_headers")
+    @classmethod
+    def _header_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"KEYPLANE_LEGACY_HEADERS: {name!r} is not an HTTP header name")
+        return value
+
     @model_validator(mode="after")
     def _lease_outlives_attempt(self) -> Settings:
         if self.webhook_lease_seconds < 3 * self.webhook_timeout_seconds:

@@ -51,7 +51,8 @@ def test_create_returns_the_secret_once_with_the_documented_defaults(
     assert created["id"] in [k["id"] for k in listing.json()["items"]]
     assert all("key" not in k for k in listing.json()["items"])
     assert secret[3:] not in listing.text
-    assert shown.json() == {k: v for k, v in created.items() if k != "key"}
+    assert shown.json() == {k: v for k, v in created.items() if k not in ("key", "note")}
+    assert created["note"].startswith("Copy this key now: it will not be shown again")
 
     answer = verify(http, verifier_key, secret, scopes=["contacts:read"])
     assert answer["valid"] is True and answer["code"] == "VALID"
@@ -208,7 +209,7 @@ def test_duplicate_keeps_the_settings_with_a_new_name_and_secret(
     source = create_key(
         http, mk, name="Zapier", description="sync", scopes=["contacts:write", "forms:read"],
         expires_in_days=30, allowed_ips=["203.0.113.0/24"], require_tls=False,
-        ratelimit={"limit": 10, "window_seconds": 60}, meta={"tool": "zapier"},
+        ratelimit={"limit": 10, "window_seconds": 60}, meta={"tool": "zapier"}, remaining=500,
     )
     r = http.post(f"/v1/keys/{source['id']}/duplicate", json={"name": "Zapier 2"},
                   headers=auth(mk))
@@ -219,8 +220,10 @@ def test_duplicate_keeps_the_settings_with_a_new_name_and_secret(
     assert copy["key"] != source["key"] and tokens.parse(copy["key"]) is not None
     assert copy["start"] == copy["key"][3:11]
     for field in ("description", "scopes", "allowed_ips", "require_tls", "ratelimit", "meta",
-                  "owner_id", "tenant_id", "enabled"):
+                  "owner_id", "tenant_id", "enabled", "remaining"):
         assert copy[field] == source[field], field
+    assert copy["remaining"] == 500  # the usage quota too
+    assert "not be shown again" in copy["note"] and "not be shown again" in source["note"]
     assert when(copy["expires_at"]) - when(copy["created_at"]) == timedelta(days=30)
 
     for secret in (source["key"], copy["key"]):
@@ -255,7 +258,8 @@ def test_rotate_with_the_default_grace(http: httpx2.Client, tenant: Tenant, veri
     assert when(rotated["previous_secret_expires_at"]) == clock.now() + timedelta(days=7)
     shown = http.get(f"/v1/keys/{created['id']}", headers=auth(mk)).json()
     assert shown["previous_secret_expires_at"] == rotated["previous_secret_expires_at"]
-    assert "key" not in shown
+    assert "key" not in shown and "note" not in shown
+    assert rotated["note"] == created["note"] and "not be shown again" in rotated["note"]
 
     for secret in (old, new):
         answer = verify(http, verifier_key, secret, scopes=["contacts:read"], ip="203.0.113.1")

@@ -100,6 +100,12 @@ def test_connect_an_app_in_a_real_browser_then_revoke_it(
     from authlib.integrations.httpx_client import OAuth2Client
     from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
+    # the CRM is served over plain HTTP here: Acme's policy lets its credentials (its access
+    # tokens too, which follow the tenant's TLS policy) be used without TLS
+    r = http.patch(f"/v1/tenants/{tenant.id}", headers=auth(tenant.management_key),
+                   json={"policy": {"require_tls_default": False}})
+    assert r.status_code == 200, r.text
+
     # 1. the partner registers its app; the operator approves it
     r = http.post("/v1/apps", headers=auth(tenant.management_key), json={
         "name": "Zapier", "description": "Automate your CRM", "homepage": "https://zapier.example",

@@ -366,9 +366,11 @@ def test_a_suspended_app_can_neither_start_flows_nor_use_tokens(
     assert r.status_code == 200 and r.json()["status"] == "suspended"
     assert verify(http, verifier_key, tokens["access_token"])["code"] == "DISABLED"
     _, challenge = pkce()
-    assert is_error_page(browser.get(authorize_url(partner, challenge)))
+    page = browser.get(authorize_url(partner, challenge))
+    assert is_error_page(page) and "This app is suspended" in page.text
     r = refresh(http, partner, tokens["refresh_token"])
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    assert "suspended" in r.json()["error_description"]
     # reinstated: the same connection works again (suspension is a reversible lock)
     r = http.post(f"/v1/apps/{partner.app_id}/approve", headers=auth(operator_key))
     assert r.status_code == 200 and "client_secret" not in r.json()
@@ -610,3 +612,33 @@ def test_concurrent_redemptions_and_refreshes_let_exactly_one_through(
     ok = [r for r in answers if r.status_code == 200]
     assert len(ok) == 1, [r.status_code for r in answers]
     assert introspect(http, partner, ok[0].json()["refresh_token"]) == INACTIVE
+
+
+def test_access_tokens_follow_the_tenants_tls_policy(
+        http: httpx2.Client, browser: httpx2.Client, partner: Partner, tenant: Tenant,
+        keyplane: Keyplane, verifier_key: str) -> None:
+    """As the tenant's keys do: over plain HTTP a token is refused while the tenant requires
+    TLS (the default), and accepted once its policy allows plain HTTP."""
+    token = tokens_for(http, browser, partner, tenant)["access_token"]
+    assert verify(http, verifier_key, token, tls=True)["code"] == "VALID"
+    assert verify(http, verifier_key, token, tls=False)["code"] == "TLS_REQUIRED"
+    keyplane.tenants.update(SYSTEM, tenant.id, {"policy": {"require_tls_default": False}})
+    assert verify(http, verifier_key, token, tls=False)["code"] == "VALID"
+
+
+def test_reauthorising_the_same_app_updates_the_one_connection(
+        http: httpx2.Client, browser: httpx2.Client, partner: Partner, tenant: Tenant,
+        verifier_key: str) -> None:
+    """The same admin connects the same app to the same tenant twice: one connection, whose old
+    tokens end as the new ones are handed out (no gap for the app)."""
+    first = tokens_for(http, browser, partner, tenant)
+    connection = verify(http, verifier_key, first["access_token"])["key_id"]
+    second = tokens_for(http, browser, partner, tenant)
+    assert verify(http, verifier_key, second["access_token"])["code"] == "VALID"
+    assert verify(http, verifier_key, second["access_token"])["key_id"] == connection
+    assert verify(http, verifier_key, first["access_token"])["valid"] is False
+    r = refresh(http, partner, first["refresh_token"])
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
+    assert refresh(http, partner, second["refresh_token"]).status_code == 200
+    r = http.get("/v1/connections", headers=auth(tenant.management_key))
+    assert [c["id"] for c in r.json()["items"]] == [connection]

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from keyplane.bootstrap import Keyplane
+from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, auth, make_tenant
 from tests.integration.oauth_support import approved_app
 from tests.integration.procs import wait_until
@@ -28,6 +29,8 @@ def test_a_suspended_app_reaches_the_tenant_verifier_that_caches_its_tokens(
     token of an app Acme registered; the operator suspends the app; both gateways refuse the
     token at once, from the change stream (a cached VALID verdict would otherwise be reused)."""
     globex = make_tenant(keyplane, "Globex")
+    # the gateways run over plain HTTP: Globex lets its tokens be used so (TLS policy)
+    keyplane.tenants.update(SYSTEM, globex.id, {"policy": {"require_tls_default": False}})
     partner = approved_app(http, tenant.management_key, operator_key)
     token = connect(http, server, partner, globex)["access_token"]
 

@@ -47,12 +47,12 @@ def _share(kp: Any, tenant: str | None, operator: bool, secret: str, expires_in:
 
 def _show_issued(out: dict[str, Any], json_out: bool, title: str,
                  share: dict[str, Any] | None = None) -> None:
-    if share is not None:
-        out = {k: v for k, v in out.items() if k != "key"}
+    if share is not None:  # the link carries the secret: neither it nor its note is shown
+        out = {k: v for k, v in out.items() if k not in ("key", "note")}
     if json_out:
         emit_json(out if share is None else {**out, "share": share})
         return
-    fields(title, out)
+    fields(title, {k: v for k, v in out.items() if k != "note"})  # secret_notice says it
     if share is None:
         secret_notice(out["key"])
     else:

@@ -23,6 +23,7 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749 import (
     ClientMixin,
+    InvalidClientError,
     InvalidGrantError,
     InvalidRequestError,
     OAuth2Error,
@@ -38,6 +39,7 @@ from authlib.oauth2.rfc9207 import IssuerParameter
 from keyplane.core import ids, tokens
 from keyplane.core.apps import (
     App,
+    AppStatus,
     AuthorizationCode,
     ClientSecret,
     ConnectedRepos,
@@ -359,6 +361,11 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
     def query_client(self, client_id: str) -> Client | None:
         if client_id not in self._clients:
             app = self.repos.apps.by_client_id(client_id) if isinstance(client_id, str) else None
+            if app is not None and app.status is AppStatus.SUSPENDED:  # say so, plainly
+                raise InvalidClientError(
+                    description="This app is suspended by the Keyplane operator: it can "
+                    "neither start a sign-in nor get tokens until it is reinstated.",
+                    status_code=401)
             # pending, rejected and suspended apps are not clients: no flow, no token
             self._clients[client_id] = (
                 Client(app, self.repos.apps.secrets(app.id), self.env)
@@ -384,15 +391,34 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
         svc = self.env.connections
         if request.payload.grant_type == "authorization_code":
             record: AuthorizationCode = request.authorization_code.record
-            connection = Connection(
-                id=ids.new_id("con"), tenant_id=record.tenant_id, app_id=record.app_id,
-                principal_id=record.principal_id, scopes=list(record.scopes), created_at=now,
-                expires_at=now + svc.lifetimes.refresh_family)
-            self.repos.connections.add(connection)
-            self.ctx.audit(self.uow, self.app_caller(request.client), "connection.created",
-                           connection.id, tenant_id=connection.tenant_id,
-                           app_id=connection.app_id, authorised_by=connection.principal_id,
-                           scopes=connection.scopes)
+            found = self.repos.connections.active_for(
+                record.tenant_id, record.app_id, record.principal_id, now) \
+                if record.principal_id else None
+            if found is not None:
+                # the same admin authorised the same app again: the one connection is updated
+                # (its new consent, a fresh lifetime); its old tokens end now, the new ones
+                # below are the app's at once
+                connection = found
+                connection.scopes = list(record.scopes)
+                connection.expires_at = now + svc.lifetimes.refresh_family
+                self.repos.connections.update(connection)
+                ended = self.repos.tokens.revoke_connection(connection.id, now)
+                self.ctx.audit(self.uow, self.app_caller(request.client),
+                               "connection.reauthorised", connection.id,
+                               tenant_id=connection.tenant_id, app_id=connection.app_id,
+                               authorised_by=connection.principal_id,
+                               scopes=connection.scopes, tokens_revoked=ended)
+                self.ctx.changed(self.uow, "connection", connection.id)
+            else:
+                connection = Connection(
+                    id=ids.new_id("con"), tenant_id=record.tenant_id, app_id=record.app_id,
+                    principal_id=record.principal_id, scopes=list(record.scopes),
+                    created_at=now, expires_at=now + svc.lifetimes.refresh_family)
+                self.repos.connections.add(connection)
+                self.ctx.audit(self.uow, self.app_caller(request.client),
+                               "connection.created", connection.id,
+                               tenant_id=connection.tenant_id, app_id=connection.app_id,
+                               authorised_by=connection.principal_id, scopes=connection.scopes)
             refresh_scopes, parent = list(record.scopes), None
         else:
             old: Token = request.refresh_token

@@ -190,7 +190,9 @@ class ConnectionService:
             revoked=token.revoked_at is not None or c.revoked_at is not None,
             enabled=st.app.active,
             owner_enabled=st.principal is not None and st.principal.enabled,
-            tenant_enabled=st.tenant.enabled, require_tls=self.tokens_require_tls,
+            tenant_enabled=st.tenant.enabled,
+            # the tenant's TLS policy, as its keys follow it (and always behind an https issuer)
+            require_tls=self.tokens_require_tls or st.tenant.policy.require_tls_default,
             tenant_networks=parse_networks(st.tenant.policy.allowed_ips),
             kind="access_token", client_id=st.app.client_id,
             meta={"grant_id": c.id, "app_id": st.app.id, "token_id": token.id},

@@ -353,7 +353,7 @@ class KeyService:
             "name": body.get("name", f"{source.name} (copy)"),
             "description": source.description, "scopes": source.scopes,
             "allowed_ips": source.allowed_ips, "require_tls": source.require_tls,
-            "meta": source.meta,
+            "meta": source.meta, "remaining": source.remaining,  # the usage quota too
             "expires_in_days": source.lifetime_days,
             "ratelimit": (
                 {"limit": source.ratelimit.limit,

@@ -20,6 +20,7 @@ from keyplane.metrics import RequestMetrics
 from keyplane.web import (
     contract,
     errors,
+    forwardauth,
     refusals,
     routes_admin,
     routes_changes,
@@ -32,19 +33,23 @@ from keyplane.web import (
     routes_verify,
     routes_webhooks,
 )
+from keyplane.web.credentials import legacy_names
 from keyplane.web.fastverify import VerifyFastPath
+from keyplane.web.forwardauth import ForwardAuth, load_route_map
 from keyplane.web.limits import JsonDepthLimit, RequestLimits
 from keyplane.web.methods import AllowedMethods
 from keyplane.web.middleware import RequestContext
 
 DESCRIPTION = """Keyplane's API: keys, tenants, members, service accounts, groups, scopes,
-verification and the audit log. Authenticate with `Authorization: Bearer <key>`."""
+verification and the audit log. Authenticate with `Authorization: Bearer <key>` (or
+`Bearer <name>:<key>`), or `X-API-Key: <key>`, or a header named in KEYPLANE_LEGACY_HEADERS."""
 
 
 class KeyplaneAPI(FastAPI):
     """FastAPI with Keyplane's pure-ASGI layers in front of all of it, FastAPI's own
     per-request telemetry checks included: the limits on what a request may make a worker hold
-    (head and body size) first, then the verify fast path, which answers cache hits itself
+    (head and body size) first, then /v1/forward-auth
+    (web/forwardauth.py), then the verify fast path, which answers cache hits itself
     (with a request id and an access-log line), then request ids and the access log around
     everything else (500s included), ``Allow`` for OPTIONS and 405 answers, and the JSON
     nesting limit in front of the routes."""
@@ -58,11 +63,11 @@ class KeyplaneAPI(FastAPI):
         if front is None:
             kp = self.state.keyplane
             scope["keyplane.metrics"] = self._metrics = self.state.metrics
-            front = self._front = RequestLimits(
+            front = self._front = RequestLimits(ForwardAuth(
                 VerifyFastPath(RequestContext(AllowedMethods(
                     JsonDepthLimit(super().__call__), self.router.routes)), kp,
                     self.state.metrics),
-                kp.settings.max_body_bytes)
+                kp, self.state.route_map), kp.settings.max_body_bytes)
         await front(scope, receive, send)
 
 
@@ -86,6 +91,10 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.state.metrics = RequestMetrics()
     app.state.metrics_registry = None  # built on the first scrape
     app.state.trusted_proxies = parse_networks(kp.settings.trusted_proxies, "trusted_proxies")
+    app.state.legacy_headers = legacy_names(kp.settings.legacy_headers)
+    # read once, at start: a bad file or an unknown scope stops the server here
+    app.state.route_map = load_route_map(kp.settings.route_map,
+                                         frozenset(kp.ctx.catalogue().entries))
     errors.install(app)
     refusals.install(app)  # 403s and 404s of authenticated /v1 calls are audited
     app.include_router(routes_verify.router)
@@ -130,6 +139,14 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
                 "data": tuple(sorted(catalogue.data_scopes())),
                 "operator": tuple(sorted(sc.OPERATOR_KEY_SCOPES & set(catalogue.entries)))}
 
+    generate = app.openapi
+
+    def with_forward_auth() -> dict[str, Any]:  # served in front of the router (see above)
+        schema = generate()
+        schema["paths"][forwardauth.PATH] = forwardauth.path_item()
+        return schema
+
+    app.openapi = with_forward_auth  # type: ignore[method-assign]
     contract.install(app, scopes, webhook_url=url_pattern(
         allow_http=kp.settings.webhook_allow_private_targets))
     return app

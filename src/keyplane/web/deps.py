@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from fastapi.security import HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from keyplane.bootstrap import Keyplane
@@ -14,7 +14,7 @@ from keyplane.core.errors import RateLimited, ValidationError
 from keyplane.core.model import Page
 from keyplane.core.rights import Caller
 from keyplane.services.auth import authenticate, caller_from
-from keyplane.web import net
+from keyplane.web import credentials, net
 
 
 async def kp(request: Request) -> Keyplane:
@@ -23,27 +23,23 @@ async def kp(request: Request) -> Keyplane:
 
 
 def bearer(request: Request) -> str | None:
-    return bearer_credential(request.headers.get("authorization"))
+    """The key the request presents: ``Authorization: Bearer [<name>:]<key>``, else
+    ``X-API-Key``, else a configured legacy header (web/credentials.py)."""
+    return credentials.from_headers(request.scope["headers"], request.app.state.legacy_headers)
 
 
-def bearer_credential(header: str | None) -> str | None:
-    """The key in an ``Authorization`` header value, or None."""
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    # "Bearer <name>:<key>" is accepted as well as "Bearer <key>"
-    return value.strip().rpartition(":")[2]
-
-
-# declares the credential in /openapi.json; ``caller`` reads and answers it itself
+# declare the credential in /openapi.json; ``caller`` reads and answers it itself
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
-                    description="A Keyplane key: `Authorization: Bearer <key>`")
+                    description="A Keyplane key: `Authorization: Bearer <key>` (or "
+                    "`Bearer <name>:<key>`)")
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
+                       description="A Keyplane key in `X-API-Key` (read when no `Authorization: "
+                       "Bearer` is sent; then any header named in KEYPLANE_LEGACY_HEADERS)")
 
 
 async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)],
-                 _declared: Annotated[object, Depends(BEARER)] = None) -> Caller:
+                 _declared: Annotated[object, Depends(BEARER)] = None,
+                 _api_key: Annotated[object, Depends(API_KEY)] = None) -> Caller:
     """The authenticated credential; cache hits are answered on the event loop."""
     trusted = request.app.state.trusted_proxies
     raw = bearer(request)

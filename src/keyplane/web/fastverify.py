@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import struct
 import time
 from datetime import datetime
@@ -35,16 +36,18 @@ from keyplane.core.policy import Address, parse_address, parse_networks
 from keyplane.metrics import RequestMetrics
 from keyplane.services.auth import caller_from
 from keyplane.services.verify import cache_key
-from keyplane.web import net
-from keyplane.web.deps import AUTH_FAILURES, GUESSES, bearer_credential
+from keyplane.web import credentials, net
+from keyplane.web.credentials import key_in
+from keyplane.web.deps import AUTH_FAILURES, GUESSES
 from keyplane.web.middleware import log_request, new_request_id, response_headers
-from keyplane.web.routes_verify import VERIFY_FAILURES, as_seen_by, verdict_out
+from keyplane.web.routes_verify import VERIFY_FAILURES, as_seen_by, at_location, verdict_out
 
 log = logging.getLogger("keyplane.verify")
 
 PATH = "/v1/verify"
 MAX_BODY = 16_384
-_FIELDS = frozenset({"key", "scopes", "ip", "tls"})
+_FIELDS = frozenset({"key", "scopes", "ip", "tls", "tenant_id"})
+_TENANT_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
 _OUTCOME_VALID = "VALID"
 _LENGTHS = struct.Struct("!5I")  # the length of each part of a request's digest
 
@@ -71,6 +74,7 @@ class VerifyFastPath:
         self.metrics = metrics or RequestMetrics()
         self._latency = self.metrics.row("POST", PATH)
         self.trusted = parse_networks(keyplane.settings.trusted_proxies, "trusted_proxies")
+        self.legacy = credentials.legacy_names(keyplane.settings.legacy_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST" or \
@@ -99,10 +103,10 @@ class VerifyFastPath:
         if not more:
             raw = chunk if len(chunks) == 1 else b"".join(chunks)  # one chunk, usually
             try:
-                request = _request_key(scope, raw)
+                request, credential = _request_key(scope, raw, self.legacy)
                 body = self._remembered(request)
-                if body is None:
-                    body = self._answer(scope, raw, request)
+                if body is None and credential is not None:
+                    body = self._answer(scope, raw, request, credential)
             except Exception:  # never fail here: the route will answer, or report the error
                 log.exception("verify fast path failed; the route answers instead")
         if body is None:
@@ -141,14 +145,12 @@ class VerifyFastPath:
         self.metrics.verified(found.code)
         return found.body
 
-    def _answer(self, scope: Scope, raw_body: bytes, request: bytes) -> bytes | None:
+    def _answer(self, scope: Scope, raw_body: bytes, request: bytes,
+                credential: str) -> bytes | None:
         """The route's answer when it can be given from the caches alone, else ``None``."""
         kp = self.kp
         generation = kp.verifier.cache.generation  # before anything is read from the cache
         conn = HTTPConnection(scope)
-        credential = bearer_credential(conn.headers.get("authorization"))
-        if credential is None:
-            return None
         trusted = self.trusted
         caller_ip = net.client_address(conn, trusted)
         if kp.throttle.retry_after(AUTH_FAILURES, caller_ip) is not None:
@@ -175,12 +177,12 @@ class VerifyFastPath:
         subject = ip if ip is not None else caller_ip
         if kp.throttle.retry_after(VERIFY_FAILURES, subject) is not None:
             return None
-        key = body["key"].strip().rpartition(":")[2]
+        key = key_in(body["key"])
         verdict = kp.verifier.verify_cached(
             key, required=frozenset(body.get("scopes", ())), ip=ip, tls=body.get("tls"))
         if verdict is None:
             return None
-        verdict = as_seen_by(caller, verdict)
+        verdict = at_location(as_seen_by(caller, verdict), body.get("tenant_id"))
         if verdict.decision.code in GUESSES:
             return None  # the route counts the guess against the address
         code = verdict.decision.code.value
@@ -202,25 +204,27 @@ class VerifyFastPath:
         return out
 
 
-def _request_key(scope: Scope, raw_body: bytes) -> bytes:
+def _request_key(scope: Scope, raw_body: bytes,
+                 legacy: frozenset[bytes]) -> tuple[bytes, str | None]:
     """A SHA-256 of everything an answer depends on besides the caches (the body, the caller's
     credential, and what decides the caller's address and TLS: the first of each header, as
-    Starlette reads them), so that no secret is kept as a key. Each part's length goes first:
-    no two different requests share a digest."""
-    auth = forwarded = proto = b""
+    Starlette reads them), so that no secret is kept as a key, and the caller's credential
+    (read as the route reads it: web/credentials.py). Each part's length goes first: no two
+    different requests share a digest."""
+    forwarded = proto = b""
     for name, value in scope["headers"]:
-        if name == b"authorization":
-            auth = auth or value
-        elif name == b"x-forwarded-for":
+        if name == b"x-forwarded-for":
             forwarded = forwarded or value
         elif name == b"x-forwarded-proto":
             proto = proto or value
+    credential = credentials.from_headers(scope["headers"], legacy)
+    auth = credential.encode() if credential is not None else b""
     client = scope.get("client")
     host = client[0].encode() if client else b""
     scheme = (scope.get("scheme") or "").encode()
     lengths = _LENGTHS.pack(len(auth), len(forwarded), len(proto), len(host), len(scheme))
     return hashlib.sha256(
-        b"".join((lengths, auth, forwarded, proto, host, scheme, raw_body))).digest()
+        b"".join((lengths, auth, forwarded, proto, host, scheme, raw_body))).digest(), credential
 
 
 def _body(raw: bytes) -> dict[str, Any] | None:
@@ -242,6 +246,10 @@ def _body(raw: bytes) -> dict[str, Any] | None:
     if ip is not None and (not isinstance(ip, str) or len(ip) > 64):
         return None
     if tls is not None and not isinstance(tls, bool):
+        return None
+    tenant_id = body.get("tenant_id")
+    if tenant_id is not None and not (isinstance(tenant_id, str)
+                                      and _TENANT_ID.fullmatch(tenant_id)):
         return None
     if "\x00" in key or any("\x00" in s for s in scopes):
         return None

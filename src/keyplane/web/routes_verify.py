@@ -15,6 +15,7 @@ from keyplane.core.errors import ValidationError
 from keyplane.core.policy import parse_address
 from keyplane.core.rights import Caller
 from keyplane.services.verify import NOT_FOUND, Verdict
+from keyplane.web.credentials import key_in
 from keyplane.web.deps import GUESSES, CallerDep, KeyplaneDep
 from keyplane.web.schemas import Verify, ts
 
@@ -50,7 +51,7 @@ async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep,
 
 async def _verify(body: Verify, caller: Caller, kp: Keyplane) -> dict[str, Any]:
     caller.require("keys:verify")
-    raw = body.key.strip().rpartition(":")[2]  # "<name>:<key>" is accepted too
+    raw = key_in(body.key)  # "<name>:<key>" and the raw header value "Bearer …" too
     ip = None
     if body.ip is not None:
         ip = parse_address(body.ip)
@@ -68,7 +69,7 @@ async def _verify(body: Verify, caller: Caller, kp: Keyplane) -> dict[str, Any]:
         verdict = await run_in_threadpool(
             kp.verifier.verify, raw, required=required, ip=ip, tls=body.tls
         )
-    verdict = as_seen_by(caller, verdict)
+    verdict = at_location(as_seen_by(caller, verdict), body.tenant_id)
     if verdict.decision.code in GUESSES:
         wait = await run_in_threadpool(kp.throttle.failed, VERIFY_FAILURES, subject,
                                        request_id=caller.request_id)
@@ -81,6 +82,15 @@ def as_seen_by(caller: Caller, verdict: Verdict) -> Verdict:
     """A tenant's verifier cannot learn anything about other tenants' keys."""
     snap = verdict.snapshot
     if snap is not None and caller.tenant_id is not None and snap.tenant_id != caller.tenant_id:
+        return Verdict(NOT_FOUND)
+    return verdict
+
+
+def at_location(verdict: Verdict, tenant_id: str | None) -> Verdict:
+    """With a Location ID beside the key, a key of another tenant is unknown (and counted as a
+    guess)."""
+    snap = verdict.snapshot
+    if tenant_id is not None and snap is not None and snap.tenant_id != tenant_id:
         return Verdict(NOT_FOUND)
     return verdict
 

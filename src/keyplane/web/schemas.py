@@ -169,10 +169,15 @@ class KeyDuplicate(Body):
 
 
 class Verify(Body):
-    key: str = Field(max_length=400)
+    key: str = Field(max_length=400, description="The key, `<name>:<key>`, or the raw header "
+                     "value `Bearer [<name>:]<key>`")
     scopes: list[str] = Field(default_factory=list, max_length=50)
     ip: IpAddress | None = None
     tls: bool | None = None
+    tenant_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$",
+        description="The Location ID given beside the key: a key of another tenant is "
+        "NOT_FOUND")
 
 
 class Use(Body):
@@ -276,7 +281,12 @@ def key_out(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
     out = key_view(key)
     if secret is not None:
         out["key"] = secret
+        out["note"] = SECRET_NOTE
     return out
+
+
+# the create, rotate and duplicate answers say it, as the CLI does
+SECRET_NOTE = "Copy this key now: it will not be shown again (Keyplane keeps only a digest)."
 
 
 def tenant_out(t: Tenant) -> dict[str, Any]:

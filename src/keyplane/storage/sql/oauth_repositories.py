@@ -160,7 +160,18 @@ class SqlConnections:
         c = o.oauth_connections.c
         self.conn.execute(o.oauth_connections.update().where(c.id == connection.id).values(
             revoked_at=connection.revoked_at, revoked_reason=connection.revoked_reason,
-            scopes=list(connection.scopes), principal_id=connection.principal_id))
+            scopes=list(connection.scopes), principal_id=connection.principal_id,
+            expires_at=connection.expires_at))
+
+    def active_for(self, tenant_id: str, app_id: str, principal_id: str,
+                   at: datetime) -> Connection | None:
+        """The live connection this admin gave this app in this tenant (the newest)."""
+        c = o.oauth_connections.c
+        q = o.oauth_connections.select().where(
+            c.tenant_id == tenant_id, c.app_id == app_id, c.principal_id == principal_id,
+            c.revoked_at.is_(None), c.expires_at > at).order_by(c.id.desc()).limit(1)
+        r = self.conn.execute(q).mappings().first()
+        return self._build(r) if r else None
 
     def page(self, tenant_id: str, *, active_at: datetime | None, limit: int,
              cursor: str | None) -> Page:
