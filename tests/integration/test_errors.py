@@ -3,7 +3,6 @@ status, and nothing written."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -367,19 +366,6 @@ def test_a_key_never_exceeds_its_owners_rights(http: httpx2.Client, tenant: Tena
 # the test's own HTTP client logs the URLs it calls; the server's logs are what count
 CLIENT_LOGGERS = ("httpx2", "httpcore2")
 
-
-@pytest.fixture
-def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Every log record at DEBUG, including uvicorn's loggers (which do not propagate)."""
-    caplog.set_level(logging.DEBUG)
-    extra = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.error", "uvicorn.access")]
-    for lg in extra:
-        lg.addHandler(caplog.handler)
-    try:
-        yield caplog
-    finally:
-        for lg in extra:
-            lg.removeHandler(caplog.handler)
 
 
 def test_credentials_in_the_url_are_refused_and_never_logged(

@@ -20,21 +20,9 @@ from keyplane.core.tokens import generate, redact_secrets
 from keyplane.logs import install_redaction
 from keyplane.web.app import create_app
 from tests.conftest import Tenant, auth, make_settings
-from tests.integration.test_secrets_never_leak import UVICORN_LOGGERS, leaks
+from tests.integration.logs import UVICORN_LOGGERS
+from tests.integration.test_secrets_never_leak import leaks
 from tests.support import start_server
-
-
-@pytest.fixture
-def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Every record at DEBUG on the root logger, plus uvicorn's (which do not propagate)."""
-    caplog.set_level(logging.DEBUG)
-    for name in UVICORN_LOGGERS:
-        logging.getLogger(name).addHandler(caplog.handler)
-    try:
-        yield caplog
-    finally:
-        for name in UVICORN_LOGGERS:
-            logging.getLogger(name).removeHandler(caplog.handler)
 
 
 def mode(path: Path) -> int:

@@ -4,8 +4,6 @@ response, not in any log record, not in any database row or database file."""
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,21 +13,6 @@ import sqlalchemy as sa
 
 from keyplane.bootstrap import Keyplane
 from tests.conftest import Tenant, auth
-
-UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
-
-
-@pytest.fixture
-def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Every record at DEBUG on the root logger, plus uvicorn's (which do not propagate)."""
-    caplog.set_level(logging.DEBUG)
-    for name in UVICORN_LOGGERS:
-        logging.getLogger(name).addHandler(caplog.handler)
-    try:
-        yield caplog
-    finally:
-        for name in UVICORN_LOGGERS:
-            logging.getLogger(name).removeHandler(caplog.handler)
 
 
 def fragments(secret: str) -> list[str]:
