@@ -241,7 +241,7 @@ def test_a_tenants_connection_to_another_tenants_app_survives_a_restore_of_that_
     done = run(cli_env(sqlite_url(dst), src / "data"), "restore", str(file))
     assert done.returncode == 0, done.stderr
     with serving(sqlite_url(dst), None, src) as (kp, http):  # src/data: the same pepper
-        assert kp.verifier.verify(tokens["access_token"]).valid
+        assert kp.verifier.verify(tokens["access_token"], tls=True).valid
         again = refresh(http, partner, tokens["refresh_token"])
         assert again.status_code == 200, again.text
         assert [t.id for t in kp.tenants.list(SYSTEM, limit=10, cursor=None).items] == [a.id]
