@@ -114,3 +114,9 @@ def start_server(app: Any, port: int | None = None, **options: Any) -> RunningSe
 
 def sqlite_url(tmp: Path) -> str:
     return f"sqlite:///{tmp / 'keyplane.db'}"
+
+
+def typo(secret: str) -> str:
+    """``secret`` with its last character changed (always changed: a fixed replacement would
+    leave one key in 62 as it was)."""
+    return secret[:-1] + ("y" if secret.endswith("x") else "x")

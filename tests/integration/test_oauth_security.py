@@ -30,7 +30,7 @@ from tests.integration.oauth_support import (
     refresh,
     sign_in,
 )
-from tests.support import RunningServer, SettableClock
+from tests.support import RunningServer, SettableClock, typo
 
 INACTIVE = {"active": False}
 
@@ -515,7 +515,7 @@ def test_introspection_answers_exactly_inactive_for_what_it_must_not_describe(
     tokens = tokens_for(http, browser, partner, tenant)
     other = approved_app(http, tenant.management_key, operator_key, name="Other")
     assert introspect(http, other, tokens["access_token"]) == INACTIVE  # another client's
-    for garbage in ("garbage", "kpat_" + "A" * 38, tokens["access_token"][:-1] + "x"):
+    for garbage in ("garbage", "kpat_" + "A" * 38, typo(tokens["access_token"])):
         assert introspect(http, partner, garbage) == INACTIVE
     active = introspect(http, partner, tokens["access_token"])
     assert active["active"] is True

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from keyplane.bootstrap import Keyplane
 from tests.conftest import Tenant, auth
+from tests.support import typo
 
 
 def fragments(secret: str) -> list[str]:
@@ -48,7 +49,7 @@ def test_secrets_appear_only_in_the_response_that_issues_them(
     call("verify first", "POST", "/v1/verify", vk, 200, {"key": first, "tls": True})
     call("verify named", "POST", "/v1/verify", vk, 200,
          {"key": f"leak test:{first}", "scopes": ["contacts:read"], "tls": True})
-    call("verify typo", "POST", "/v1/verify", vk, 200, {"key": first[:-1] + "x", "tls": True})
+    call("verify typo", "POST", "/v1/verify", vk, 200, {"key": typo(first), "tls": True})
     call("verify plain http", "POST", "/v1/verify", vk, 200, {"key": first, "tls": False})
     call("list", "GET", "/v1/keys", mk, 200)
     call("show", "GET", f"/v1/keys/{kid}", mk, 200)

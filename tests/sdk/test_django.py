@@ -18,6 +18,7 @@ from keyplane.bootstrap import Keyplane
 from keyplane.sdk import Client, requires
 from tests.conftest import Tenant
 from tests.sdk.conftest import Protected, data_key, served_uses
+from tests.support import typo
 
 
 def whoami(request: HttpRequest) -> JsonResponse:
@@ -83,7 +84,7 @@ def test_django_views_get_the_identity_and_their_scope_checks(
                             headers=bearer(writer["key"]))
     assert created.status_code == 201 and created.json()["body"] == {"name": "Ada"}
 
-    r = app.http.get("/whoami", headers=bearer(reader["key"][:-1] + "x"))
+    r = app.http.get("/whoami", headers=bearer(typo(reader["key"])))
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_key"
 
 
