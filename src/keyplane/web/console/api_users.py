@@ -52,7 +52,7 @@ def _picked(form: FormData) -> list[str]:
 @router.get("/api-users")
 async def list_api_users(request: Request) -> Response:
     def view(c: Console) -> Response:
-        cursor = (c.request.query_params.get("cursor") or "")[:64] or None
+        cursor = c.cursor
         result = c.kp.principals.list(c.caller, c.tenant_id, kind=PrincipalKind.SERVICE_ACCOUNT,
                                       limit=PAGE_SIZE, cursor=cursor)
         names = {g.id: g.name for g in _groups(c)}

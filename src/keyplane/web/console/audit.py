@@ -98,7 +98,7 @@ async def audit_log(request: Request) -> Response:
         params = c.request.query_params
         chosen = (params.get("action") or "").strip()
         chosen = chosen if _ACTION.match(chosen) else ""
-        cursor = (params.get("cursor") or "")[:64] or None
+        cursor = c.cursor
         result = c.kp.audit.list(c.caller, c.tenant_id, action=chosen or None,
                                  limit=PAGE_SIZE, cursor=cursor)
         events: list[AuditEvent] = list(result.items)

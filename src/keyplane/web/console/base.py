@@ -65,6 +65,11 @@ class Console:
     def can(self, permission: str) -> bool:
         return self.caller.holds(permission)
 
+    @property
+    def cursor(self) -> str | None:
+        """The paging cursor in the URL (at most 64 characters, as the API takes it)."""
+        return (self.request.query_params.get("cursor") or "")[:64] or None
+
     def render(self, template: str, context: dict[str, Any], *, status: int = 200,
                title: str) -> HTMLResponse:
         return render(self.request, template, {

@@ -37,7 +37,7 @@ def _revoke_refused(c: Console) -> None:
 @router.get("/connections")
 async def list_connections(request: Request) -> Response:
     def view(c: Console) -> Response:
-        cursor = (c.request.query_params.get("cursor") or "")[:64] or None
+        cursor = c.cursor
         result = connected(c.kp).connections.list(c.caller, c.tenant_id, limit=PAGE_SIZE,
                                                   cursor=cursor)
         now = c.kp.ctx.clock.now()

@@ -42,7 +42,7 @@ async def hygiene(request: Request) -> Response:
         expiring = _days(params.get("expiring_days"), hy.DEFAULT_EXPIRING_DAYS)
         reason = params.get("reason") or ""
         reason = reason if reason in hy.REASONS else ""
-        cursor = (params.get("cursor") or "")[:64] or None
+        cursor = c.cursor
         result = c.kp.hygiene.report(c.caller, c.tenant_id,
                                      thresholds=hy.Thresholds(unused, expiring),
                                      reason=reason or None, limit=PAGE_SIZE, cursor=cursor)

@@ -80,7 +80,7 @@ async def list_keys(request: Request) -> Response:
         searched = q.removeprefix(f"{c.kp.ctx.key_prefix}_")  # starts are shown with it
         state = params.get("state") or "all"
         state = state if state in STATES else "all"
-        cursor = (params.get("cursor") or "")[:64] or None
+        cursor = c.cursor
         owners = owner_names(c)
         owner = params.get("owner") or ""
         owner = owner if owner in owners else ""  # another tenant's id: no filter, no oracle

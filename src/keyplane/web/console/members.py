@@ -60,7 +60,7 @@ def last_admin_words(c: Console, member: Principal, exc: Conflict) -> str:
 @router.get("/members")
 async def list_members(request: Request) -> Response:
     def view(c: Console) -> Response:
-        cursor = (c.request.query_params.get("cursor") or "")[:64] or None
+        cursor = c.cursor
         result = c.kp.principals.list(c.caller, c.tenant_id, kind=PrincipalKind.MEMBER,
                                       limit=PAGE_SIZE, cursor=cursor)
         return c.render("console/members.html", {
