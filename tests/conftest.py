@@ -16,6 +16,7 @@ from keyplane.config import Settings
 from keyplane.core.model import PrincipalKind
 from keyplane.core.rights import SYSTEM
 from keyplane.web.app import create_app
+from tests.smtp_server import MailServer
 from tests.support import (
     REQUIRE_SERVICES,
     RunningServer,
@@ -37,6 +38,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason="PostgreSQL is not answering"))
         if "redis" in item.keywords and not redis:
             item.add_marker(pytest.mark.skip(reason="Redis is not answering"))
+
+
+@pytest.fixture
+def mail_server() -> Iterator[MailServer]:
+    """A real SMTP server on loopback; pass ``smtp_url=mail_server.url`` to the settings."""
+    server = MailServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

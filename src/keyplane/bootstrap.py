@@ -17,6 +17,7 @@ from keyplane.config import Settings
 from keyplane.core.ports import Clock, SystemClock
 from keyplane.core.tokens import Hasher, valid_prefix
 from keyplane.core.webhooks import RetryPolicy
+from keyplane.mail import mailer_from
 from keyplane.oauth.wiring import install as install_connected_apps
 from keyplane.outbound import HttpSender, SystemResolver
 from keyplane.peppers import load_peppers
@@ -136,6 +137,8 @@ def build(
         hasher=Hasher(peppers),
         key_prefix=settings.key_prefix,
         events=outbox,
+        mailer=mailer_from(settings.smtp_url.get_secret_value() if settings.smtp_url else None,
+                           settings.mail_from),
     )
     sealer = PepperSealer(peppers)
     allow_private = settings.webhook_allow_private_targets

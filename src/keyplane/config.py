@@ -25,7 +25,9 @@ def _split(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KEYPLANE_", extra="ignore")
+    # settings hold secrets (peppers, the SMTP password): an error never echoes an input
+    model_config = SettingsConfigDict(env_prefix="KEYPLANE_", extra="ignore",
+                                      hide_input_in_errors=True)
 
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -118,6 +120,11 @@ class Settings(BaseSettings):
     metrics_open_on_loopback: bool = Field(
         default=True, description="GET /metrics answers loopback clients (not through a "
         "proxy) without a credential; everyone else needs one with platform:read")
+    smtp_url: SecretStr | None = Field(
+        default=None, description="Mail server for invitations, password resets and reminders: "
+        "smtp://host:25, smtp+starttls://user:pass@host:587 or smtps://user:pass@host:465")
+    mail_from: str = Field(default="Keyplane <keyplane@localhost>", min_length=3, max_length=200,
+                           description="The From address of Keyplane's emails")
     db_pool_size: int = 10
     log_level: str = "info"
     demo: bool = False
@@ -132,6 +139,15 @@ class Settings(BaseSettings):
             return normalise_networks(value, "trusted_proxies")
         except KeyplaneError as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            from keyplane.mail import parse_smtp_url
+
+            parse_smtp_url(value.get_secret_value())  # ValueError names the problem
+        return value or None
 
     @field_validator("legacy_headers")
     @classmethod

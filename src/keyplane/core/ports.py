@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
@@ -22,6 +22,24 @@ from keyplane.core.webhooks import Claimed, Delivery, DeliveryStatus, Outcome, W
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
+
+
+class Mailer(Protocol):
+    """Sends one plain-text email. ``enabled`` is False when no mail server is configured:
+    callers then show what they would have sent (an invitation link) instead."""
+
+    enabled: bool
+
+    def send(self, to: Sequence[str], subject: str, text: str) -> None: ...
+
+
+class NoMailer:
+    """No mail server configured: nothing is sent."""
+
+    enabled = False
+
+    def send(self, to: Sequence[str], subject: str, text: str) -> None:
+        return None
 
 
 class SystemClock:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from keyplane.core import ids
 from keyplane.core.model import AuditEvent
-from keyplane.core.ports import Clock, EventSink, UnitOfWork
+from keyplane.core.ports import Clock, EventSink, Mailer, NoMailer, UnitOfWork
 from keyplane.core.rights import Caller
 from keyplane.core.scopes import Catalogue
 from keyplane.core.tokens import Hasher
 
 Listener = Callable[[str, str], None]
+log = logging.getLogger("keyplane.mail")
 
 
 class LocalBus:
@@ -43,6 +45,7 @@ class Context:
     key_prefix: str = "kp"
     bus: LocalBus = field(default_factory=LocalBus)
     events: EventSink | None = None  # the webhook outbox: audited changes become events
+    mailer: Mailer = field(default_factory=NoMailer)  # KEYPLANE_SMTP_URL, or nothing is sent
     _catalogue: Catalogue | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -65,6 +68,27 @@ class Context:
         """Record a change durably in this transaction and publish it after commit."""
         uow.changes.append(kind, ref)
         uow.after_commit(lambda: self.bus.publish(kind, ref))
+
+    def mail_after_commit(
+        self, uow: UnitOfWork, to: Sequence[str], subject: str, text: str
+    ) -> bool:
+        """Send an email once this transaction commits (never for a rolled-back change).
+        Returns whether a mail server is configured. A failed send is logged without the
+        recipients or the text (it may hold a one-time link) and never undoes the change."""
+        recipients = [a for a in dict.fromkeys(to) if a]
+        if not self.mailer.enabled or not recipients:
+            return self.mailer.enabled
+        mailer = self.mailer
+
+        def send() -> None:
+            try:
+                mailer.send(recipients, subject, text)
+            except Exception as exc:  # a mail outage must not fail the change that committed
+                log.warning("mail_failed recipients=%d subject=%r error=%s",
+                            len(recipients), subject, type(exc).__name__)
+
+        uow.after_commit(send)
+        return True
 
     def audit(
         self,
