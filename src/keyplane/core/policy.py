@@ -155,6 +155,8 @@ class Snapshot:
     kind: str = "key"
     client_id: str | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    # the owner is an API user in no data-access group (tenant policy api_users_need_group)
+    owner_reaches_no_data: bool = False
 
     @property
     def counted(self) -> bool:
@@ -214,6 +216,9 @@ class IpCheck:
 @dataclass(frozen=True, slots=True)
 class ScopeCheck:
     def __call__(self, s: Snapshot, r: Request) -> Denied | None:
+        if s.owner_reaches_no_data:
+            return Denied(Code.INSUFFICIENT_SCOPE, "the key's owner is an API user in no "
+                          "data-access group, so it holds no data scopes")
         missing = r.required - s.scopes
         if missing:
             return Denied(

@@ -20,7 +20,7 @@ from keyplane.core import tokens
 from keyplane.core.decisions import Code, Decision, Denied
 from keyplane.core.policy import Address, Network, Request, Snapshot, decide, parse_networks
 from keyplane.core.ports import UnitOfWork
-from keyplane.core.rights import principal_rights
+from keyplane.core.rights import principal_rights, reaches_no_data
 from keyplane.services.context import Context
 from keyplane.services.usage import UsageRecorder
 
@@ -208,6 +208,7 @@ class Verifier:
                 expires_at, secret.expires_at)
         scopes = sc.expand(key.scopes)
         owner_enabled = True
+        no_data = False
         tenant_enabled = True
         tenant_networks: tuple[Network, ...] = ()
         if key.tenant_id is not None:
@@ -222,10 +223,12 @@ class Verifier:
                 scopes = frozenset()
             else:
                 rights = principal_rights(
-                    owner, uow.groups.get_many(owner.group_ids), self.ctx.catalogue()
+                    owner, uow.groups.get_many(owner.group_ids), self.ctx.catalogue(),
+                    tenant.policy,
                 )
                 owner_enabled = owner.enabled
                 scopes = scopes & rights
+                no_data = reaches_no_data(owner, tenant.policy)
         return Snapshot(
             key_id=key.id, tenant_id=shared(key.tenant_id), owner_id=shared(key.owner_id),
             name=key.name, scopes=shared_scopes(frozenset(scopes)), expires_at=expires_at,
@@ -236,4 +239,5 @@ class Verifier:
             ratelimit=(key.ratelimit.limit, key.ratelimit.window_seconds) if key.ratelimit
             else None,
             meta=QUOTA_META if key.remaining is not None else NO_META,
+            owner_reaches_no_data=no_data,
         )
