@@ -179,6 +179,8 @@ class StateCheck:
         if s.revoked:
             return Denied(Code.REVOKED, "the key has been revoked")
         if not s.enabled:
+            if s.kind == "access_token":  # an access token is turned off with its app
+                return Denied(Code.DISABLED, "the app is suspended by the Keyplane operator")
             return Denied(Code.DISABLED, "the key is locked")
         if not s.owner_enabled:
             return Denied(Code.DISABLED, "the key's owner is disabled or removed")
