@@ -3,6 +3,8 @@ of a Node upstream, asking /v1/forward-auth: what a product in any language gets
 
 from __future__ import annotations
 
+import re
+import textwrap
 import time
 from collections.abc import Iterator
 
@@ -11,8 +13,10 @@ import pytest
 
 from keyplane.bootstrap import Keyplane
 from tests.conftest import Tenant, make_tenant
-from tests.integration.caddy import caddy, product_upstream
+from tests.integration.caddy import ROOT, caddy, documented_caddyfile, product_upstream
 from tests.integration.forward_support import key, proxied
+
+README = ROOT / "README.md"
 
 __all__ = ["proxied"]  # the fixture: Keyplane trusting 127.0.0.1/32, with the route map
 
@@ -49,6 +53,12 @@ def test_a_valid_key_passes_and_the_upstream_sees_who_called(
         assert got["x-keyplane-owner-id"] == tenant.admin_id
         assert got["x-keyplane-key-id"].startswith("key_")
         assert got["x-keyplane-scopes"] == "contacts:read contacts:write"
+
+
+def test_the_readme_gives_the_tested_caddyfile() -> None:
+    found = re.search(r"\n *```caddyfile\n(.*?)\n *```", README.read_text(), re.S)
+    assert found is not None, "the README has no caddyfile block"
+    assert textwrap.dedent(found.group(1)) + "\n" == documented_caddyfile()
 
 
 def test_a_key_without_the_routes_scope_gets_403(
