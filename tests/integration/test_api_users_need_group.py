@@ -4,6 +4,7 @@ on SQLite and PostgreSQL; members keep their behaviour."""
 
 from __future__ import annotations
 
+from html import unescape
 from typing import Any
 
 import httpx2
@@ -11,6 +12,7 @@ import httpx2
 from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, auth, make_tenant
+from tests.integration.console_support import form_token, signed_in
 from tests.integration.forward_support import TRAEFIK, proxied
 from tests.integration.helpers import create_key
 
@@ -184,3 +186,19 @@ def test_members_keep_their_behaviour(proxied: tuple[Keyplane, httpx2.Client]) -
     r = http.patch(f"/v1/members/{member['id']}", json={"group_ids": []}, headers=auth(mk))
     assert r.status_code == 200 and "note" not in r.json()
     assert verdict(http, gateway, issued["key"], scopes=["contacts:write"])["code"] == "VALID"
+
+
+def test_the_console_says_so_when_an_api_user_is_made_without_a_group(
+        http: httpx2.Client, tenant: Tenant) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    token = form_token(http, "/api-users/new")
+    r = http.post("/api-users", data={"csrf_token": token, "name": "Zapier robot",
+                                      "role": "member"})
+    assert r.status_code == 303, r.text
+    robot = r.headers["location"].split("owner=")[1].split("&")[0]
+    form = unescape(http.get(r.headers["location"]).text)
+    assert "API user “Zapier robot” created" in form and NO_GROUP in form
+    r = http.post("/keys", data={"csrf_token": token, "name": "Zap", "owner_id": robot,
+                                 "scopes": ["contacts:write"], "expires_in_days": "30"})
+    assert r.status_code == 422
+    assert NO_GROUP in unescape(r.text)
