@@ -202,3 +202,17 @@ def test_the_console_says_so_when_an_api_user_is_made_without_a_group(
                                  "scopes": ["contacts:write"], "expires_in_days": "30"})
     assert r.status_code == 422
     assert NO_GROUP in unescape(r.text)
+
+
+def test_a_management_key_of_a_groupless_api_user_keeps_working(
+        proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    """Only data is out of reach: an admin API user's key of management scopes still manages."""
+    kp, http = proxied
+    t = make_tenant(kp)
+    admin_robot = api_user(http, t, name="API - provisioning", role="admin")
+    assert NO_GROUP in admin_robot["note"]
+    issued = create_key(http, t.management_key, owner_id=admin_robot["id"],
+                        scopes=["keys:write"], require_tls=False)
+    r = http.get("/v1/keys", headers=auth(issued["key"]))
+    assert r.status_code == 200, r.text
+    assert verdict(http, verifier(kp), issued["key"])["code"] == "VALID"

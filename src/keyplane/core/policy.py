@@ -155,7 +155,8 @@ class Snapshot:
     kind: str = "key"
     client_id: str | None = None
     meta: dict[str, object] = field(default_factory=dict)
-    # the owner is an API user in no data-access group (tenant policy api_users_need_group)
+    # a key with data scopes whose owner is an API user in no data-access group (the tenant
+    # policy api_users_need_group): refused whatever is asked, saying why
     owner_reaches_no_data: bool = False
 
     @property
