@@ -13,10 +13,12 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, auth, make_tenant
 from tests.integration.console_support import form_token, signed_in
+from tests.integration.test_cli import Cli, cli
 from tests.integration.forward_support import TRAEFIK, proxied
 from tests.integration.helpers import create_key
 
-__all__ = ["proxied"]  # the fixture: Keyplane trusting the loopback proxy, with a route map
+# the fixtures: Keyplane trusting the loopback proxy, with a route map; the CLI's environment
+__all__ = ["cli", "proxied"]
 
 NO_GROUP = "no data-access group"
 
@@ -216,3 +218,12 @@ def test_a_management_key_of_a_groupless_api_user_keeps_working(
     r = http.get("/v1/keys", headers=auth(issued["key"]))
     assert r.status_code == 200, r.text
     assert verdict(http, verifier(kp), issued["key"])["code"] == "VALID"
+
+
+def test_the_cli_says_so_too(cli: Cli) -> None:
+    tid = cli.json("tenants", "create", "Acme")["id"]
+    made = cli.json("service-accounts", "create", "--tenant", tid, "--name", "API - Zapier")
+    assert made["group_ids"] == [] and NO_GROUP in made["note"]
+    shown = " ".join(cli.ok("service-accounts", "create", "--tenant", tid, "--name",
+                            "API - Make").split())
+    assert "This API user is in no data-access group, so it holds no data scopes" in shown
