@@ -13,9 +13,9 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, auth, make_tenant
 from tests.integration.console_support import form_token, signed_in
-from tests.integration.test_cli import Cli, cli
 from tests.integration.forward_support import TRAEFIK, proxied
 from tests.integration.helpers import create_key
+from tests.integration.test_cli import Cli, cli
 
 # the fixtures: Keyplane trusting the loopback proxy, with a route map; the CLI's environment
 __all__ = ["cli", "proxied"]
