@@ -48,6 +48,13 @@ class Env:
         return self.kp.keys.get(self.caller, None, key_id)
 
     def member(self, role: str = "member", **body: Any) -> str:
+        """A service account; in a group reaching every data scope unless ``group_ids`` is
+        given (an API user in no group holds no data scopes: api_users_need_group)."""
+        if "group_ids" not in body:
+            everything = next((g for g in self.kp.groups.list(self.caller, None)
+                               if g.name == "everything"), None) or self.kp.groups.create(
+                self.caller, None, {"name": "everything", "scopes": data_writes(self.kp)})
+            body["group_ids"] = [everything.id]
         body = {"name": "worker", "role": role} | body
         return self.kp.principals.create(self.caller, None, PrincipalKind.SERVICE_ACCOUNT,
                                          body).id

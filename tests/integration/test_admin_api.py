@@ -37,7 +37,8 @@ def test_tenants_are_the_operators(http: httpx2.Client, tenant: Tenant, operator
     assert globex["policy"] == {"default_expiry_days": 30, "max_expiry_days": 60,
                                 "allow_non_expiring": False, "allowed_ips": [],
                                 "require_tls_default": False, "leaked_key_action": "revoke",
-                                "revoke_unused_after_days": None}
+                                "revoke_unused_after_days": None,
+                                "api_users_need_group": True}
     initech = ok(http.post("/v1/tenants", json={"name": "Initech"}, headers=op), 201)
     assert initech["policy"]["default_expiry_days"] == 90
     assert initech["policy"]["require_tls_default"] is True
@@ -273,7 +274,12 @@ def test_demoting_disabling_and_removing_an_owner(http: httpx2.Client, tenant: T
 def test_group_membership_narrows_keys(http: httpx2.Client, tenant: Tenant,
                                        verifier_key: str) -> None:
     mk = auth(tenant.management_key)
-    svc = ok(http.post("/v1/service-accounts", json={"name": "API - Zapier"}, headers=mk), 201)
+    wide = ok(http.post("/v1/groups", json={"name": "Calendars and contacts",
+                                            "scopes": ["calendars:write", "contacts:write"]},
+                        headers=mk), 201)
+    svc = ok(http.post("/v1/service-accounts", json={"name": "API - Zapier",
+                                                     "group_ids": [wide["id"]]},
+                       headers=mk), 201)
     key = create_key(http, tenant.management_key, owner_id=svc["id"],
                      scopes=["calendars:read", "contacts:write"])
     secret = key["key"]

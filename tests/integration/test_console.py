@@ -286,8 +286,10 @@ def test_an_api_user_can_own_a_key_made_in_the_console(
     from keyplane.core.model import PrincipalKind
     from keyplane.core.rights import SYSTEM
 
+    crm = keyplane.groups.create(SYSTEM, tenant.id, {"name": "CRM",
+                                                     "scopes": ["contacts:write"]})
     robot = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
-                                       {"name": "Zapier robot"})
+                                       {"name": "Zapier robot", "group_ids": [crm.id]})
     signed_in(http, tenant.admin_email, tenant.admin_password)
     form = http.get("/keys/new").text
     assert f'<option value="{robot.id}">Zapier robot (API user)</option>' in form

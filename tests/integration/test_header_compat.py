@@ -74,6 +74,18 @@ def test_verify_takes_the_location_id_beside_the_key(http: httpx2.Client, keypla
         assert first.json()["code"] == code, location
         if code == "NOT_FOUND":  # nothing about the key leaks to the wrong Location ID
             assert first.json()["key_id"] is None and first.json()["tenant_id"] is None
+    # or as a header, as third-party tools send it beside the key (the body's field wins)
+    for location, code in ((tenant.id, "VALID"), (other.id, "NOT_FOUND")):
+        for _ in range(2):  # the second one is never answered from a remembered answer
+            r = http.post("/v1/verify", json={"key": secret, "tls": True},
+                          headers={**auth(verifier_key), "X-Location-Id": location})
+            assert r.status_code == 200 and r.json()["code"] == code, location
+    r = http.post("/v1/verify", json={"key": secret, "tls": True, "tenant_id": tenant.id},
+                  headers={**auth(verifier_key), "X-Location-Id": other.id})
+    assert r.json()["code"] == "VALID"
+    r = http.post("/v1/verify", json={"key": secret}, headers={**auth(verifier_key),
+                                                              "X-Location-Id": "ten id"})
+    assert r.status_code == 422, r.text
     for bad in ("", "ten id", "x" * 65, "ten\n"):
         r = http.post("/v1/verify", json={"key": secret, "tenant_id": bad},
                       headers=auth(verifier_key))

@@ -55,7 +55,10 @@ def test_each_reason_appears_exactly_when_it_should(
     r = http.patch(f"/v1/tenants/{tenant.id}", json={"policy": {"allow_non_expiring": True}},
                    headers=auth(mk))
     assert r.status_code == 200, r.text
-    r = http.post("/v1/service-accounts", json={"name": "CI"}, headers=auth(mk))
+    r = http.post("/v1/groups", json={"name": "Readers", "scopes": ["contacts:read"]},
+                  headers=auth(mk))
+    r = http.post("/v1/service-accounts", json={"name": "CI", "group_ids": [r.json()["id"]]},
+                  headers=auth(mk))
     assert r.status_code == 201, r.text
     bot = r.json()["id"]
     reader = create_key(http, mk, name="reader", scopes=["contacts:read"], expires_in_days=30)

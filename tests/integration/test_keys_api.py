@@ -115,7 +115,10 @@ def test_list_walks_every_page_once(http: httpx2.Client, tenant: Tenant) -> None
 
 def test_list_filters(http: httpx2.Client, tenant: Tenant) -> None:
     mk = tenant.management_key
-    r = http.post("/v1/service-accounts", json={"name": "API - Zapier"}, headers=auth(mk))
+    r = http.post("/v1/groups", json={"name": "Readers", "scopes": ["contacts:read"]},
+                  headers=auth(mk))
+    r = http.post("/v1/service-accounts", json={"name": "API - Zapier",
+                                                "group_ids": [r.json()["id"]]}, headers=auth(mk))
     assert r.status_code == 201, r.text
     svc = r.json()["id"]
     mine = create_key(http, mk, name="Billing export", description="nightly job")

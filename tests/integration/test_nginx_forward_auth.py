@@ -4,8 +4,11 @@ the README's configuration)."""
 
 from __future__ import annotations
 
+import re
+import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -14,6 +17,8 @@ from keyplane.bootstrap import Keyplane
 from tests.conftest import Tenant, make_tenant
 from tests.integration.forward_support import key, proxied
 from tests.integration.nginx import echo_upstream, nginx
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 __all__ = ["proxied"]  # the fixture: Keyplane trusting 127.0.0.1/32, with the route map
 
@@ -97,6 +102,34 @@ def test_a_rate_limited_key_gets_429_with_retry_after(
     assert r.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(r.headers["retry-after"]) <= 60
     assert r.headers["ratelimit-limit"] == "2" and r.headers["ratelimit-remaining"] == "0"
+
+
+def readme_block(language: str) -> str:
+    """The README's ``language`` block (indented in a list item), as written there."""
+    found = re.search(rf"\n *```{language}\n(.*?)\n *```", README.read_text(), re.S)
+    assert found is not None, f"the README has no {language} block"
+    return textwrap.dedent(found.group(1))
+
+
+def test_the_readmes_short_nginx_snippet_works_as_written(
+        proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    kp, api = proxied
+    site = readme_block("nginx")
+    for placeholder in ("http://your_api;", "http://keyplane:8080/v1/forward-auth;"):
+        assert placeholder in site, f"the README's nginx snippet lost {placeholder!r}"
+    keyplane = str(api.base_url).removeprefix("http://").rstrip("/")
+    site = site.replace("http://your_api;", "http://product;").replace(
+        "http://keyplane:8080/v1/forward-auth;", f"http://{keyplane}/v1/forward-auth;")
+    tenant, secret = tenant_key(kp, scopes=["contacts:read"])
+    with echo_upstream() as upstream, nginx(keyplane, upstream, site) as url, \
+            httpx2.Client(base_url=url, timeout=10) as client:
+        r = client.get("/contacts/1", headers={"X-API-Key": secret,
+                                               "X-Keyplane-Tenant-Id": "ten_forged"})
+        assert r.status_code == 200, r.text
+        assert r.json()["headers"]["x-keyplane-tenant-id"] == tenant.id
+        assert r.json()["headers"]["x-keyplane-key-id"].startswith("key_")
+        assert client.post("/contacts/1", headers={"X-API-Key": secret}).status_code == 403
+        assert client.get("/contacts/1").status_code == 401
 
 
 def test_the_address_is_nginxs_peer_and_a_forged_forwarded_for_is_ignored(

@@ -364,7 +364,8 @@ def test_a_suspended_app_can_neither_start_flows_nor_use_tokens(
     r = http.post(f"/v1/apps/{partner.app_id}/suspend", json={"reason": "abuse report"},
                   headers=auth(operator_key))
     assert r.status_code == 200 and r.json()["status"] == "suspended"
-    assert verify(http, verifier_key, tokens["access_token"])["code"] == "DISABLED"
+    answer = verify(http, verifier_key, tokens["access_token"])
+    assert answer["code"] == "DISABLED" and "app is suspended" in answer["message"]
     _, challenge = pkce()
     page = browser.get(authorize_url(partner, challenge))
     assert is_error_page(page) and "This app is suspended" in page.text

@@ -184,8 +184,11 @@ def test_revoked_key_is_refused_within_the_bound(crm: Callable[..., Crm], kp: Cl
 def test_scope_change_and_owner_disable_take_effect_within_the_bound(
         crm: Callable[..., Crm], kp: Client, keyplane: Any, tenant: Tenant) -> None:
     app = cached_for_a_minute(crm)
+    crm_group = keyplane.groups.create(SYSTEM, tenant.id, {"name": "CRM",
+                                                           "scopes": ["contacts:write"]})
     account = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
-                                         {"name": "API - Zapier", "role": "admin"})
+                                         {"name": "API - Zapier", "role": "admin",
+                                          "group_ids": [crm_group.id]})
     issued = data_key(kp, "contacts:write", owner_id=account.id)
     key = issued["key"]
     assert app.http.get("/contacts", headers=bearer(key)).status_code == 200
@@ -202,6 +205,27 @@ def test_scope_change_and_owner_disable_take_effect_within_the_bound(
 
     kp.service_accounts.update(account.id, enabled=False)
     refused_within(app.http, "/contacts", key, 401, BOUND + SLACK)
+
+
+def test_an_api_users_last_group_removed_narrows_it_within_the_bound(
+        crm: Callable[..., Crm], kp: Client, keyplane: Any, tenant: Tenant) -> None:
+    """api_users_need_group (the default): an API user in no data-access group reaches no data;
+    the SDK says why, as /v1/verify does."""
+    app = cached_for_a_minute(crm)
+    readers = keyplane.groups.create(SYSTEM, tenant.id, {"name": "Readers",
+                                                         "scopes": ["contacts:read"]})
+    account = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
+                                         {"name": "API - Zapier", "group_ids": [readers.id]})
+    key = data_key(kp, "contacts:read", owner_id=account.id)["key"]
+    assert app.http.get("/contacts", headers=bearer(key)).status_code == 200
+    wait_live(app.running, find_middleware(app.running.server.config.app))
+    assert app.http.get("/contacts", headers=bearer(key)).status_code == 200
+
+    answer = kp.service_accounts.update(account.id, group_ids=[])
+    assert "no data-access group" in answer["note"]
+    refused_within(app.http, "/contacts", key, 403, BOUND + SLACK)
+    error = app.http.get("/contacts", headers=bearer(key)).json()["error"]
+    assert error["code"] == "insufficient_scope" and "no data-access group" in error["message"]
 
 
 def test_without_the_change_stream_the_cache_ttl_bounds_a_revocation(

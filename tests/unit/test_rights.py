@@ -9,13 +9,14 @@ import pytest
 
 from keyplane.core import scopes as sc
 from keyplane.core.errors import NotFound, PermissionDenied
-from keyplane.core.model import Group, Principal, PrincipalKind, Role
+from keyplane.core.model import Group, Principal, PrincipalKind, Role, TenantPolicy
 from keyplane.core.rights import (
     PERMISSIONS,
     SYSTEM,
     Caller,
     CredentialKind,
     principal_rights,
+    reaches_no_data,
 )
 from keyplane.core.scopes import Catalogue
 
@@ -59,7 +60,26 @@ def test_read_only_holds_only_reads() -> None:
 
 def test_service_accounts_follow_their_role() -> None:
     svc = principal(Role.READ_ONLY, kind=PrincipalKind.SERVICE_ACCOUNT)
-    assert principal_rights(svc, [], CAT) == READS | MEMBER_MGMT
+    loose = TenantPolicy(api_users_need_group=False)
+    assert principal_rights(svc, [], CAT, loose) == READS | MEMBER_MGMT
+
+
+def test_an_api_user_in_no_group_holds_no_data_scopes_unless_the_policy_is_off() -> None:
+    svc = principal(Role.ADMIN, kind=PrincipalKind.SERVICE_ACCOUNT)
+    for policy in (TenantPolicy(), None):  # on by default
+        rights = principal_rights(svc, [], CAT, policy)
+        assert not rights & CAT.data_scopes() and "keys:write" in rights
+        assert reaches_no_data(svc, policy or TenantPolicy())
+    assert CAT.data_scopes() <= principal_rights(svc, [], CAT,
+                                                 TenantPolicy(api_users_need_group=False))
+    # in a group: the group's reach; a member in no group: its role's (unchanged)
+    g = group("contacts:read")
+    grouped = principal(Role.ADMIN, kind=PrincipalKind.SERVICE_ACCOUNT)
+    grouped.group_ids = [g.id]
+    assert principal_rights(grouped, [g], CAT, TenantPolicy()) & CAT.data_scopes() == {
+        "contacts:read"}
+    assert not reaches_no_data(grouped, TenantPolicy())
+    assert CAT.data_scopes() <= principal_rights(principal(Role.ADMIN), [], CAT, TenantPolicy())
 
 
 @pytest.mark.parametrize(("role", "groups", "data"), [

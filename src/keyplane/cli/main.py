@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from keyplane.cli.output import emit_json, fail, fields, table
+from keyplane.cli.output import console, emit_json, fail, fields, table
 from keyplane.core.errors import KeyplaneError
 from keyplane.core.model import PrincipalKind
 from keyplane.core.rights import SYSTEM
@@ -101,8 +101,6 @@ def serve(
     kp.close()
     base = f"http://{host}:{port}"
     if creds:
-        from keyplane.cli.output import console
-
         console.print("\n[bold green]Keyplane demo tenant created[/]")
         console.print(f"  Location ID (tenant id): {creds.tenant_id}")
         console.print(f"  Console:                 {base}/  (sign in as {creds.admin_email} / "
@@ -114,8 +112,6 @@ def serve(
         console.print(f"\n  Try: curl -H 'Authorization: Bearer <management key>' {base}/v1/keys",
                       soft_wrap=True)
     elif demo:
-        from keyplane.cli.output import console
-
         console.print("\nThe database already has tenants; the demo secrets were shown on the "
                       "first "
                       "run only.\n  New management key: keyplane keys create --tenant <id> "
@@ -251,12 +247,19 @@ def sa_create(
     from keyplane.web.schemas import principal_out
 
     kp = _keyplane()
-    out = principal_out(kp.principals.create(
+    made = kp.principals.create(
         SYSTEM, tenant, PrincipalKind.SERVICE_ACCOUNT,
         {"name": name, "role": role, "group_ids": list(group or [])},
-    ))
+    )
+    out = principal_out(made)
+    note = kp.principals.no_data_note(made)
     kp.close()
-    emit_json(out) if json_out else fields("service account", out)
+    if json_out:
+        emit_json(out if note is None else {**out, "note": note})
+        return
+    fields("service account", out)
+    if note is not None:
+        console.print(f"\n[bold yellow]{note}[/]")
 
 
 from keyplane.cli import apps as _apps  # noqa: E402,F401  (registers the apps commands)

@@ -37,6 +37,8 @@ class TenantPolicy:
     require_tls_default: bool = True
     leaked_key_action: LeakAction = LeakAction.REVOKE
     revoke_unused_after_days: int | None = None  # None: unused keys are never revoked
+    # an API user (service account) in no data-access group holds no data scopes
+    api_users_need_group: bool = True
 
 
 @dataclass

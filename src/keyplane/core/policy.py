@@ -155,6 +155,9 @@ class Snapshot:
     kind: str = "key"
     client_id: str | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    # a key with data scopes whose owner is an API user in no data-access group (the tenant
+    # policy api_users_need_group): refused whatever is asked, saying why
+    owner_reaches_no_data: bool = False
 
     @property
     def counted(self) -> bool:
@@ -177,6 +180,8 @@ class StateCheck:
         if s.revoked:
             return Denied(Code.REVOKED, "the key has been revoked")
         if not s.enabled:
+            if s.kind == "access_token":  # an access token is turned off with its app
+                return Denied(Code.DISABLED, "the app is suspended by the Keyplane operator")
             return Denied(Code.DISABLED, "the key is locked")
         if not s.owner_enabled:
             return Denied(Code.DISABLED, "the key's owner is disabled or removed")
@@ -214,6 +219,9 @@ class IpCheck:
 @dataclass(frozen=True, slots=True)
 class ScopeCheck:
     def __call__(self, s: Snapshot, r: Request) -> Denied | None:
+        if s.owner_reaches_no_data:
+            return Denied(Code.INSUFFICIENT_SCOPE, "the key's owner is an API user in no "
+                          "data-access group, so it holds no data scopes")
         missing = r.required - s.scopes
         if missing:
             return Denied(

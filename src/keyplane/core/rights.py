@@ -16,18 +16,37 @@ from enum import StrEnum
 
 from keyplane.core import scopes as sc
 from keyplane.core.errors import NotFound, PermissionDenied
-from keyplane.core.model import Group, Principal, Role
+from keyplane.core.model import Group, Principal, PrincipalKind, Role, TenantPolicy
 
 _MEMBER_MANAGEMENT = frozenset({"keys:read", "members:read", "tenant:read"})
 
+_DEFAULT_POLICY = TenantPolicy()
+NO_GROUP = ("the API user is in no data-access group, so it holds no data scopes: add it to "
+            "a group (or turn off the tenant policy api_users_need_group)")
+NO_GROUP_NOTE = ("This API user is in no data-access group, so it holds no data scopes: its keys "
+                 "verify as INSUFFICIENT_SCOPE until it is added to a group (or the tenant "
+                 "policy api_users_need_group is turned off).")
+
+
+def reaches_no_data(principal: Principal, policy: TenantPolicy) -> bool:
+    """An API user (service account) in no data-access group, in a tenant whose policy
+    ``api_users_need_group`` asks for one (the default), holds no data scopes. Members keep a
+    group-less member's reach (every data scope their role allows)."""
+    return (principal.kind is PrincipalKind.SERVICE_ACCOUNT and policy.api_users_need_group
+            and not principal.group_ids)
+
 
 def principal_rights(
-    principal: Principal, groups: Iterable[Group], catalogue: sc.Catalogue
+    principal: Principal, groups: Iterable[Group], catalogue: sc.Catalogue,
+    policy: TenantPolicy | None = None,
 ) -> frozenset[str]:
-    """Every scope ``principal`` holds now (expanded: write implies read)."""
+    """Every scope ``principal`` holds now (expanded: write implies read), under its tenant's
+    ``policy`` (None: the default policy; it changes nothing for a member)."""
     if not principal.enabled:
         return frozenset()
     data = catalogue.data_scopes()
+    if reaches_no_data(principal, policy or _DEFAULT_POLICY):
+        data = frozenset()
     if principal.role is Role.READ_ONLY:
         data = frozenset(s for s in data if s.endswith(":read"))
     group_list = list(groups)

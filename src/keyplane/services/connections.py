@@ -167,7 +167,8 @@ class ConnectionService:
         rights: frozenset[str] = frozenset()
         if principal is not None:
             rights = principal_rights(principal, uow.groups.get_many(principal.group_ids),
-                                      self.ctx.catalogue())
+                                      self.ctx.catalogue(),
+                                      tenant.policy if tenant is not None else None)
         scopes = effective_scopes(token.scopes, c.scopes, rights)
         return TokenState(token=token, connection=c, app=app, tenant=tenant,
                           principal=principal, scopes=scopes)

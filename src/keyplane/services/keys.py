@@ -17,7 +17,7 @@ from keyplane.core.errors import (
 )
 from keyplane.core.model import ApiKey, KeySecret, Page, Tenant
 from keyplane.core.ports import UnitOfWork
-from keyplane.core.rights import Caller, principal_rights
+from keyplane.core.rights import NO_GROUP, Caller, principal_rights, reaches_no_data
 from keyplane.core.views import key_view
 from keyplane.services import validate as v
 from keyplane.services.context import Context
@@ -107,12 +107,15 @@ class KeyService:
         assert key.owner_id is not None and key.tenant_id is not None
         owner = uow.principals.get(key.tenant_id, key.owner_id)
         assert owner is not None
-        rights = principal_rights(owner, uow.groups.get_many(owner.group_ids), cat)
+        tenant = uow.tenants.get(key.tenant_id)
+        policy = tenant.policy if tenant is not None else None
+        rights = principal_rights(owner, uow.groups.get_many(owner.group_ids), cat, policy)
         beyond = sorted(sc.expand(key.scopes) - rights)
         if beyond:
+            why = (NO_GROUP if policy is not None and reaches_no_data(owner, policy)
+                   else "a key cannot exceed its owner's rights")
             raise ValidationError(
-                f"scopes: the owner does not hold {beyond[0]!r}; a key cannot exceed its "
-                "owner's rights", field="scopes")
+                f"scopes: the owner does not hold {beyond[0]!r}; {why}", field="scopes")
 
     def _load(self, uow: UnitOfWork, caller: Caller, tenant_id: str | None, key_id: str,
               *, for_update: bool = False, leaked_ok: bool = False) -> ApiKey:

@@ -9,7 +9,7 @@ from keyplane.core import ids
 from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.model import Group, Page, Principal, PrincipalKind, Role
 from keyplane.core.ports import UnitOfWork
-from keyplane.core.rights import Caller
+from keyplane.core.rights import NO_GROUP_NOTE, Caller, reaches_no_data
 from keyplane.core.views import key_view, principal_view
 from keyplane.services import validate as v
 from keyplane.services.connections import Repos
@@ -91,6 +91,32 @@ class PrincipalService:
         if missing:
             raise NotFound(f"group_ids: no such group {missing[0]!r}", field="group_ids")
         return sorted(set(value))
+
+    def _never_widen(self, uow: UnitOfWork, before: Principal, after: Principal) -> None:
+        """Removing an API user's last group narrows its access, never widens it: under
+        ``api_users_need_group`` it then holds no data scopes; with the policy off a group-less
+        API user would reach every data scope, so its last group cannot be taken away.
+        Members keep their behaviour (a group-less member reaches what its role allows)."""
+        if (after.kind is not PrincipalKind.SERVICE_ACCOUNT or after.group_ids
+                or not before.group_ids):
+            return
+        tenant = uow.tenants.get(after.tenant_id)
+        if tenant is not None and not tenant.policy.api_users_need_group:
+            raise Conflict(
+                "group_ids: removing the API user's last data-access group would widen its "
+                "access to every data scope (the tenant policy api_users_need_group is off); "
+                "give it another group, or remove its keys' scopes first", field="group_ids")
+
+    def no_data_note(self, principal: Principal) -> str | None:
+        """What the answer to creating or regrouping ``principal`` says when it holds no data
+        scopes because it is an API user in no data-access group (else None)."""
+        if principal.kind is not PrincipalKind.SERVICE_ACCOUNT or principal.group_ids:
+            return None
+        with self.ctx.uow(readonly=True) as uow:
+            tenant = uow.tenants.get(principal.tenant_id)
+        if tenant is None or not reaches_no_data(principal, tenant.policy):
+            return None
+        return NO_GROUP_NOTE
 
     def create(
         self, caller: Caller, tenant_id: str | None, kind: PrincipalKind, body: dict[str, Any]
@@ -187,6 +213,7 @@ class PrincipalService:
                 principal.password_hash = _password(body["password"])
             if "group_ids" in body:
                 principal.group_ids = self._group_ids(uow, tid, body["group_ids"])
+                self._never_widen(uow, before, principal)
             self._keep_an_admin(
                 uow, before, still_admin=_administers(principal),
                 action="demote" if principal.enabled else "disable",

@@ -20,7 +20,7 @@ from keyplane.core import tokens
 from keyplane.core.decisions import Code, Decision, Denied
 from keyplane.core.policy import Address, Network, Request, Snapshot, decide, parse_networks
 from keyplane.core.ports import UnitOfWork
-from keyplane.core.rights import principal_rights
+from keyplane.core.rights import principal_rights, reaches_no_data
 from keyplane.services.context import Context
 from keyplane.services.usage import UsageRecorder
 
@@ -208,6 +208,7 @@ class Verifier:
                 expires_at, secret.expires_at)
         scopes = sc.expand(key.scopes)
         owner_enabled = True
+        no_data = False
         tenant_enabled = True
         tenant_networks: tuple[Network, ...] = ()
         if key.tenant_id is not None:
@@ -222,9 +223,14 @@ class Verifier:
                 scopes = frozenset()
             else:
                 rights = principal_rights(
-                    owner, uow.groups.get_many(owner.group_ids), self.ctx.catalogue()
+                    owner, uow.groups.get_many(owner.group_ids), self.ctx.catalogue(),
+                    tenant.policy,
                 )
                 owner_enabled = owner.enabled
+                # a key meant to reach data, whose owner may reach none: said so, whatever
+                # is asked (a key of management scopes only keeps working)
+                no_data = reaches_no_data(owner, tenant.policy) and bool(
+                    scopes & self.ctx.catalogue().data_scopes())
                 scopes = scopes & rights
         return Snapshot(
             key_id=key.id, tenant_id=shared(key.tenant_id), owner_id=shared(key.owner_id),
@@ -236,4 +242,5 @@ class Verifier:
             ratelimit=(key.ratelimit.limit, key.ratelimit.window_seconds) if key.ratelimit
             else None,
             meta=QUOTA_META if key.remaining is not None else NO_META,
+            owner_reaches_no_data=no_data,
         )

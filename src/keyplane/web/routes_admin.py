@@ -5,9 +5,10 @@ from typing import Any
 
 from fastapi import APIRouter, Path, Query, Response
 
+from keyplane.bootstrap import Keyplane
 from keyplane.core import scopes as sc
 from keyplane.core.errors import NotFound
-from keyplane.core.model import PrincipalKind
+from keyplane.core.model import Principal, PrincipalKind
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
 from keyplane.web.schemas import (
     GroupCreate,
@@ -55,12 +56,22 @@ def edit_tenant(tenant_id: str, body: TenantPatch, caller: CallerDep,
 
 # -- members and service accounts ---------------------------------------------------------
 
+def _with_note(kp: Keyplane, principal: Principal) -> dict[str, Any]:
+    """The principal, with a ``note`` when it is an API user that holds no data scopes."""
+    out = principal_out(principal)
+    note = kp.principals.no_data_note(principal)
+    if note is not None:
+        out["note"] = note
+    return out
+
+
 def _principal_routes(prefix: str, kind: PrincipalKind, create_model: type,
                       patch_model: type, tag: str) -> None:
     @router.post(prefix, status_code=201, tags=[tag], summary=f"Create a {tag[:-1]}")
     def create(body: create_model, caller: CallerDep, kp: KeyplaneDep,  # type: ignore[valid-type]
                tenant_id: TenantParam = None) -> dict[str, Any]:
-        return principal_out(kp.principals.create(caller, tenant_id, kind, body.fields()))  # type: ignore[attr-defined]
+        made = kp.principals.create(caller, tenant_id, kind, body.fields())  # type: ignore[attr-defined]
+        return _with_note(kp, made)
 
     @router.get(prefix, tags=[tag], summary=f"List {tag}")
     def list_(caller: CallerDep, kp: KeyplaneDep, tenant_id: TenantParam = None,
@@ -81,9 +92,8 @@ def _principal_routes(prefix: str, kind: PrincipalKind, create_model: type,
     def edit(principal_id: str, body: patch_model, caller: CallerDep,  # type: ignore[valid-type]
              kp: KeyplaneDep, tenant_id: TenantParam = None) -> dict[str, Any]:
         show(principal_id, caller, kp, tenant_id)
-        return principal_out(
-            kp.principals.update(caller, tenant_id, principal_id, body.fields())  # type: ignore[attr-defined]
-        )
+        return _with_note(kp, kp.principals.update(caller, tenant_id, principal_id,
+                                                   body.fields()))  # type: ignore[attr-defined]
 
     @router.delete(prefix + "/{principal_id}", status_code=204, tags=[tag],
                    summary=f"Remove a {tag[:-1]} and revoke its keys")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from starlette.concurrency import run_in_threadpool
 
 from keyplane.bootstrap import Keyplane
@@ -41,9 +41,16 @@ def verdict_out(verdict: Verdict) -> dict[str, Any]:
     return out
 
 
+LocationHeader = Annotated[str | None, Header(
+    alias="X-Location-Id", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$",
+    description="The Location ID given beside the key, as a header (the body's tenant_id wins)")]
+
+
 @router.post("/v1/verify", summary="Verify a key or access token for one request")
 async def verify(body: Verify, caller: CallerDep, kp: KeyplaneDep,
-                 request: Request) -> dict[str, Any]:
+                 request: Request, location: LocationHeader = None) -> dict[str, Any]:
+    if body.tenant_id is None and location is not None:
+        body = body.model_copy(update={"tenant_id": location})
     out = await _verify(body, caller, kp)
     request.app.state.metrics.verified(out["code"])
     return out

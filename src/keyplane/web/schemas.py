@@ -203,6 +203,10 @@ class Policy(Body):
         default=None, description="Keys not used for this many days (never-used keys: "
         "since creation) are revoked with reason `unused`, after a `key.unused_warning` "
         "to their owner up to 7 days before; null (the default) turns it off")
+    api_users_need_group: bool | Absent = Field(
+        default=None, description="An API user (service account) in no data-access group "
+        "holds no data scopes: its keys verify as INSUFFICIENT_SCOPE (default true); false "
+        "lets a group-less API user reach every data scope its role allows, as members do")
 
 
 class TenantCreate(Body):
@@ -300,6 +304,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
             "require_tls_default": p.require_tls_default,
             "leaked_key_action": p.leaked_key_action.value,
             "revoke_unused_after_days": p.revoke_unused_after_days,
+            "api_users_need_group": p.api_users_need_group,
         },
     }
 

@@ -57,6 +57,8 @@ tenants = sa.Table(
     sa.Column("leaked_key_action", sa.String(10), nullable=False,
               server_default="revoke"),  # 0006_leaks_shares
     sa.Column("revoke_unused_after_days", sa.Integer, nullable=True),  # 0008_hygiene
+    sa.Column("api_users_need_group", sa.Boolean, nullable=False,
+              server_default=sa.true()),  # 0009_proxies
 )
 
 principals = sa.Table(

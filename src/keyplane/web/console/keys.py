@@ -122,6 +122,9 @@ def _new_page(c: Console, shown: forms.KeyForm | None = None, status: int = 200)
     made = ""
     if chosen is not None and c.request.query_params.get("made") == "1":
         made = f"API user “{chosen.name}” created. Now create its first key: it is the owner."
+        note = c.kp.principals.no_data_note(chosen)
+        if note is not None:
+            made += " " + note
     return c.render("console/key_new.html", {
         "form": shown, "policy": policy, "notice": made,
         "owners": [(p.id, present.owner_label(p)) for p in owners],

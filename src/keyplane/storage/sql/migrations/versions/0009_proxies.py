@@ -1,0 +1,27 @@
+"""proxies: the tenant policy api_users_need_group (an API user in no data-access group holds
+no data scopes), on by default, existing tenants included
+
+Revision ID: 0009_proxies
+Revises: 0008_hygiene
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0009_proxies"
+down_revision = "0008_hygiene"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tenants", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("api_users_need_group", sa.Boolean(), nullable=False,
+                                      server_default=sa.true()))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("tenants", schema=None) as batch_op:
+        batch_op.drop_column("api_users_need_group")
