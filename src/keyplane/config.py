@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         default=10_000, ge=0,
         description="Encoded POST /v1/verify answers remembered per worker (0: none)")
     usage_flush_seconds: float = 5.0
+    db_outage_grace_seconds: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="While the database is unreachable, cached verifications are served for "
+        "this long after the loss was first seen; then verification fails closed (503) until "
+        "the database answers again (0: fail closed at once)")
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024,
         description="Largest request body any route accepts (413 beyond), checked while the "
