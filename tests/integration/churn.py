@@ -21,7 +21,7 @@ from keyplane.core.rights import SYSTEM
 
 def churn(tenant_id: str, owner_id: str) -> None:
     kp = build(Settings())
-    rng = random.Random()  # noqa: S311 - which change comes next, not a secret
+    rng = random.Random()
     print("ready", os.getpid(), flush=True)
     n = 0
     while True:

@@ -7,6 +7,7 @@ directory it owns, and every command runs through ``runuser``."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -77,10 +78,8 @@ class PrivatePostgres:
 
     def destroy(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self.stop()
-            except subprocess.CalledProcessError:
-                pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -49,7 +49,7 @@ def kill_churners(churn: subprocess.Popen[bytes], rounds: int, rng: random.Rando
 
 
 def test_sigkill_mid_change_leaves_old_or_new_state(tmp_path: Path) -> None:
-    rng = random.Random()  # noqa: S311 - when to kill, not a secret
+    rng = random.Random()
     with postgres_database() as url:
         data_dir = tmp_path / "data"
         kp = build(Settings(database_url=url, data_dir=data_dir,

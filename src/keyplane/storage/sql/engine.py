@@ -41,7 +41,6 @@ from keyplane.storage.sql.repositories import (
     SqlTenants,
 )
 
-
 CONNECT_TIMEOUT_SECONDS = 5
 # SQLSTATE classes of a lost or refused connection (a connection that never opened has none)
 _DISCONNECT_STATES = ("08", "57P01", "57P02", "57P03")
