@@ -78,6 +78,10 @@ def test_postgres_stopped_then_back(cluster: PrivatePostgres, tmp_path: Path) ->
         assert_clear_503(http.post(f"/v1/keys/{cached['id']}/rotate", json={}, headers=mk),
                          cluster)
         assert kp.ctx.health is not None and kp.ctx.health.down
+        # still ready (it verifies from its cache) until the grace ends
+        r = http.get("/readyz")
+        assert r.status_code == 200 and r.json()["status"] == "degraded", r.text
+        assert r.json()["database"] == "unreachable"
 
         # within the grace: the cached key still verifies; the revoked one never does; one
         # that was never cached cannot be answered (503, not a guess)
@@ -95,12 +99,15 @@ def test_postgres_stopped_then_back(cluster: PrivatePostgres, tmp_path: Path) ->
             assert_clear_503(verify(http, verifier, cached["key"]), cluster)
         r = verify(http, verifier, revoked["key"])
         assert r.status_code == 503 or r.json()["code"] == "REVOKED", r.text
+        r = http.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "unavailable", r.text
 
         cluster.start()
 
         # no restart: the pool's pre-ping reconnects, the next calls answer
         until(lambda: http.get("/v1/keys", headers=mk).status_code == 200)
         assert not kp.ctx.health.down
+        assert http.get("/readyz").json()["status"] == "ok"
         assert verify(http, verifier, cached["key"]).json()["code"] == "VALID"
         assert verify(http, verifier, never_seen["key"]).json()["code"] == "VALID"
         assert verify(http, verifier, revoked["key"]).json()["code"] == "REVOKED"
