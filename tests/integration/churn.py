@@ -5,7 +5,7 @@ is killed. Prints ``ready <pid>`` once it has started, then one line per committ
 
 Importing Keyplane takes seconds on a busy machine, so this process imports once and forks a
 fresh churner for every ``go`` line on its stdin, reporting ``dead`` when that one has ended
-(the test kills it with SIGKILL)."""
+(the test kills it with SIGKILL). ``restore FILE`` forks one that restores a backup instead."""
 
 from __future__ import annotations
 
@@ -50,14 +50,26 @@ def churn(tenant_id: str, owner_id: str) -> None:
         print("ok", n, flush=True)
 
 
+def restore(path: str) -> None:
+    kp = build(Settings())
+    print("ready", os.getpid(), flush=True)
+    with open(path) as lines:
+        kp.backup.restore(lines)
+    print("done", flush=True)
+
+
 def main(tenant_id: str, owner_id: str) -> None:
     for line in sys.stdin:
-        if line.strip() != "go":
+        command = line.split()
+        if not command or command[0] not in ("go", "restore"):
             break
         pid = os.fork()
         if pid == 0:
             try:
-                churn(tenant_id, owner_id)
+                if command[0] == "go":
+                    churn(tenant_id, owner_id)
+                else:
+                    restore(command[1])
             finally:
                 os._exit(1)
         os.waitpid(pid, 0)

@@ -6,6 +6,7 @@ the change log and the webhook outbox must still agree with each other."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from keyplane.bootstrap import build
+from keyplane.bootstrap import Keyplane, build
 from keyplane.config import Settings
 from keyplane.core.rights import SYSTEM
 from tests.conftest import make_tenant
@@ -127,3 +128,83 @@ def check_invariants(engine: sa.Engine, tenant_id: str, before: set[str]) -> Non
         assert deliveries == sum(events.values())
         assert changes[("tenant", tenant_id)] == audited[("tenant.updated", tenant_id)]
         assert audited[("tenant.updated", tenant_id)] > 0 or sum(key_actions.values()) > 0
+
+
+def inflated_export(kp: Keyplane, tenant_id: str, path: Path, extra_audit: int) -> int:
+    """A backup of ``tenant_id`` with ``extra_audit`` more audit entries, so that a restore
+    takes long enough to be killed in the middle; returns the audit entries it holds."""
+    buffer = io.StringIO()
+    kp.backup.export(buffer, tenant_id=tenant_id)
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    end = lines.pop()
+    template = next(r for r in lines if r.get("section") == "audit_events")
+    copies = [{"section": "audit_events",
+               "row": {**template["row"], "id": f"evt_copy{i:08d}"}} for i in range(extra_audit)]
+    at = max(i for i, r in enumerate(lines) if r.get("section") == "audit_events") + 1
+    lines[at:at] = copies
+    end["counts"]["audit_events"] += extra_audit
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*lines, end]))
+    return int(end["counts"]["audit_events"])
+
+
+def test_sigkill_mid_restore_leaves_nothing_or_everything(tmp_path: Path) -> None:
+    rng = random.Random()
+    with postgres_database() as source_url, postgres_database() as url:
+        data_dir = tmp_path / "data"
+        source = build(Settings(database_url=source_url, data_dir=data_dir), migrate_db=True)
+        try:
+            source.catalogue.seed()
+            tenant = make_tenant(source)
+            for i in range(20):
+                source.keys.create(SYSTEM, tenant.id, {"name": f"k{i}", "require_tls": False,
+                                                       "owner_id": tenant.admin_id})
+            backup = tmp_path / "tenant.jsonl"
+            audit_rows = inflated_export(source, tenant.id, backup, 10_000)
+        finally:
+            source.close()
+        kp = build(Settings(database_url=url, data_dir=data_dir), migrate_db=True)
+        try:
+            kp.catalogue.seed()
+
+            def counts() -> tuple[int, int, int]:
+                with kp.engine.connect() as conn:
+                    def one(sql: str) -> int:
+                        return int(conn.execute(sa.text(sql), {"t": tenant.id}).scalar_one())
+                    return (one("SELECT count(*) FROM tenants WHERE id = :t"),
+                            one("SELECT count(*) FROM api_keys WHERE tenant_id = :t"),
+                            one("SELECT count(*) FROM audit_events WHERE tenant_id = :t"))
+
+            env = worker_env(url, data_dir)
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+            killed_mid_way = 0
+            with (tmp_path / "restore.log").open("wb") as log, subprocess.Popen(
+                    [sys.executable, "-m", "tests.integration.churn", tenant.id,
+                     tenant.admin_id], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=log) as churn:
+                assert churn.stdin is not None and churn.stdout is not None
+                try:
+                    for round_ in range(6):
+                        churn.stdin.write(f"restore {backup}\n".encode())
+                        churn.stdin.flush()
+                        line = churn.stdout.readline().split()
+                        assert line and line[0] == b"ready", line
+                        if round_ < 5:  # the last one is left to finish
+                            time.sleep(rng.uniform(0.1, 1.0))
+                            os.kill(int(line[1]), signal.SIGKILL)
+                        said = []
+                        while (line := churn.stdout.readline().split()) != [b"dead"]:
+                            assert line, "the churn process ended"
+                            said.append(line)
+                        found = counts()
+                        # nothing or everything: the tenant, its 21 keys, every audit entry
+                        assert found in ((0, 0, 0), (1, 21, audit_rows)), found
+                        if found[0] == 1:
+                            break
+                        killed_mid_way += 1
+                finally:
+                    churn.kill()
+            assert killed_mid_way >= 1  # at least one kill landed before the commit
+            assert counts()[0] == 1  # and the restore, once left alone, completed
+        finally:
+            kp.close()
+
