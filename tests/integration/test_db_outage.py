@@ -64,7 +64,8 @@ def test_postgres_stopped_then_back(cluster: PrivatePostgres, tmp_path: Path) ->
         cached = http.post("/v1/keys", json=body, headers=mk).json()
         revoked = http.post("/v1/keys", json=body, headers=mk).json()
         never_seen = http.post("/v1/keys", json=body, headers=mk).json()
-        for key in (cached, revoked):
+        quota = http.post("/v1/keys", json={**body, "remaining": 100}, headers=mk).json()
+        for key in (cached, revoked, quota):
             assert verify(http, verifier, key["key"]).json()["code"] == "VALID"
         # revoked just before the outage (its cached VALID is dropped at commit)
         assert http.delete(f"/v1/keys/{revoked['id']}", headers=mk).status_code == 204
@@ -91,6 +92,8 @@ def test_postgres_stopped_then_back(cluster: PrivatePostgres, tmp_path: Path) ->
         r = verify(http, verifier, revoked["key"])
         assert r.status_code == 503 or r.json()["code"] == "REVOKED", r.text
         assert_clear_503(verify(http, verifier, never_seen["key"]), cluster)
+        # a usage quota is counted in the database: it cannot be answered without it
+        assert_clear_503(verify(http, verifier, quota["key"]), cluster)
         assert verify(http, verifier, "kp_" + "A" * 38).status_code in (200, 503)
 
         # past the grace: fail closed, even for the cached VALID (and the remembered answer)

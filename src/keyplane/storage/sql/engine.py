@@ -9,7 +9,8 @@ pinged when checked out, so the pool reconnects by itself once the server is bac
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -60,6 +61,17 @@ def unreachable(exc: BaseException) -> bool:
         return False
     state = getattr(orig, "sqlstate", None)
     return state is None or state.startswith(_DISCONNECT_STATES)
+
+
+@contextmanager
+def outage_as_unavailable() -> Iterator[None]:
+    """For storage code outside a unit of work: a lost database becomes ``Unavailable``."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if unreachable(exc):
+            raise Unavailable(UNAVAILABLE, code="database_unavailable") from None
+        raise
 
 
 def watch(engine: Engine, health: DatabaseHealth) -> None:
