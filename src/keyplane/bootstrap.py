@@ -14,6 +14,7 @@ from keyplane.cache.local import VerificationCache
 from keyplane.cache.ratelimit import FailureThrottle, KeyRateLimits, LimitStore
 from keyplane.cache.redis_bus import Propagation
 from keyplane.config import Settings
+from keyplane.core.outage import DatabaseHealth
 from keyplane.core.ports import Clock, SystemClock
 from keyplane.core.tokens import Hasher, valid_prefix
 from keyplane.core.webhooks import RetryPolicy
@@ -25,7 +26,7 @@ from keyplane.sealing import PepperSealer
 from keyplane.services.audit import AuditService
 from keyplane.services.backup import BackupService
 from keyplane.services.catalogue import CatalogueService, load_toml
-from keyplane.services.changes import ChangeFeed
+from keyplane.services.changes import RESET, ChangeFeed, remote_delivery
 from keyplane.services.context import Context
 from keyplane.services.delivery import DeliveryWorker
 from keyplane.services.hygiene import HygieneService
@@ -42,7 +43,7 @@ from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql.backup import backup_repo
 from keyplane.storage.sql.changefeed import SqlChangeSource
-from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
+from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine, watch
 from keyplane.storage.sql.hygiene import hygiene_repo
 from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.storage.sql.safety import safety_repos
@@ -121,6 +122,8 @@ def build(
     engine = make_engine(
         settings.resolved_database_url, pool_size=settings.db_pool_size, schema=schema
     )
+    health = DatabaseHealth(clock, settings.db_outage_grace_seconds)
+    watch(engine, health)
     if migrate_db:
         migrate.upgrade(engine)
     peppers = load_peppers(settings)
@@ -139,6 +142,7 @@ def build(
         events=outbox,
         mailer=mailer_from(settings.smtp_url.get_secret_value() if settings.smtp_url else None,
                            settings.mail_from),
+        health=health,
     )
     sealer = PepperSealer(peppers)
     allow_private = settings.webhook_allow_private_targets
@@ -200,7 +204,21 @@ def build(
             interval=timedelta(seconds=settings.hygiene_interval_seconds or 3600)),
         backup=BackupService(ctx, backup_repo),
     )
+    health.on_lost.append(lambda: log.warning(
+        "the database is unreachable: cached verifications are served for %gs, then "
+        "verification fails closed until it answers", settings.db_outage_grace_seconds))
+    health.on_recovered.append(partial(_recovered, ctx, feed))
     kp.hygiene.before_run.append(usage.flush)  # this process's uses count before deciding
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
     kp.leaks.connections = apps.connections  # leaked OAuth tokens end their connection
     return kp
+
+
+def _recovered(ctx: Context, feed: ChangeFeed) -> None:
+    """The database answers again: a change may have been committed that this process never
+    heard of (its publish lost with the connection), so drop every cached verification and
+    read the change log soon."""
+    log.warning("the database answers again")
+    with remote_delivery():
+        ctx.bus.publish(RESET, "*")
+    feed.wake()

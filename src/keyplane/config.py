@@ -55,10 +55,19 @@ class Settings(BaseSettings):
         default=10_000, ge=0,
         description="Encoded POST /v1/verify answers remembered per worker (0: none)")
     usage_flush_seconds: float = 5.0
+    db_outage_grace_seconds: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="While the database is unreachable, cached verifications are served for "
+        "this long after the loss was first seen; then verification fails closed (503) until "
+        "the database answers again (0: fail closed at once)")
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024,
         description="Largest request body any route accepts (413 beyond), checked while the "
         "body is read, before parsing and authentication")
+    request_head_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300,
+        description="`keyplane serve` answers 408 and closes a connection whose request line "
+        "and headers have not all arrived this long after it opened (slow-loris clients)")
     # cross-worker invalidation, rate limits, change stream (see cache/redis_bus.py)
     redis_prefix: str = Field(default="keyplane", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
                               description="Prefix of Redis keys and of the pub/sub channel")

@@ -316,8 +316,11 @@ def test_concurrent_rotations_leave_at_most_two_secrets(http: httpx2.Client, ten
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         answers = list(pool.map(rotate, range(8)))
-    assert [r.status_code for r in answers] == [200] * 8, [r.text for r in answers]
-    issued = [created["key"]] + [r.json()["key"] for r in answers]
+    # a rotation overtaken by another while it waited is refused (409), never a lost update
+    assert {r.status_code for r in answers} <= {200, 409}, [r.text for r in answers]
+    won = [r for r in answers if r.status_code == 200]
+    assert won
+    issued = [created["key"]] + [r.json()["key"] for r in won]
     valid = [s for s in issued if code(http, verifier_key, s) == "VALID"]
     assert len(valid) == 2  # the newest secret and the one it replaced, nothing older
     shown = http.get(f"/v1/keys/{created['id']}", headers=auth(mk)).json()

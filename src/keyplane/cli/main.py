@@ -121,7 +121,7 @@ def serve(
     uvicorn.run("keyplane.web.asgi:app_factory", factory=True, host=host, port=port,
                 workers=workers, access_log=False, log_level=settings.log_level,
                 proxy_headers=False, server_header=False, http=_http_protocol(),
-                h11_max_incomplete_event_size=MAX_HEAD_BYTES)
+                h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=5)
 
 
 def _http_protocol() -> Any:

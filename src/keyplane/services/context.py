@@ -11,6 +11,7 @@ from typing import Any
 
 from keyplane.core import ids
 from keyplane.core.model import AuditEvent
+from keyplane.core.outage import DatabaseHealth
 from keyplane.core.ports import Clock, EventSink, Mailer, NoMailer, UnitOfWork
 from keyplane.core.rights import Caller
 from keyplane.core.scopes import Catalogue
@@ -46,6 +47,8 @@ class Context:
     bus: LocalBus = field(default_factory=LocalBus)
     events: EventSink | None = None  # the webhook outbox: audited changes become events
     mailer: Mailer = field(default_factory=NoMailer)  # KEYPLANE_SMTP_URL, or nothing is sent
+    # is the database answering, and may cached verifications stand in for it (core/outage.py)
+    health: DatabaseHealth | None = None
     _catalogue: Catalogue | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

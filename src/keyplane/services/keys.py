@@ -10,6 +10,7 @@ from typing import Any
 from keyplane.core import ids, tokens
 from keyplane.core import scopes as sc
 from keyplane.core.errors import (
+    Conflict,
     NotFound,
     PermissionDenied,
     PreconditionFailed,
@@ -308,16 +309,28 @@ class KeyService:
         A key holds at most two secrets: rotating while an earlier grace is still running ends
         that older secret at once. The old secret never outlives the key's own expiry. With
         ``if_match`` (the versions the caller read) a rotation that lost a race is refused
-        instead of handing out a secret that the winner's rotation already ended.
+        (412) instead of handing out a secret that the winner's rotation already ended; without
+        it, the version the key had when this request read it stands in, and a rotation that
+        another change overtook while it waited for the key's lock is refused (409): of
+        concurrent rotations exactly one wins.
         """
         tid = self._scope_of(caller, tenant_id, operator)
         caller.require("keys:write")
         v.only_fields(body, ("grace_period_seconds",))
         grace = v.integer(body.get("grace_period_seconds", DEFAULT_GRACE_SECONDS),
                           "grace_period_seconds", minimum=0, maximum=v.MAX_GRACE_SECONDS)
+        seen = None
+        if if_match is None:  # the key as this request found it, before waiting for the lock
+            with self.ctx.uow(readonly=True) as uow:
+                seen = self._load(uow, caller, tid, key_id).version
         with self.ctx.uow() as uow:
             key = self._load(uow, caller, tid, key_id, for_update=True)
             self._check_version(key, if_match)
+            if seen is not None and key.version != seen:
+                raise Conflict(
+                    "another rotation or edit of this key committed while this rotation "
+                    "waited; read the key again and rotate it if you still mean to (send "
+                    "If-Match with its ETag)", code="concurrent_change")
             self._require_control(caller, key, "rotate")
             now = self.ctx.clock.now()
             deadline = now + timedelta(seconds=grace)

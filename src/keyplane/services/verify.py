@@ -3,6 +3,9 @@
 parse + checksum (no storage touched for a malformed string) → cache (keyed by a SHA-256 of the
 credential) or, on a miss, the keyed digest (HMAC with the pepper) and the stored record →
 policy checks → rate limit → usage recorded in memory.
+
+While the database is unreachable the cache answers for the configured grace only; a miss, or
+anything after the grace, raises ``Unavailable`` (503) from storage: the verifier fails closed.
 """
 
 from __future__ import annotations
@@ -106,6 +109,13 @@ class Verifier:
         self.cache_misses = 0
         ctx.bus.subscribe(cache.invalidate)
 
+    def cache_trusted(self) -> bool:
+        """Whether cached answers may be given: always while the database answers, and for
+        ``KEYPLANE_DB_OUTAGE_GRACE_SECONDS`` after it stopped; then every verification reads
+        storage, which answers 503 until the database is back (fail closed)."""
+        health = self.ctx.health
+        return health is None or health.down_since is None or health.cache_trusted()
+
     def register(self, prefix: str, loader: Loader) -> None:
         """Another credential type (e.g. OAuth access tokens) on the same verify path."""
         self.loaders[prefix] = loader
@@ -130,7 +140,11 @@ class Verifier:
         cache = self.cache
         key = cache_key(raw)  # what both caches know the credential by: never the secret
         question = (key, required, ip, tls)
-        remembered: Remembered | None = cache.remembered(cache.verdicts, question)
+        trusted = self.cache_trusted()
+        if not trusted and not load:
+            return None  # the caller asks storage (from a thread), which may fail closed
+        remembered: Remembered | None = cache.remembered(cache.verdicts, question) \
+            if trusted else None
         if remembered is not None:
             now = self.ctx.clock.now()
             if remembered.expires_at is None or now < remembered.expires_at:
@@ -141,7 +155,7 @@ class Verifier:
         prefix = tokens.prefix_of(raw, self.loaders)
         if prefix is None:
             return Verdict(MALFORMED)
-        snapshot = cache.get(key)
+        snapshot = cache.get(key) if trusted else None
         if snapshot is None:
             if not load:
                 return None

@@ -126,6 +126,12 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
             with kp.ctx.uow(readonly=True) as uow:
                 uow.changes.head()
         except Exception:
+            # during a database outage's grace this worker still verifies from its cache: it
+            # stays in the load balancer's rotation until the grace ends
+            if kp.ctx.health is not None and kp.ctx.health.down and kp.verifier.cache_trusted():
+                return JSONResponse({"status": "degraded", "database": "unreachable",
+                                     "invalidation": kp.propagation.mode,
+                                     "ratelimit": kp.limits.mode})
             return JSONResponse({"status": "unavailable"}, status_code=503)
         # invalidation: "redis", "degraded" (Redis lost: polling, short cache) or "polling";
         # ratelimit: "redis" (counts shared by every worker) or "memory" (each worker's own)

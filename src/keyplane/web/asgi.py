@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from keyplane.bootstrap import build
 from keyplane.config import Settings
 from keyplane.logs import configure_logging
+from keyplane.web import server
 from keyplane.web.app import create_app
 
 
@@ -14,4 +15,5 @@ def app_factory() -> FastAPI:
     """Builds settings from the environment; each worker process calls this once."""
     settings = Settings()
     configure_logging(settings.log_level)
+    server.configure(settings.request_head_timeout_seconds)
     return create_app(build(settings))

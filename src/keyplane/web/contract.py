@@ -101,6 +101,9 @@ def errors_for(method: str, operation: dict[str, Any]) -> dict[str, dict[str, An
         if any(p.get("in") == "header" and str(p.get("name")).lower() == "if-match"
                for p in params):
             out[412] = error("If-Match names a version that is no longer current")
+        out[503] = error("The database is unreachable (database_unavailable): retry shortly; "
+                         "verification answers from its cache for "
+                         "KEYPLANE_DB_OUTAGE_GRACE_SECONDS first")
         if method in WRITES:
             out[409] = error("Conflicts with the current state (a duplicate name or email, a "
                              "group still in use, a built-in scope, an app's status …)")

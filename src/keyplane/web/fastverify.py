@@ -128,6 +128,8 @@ class VerifyFastPath:
         """The answer to this exact request if it was given before and still holds."""
         kp = self.kp
         cache = kp.verifier.cache
+        if not kp.verifier.cache_trusted():
+            return None  # a database outage past its grace: the route fails closed
         found: RememberedAnswer | None = cache.remembered(cache.answers, request)
         if found is None:
             return None

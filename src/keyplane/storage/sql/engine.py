@@ -1,8 +1,16 @@
-"""Engines and the unit of work: one transaction per use case, callbacks after commit."""
+"""Engines and the unit of work: one transaction per use case, callbacks after commit.
+
+A lost or refused database connection surfaces as :class:`~keyplane.core.errors.Unavailable`
+(503 ``database_unavailable``), never as the driver's error (which may name the host); the
+engine reports every connection lost and every connection checked out to a
+:class:`~keyplane.core.outage.DatabaseHealth` (:func:`watch`). PostgreSQL connections are
+pinged when checked out, so the pool reconnects by itself once the server is back.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -10,6 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from keyplane.core.errors import Unavailable
+from keyplane.core.outage import DatabaseHealth
 from keyplane.core.ports import (
     AuditRepo,
     ChangeRepo,
@@ -31,6 +41,51 @@ from keyplane.storage.sql.repositories import (
     SqlScopes,
     SqlTenants,
 )
+
+CONNECT_TIMEOUT_SECONDS = 5
+# SQLSTATE classes of a lost or refused connection (a connection that never opened has none)
+_DISCONNECT_STATES = ("08", "57P01", "57P02", "57P03")
+UNAVAILABLE = "the database is unreachable; try again shortly"
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached (not that a statement failed)."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if orig is None or type(orig).__module__.startswith("sqlite3"):
+        return False  # SQLite: a locked or unwritable file is not an outage
+    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    state = getattr(orig, "sqlstate", None)
+    return state is None or state.startswith(_DISCONNECT_STATES)
+
+
+@contextmanager
+def outage_as_unavailable() -> Iterator[None]:
+    """For storage code outside a unit of work: a lost database becomes ``Unavailable``."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if unreachable(exc):
+            raise Unavailable(UNAVAILABLE, code="database_unavailable") from None
+        raise
+
+
+def watch(engine: Engine, health: DatabaseHealth) -> None:
+    """Report to ``health`` each connection checked out (after PostgreSQL's pre-ping: the
+    server answered) and each connection lost or refused."""
+
+    @sa.event.listens_for(engine, "checkout")
+    def _checked_out(*_: Any) -> None:
+        health.reachable()
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _failed(context: Any) -> None:
+        if context.is_disconnect or unreachable(context.sqlalchemy_exception):
+            health.unreachable()
 
 
 def make_engine(url: str, *, pool_size: int = 10, schema: str | None = None) -> Engine:
@@ -63,6 +118,8 @@ def make_engine(url: str, *, pool_size: int = 10, schema: str | None = None) -> 
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in url:  # a server that does not answer at all: fail in seconds
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_SECONDS
     if schema:
         connect_args["options"] = f"-csearch_path={schema}"
     return sa.create_engine(
@@ -95,8 +152,19 @@ class SqlUnitOfWork:
         self._conn: Connection | None = None
 
     def __enter__(self) -> UnitOfWork:
-        conn = self._engine.connect().execution_options(keyplane_readonly=self._readonly)
-        conn.begin()
+        try:
+            conn = self._engine.connect().execution_options(keyplane_readonly=self._readonly)
+        except sa.exc.DBAPIError as exc:
+            if unreachable(exc):
+                raise Unavailable(UNAVAILABLE, code="database_unavailable") from None
+            raise
+        try:
+            conn.begin()
+        except sa.exc.DBAPIError as exc:
+            conn.close()
+            if unreachable(exc):
+                raise Unavailable(UNAVAILABLE, code="database_unavailable") from None
+            raise
         self._conn = conn
         self.tenants = SqlTenants(conn)
         self.principals = SqlPrincipals(conn)
@@ -116,11 +184,18 @@ class SqlUnitOfWork:
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        lost = exc is not None and unreachable(exc)
         try:
             if conn.in_transaction():
                 conn.rollback()
+        except sa.exc.DBAPIError:
+            if exc is None:
+                raise
+            # the connection died with the error being raised: that error is the one to report
         finally:
             conn.close()
+        if lost:
+            raise Unavailable(UNAVAILABLE, code="database_unavailable") from None
 
     def commit(self) -> None:
         assert self._conn is not None, "commit outside the unit of work"

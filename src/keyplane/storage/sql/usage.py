@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from keyplane.core.ports import UnitOfWork
+from keyplane.storage.sql.engine import outage_as_unavailable
 from keyplane.storage.sql.tables import ID, UTCDateTime, api_keys, metadata
 
 # no foreign key to api_keys: OAuth access tokens are counted too, and a flush must never fail
@@ -67,7 +68,7 @@ class SqlQuotaStore:
     def take(self, key_id: str) -> tuple[bool, int | None]:
         """(admitted, uses left afterwards); a key without a quota is always admitted."""
         k = api_keys.c
-        with self.engine.begin() as conn:
+        with outage_as_unavailable(), self.engine.begin() as conn:
             left = conn.execute(
                 api_keys.update()
                 .where(k.id == key_id, k.remaining_uses > 0)
