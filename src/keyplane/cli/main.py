@@ -259,6 +259,7 @@ def sa_create(
     emit_json(out) if json_out else fields("service account", out)
 
 
+from keyplane.cli import accounts as _accounts  # noqa: E402,F401  (operators, partners)
 from keyplane.cli import apps as _apps  # noqa: E402,F401  (registers the apps commands)
 from keyplane.cli import backup as _backup  # noqa: E402,F401  (registers export/restore)
 from keyplane.cli import bench as _bench  # noqa: E402,F401  (registers keyplane bench)
