@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
+from keyplane.core import scopes as sc
 from keyplane.core.accounts import AccountKind, PartnerSignup
 from keyplane.core.apps import AppStatus
 from keyplane.core.errors import AuthenticationError, KeyplaneError
@@ -153,8 +154,9 @@ async def new_app(request: Request) -> Response:
 async def register(request: Request) -> Response:
     def view(c: AccountConsole, form: Any) -> Response:
         values: dict[str, Any] = {k: text(form, k) for k in APP_FIELDS[:4]}
-        values["scopes"] = present.minimal_scopes(
-            s for s in form.getlist("scopes") if isinstance(s, str))
+        # a ticked Edit asks for View too, so the app may request either in its flows
+        values["scopes"] = sorted(sc.expand(
+            s for s in form.getlist("scopes")[:200] if isinstance(s, str)))
         body = {"name": values["name"], "description": values["description"],
                 "homepage": values["homepage"],
                 "redirect_uris": [u.strip() for u in values["redirect_uris"].splitlines()
