@@ -19,14 +19,16 @@ import pytest
 
 from keyplane.bootstrap import Keyplane
 from tests.conftest import Tenant
+from tests.integration import test_console_browser as console_browser
 from tests.integration import test_oauth_browser as oauth_browser
-from tests.integration.test_console_browser import PHONE, accessible, no_sideways_scroll, shot
+from tests.integration.test_console_browser import PHONE, accessible, no_sideways_scroll
 from tests.integration.test_console_partner import STAFF_EMAIL, STAFF_PASSWORD, add_staff
 from tests.integration.test_oauth_browser import Callback
 from tests.support import RunningServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 callback = oauth_browser.callback  # the partner app's redirect endpoint (a fixture)
+shot = console_browser.shot  # saves the README's screenshots (a fixture)
 DEV_EMAIL = "dev@zap.example"
 DEV_PASSWORD = "developer password 1"
 
