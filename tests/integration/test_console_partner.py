@@ -349,3 +349,15 @@ def test_cli_creates_operator_staff(keyplane: Keyplane, tmp_path: Path,
     assert r.exit_code == 1 and "12" in r.output
     found = connected(keyplane).accounts.list(SYSTEM, AccountKind.OPERATOR).items
     assert [a.email for a in found] == ["ops@operator.example"]
+    r = runner.invoke(app, ["operators", "list", "--json"])
+    assert r.exit_code == 0 and "ops@operator.example" in r.output
+
+
+def test_disabling_staff_ends_their_sessions(keyplane: Keyplane, http: httpx2.Client) -> None:
+    add_staff(keyplane)
+    sign_in(http, STAFF_EMAIL, STAFF_PASSWORD)
+    assert http.get("/operator/apps").status_code == 200
+    connected(keyplane).accounts.set_enabled(SYSTEM, AccountKind.OPERATOR, STAFF_EMAIL, False)
+    assert http.get("/operator/apps").status_code == 303  # back to sign-in
+    r = sign_in(http, STAFF_EMAIL, STAFF_PASSWORD)
+    assert r.status_code == 401

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from keyplane.cli.main import JsonOpt, _keyplane, app, handled
-from keyplane.cli.output import console, emit_json, fail, fields
+from keyplane.cli.output import console, emit_json, fail, fields, table
 from keyplane.core.rights import SYSTEM
 
 operators_app = typer.Typer(help="Operator staff: they sign in to the console's operator pages.",
@@ -51,6 +51,55 @@ def create(
     finally:
         kp.close()
     emit_json(out) if json_out else fields("operator staff", out)
+
+
+def _set_enabled(email: str, enabled: bool, json_out: bool) -> None:
+    from keyplane.core.accounts import AccountKind
+    from keyplane.oauth.wiring import connected
+
+    kp = _keyplane()
+    try:
+        found = connected(kp).accounts.set_enabled(SYSTEM, AccountKind.OPERATOR, email, enabled)
+    finally:
+        kp.close()
+    out = account_out(found)
+    emit_json(out) if json_out else fields("operator staff", out)
+
+
+@operators_app.command("disable")
+@handled
+def disable(email: Annotated[str, typer.Option(help="Sign-in email")],
+            json_out: JsonOpt = False) -> None:
+    """Disable an operator staff account: its sessions end at once."""
+    _set_enabled(email, False, json_out)
+
+
+@operators_app.command("enable")
+@handled
+def enable(email: Annotated[str, typer.Option(help="Sign-in email")],
+           json_out: JsonOpt = False) -> None:
+    """Enable a disabled operator staff account again."""
+    _set_enabled(email, True, json_out)
+
+
+@operators_app.command("list")
+@handled
+def list_staff(json_out: JsonOpt = False) -> None:
+    """Operator staff accounts, newest first."""
+    from keyplane.core.accounts import AccountKind
+    from keyplane.oauth.wiring import connected
+
+    kp = _keyplane()
+    try:
+        page = connected(kp).accounts.list(SYSTEM, AccountKind.OPERATOR, limit=500)
+    finally:
+        kp.close()
+    items = [account_out(a) for a in page.items]
+    if json_out:
+        emit_json({"items": items, "next_cursor": page.next_cursor})
+    else:
+        table("operator staff", ["id", "email", "name", "enabled", "created"],
+              [(a["id"], a["email"], a["name"], a["enabled"], a["created_at"]) for a in items])
 
 
 @partners_app.command("invite")

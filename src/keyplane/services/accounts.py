@@ -131,6 +131,25 @@ class AccountService:
         with self.ctx.uow(readonly=True) as uow:
             return self.repos(uow).accounts.page(kind, limit=limit, cursor=cursor)
 
+    def set_enabled(self, caller: Caller, kind: AccountKind, email: Any,
+                    enabled: bool) -> Account:
+        """Disable (or enable again) an account; disabling ends its sessions at once."""
+        caller.require("platform:write")
+        address = v.email(email)
+        with self.ctx.uow() as uow:
+            repos = self.repos(uow)
+            account = repos.accounts.by_email(kind, address)
+            if account is None:
+                raise NotFound("email: no such account", field="email")
+            account.enabled = enabled
+            repos.accounts.update(account)
+            ended = 0 if enabled else repos.sessions.revoke_for_account(
+                account.id, self.ctx.clock.now())
+            self.ctx.audit(uow, caller, "account.enabled" if enabled else "account.disabled",
+                           account.id, tenant_id=None, sessions_ended=ended)
+            uow.commit()
+        return account
+
     def get(self, caller: Caller, account_id: str) -> Account:
         caller.require("platform:read")
         with self.ctx.uow(readonly=True) as uow:
