@@ -171,6 +171,12 @@ def test_a_developer_registers_an_app_that_cannot_be_authorised_before_approval(
                                           "homepage": "http://zap.example",
                                           "redirect_uris": REDIRECT, "scopes": "contacts:read"})
     assert r.status_code == 400 and 'id="homepage-error"' in r.text and "https" in r.text
+    r = http.post("/partners/apps", data={"csrf_token": csrf(page.text), "name": "Zap",
+                                          "homepage": "https://zap.example",
+                                          "redirect_uris": "https://zap.example/#frag",
+                                          "scopes": "contacts:read"})
+    assert r.status_code == 400
+    assert "Redirect URIs must not contain a fragment" in r.text
     r = http.post("/partners/apps", data={"name": "Zap"})  # no CSRF token
     assert r.status_code == 400
     app_id = register_app(http)

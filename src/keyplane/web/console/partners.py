@@ -42,13 +42,21 @@ STATUS_NOTES = {
 }
 
 
+LABELS = {"name": "Name", "description": "Description", "homepage": "Homepage",
+          "redirect_uris": "Redirect URIs", "scopes": "Requested scopes", "email": "Email",
+          "password": "Password"}
+
+
 def _errors(exc: KeyplaneError, fields: tuple[str, ...]) -> dict[str, str]:
+    """The service's refusal beside its field, in the words of the form's label."""
     name = (exc.field or "").split("[")[0].split(".")[0]
     name = name if name in fields else ""
     message = exc.message
     for prefix in (f"{exc.field}: ", f"{name}: "):
         if exc.field and message.startswith(prefix):
             message = message[len(prefix):]
+    if name and message.startswith(name + " "):
+        message = LABELS.get(name, name) + message[len(name):]
     return {name: sentence(message)}
 
 
