@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -134,6 +134,12 @@ class Settings(BaseSettings):
         "smtp://host:25, smtp+starttls://user:pass@host:587 or smtps://user:pass@host:465")
     mail_from: str = Field(default="Keyplane <keyplane@localhost>", min_length=3, max_length=200,
                            description="The From address of Keyplane's emails")
+    # partner developers (console accounts that register OAuth apps for operator approval)
+    partner_signup: Literal["open", "invite", "closed"] = Field(
+        default="invite", description="Who may create a partner developer account: anyone "
+        "(open), only with a link the operator's staff made (invite), or nobody (closed)")
+    partner_invite_days: int = Field(default=7, ge=1, le=90,
+                                     description="How long a partner invitation link works")
     db_pool_size: int = 10
     log_level: str = "info"
     demo: bool = False

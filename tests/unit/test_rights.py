@@ -205,3 +205,42 @@ def test_actor_names_the_credential() -> None:
                   principal_id="usr_9", tenant_id="loc_1").actor == "principal:usr_9"
     assert SYSTEM.actor == "system"
     assert SYSTEM.holds("platform:write") and SYSTEM.holds("keys:verify")
+
+
+# -- console accounts outside tenants -----------------------------------------------------------
+
+STAFF = Caller(kind=CredentialKind.OPERATOR_SESSION, scopes=frozenset({"platform:write"}),
+               account_id="acc_staff")
+DEVELOPER = Caller(kind=CredentialKind.DEVELOPER_SESSION, scopes=frozenset(),
+                   account_id="acc_dev")
+
+
+def test_operator_staff_hold_the_operators_management_rights_but_cannot_verify() -> None:
+    assert STAFF.is_operator and STAFF.actor == "account:acc_staff"
+    for permission in ("platform:read", "platform:write", "keys:write", "tenant:write",
+                       "members:write"):
+        assert STAFF.holds(permission), permission
+    assert not STAFF.holds("keys:verify")  # a browser session is not a verifier
+    assert STAFF.lacks(["contacts:write", "platform:write"]) == []
+    assert STAFF.tenant_for("loc_any") == "loc_any"
+    with pytest.raises(PermissionDenied):
+        STAFF.tenant_for(None)
+
+
+def test_a_partner_developer_holds_no_management_right_and_no_tenant() -> None:
+    assert not DEVELOPER.is_operator
+    for permission in PERMISSIONS:
+        assert not DEVELOPER.holds(permission), permission
+    with pytest.raises(NotFound):
+        DEVELOPER.tenant_for(None)
+    with pytest.raises(NotFound):
+        DEVELOPER.tenant_for("loc_any")
+
+
+def test_no_scope_lifts_a_member_session_to_the_operator() -> None:
+    member = Caller(kind=CredentialKind.SESSION, tenant_id="loc_a",
+                    scopes=frozenset({"platform:write", "platform:read", "keys:verify"}))
+    assert not member.is_operator
+    assert not member.holds("platform:read") and not member.holds("platform:write")
+    with pytest.raises(NotFound):
+        member.tenant_for("loc_b")

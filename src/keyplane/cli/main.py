@@ -262,6 +262,7 @@ def sa_create(
         console.print(f"\n[bold yellow]{note}[/]")
 
 
+from keyplane.cli import accounts as _accounts  # noqa: E402,F401  (operators, partners)
 from keyplane.cli import apps as _apps  # noqa: E402,F401  (registers the apps commands)
 from keyplane.cli import backup as _backup  # noqa: E402,F401  (registers export/restore)
 from keyplane.cli import bench as _bench  # noqa: E402,F401  (registers keyplane bench)

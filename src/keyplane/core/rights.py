@@ -63,13 +63,16 @@ def principal_rights(
 class CredentialKind(StrEnum):
     OPERATOR_KEY = "operator_key"
     TENANT_KEY = "tenant_key"
-    SESSION = "session"
+    SESSION = "session"  # a tenant member signed in to the console
     ACCESS_TOKEN = "access_token"
+    OPERATOR_SESSION = "operator_session"  # the operator's staff signed in to the console
+    DEVELOPER_SESSION = "developer_session"  # a partner developer: no management right at all
 
 
-_TENANT_MANAGERS = frozenset(
-    {CredentialKind.OPERATOR_KEY, CredentialKind.TENANT_KEY, CredentialKind.SESSION}
-)
+OPERATORS = frozenset({CredentialKind.OPERATOR_KEY, CredentialKind.OPERATOR_SESSION})
+"""The credentials that act as the operator: above tenants, through the same rights."""
+
+_TENANT_MANAGERS = OPERATORS | {CredentialKind.TENANT_KEY, CredentialKind.SESSION}
 
 PERMISSIONS: dict[str, frozenset[CredentialKind]] = {
     "keys:read": _TENANT_MANAGERS,
@@ -79,8 +82,8 @@ PERMISSIONS: dict[str, frozenset[CredentialKind]] = {
     "tenant:read": _TENANT_MANAGERS,
     "tenant:write": _TENANT_MANAGERS,
     "keys:verify": frozenset({CredentialKind.OPERATOR_KEY, CredentialKind.TENANT_KEY}),
-    "platform:read": frozenset({CredentialKind.OPERATOR_KEY}),
-    "platform:write": frozenset({CredentialKind.OPERATOR_KEY}),
+    "platform:read": OPERATORS,
+    "platform:write": OPERATORS,
 }
 
 
@@ -96,11 +99,19 @@ class Caller:
     ip: str | None = None
     request_id: str | None = None
     name: str | None = None  # an actor with no key or principal, e.g. "secret-scanning"
+    account_id: str | None = None  # operator staff or a partner developer (core.accounts)
+
+    @property
+    def is_operator(self) -> bool:
+        """The operator's key, or one of its staff signed in: stands above tenants."""
+        return self.kind in OPERATORS
 
     @property
     def actor(self) -> str:
         if self.name is not None:
             return self.name
+        if self.account_id is not None:
+            return f"account:{self.account_id}"
         if self.key_id is not None:
             return f"key:{self.key_id}"
         if self.principal_id is not None:
@@ -110,7 +121,7 @@ class Caller:
     def holds(self, permission: str) -> bool:
         if self.kind not in PERMISSIONS.get(permission, frozenset()):
             return False
-        if self.kind is CredentialKind.OPERATOR_KEY and not permission.startswith("platform:"):
+        if self.is_operator and not permission.startswith("platform:"):
             if permission == "keys:verify":
                 return "keys:verify" in self.scopes
             needed = "platform:write" if permission.endswith(":write") else "platform:read"
@@ -124,7 +135,7 @@ class Caller:
         creating, duplicating, rotating, editing or unlocking a key needs every scope the key
         grants. The operator's platform credential stands above tenants and lacks nothing.
         """
-        if self.kind is CredentialKind.OPERATOR_KEY:
+        if self.is_operator:
             return []
         held = sc.expand(self.scopes)
         return sorted(s for s in set(scopes) if not sc.expand((s,)) <= held)
@@ -137,13 +148,14 @@ class Caller:
 
     def tenant_for(self, requested: str | None) -> str:
         """The tenant a call acts on: the caller's own, or any one named by the operator."""
-        if self.kind is CredentialKind.OPERATOR_KEY:
+        if self.is_operator:
             if not requested:
                 raise PermissionDenied(
                     "operator credentials must name a tenant (tenant_id)", code="tenant_required"
                 )
             return requested
-        assert self.tenant_id is not None
+        if self.tenant_id is None:  # a partner developer belongs to no tenant
+            raise NotFound("no such tenant")
         if requested and requested != self.tenant_id:
             # another tenant's objects do not exist for this caller
             raise NotFound("no such tenant")

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from keyplane.core.accounts import PartnerSignup
 from keyplane.core.apps import CredentialPrefixes
+from keyplane.services.accounts import AccountService
 from keyplane.services.apps import AppService
 from keyplane.services.connections import CONNECTION_ID_PREFIX, ConnectionService, Lifetimes
 from keyplane.services.sessions import SessionService, SignInThrottle
+from keyplane.storage.sql.account_repositories import account_repos
 from keyplane.storage.sql.oauth_repositories import connected_repos
 
 if TYPE_CHECKING:
@@ -25,6 +28,7 @@ class ConnectedApps:
     connections: ConnectionService
     sessions: SessionService
     issuer: str  # the RFC 8414 issuer: settings.base_url, byte for byte
+    accounts: AccountService  # operator staff and partner developers (console accounts)
 
 
 def install(kp: Keyplane) -> ConnectedApps:
@@ -48,6 +52,11 @@ def install(kp: Keyplane) -> ConnectedApps:
         sessions=SessionService(kp.ctx, connected_repos, throttle,
                                 lifetime=timedelta(seconds=s.session_lifetime_seconds)),
         issuer=issuer,
+        accounts=AccountService(kp.ctx, account_repos, throttle,
+                                lifetime=timedelta(seconds=s.session_lifetime_seconds),
+                                signup=PartnerSignup(s.partner_signup),
+                                invite_lifetime=timedelta(days=s.partner_invite_days),
+                                base_url=issuer),
     )
     kp.verifier.register(prefixes.access_token, connections.load_access_token)
     kp.usage.sinks.append(connections.record_usage)

@@ -1,10 +1,12 @@
 """Partner apps: registration, the operator's decision, client secrets and their rotation.
 
 Who may register an app: a tenant credential that holds ``tenant:write`` (an admin's management
-key or session: the partner's own Keyplane tenant owns the app) or the operator (``platform:
-write``). Every app starts ``pending``; only the operator approves, rejects or suspends. The
-first approval issues the ``client_id`` and a client secret that is shown once (in the approval
-response); the owning tenant or the operator can rotate the secret later, with a grace period.
+key or session: the partner's own Keyplane tenant owns the app), a partner developer signed in
+to the console (the developer owns it, and sees only its own apps) or the operator
+(``platform:write``). Every app starts ``pending``; only the operator approves, rejects or
+suspends. The first approval issues the ``client_id`` and a client secret that is shown once
+(in the approval response); the owner or the operator can rotate the secret later, with a grace
+period.
 """
 
 from __future__ import annotations
@@ -56,19 +58,33 @@ class AppService:
     # -- who sees what --------------------------------------------------------------------
 
     def _owner_scope(self, caller: Caller, tenant_id: str | None, permission: str) -> str | None:
-        """``None``: the operator, seeing every app; otherwise the tenant whose apps these are."""
-        if caller.kind is CredentialKind.OPERATOR_KEY:
+        """``None``: the operator, seeing every app, or a partner developer (whose apps
+        :meth:`_developer` names); otherwise the tenant whose apps these are."""
+        if caller.is_operator:
             caller.require(f"platform:{permission}")
             return tenant_id or None
+        if self._developer(caller) is not None:
+            if tenant_id:
+                raise NotFound("no such tenant")
+            return None
         tid = caller.tenant_for(tenant_id)
         caller.require(f"tenant:{permission}")
         return tid
 
+    @staticmethod
+    def _developer(caller: Caller) -> str | None:
+        """The partner developer acting, who owns (and sees) only the apps it registered."""
+        if caller.kind is CredentialKind.DEVELOPER_SESSION and caller.account_id:
+            return caller.account_id
+        return None
+
     def _load(self, repos: ConnectedRepos, caller: Caller, tenant_id: str | None,
               app_id: str, permission: str) -> App:
         owner = self._owner_scope(caller, tenant_id, permission)
+        developer = self._developer(caller)
         app = repos.apps.get(app_id)
-        if app is None or (owner is not None and app.owner_tenant_id != owner):
+        if app is None or (owner is not None and app.owner_tenant_id != owner) or (
+                developer is not None and app.developer_id != developer):
             raise NotFound("no such app")
         return app
 
@@ -86,7 +102,8 @@ class AppService:
         now = self.ctx.clock.now()
         app = App(id=ids.new_id("app"), name=name, description=description, homepage=homepage,
                   redirect_uris=uris, scopes=scopes, status=AppStatus.PENDING, created_at=now,
-                  updated_at=now, owner_tenant_id=owner, created_by=caller.actor)
+                  updated_at=now, owner_tenant_id=owner, created_by=caller.actor,
+                  developer_id=self._developer(caller))
         with self.ctx.uow() as uow:
             if owner is not None and uow.tenants.get(owner) is None:
                 raise NotFound("no such tenant")
@@ -195,4 +212,4 @@ class AppService:
                                   "suspended", field="status")
         with self.ctx.uow(readonly=True) as uow:
             return self.repos(uow).apps.page(owner_tenant_id=owner, status=status, limit=limit,
-                                             cursor=cursor)
+                                             cursor=cursor, developer_id=self._developer(caller))

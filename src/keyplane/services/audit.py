@@ -4,7 +4,7 @@ management calls are recorded here too, aggregated (``services/refusals.py``).""
 from __future__ import annotations
 
 from keyplane.core.model import Page
-from keyplane.core.rights import Caller, CredentialKind
+from keyplane.core.rights import Caller
 from keyplane.services.context import Context
 from keyplane.services.refusals import RefusalRecorder
 
@@ -22,7 +22,7 @@ class AuditService:
 
     def list(self, caller: Caller, tenant_id: str | None, *, action: str | None, limit: int,
              cursor: str | None) -> Page:
-        if caller.kind is CredentialKind.OPERATOR_KEY and not tenant_id:
+        if caller.is_operator and not tenant_id:
             caller.require("platform:read")
             tid = None
         else:

@@ -40,6 +40,11 @@ def _signin_page(request: Request, *, next_path: str, email: str = "", error: st
 @router.get("/signin")
 async def signin_form(request: Request) -> Response:
     next_path = pages.safe_next(request.query_params.get("next"), default="")
+    account = await run_in_threadpool(
+        pages.env_of(request).accounts.resolve, request.cookies.get(pages.session_cookie(request)))
+    if account is not None:  # operator staff or a partner developer: their own console
+        return RedirectResponse("/operator" if account.is_operator else "/partners",
+                                status_code=303)
     raw, signed_in = await run_in_threadpool(pages.current_session, request)
     if signed_in is not None:
         if next_path:
@@ -67,6 +72,14 @@ async def signin(request: Request) -> Response:
                             error="This form has expired. Please sign in again.")
     assert binding is not None  # csrf_ok refuses a missing binding
     try:
+        # operator staff and partner developers first (services/accounts.py), then members
+        opened = await run_in_threadpool(
+            env.accounts.sign_in, values["email"], values["password"],
+            ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"))
+        if opened is not None:
+            home = "/operator" if opened[1].is_operator else "/partners"
+            return _signed_in(request, opened[0], next_path if next_path.startswith(
+                home) else home)
         outcome = await run_in_threadpool(
             env.sessions.sign_in, values["email"], values["password"],
             ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"),
@@ -129,6 +142,16 @@ async def signout(request: Request) -> Response:
     target = "/signin" + (f"?{urlencode({'next': next_path})}" if next_path else "")
     raw, signed_in = await run_in_threadpool(pages.current_session, request)
     env = pages.env_of(request)
+    account = await run_in_threadpool(env.accounts.resolve, raw)
+    if account is not None:
+        if not env.sessions.csrf_ok(raw, form.get("csrf_token")):
+            return pages.render(request, "message.html", {
+                "title": "This form has expired", "message": "Reload the page and try again."},
+                status=400)
+        await run_in_threadpool(env.accounts.sign_out, account, ip=pages.client_ip(request))
+        response = RedirectResponse(target, status_code=303)
+        pages.clear_cookie(request, response, pages.session_cookie(request))
+        return response
     if signed_in is None:
         return RedirectResponse(target, status_code=303)
     if not env.sessions.csrf_ok(raw, form.get("csrf_token")):

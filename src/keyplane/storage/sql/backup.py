@@ -4,6 +4,8 @@ Each section is one table, listed so that a row's references are restored before
 tenant's backup selects that tenant's rows; the scope catalogue and the apps of other owners
 its connections use come along as *shared* rows, which a restore keeps when they exist (such
 an app whose owner is not in the target becomes a platform app).
+Console accounts (operator staff, partner developers) come with a full backup only; a restore
+of one tenant keeps another owner's app without its developer when that account is not there.
 Left out on purpose: browser sessions, authorization codes, share links (short-lived, and a
 share link holds an encrypted secret), the webhook outbox, the change log and leak-report
 dedupe digests.
@@ -22,6 +24,7 @@ from keyplane.core.errors import Conflict
 from keyplane.core.ports import BackupRepo, UnitOfWork
 from keyplane.storage.sql import oauth_tables as o
 from keyplane.storage.sql import tables as t
+from keyplane.storage.sql.account_tables import accounts
 from keyplane.storage.sql.usage import key_usage
 from keyplane.storage.sql.webhook_tables import webhooks
 
@@ -31,6 +34,7 @@ TABLES: dict[str, sa.Table] = {
     "principals": t.principals,
     "groups": t.groups,
     "principal_groups": t.principal_groups,
+    "accounts": accounts,
     "oauth_apps": o.oauth_apps,
     "oauth_client_secrets": o.oauth_client_secrets,
     "api_keys": t.api_keys,
@@ -56,6 +60,7 @@ def _tenant_filter(section: str, tenant_id: str) -> sa.ColumnElement[bool] | Non
         "principals": t.principals.c.tenant_id == tenant_id,
         "groups": t.groups.c.tenant_id == tenant_id,
         "principal_groups": t.principal_groups.c.principal_id.in_(members),
+        "accounts": sa.false(),  # console accounts belong to no tenant
         "oauth_apps": sa.or_(o.oauth_apps.c.owner_tenant_id == tenant_id,
                              o.oauth_apps.c.id.in_(used_apps)),
         "oauth_client_secrets": o.oauth_client_secrets.c.app_id.in_(
@@ -153,6 +158,13 @@ class SqlBackup:
         """Another owner's app that a tenant's backup brought along (its connections use it)
         has no owner here when that owner was not restored: it becomes a platform app
         (owner none) rather than break the tenant's connections."""
+        developers = {a["developer_id"] for a in apps if a.get("developer_id")}
+        if developers:
+            known = set(self.conn.execute(
+                sa.select(accounts.c.id).where(accounts.c.id.in_(developers))).scalars())
+            for app in apps:
+                if app.get("developer_id") and app["developer_id"] not in known:
+                    app["developer_id"] = None
         owners = {a["owner_tenant_id"] for a in apps if a.get("owner_tenant_id")}
         if not owners:
             return

@@ -53,7 +53,7 @@ class SqlApps:
             status=AppStatus(r["status"]), created_at=r["created_at"],
             updated_at=r["updated_at"], owner_tenant_id=r["owner_tenant_id"],
             created_by=r["created_by"], client_id=r["client_id"], approved_at=r["approved_at"],
-            status_reason=r["status_reason"],
+            status_reason=r["status_reason"], developer_id=r["developer_id"],
         )
 
     def add(self, app: App) -> None:
@@ -79,11 +79,13 @@ class SqlApps:
         self.conn.execute(o.oauth_apps.update().where(o.oauth_apps.c.id == app.id).values(**row))
 
     def page(self, *, owner_tenant_id: str | None, status: str | None, limit: int,
-             cursor: str | None) -> Page:
+             cursor: str | None, developer_id: str | None = None) -> Page:
         c = o.oauth_apps.c
         q = o.oauth_apps.select()
         if owner_tenant_id is not None:
             q = q.where(c.owner_tenant_id == owner_tenant_id)
+        if developer_id is not None:
+            q = q.where(c.developer_id == developer_id)
         if status:
             q = q.where(c.status == status)
         q = _newest_first(q, c.id, cursor, limit)

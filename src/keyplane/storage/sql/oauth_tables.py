@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from keyplane.storage.sql import account_tables  # noqa: F401  (apps reference accounts)
 from keyplane.storage.sql.tables import ID, UTCDateTime, metadata
 
 DIGEST = sa.String(64)
@@ -31,7 +32,11 @@ oauth_apps = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("approved_at", UTCDateTime, nullable=True),
+    # migration 0009: the partner developer who registered it (None: a tenant or the operator)
+    sa.Column("developer_id", ID, sa.ForeignKey("accounts.id", ondelete="SET NULL"),
+              nullable=True),
     sa.Index("ix_oauth_apps_owner", "owner_tenant_id", "id"),
+    sa.Index("ix_oauth_apps_developer", "developer_id", "id"),
 )
 
 oauth_client_secrets = sa.Table(

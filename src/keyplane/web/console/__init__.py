@@ -15,6 +15,8 @@ from keyplane.web.console import (
     hygiene,
     keys,
     members,
+    operator,
+    partners,
     settings,
 )
 
@@ -30,3 +32,5 @@ def install(app: FastAPI) -> None:
     app.include_router(audit.router)
     app.include_router(members.router)
     app.include_router(api_users.router)
+    app.include_router(operator.router)  # operator staff
+    app.include_router(partners.router)  # partner developers

@@ -94,6 +94,14 @@ def render(request: Request, template: str, context: dict[str, Any], *,
 
 
 def signin_redirect(request: Request) -> Response:
+    account = pages.env_of(request).accounts.resolve(
+        request.cookies.get(pages.session_cookie(request)))
+    if account is not None:  # operator staff and partner developers: their own pages only
+        if request.url.path == "/":
+            return RedirectResponse("/operator" if account.is_operator else "/partners",
+                                    status_code=303)
+        return pages.render(request, "message.html", {
+            "title": "Not found", "message": "There is nothing here."}, status=404)
     target = "/"  # a form posted after the session ended: start again from the console
     if request.method == "GET":
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
