@@ -24,6 +24,13 @@ log = logging.getLogger("keyplane.usage")
 # transaction, e.g. connected apps' last use and request counts
 UsageSink = Callable[[UnitOfWork, dict[str, datetime], Counter[tuple[str, str]]], None]
 
+# (uow, addresses each key was used from since the last flush, request counts by (id,
+# outcome)): what is learnt from uses, e.g. a key used from a new network (services/signals.py)
+UsageWatcher = Callable[[UnitOfWork, dict[str, dict[Any, datetime]], Counter[tuple[str, str]]],
+                        None]
+MAX_ADDRESS_KEYS = 50_000  # keys whose addresses are kept between flushes (bounded memory)
+MAX_ADDRESSES_PER_KEY = 32
+
 HOUR = timedelta(hours=1)
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
 
@@ -47,6 +54,7 @@ class UsageRecorder:
         self.interval = interval
         self.store = store
         self._last_used: dict[str, datetime] = {}
+        self._addresses: dict[str, dict[Any, datetime]] = {}  # key id -> address -> first use
         self._counts: Counts = Counter()  # earlier hours
         # the hour being counted, by (key id, outcome): no datetime is hashed per request
         self._current: dict[tuple[str, str], int] = {}
@@ -56,9 +64,13 @@ class UsageRecorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.sinks: list[UsageSink] = []
+        self.watchers: list[UsageWatcher] = []
 
-    def record(self, key_id: str, at: datetime, outcome: str, count: int = 1) -> None:
-        # two dict updates; the lock keeps flush consistent
+    def record(self, key_id: str, at: datetime, outcome: str, count: int = 1,
+               ip: Any = None) -> None:
+        """Counts a use; ``ip`` (an address object), when known, is the address a valid use
+        came from: a few distinct addresses per key are kept until the next flush."""
+        # two dict updates (three with an address); the lock keeps flush consistent
         with self._lock:
             if not self._hour <= at < self._hour_end:
                 self._fold()
@@ -66,6 +78,13 @@ class UsageRecorder:
                 self._hour_end = self._hour + HOUR
             if outcome == "VALID":
                 self._last_used[key_id] = at
+                if ip is not None:
+                    seen = self._addresses.get(key_id)
+                    if seen is None and len(self._addresses) < MAX_ADDRESS_KEYS:
+                        seen = self._addresses[key_id] = {}
+                    if seen is not None and ip not in seen and (
+                            len(seen) < MAX_ADDRESSES_PER_KEY):
+                        seen[ip] = at
             current, k = self._current, (key_id, outcome)
             current[k] = current.get(k, 0) + count
 
@@ -89,6 +108,7 @@ class UsageRecorder:
                 self._fold()
                 last_used, self._last_used = self._last_used, {}
                 counts, self._counts = self._counts, Counter()
+                addresses, self._addresses = self._addresses, {}
             if not last_used and not counts:
                 return 0
             try:
@@ -97,12 +117,14 @@ class UsageRecorder:
                     uow.keys.touch(last_used)
                     if self.store is not None:
                         self.store.add(uow, counts)
-                    if self.sinks:
+                    if self.sinks or self.watchers:
                         by_outcome: Counter[tuple[str, str]] = Counter()
                         for (key_id, _hour, outcome), n in counts.items():
                             by_outcome[(key_id, outcome)] += n
                         for sink in self.sinks:
                             sink(uow, last_used, by_outcome)
+                        for watcher in self.watchers:
+                            watcher(uow, addresses, by_outcome)
                     uow.commit()
             except Exception:
                 log.exception("usage flush failed; will retry")
@@ -111,6 +133,10 @@ class UsageRecorder:
                         if k not in self._last_used or self._last_used[k] < at:
                             self._last_used[k] = at
                     self._counts.update(counts)
+                    for k, seen in addresses.items():
+                        mine = self._addresses.setdefault(k, {})
+                        for address, at in seen.items():
+                            mine.setdefault(address, at)
                 return 0
             return sum(counts.values())
 
