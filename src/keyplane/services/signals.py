@@ -41,7 +41,7 @@ class SignalsRepo(Protocol):
     def keys_by_id(self, key_ids: list[str]) -> dict[str, ApiKey]: ...
     def known_networks(self, key_ids: list[str]) -> dict[str, set[str]]: ...
     def seen(self, key_id: str, network: str, address: str, at: datetime) -> bool: ...
-    def forget_networks(self, key_id: str, keep: int) -> None: ...
+    def forget_networks(self, key_id: str, keep: int) -> list[str]: ...
     def add_denials(self, counts: dict[str, int], window_start: datetime) -> dict[str, int]: ...
     def alert_denials(self, key_id: str, window_start: datetime, now: datetime) -> bool: ...
     def prune_denials(self, before: datetime) -> None: ...
@@ -95,7 +95,7 @@ class KeySignals:
                 if stored_at is not None and at - stored_at < REFRESH:
                     continue
                 mine = pending.setdefault(key_id, {})
-                if network not in mine or mine[network][1] < at:
+                if network not in mine or at < mine[network][1]:  # the first use reported
                     mine[network] = (str(address), at)
         if not pending:
             return
@@ -105,6 +105,7 @@ class KeySignals:
             return
         known = repo.known_networks(sorted(keys))
         written: list[tuple[tuple[str, str], datetime]] = []
+        dropped: list[tuple[str, str]] = []
         for key_id, key in keys.items():
             had = known.get(key_id, set())
             learnt = False
@@ -119,13 +120,19 @@ class KeySignals:
                         "address": address, "network": network, "seen_at": ts(at),
                         "known_networks": sorted(had)})
             if learnt:
-                repo.forget_networks(key_id, self.known_networks)
-        uow.after_commit(lambda: self._remember(written))
+                dropped += [(key_id, n) for n in repo.forget_networks(key_id,
+                                                                      self.known_networks)]
+        uow.after_commit(lambda: self._remember(written, dropped))
 
-    def _remember(self, written: list[tuple[tuple[str, str], datetime]]) -> None:
+    def _remember(self, written: list[tuple[tuple[str, str], datetime]],
+                  dropped: list[tuple[str, str]]) -> None:
+        """What this process need not write again within the hour. (Another process that
+        pushed a network out of a key's set is heard of here within that hour at most.)"""
         if len(self._stored) > MAX_REMEMBERED:
             self._stored.clear()
         self._stored.update(written)
+        for pair in dropped:
+            self._stored.pop(pair, None)
 
     # -- refusal bursts --------------------------------------------------------------------------
 

@@ -178,12 +178,14 @@ class SqlEvents:
                               .values(last_seen_at=at, last_address=address))
         return bool(inserted)
 
-    def forget_networks(self, key_id: str, keep: int) -> None:
-        """Keeps the ``keep`` most recently seen networks of a key."""
+    def forget_networks(self, key_id: str, keep: int) -> list[str]:
+        """Keeps the ``keep`` most recently seen networks of a key; returns those dropped."""
         newest = (sa.select(N.network).where(N.key_id == key_id)
                   .order_by(N.last_seen_at.desc(), N.network).limit(keep))
-        self.conn.execute(key_networks.delete().where(
-            N.key_id == key_id, N.network.not_in(newest.scalar_subquery())))
+        done = self.conn.execute(key_networks.delete().where(
+            N.key_id == key_id, N.network.not_in(newest.scalar_subquery()))
+            .returning(N.network))
+        return [n for (n,) in done]
 
     # -- refusal bursts ----------------------------------------------------------------------
 
