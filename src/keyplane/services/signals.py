@@ -67,11 +67,11 @@ class KeySignals:
         self._stored: dict[tuple[str, str], datetime] = {}  # written by us, and when
         self._next_prune = 0.0
 
-    def __call__(self, uow: UnitOfWork, addresses: dict[str, dict[Any, datetime]],
+    def __call__(self, addresses: dict[str, dict[Any, datetime]],
                  by_outcome: Counter[tuple[str, str]]) -> None:
-        repo = self.repos(uow)
+        """Runs after a usage flush; opens a transaction only when there is news to check."""
         if addresses:
-            self._addresses(uow, repo, addresses)
+            self._addresses(addresses)
         if self.burst_limit > 0:
             denials: Counter[str] = Counter()
             codes: dict[str, Counter[str]] = {}
@@ -80,12 +80,13 @@ class KeySignals:
                     denials[key_id] += n
                     codes.setdefault(key_id, Counter())[outcome] += n
             if denials:
-                self._denials(uow, repo, dict(denials), codes)
+                with self.ctx.uow() as uow:
+                    self._denials(uow, self.repos(uow), dict(denials), codes)
+                    uow.commit()
 
     # -- new networks ----------------------------------------------------------------------------
 
-    def _addresses(self, uow: UnitOfWork, repo: SignalsRepo,
-                   addresses: dict[str, dict[Any, datetime]]) -> None:
+    def _addresses(self, addresses: dict[str, dict[Any, datetime]]) -> None:
         # what this process wrote within the hour needs no write: most flushes write nothing
         pending: dict[str, dict[str, tuple[str, datetime]]] = {}
         for key_id, seen in addresses.items():
@@ -99,13 +100,20 @@ class KeySignals:
                     mine[network] = (str(address), at)
         if not pending:
             return
+        with self.ctx.uow() as uow:
+            self._networks(uow, self.repos(uow), pending)
+            uow.commit()
+
+    def _networks(self, uow: UnitOfWork, repo: SignalsRepo,
+                  pending: dict[str, dict[str, tuple[str, datetime]]]) -> None:
         keys = {k: key for k, key in repo.keys_by_id(sorted(pending)).items()
                 if key.tenant_id is not None}  # OAuth tokens and operator keys: not here
-        if not keys:
-            return
-        known = repo.known_networks(sorted(keys))
-        written: list[tuple[tuple[str, str], datetime]] = []
+        # ids that are not tenant keys are not looked up again for an hour either
+        written: list[tuple[tuple[str, str], datetime]] = [
+            ((key_id, network), at) for key_id, nets in pending.items() if key_id not in keys
+            for network, (_address, at) in nets.items()]
         dropped: list[tuple[str, str]] = []
+        known = repo.known_networks(sorted(keys)) if keys else {}
         for key_id, key in keys.items():
             had = known.get(key_id, set())
             learnt = False
