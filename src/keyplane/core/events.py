@@ -36,7 +36,7 @@ def due_threshold(expires_at: datetime, now: datetime) -> int | None:
     :data:`EXPIRED_LOOKBACK`), or ``None``."""
     left = expires_at - now
     if left <= timedelta(0):
-        return EXPIRED if -left <= EXPIRED_LOOKBACK else None
+        return EXPIRED if -left < EXPIRED_LOOKBACK else None
     due = None
     for days in REMINDER_DAYS:
         if left <= timedelta(days=days):
