@@ -24,11 +24,13 @@ from keyplane.outbound import HttpSender, SystemResolver
 from keyplane.peppers import load_peppers
 from keyplane.sealing import PepperSealer
 from keyplane.services.audit import AuditService
+from keyplane.services.automations import AutomationService
 from keyplane.services.backup import BackupService
 from keyplane.services.catalogue import CatalogueService, load_toml
 from keyplane.services.changes import RESET, ChangeFeed, remote_delivery
 from keyplane.services.context import Context
 from keyplane.services.delivery import DeliveryWorker
+from keyplane.services.expiry import ExpiryReminders
 from keyplane.services.hygiene import HygieneService
 from keyplane.services.keys import KeyService
 from keyplane.services.leaks import LeakService
@@ -36,6 +38,7 @@ from keyplane.services.principals import GroupService, PrincipalService
 from keyplane.services.refusals import RefusalRecorder
 from keyplane.services.scanning import ScanningKeys, source_from
 from keyplane.services.shares import ShareService
+from keyplane.services.signals import KeySignals
 from keyplane.services.tenants import TenantService
 from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
@@ -44,6 +47,7 @@ from keyplane.storage.sql import migrate
 from keyplane.storage.sql.backup import backup_repo
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine, watch
+from keyplane.storage.sql.events import events_repo
 from keyplane.storage.sql.hygiene import hygiene_repo
 from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.storage.sql.safety import safety_repos
@@ -81,6 +85,8 @@ class Keyplane:
     sender: HttpSender
     hygiene: HygieneService  # the keys report and the unused-key policy's job
     backup: BackupService  # keyplane export / restore
+    expiry: ExpiryReminders  # key.expiring / key.expired; runs in serve and worker
+    automations: AutomationService  # /v1/automations and POST /v1/events
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -94,8 +100,11 @@ class Keyplane:
             self.deliveries.start()
         if self.settings.hygiene_interval_seconds > 0:
             self.hygiene.start()
+        if self.settings.expiry_interval_seconds > 0:
+            self.expiry.start()
 
     def stop(self) -> None:
+        self.expiry.stop()
         self.hygiene.stop()
         self.deliveries.stop()
         self.propagation.stop()
@@ -203,11 +212,20 @@ def build(
             ctx, hygiene_repo, keys,
             interval=timedelta(seconds=settings.hygiene_interval_seconds or 3600)),
         backup=BackupService(ctx, backup_repo),
+        expiry=ExpiryReminders(
+            ctx, events_repo, base_url=settings.base_url,
+            interval=timedelta(seconds=settings.expiry_interval_seconds or 900)),
+        automations=AutomationService(ctx, events_repo, webhook_repo, outbox,
+                                      verifier.identify),
     )
     health.on_lost.append(lambda: log.warning(
         "the database is unreachable: cached verifications are served for %gs, then "
         "verification fails closed until it answers", settings.db_outage_grace_seconds))
     health.on_recovered.append(partial(_recovered, ctx, feed))
+    usage.watchers.append(KeySignals(
+        ctx, events_repo, known_networks=settings.known_networks_per_key,
+        burst_limit=settings.denied_burst_limit,
+        burst_window=timedelta(seconds=settings.denied_burst_window_seconds)))
     kp.hygiene.before_run.append(usage.flush)  # this process's uses count before deciding
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
     kp.leaks.connections = apps.connections  # leaked OAuth tokens end their connection

@@ -123,6 +123,19 @@ class Settings(BaseSettings):
         description="How often the unused-key policy (revoke_unused_after_days) runs: every "
         "instance checks once a minute and one of them runs it per interval (a database "
         "lease); 0: never from serve (run `keyplane hygiene run` from cron instead)")
+    expiry_interval_seconds: float = Field(
+        default=900.0, ge=0, le=86400,
+        description="How often expiry reminders (key.expiring 14, 7 and 1 days ahead, "
+        "key.expired) are looked for: every instance checks once a minute and one of them "
+        "scans per interval; each reminder is sent once whatever runs it. 0: not from this "
+        "process")
+    denied_burst_limit: int = Field(
+        default=50, ge=0, le=10_000_000, description="key.denied_burst is sent when one key is "
+        "refused more than this many times within denied_burst_window_seconds (0: never)")
+    denied_burst_window_seconds: int = Field(default=300, ge=10, le=86400)
+    known_networks_per_key: int = Field(
+        default=20, ge=1, le=1000, description="Networks (IPv4 /24, IPv6 /64) remembered per "
+        "key; a valid use from another one sends key.used_from_new_ip")
     webhook_retention_days: int = Field(
         default=30, ge=2, le=3650, description="Finished deliveries (and their events) are "
         "kept this long for GET …/deliveries and redelivery")

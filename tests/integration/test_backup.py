@@ -69,6 +69,9 @@ class Source:
             hook = kp.webhooks.create(SYSTEM, self.a.id, {"url": "http://127.0.0.1:9/hook",
                                                           "events": ["key.*"]})
             self.webhook_secret = hook.secret
+            kp.automations.create(SYSTEM, self.a.id, {
+                "name": "new leads", "event": "contact.created",
+                "webhook_ids": [hook.webhook.id]})
             self.secrets = [self.a.management_key, self.b.management_key, self.old_secret,
                             self.new_secret, self.webhook_secret, self.a.admin_password]
         finally:
@@ -131,6 +134,8 @@ def test_a_restored_database_verifies_the_original_secrets_and_signs_members_in(
             "Acme", "Globex"}
         hooks = kp.webhooks.list(SYSTEM, source.a.id, limit=10, cursor=None).items
         assert [h.url for h in hooks] == ["http://127.0.0.1:9/hook"]
+        rules = kp.automations.list(SYSTEM, source.a.id, limit=10, cursor=None).items
+        assert [(a.name, a.webhook_ids) for a in rules] == [("new leads", [hooks[0].id])]
     finally:
         kp.close()
 

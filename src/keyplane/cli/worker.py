@@ -16,9 +16,11 @@ from keyplane.cli.main import app
 def worker(
     migrate: Annotated[bool, typer.Option(help="Upgrade the schema first")] = True,
 ) -> None:
-    """Deliver webhooks until stopped (SIGTERM or Ctrl-C finishes the attempts under way).
+    """Deliver webhooks and send expiry reminders until stopped (SIGTERM or Ctrl-C finishes
+    the attempts under way).
 
-    Run as many as you like, on as many hosts: each delivery is claimed by one of them."""
+    Run as many as you like, on as many hosts: each delivery is claimed by one of them, and
+    each expiry reminder is sent once."""
     from keyplane.bootstrap import build
     from keyplane.config import Settings
     from keyplane.logs import configure_logging
@@ -34,6 +36,8 @@ def worker(
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         kp.deliveries.start()
+        if settings.expiry_interval_seconds > 0:
+            kp.expiry.start()
         print(f"Keyplane webhook worker {kp.deliveries.owner} running", flush=True)
         stop.wait()
     finally:

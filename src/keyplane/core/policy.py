@@ -233,6 +233,17 @@ class ScopeCheck:
 CHECKS = (StateCheck(), ExpiryCheck(), TlsCheck(), IpCheck(), ScopeCheck())
 
 
+def standing(snapshot: Snapshot, now: datetime) -> Decision:
+    """Whether the credential itself is live (not revoked, locked, disabled or expired),
+    whatever request it would make: the state and expiry checks alone."""
+    request = Request(now=now)
+    for check in CHECKS[:2]:
+        denial = check(snapshot, request)
+        if denial is not None:
+            return denial
+    return ALLOWED
+
+
 def decide(snapshot: Snapshot, request: Request) -> Decision:
     for check in CHECKS:
         denial = check(snapshot, request)

@@ -239,7 +239,7 @@ class EventSink(Protocol):
     """Writes an event to the outbox in the caller's transaction."""
 
     def emit(self, uow: UnitOfWork, event_type: str, tenant_id: str,
-             subject: dict[str, Any], actor: str) -> None: ...
+             subject: dict[str, Any], actor: str) -> str | None: ...
 
 
 # -- backup (services/backup.py) ----------------------------------------------------------------

@@ -23,7 +23,8 @@ from keyplane.core.errors import ValidationError
 #: Every event type a webhook can subscribe to; ``prefix.*`` and ``*`` patterns match these.
 EVENT_TYPES: frozenset[str] = frozenset({
     "key.created", "key.updated", "key.rotated", "key.locked", "key.unlocked", "key.revoked",
-    "key.unused_warning",
+    "key.unused_warning", "key.expiring", "key.expired", "key.used_from_new_ip",
+    "key.denied_burst",
     "member.created", "member.updated", "member.deleted",
     "service_account.created", "service_account.updated", "service_account.deleted",
     "connection.authorized", "connection.revoked",

@@ -24,6 +24,13 @@ log = logging.getLogger("keyplane.usage")
 # transaction, e.g. connected apps' last use and request counts
 UsageSink = Callable[[UnitOfWork, dict[str, datetime], Counter[tuple[str, str]]], None]
 
+# (addresses each key was used from since the last flush, request counts by (id, outcome)),
+# after the counts are written: what is learnt from uses, e.g. a key used from a new network
+# (services/signals.py); a watcher opens its own transaction when it has something to write
+UsageWatcher = Callable[[dict[str, dict[Any, datetime]], Counter[tuple[str, str]]], None]
+MAX_ADDRESS_KEYS = 50_000  # keys whose addresses are kept between flushes (bounded memory)
+MAX_ADDRESSES_PER_KEY = 32
+
 HOUR = timedelta(hours=1)
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
 
@@ -47,6 +54,8 @@ class UsageRecorder:
         self.interval = interval
         self.store = store
         self._last_used: dict[str, datetime] = {}
+        self._addresses: dict[str, dict[Any, datetime]] = {}  # key id -> address -> first use
+        self._last_ip: dict[str, Any] = {}  # key id -> the address of its last use
         self._counts: Counts = Counter()  # earlier hours
         # the hour being counted, by (key id, outcome): no datetime is hashed per request
         self._current: dict[tuple[str, str], int] = {}
@@ -56,9 +65,13 @@ class UsageRecorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.sinks: list[UsageSink] = []
+        self.watchers: list[UsageWatcher] = []
 
-    def record(self, key_id: str, at: datetime, outcome: str, count: int = 1) -> None:
-        # two dict updates; the lock keeps flush consistent
+    def record(self, key_id: str, at: datetime, outcome: str, count: int = 1,
+               ip: Any = None) -> None:
+        """Counts a use; ``ip`` (an address object), when known, is the address a valid use
+        came from: a few distinct addresses per key are kept until the next flush."""
+        # two dict updates (three with an address); the lock keeps flush consistent
         with self._lock:
             if not self._hour <= at < self._hour_end:
                 self._fold()
@@ -66,6 +79,16 @@ class UsageRecorder:
                 self._hour_end = self._hour + HOUR
             if outcome == "VALID":
                 self._last_used[key_id] = at
+                # an address object hashes slowly (in Python): a repeat of the key's last
+                # address (the same memoised object) costs one lookup
+                if ip is not None and self._last_ip.get(key_id) is not ip:
+                    self._last_ip[key_id] = ip
+                    seen = self._addresses.get(key_id)
+                    if seen is None and len(self._addresses) < MAX_ADDRESS_KEYS:
+                        seen = self._addresses[key_id] = {}
+                    if seen is not None and ip not in seen and (
+                            len(seen) < MAX_ADDRESSES_PER_KEY):
+                        seen[ip] = at
             current, k = self._current, (key_id, outcome)
             current[k] = current.get(k, 0) + count
 
@@ -83,26 +106,30 @@ class UsageRecorder:
 
     def flush(self) -> int:
         """Writes what was recorded since the last flush in one transaction; on failure puts
-        it back to be written by the next flush. Returns the number of requests written."""
+        it back to be written by the next flush. Returns the number of requests written.
+        Watchers then run in a transaction of their own: what they learn (new addresses,
+        refusal bursts) never holds up the counts, and a watcher's failure is logged and
+        loses only its own view of this batch."""
         with self._flush_lock:
             with self._lock:
                 self._fold()
                 last_used, self._last_used = self._last_used, {}
                 counts, self._counts = self._counts, Counter()
+                addresses, self._addresses = self._addresses, {}
+                self._last_ip = {}
             if not last_used and not counts:
                 return 0
+            by_outcome: Counter[tuple[str, str]] = Counter()
+            for (key_id, _hour, outcome), n in counts.items():
+                by_outcome[(key_id, outcome)] += n
             try:
                 uow: UnitOfWork
                 with self.ctx.uow() as uow:
                     uow.keys.touch(last_used)
                     if self.store is not None:
                         self.store.add(uow, counts)
-                    if self.sinks:
-                        by_outcome: Counter[tuple[str, str]] = Counter()
-                        for (key_id, _hour, outcome), n in counts.items():
-                            by_outcome[(key_id, outcome)] += n
-                        for sink in self.sinks:
-                            sink(uow, last_used, by_outcome)
+                    for sink in self.sinks:
+                        sink(uow, last_used, by_outcome)
                     uow.commit()
             except Exception:
                 log.exception("usage flush failed; will retry")
@@ -111,7 +138,16 @@ class UsageRecorder:
                         if k not in self._last_used or self._last_used[k] < at:
                             self._last_used[k] = at
                     self._counts.update(counts)
+                    for k, seen in addresses.items():
+                        mine = self._addresses.setdefault(k, {})
+                        for address, at in seen.items():
+                            mine.setdefault(address, at)
                 return 0
+            for watcher in self.watchers:
+                try:
+                    watcher(addresses, by_outcome)
+                except Exception:
+                    log.exception("usage watcher failed; this batch's signals are skipped")
             return sum(counts.values())
 
     def start(self) -> None:

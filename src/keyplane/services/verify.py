@@ -21,7 +21,15 @@ from keyplane.cache.local import MISSING, VerificationCache
 from keyplane.core import scopes as sc
 from keyplane.core import tokens
 from keyplane.core.decisions import Code, Decision, Denied
-from keyplane.core.policy import Address, Network, Request, Snapshot, decide, parse_networks
+from keyplane.core.policy import (
+    Address,
+    Network,
+    Request,
+    Snapshot,
+    decide,
+    parse_networks,
+    standing,
+)
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import principal_rights, reaches_no_data
 from keyplane.services.context import Context
@@ -148,7 +156,7 @@ class Verifier:
         if remembered is not None:
             now = self.ctx.clock.now()
             if remembered.expires_at is None or now < remembered.expires_at:
-                self.usage.record(remembered.key_id, now, remembered.outcome)
+                self.usage.record(remembered.key_id, now, remembered.outcome, ip=ip)
                 self.cache_hits += 1
                 return remembered.verdict
         generation = cache.generation  # before the snapshot is read
@@ -177,7 +185,7 @@ class Verifier:
             if denial is not None:
                 decision = denial
         outcome = _OUTCOMES[decision.code]
-        self.usage.record(snapshot.key_id, now, outcome)
+        self.usage.record(snapshot.key_id, now, outcome, ip=ip)
         verdict = Verdict(decision, snapshot, limits)
         expires_at = snapshot.expires_at
         # a verdict that moves a counter is never repeated; one given after the expiry would
@@ -187,6 +195,20 @@ class Verifier:
                            Remembered(verdict, snapshot.key_id, outcome, expires_at),
                            generation, (key,))
         return verdict
+
+    def identify(self, raw: str) -> Verdict:
+        """Whose credential this is and whether it is live (not revoked, locked or expired),
+        without counting a use or a rate limit: for reports about calls already verified."""
+        prefix = tokens.prefix_of(raw, self.loaders)
+        if prefix is None:
+            return Verdict(MALFORMED)
+        key = cache_key(raw)
+        snapshot = self.cache.get(key)
+        if snapshot is None:
+            snapshot = self._fill(raw, key, prefix)
+        if snapshot is MISSING or not isinstance(snapshot, Snapshot):
+            return Verdict(NOT_FOUND)
+        return Verdict(standing(snapshot, self.ctx.clock.now()), snapshot)
 
     def _fill(self, raw: str, key: bytes, prefix: str) -> Snapshot | type[MISSING]:
         generation = self.cache.generation

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -60,19 +60,34 @@ class Outbox:
         self.listeners: list[Callable[[], None]] = []
 
     def emit(self, uow: UnitOfWork, event_type: str, tenant_id: str,
-             subject: dict[str, Any], actor: str) -> None:
+             subject: dict[str, Any], actor: str) -> str | None:
+        """Queues a catalogue event for every enabled endpoint subscribed to it; returns the
+        event id (``None``: nobody subscribed, nothing written)."""
         if event_type not in EVENT_TYPES:
-            return
-        repo = self.repos(uow)
-        targets = [w for w in repo.subscribers(tenant_id) if subscribed(w.events, event_type)]
+            return None
+        targets = [w for w in self.repos(uow).subscribers(tenant_id)
+                   if subscribed(w.events, event_type)]
+        return self._write(uow, event_type, tenant_id,
+                           {"tenant_id": tenant_id, "object": subject, "actor": actor}, targets)
+
+    def emit_to(self, uow: UnitOfWork, event_type: str, tenant_id: str, data: dict[str, Any],
+                webhook_ids: Iterable[str]) -> tuple[str | None, list[str]]:
+        """Queues an event for these endpoints of the tenant (enabled ones; others' ids and
+        deleted ones are skipped), whatever they subscribe to: automations name their
+        webhooks. Returns the event id and the webhooks it was queued for."""
+        wanted = set(webhook_ids)
+        targets = [w for w in self.repos(uow).subscribers(tenant_id) if w.id in wanted]
+        return self._write(uow, event_type, tenant_id, data, targets), [w.id for w in targets]
+
+    def _write(self, uow: UnitOfWork, event_type: str, tenant_id: str, data: dict[str, Any],
+               targets: list[Webhook]) -> str | None:
         if not targets:
-            return
+            return None
+        repo = self.repos(uow)
         now = self.clock.now()
         event_id = ids.new_id("msg")
-        payload = json.dumps(
-            {"type": event_type, "id": event_id, "timestamp": ts(now),
-             "data": {"tenant_id": tenant_id, "object": subject, "actor": actor}},
-            separators=(",", ":"), default=str)
+        payload = json.dumps({"type": event_type, "id": event_id, "timestamp": ts(now),
+                              "data": data}, separators=(",", ":"), default=str)
         repo.add_event(event_id, tenant_id, event_type, payload, now)
         for w in targets:
             repo.add_delivery(Delivery(
@@ -80,6 +95,7 @@ class Outbox:
                 event_type=event_type, status=DeliveryStatus.PENDING, attempts=0,
                 created_at=now, next_attempt_at=now, deadline=now + self.policy.window))
         uow.after_commit(self.notify)
+        return event_id
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """``listener`` is called after every commit that queued deliveries (this process)."""

@@ -24,6 +24,7 @@ from keyplane.web import (
     refusals,
     routes_admin,
     routes_changes,
+    routes_events,
     routes_keys,
     routes_leaks,
     routes_metrics,
@@ -106,6 +107,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(routes_leaks.router)
     app.include_router(routes_shares.router)
     app.include_router(routes_webhooks.router)
+    app.include_router(routes_events.router)
     app.include_router(routes_metrics.router)
     from keyplane.web import routes_apps, routes_oauth, routes_session  # connected apps
 

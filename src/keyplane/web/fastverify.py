@@ -64,6 +64,7 @@ class RememberedAnswer(NamedTuple):
     caller_ip: Address | None
     subject: Address | None  # whose guesses /v1/verify counts: ``ip``, else the caller's
     code: str  # the answer's code, for /metrics
+    ip: Address | None  # the end user's address the body named (where the key was used)
 
 
 class VerifyFastPath:
@@ -142,8 +143,8 @@ class VerifyFastPath:
                 or throttle.retry_after(VERIFY_FAILURES, found.subject) is not None):
             return None
         record = kp.usage.record
-        record(found.caller_key_id, now, _OUTCOME_VALID)
-        record(found.key_id, now, found.outcome)
+        record(found.caller_key_id, now, _OUTCOME_VALID, ip=found.caller_ip)
+        record(found.key_id, now, found.outcome, ip=found.ip)
         kp.verifier.cache_hits += 2  # both credentials, answered from the cache
         self.metrics.verified(found.code)
         return found.body
@@ -202,7 +203,7 @@ class VerifyFastPath:
                 cache = kp.verifier.cache
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
-                    verdict.decision.code.value, expires_at, caller_ip, subject, code),
+                    verdict.decision.code.value, expires_at, caller_ip, subject, code, ip),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 

@@ -25,6 +25,7 @@ from keyplane.core.ports import BackupRepo, UnitOfWork
 from keyplane.storage.sql import oauth_tables as o
 from keyplane.storage.sql import tables as t
 from keyplane.storage.sql.account_tables import accounts
+from keyplane.storage.sql.events import automations
 from keyplane.storage.sql.usage import key_usage
 from keyplane.storage.sql.webhook_tables import webhooks
 
@@ -43,6 +44,7 @@ TABLES: dict[str, sa.Table] = {
     "oauth_connections": o.oauth_connections,
     "oauth_tokens": o.oauth_tokens,
     "webhooks": webhooks,
+    "automations": automations,
     "audit_events": t.audit_events,
 }
 BATCH = 500
@@ -72,6 +74,7 @@ def _tenant_filter(section: str, tenant_id: str) -> sa.ColumnElement[bool] | Non
         "oauth_connections": o.oauth_connections.c.tenant_id == tenant_id,
         "oauth_tokens": o.oauth_tokens.c.connection_id.in_(conns),
         "webhooks": webhooks.c.tenant_id == tenant_id,
+        "automations": automations.c.tenant_id == tenant_id,
         "audit_events": t.audit_events.c.tenant_id == tenant_id,
     }
     return filters[section]
