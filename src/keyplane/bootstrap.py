@@ -201,6 +201,7 @@ def build(
         backup=BackupService(ctx, backup_repo),
     )
     kp.hygiene.before_run.append(usage.flush)  # this process's uses count before deciding
+    kp.hygiene.after_run.append(kp.audit.prune)  # each tenant's audit retention, same lease
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
     kp.leaks.connections = apps.connections  # leaked OAuth tokens end their connection
     return kp

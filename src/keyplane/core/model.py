@@ -37,6 +37,7 @@ class TenantPolicy:
     require_tls_default: bool = True
     leaked_key_action: LeakAction = LeakAction.REVOKE
     revoke_unused_after_days: int | None = None  # None: unused keys are never revoked
+    audit_retention_days: int | None = None  # None: audit entries are kept forever
 
 
 @dataclass
@@ -162,6 +163,13 @@ class AuditEvent:
     ip: str | None = None
     request_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    credential: str | None = None  # what the actor acted through: "key:<id>", "session:<id>"...
+    user_agent: str | None = None
+    changes: dict[str, Any] | None = None  # {"before": {...}, "after": {...}}, never secrets
+    # the tenant's hash chain (core/audit_chain.py), set by the store when the entry is added
+    seq: int | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
 
 
 @dataclass

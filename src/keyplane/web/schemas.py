@@ -203,6 +203,11 @@ class Policy(Body):
         default=None, description="Keys not used for this many days (never-used keys: "
         "since creation) are revoked with reason `unused`, after a `key.unused_warning` "
         "to their owner up to 7 days before; null (the default) turns it off")
+    audit_retention_days: Annotated[int, Field(json_schema_extra={
+        "minimum": 1, "maximum": 36500})] | None = Field(
+        default=None, description="Audit entries older than this many days are deleted by "
+        "the hygiene job or `keyplane audit prune`; the tenant's hash chain keeps a checkpoint "
+        "so the rest still verifies. null (the default) keeps them forever")
 
 
 class TenantCreate(Body):
@@ -300,6 +305,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
             "require_tls_default": p.require_tls_default,
             "leaked_key_action": p.leaked_key_action.value,
             "revoke_unused_after_days": p.revoke_unused_after_days,
+            "audit_retention_days": p.audit_retention_days,
         },
     }
 
@@ -324,5 +330,7 @@ def share_out(s: Share, now: datetime) -> dict[str, Any]:
 
 def audit_out(a: AuditEvent) -> dict[str, Any]:
     return {"id": a.id, "object": "audit_event", "at": ts(a.at), "tenant_id": a.tenant_id,
-            "actor": a.actor, "action": a.action, "target": a.target, "outcome": a.outcome,
-            "ip": a.ip, "request_id": a.request_id, "details": a.details}
+            "actor": a.actor, "credential": a.credential, "action": a.action,
+            "target": a.target, "outcome": a.outcome, "ip": a.ip, "user_agent": a.user_agent,
+            "request_id": a.request_id, "details": a.details, "changes": a.changes,
+            "seq": a.seq, "prev_hash": a.prev_hash, "hash": a.hash}

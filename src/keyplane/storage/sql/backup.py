@@ -40,6 +40,7 @@ TABLES: dict[str, sa.Table] = {
     "oauth_tokens": o.oauth_tokens,
     "webhooks": webhooks,
     "audit_events": t.audit_events,
+    "audit_chains": t.audit_chains,  # the chain heads: a restored log still verifies
 }
 BATCH = 500
 
@@ -68,6 +69,7 @@ def _tenant_filter(section: str, tenant_id: str) -> sa.ColumnElement[bool] | Non
         "oauth_tokens": o.oauth_tokens.c.connection_id.in_(conns),
         "webhooks": webhooks.c.tenant_id == tenant_id,
         "audit_events": t.audit_events.c.tenant_id == tenant_id,
+        "audit_chains": t.audit_chains.c.chain == tenant_id,
     }
     return filters[section]
 
