@@ -364,3 +364,51 @@ def test_retention_prunes_and_the_rest_still_verifies(
     done = cli.run("audit", "verify", "--tenant", tenant.id)
     assert done.returncode == 1 and "missing" in done.stderr
     assert cli.run("audit", "prune", "--json").returncode == 0
+
+
+# -- the migration -----------------------------------------------------------------------------
+
+def test_the_migration_chains_the_entries_written_before_it(
+        database: tuple[str, str | None], tmp_path: Path, clock: SettableClock) -> None:
+    """0009_audit_chain numbers and hashes existing rows per tenant; new entries continue the
+    chain, and the whole log verifies."""
+    from keyplane.bootstrap import build
+    from keyplane.storage.sql import migrate
+    from keyplane.storage.sql.engine import make_engine
+    from tests.conftest import make_settings
+
+    url, schema = database
+    engine = make_engine(url, schema=schema)
+    try:
+        migrate.upgrade(engine, "0008_hygiene")
+        with engine.begin() as conn:
+            for i, (tenant_id, at) in enumerate([
+                    ("ten_a", "2026-01-01 00:00:00.123456"), ("ten_b", "2026-01-01 00:00:01"),
+                    ("ten_a", "2026-01-02 00:00:00"), (None, "2026-01-03 00:00:00"),
+                    ("ten_a", "2026-01-04 00:00:00")]):
+                conn.execute(sa.text(
+                    "INSERT INTO audit_events (id, at, tenant_id, actor, action, target, "
+                    "outcome, ip, request_id, details) VALUES (:id, :at, :t, 'system', "
+                    "'key.created', 'key_x', 'success', '192.0.2.1', NULL, :d)"),
+                    {"id": f"evt_0000000{i}", "at": at, "t": tenant_id,
+                     "d": json.dumps({"n": i, "name": "✓"})})
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT tenant_id, seq FROM audit_events ORDER BY id")
+                                ).all()
+        assert [tuple(r) for r in rows] == [("ten_a", 1), ("ten_b", 1), ("ten_a", 2),
+                                            (None, 1), ("ten_a", 3)]
+    finally:
+        engine.dispose()
+    kp = build(make_settings(tmp_path, url), clock=clock, schema=schema, migrate_db=True)
+    try:
+        result = kp.audit.verify(None)
+        assert result.ok, [b.describe() for b in result.breaks]
+        assert sorted(c.entries for c in result.chains) == [1, 1, 3]
+        with kp.ctx.uow() as uow:  # the next entry continues ten_a's chain
+            kp.ctx.audit(uow, SYSTEM, "tenant.updated", "ten_a", tenant_id="ten_a")
+            uow.commit()
+        result = kp.audit.verify("ten_a")
+        assert result.ok and result.chains[0].head_seq == 4
+    finally:
+        kp.close()
