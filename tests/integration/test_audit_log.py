@@ -24,9 +24,11 @@ from authlib.integrations.httpx_client import OAuth2Client
 from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, auth
+from tests.integration.console_support import form_token
 from tests.integration.oauth_support import (
     Partner,
     approved_app,
+    csrf,
     exchange,
     get_code,
     sign_in,
@@ -111,9 +113,12 @@ def test_console_and_signin_record_the_session(server: RunningServer, tenant: Te
                                                http: httpx2.Client) -> None:
     with httpx2.Client(base_url=server.url, timeout=10, headers={"User-Agent": AGENT}) as b:
         assert sign_in(b, tenant.admin_email, tenant.admin_password).status_code == 303
+        token = form_token(b, "/keys/new")
+        r = b.post("/keys", data={"csrf_token": token, "name": "Console key",
+                                  "expires_in_days": "9", "require_tls": "on"})
+        assert r.status_code == 200, r.text
         page = b.get("/audit")
-        assert page.status_code == 200
-        from tests.integration.oauth_support import csrf
+        assert page.status_code == 200 and AGENT[:20] in page.text  # the console shows it
         r = b.post("/signout", data={"csrf_token": csrf(page.text)})
         assert r.status_code == 303
     signed_in = one(http, tenant.management_key, action="session.signed_in")
@@ -122,6 +127,11 @@ def test_console_and_signin_record_the_session(server: RunningServer, tenant: Te
     out = one(http, tenant.management_key, action="session.signed_out")
     assert out["credential"] == f"session:{signed_in['target']}"
     assert out["user_agent"] == AGENT and out["ip"] == "127.0.0.1"
+    made = [e for e in entries(http, tenant.management_key, action="key.created")["items"]
+            if e["changes"]["after"]["name"] == "Console key"]
+    assert len(made) == 1 and made[0]["credential"] == f"session:{signed_in['target']}"
+    assert made[0]["actor"] == f"principal:{tenant.admin_id}"
+    assert made[0]["user_agent"] == AGENT
 
 
 def test_cli_changes_record_the_cli(cli: Cli, keyplane: Keyplane, tenant: Tenant,
