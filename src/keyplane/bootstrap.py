@@ -227,6 +227,7 @@ def build(
         burst_limit=settings.denied_burst_limit,
         burst_window=timedelta(seconds=settings.denied_burst_window_seconds)))
     kp.hygiene.before_run.append(usage.flush)  # this process's uses count before deciding
+    kp.hygiene.after_run.append(kp.audit.prune)  # each tenant's audit retention, same lease
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys
     kp.leaks.connections = apps.connections  # leaked OAuth tokens end their connection
     return kp

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from keyplane.cli.actor import CLI
 from keyplane.cli.main import JsonOpt, _keyplane, app, handled
 from keyplane.cli.output import console, emit_json, fields, table
-from keyplane.core.rights import SYSTEM
 
 apps_app = typer.Typer(help="Partner apps (OAuth clients): approve, reject, suspend.",
                        no_args_is_help=True)
@@ -45,7 +45,7 @@ def list_apps(status: StatusOpt = None, limit: int = 200, json_out: JsonOpt = Fa
 
     kp = _keyplane()
     try:
-        page = connected(kp).apps.list(SYSTEM, None, status=status, limit=limit)
+        page = connected(kp).apps.list(CLI, None, status=status, limit=limit)
     finally:
         kp.close()
     items = [_out(a) for a in page.items]
@@ -65,7 +65,7 @@ def show(app_id: str, json_out: JsonOpt = False) -> None:
 
     kp = _keyplane()
     try:
-        out = _out(connected(kp).apps.get(SYSTEM, None, app_id))
+        out = _out(connected(kp).apps.get(CLI, None, app_id))
     finally:
         kp.close()
     _show(out, json_out, "app")
@@ -76,7 +76,7 @@ def _decide(app_id: str, action: str, reason: str | None, json_out: bool) -> Non
 
     kp = _keyplane()
     try:
-        found, secret = connected(kp).apps.decide(SYSTEM, app_id, action, reason)
+        found, secret = connected(kp).apps.decide(CLI, app_id, action, reason)
     finally:
         kp.close()
     _show(_out(found, secret), json_out, f"app {found.status.value}")
@@ -114,7 +114,7 @@ def rotate_secret(app_id: str, grace_period_seconds: Annotated[int, typer.Option
     kp = _keyplane()
     try:
         issued = connected(kp).apps.rotate_secret(
-            SYSTEM, None, app_id, {"grace_period_seconds": grace_period_seconds})
+            CLI, None, app_id, {"grace_period_seconds": grace_period_seconds})
     finally:
         kp.close()
     _show(_out(issued.app, issued.secret), json_out, "client secret rotated")

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
+from keyplane.cli.actor import CLI
 from keyplane.cli.main import JsonOpt, _keyplane, app, handled, keys_app
 from keyplane.cli.output import console, emit_json, table
 from keyplane.core import hygiene as hy
-from keyplane.core.rights import SYSTEM
 from keyplane.services.hygiene import PolicyRun, flagged_view
 
 hygiene_app = typer.Typer(help="Key hygiene: the unused-key policy.", no_args_is_help=True)
@@ -64,7 +64,7 @@ def report(
         cursor = None
         thresholds = hy.Thresholds(unused_days, expiring_days)
         while True:
-            page = kp.hygiene.report(SYSTEM, tenant, thresholds=thresholds, reason=reason,
+            page = kp.hygiene.report(CLI, tenant, thresholds=thresholds, reason=reason,
                                      limit=200, cursor=cursor)
             items.extend(flagged_view(i) for i in page.items)
             cursor = page.next_cursor

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import typer
 
+from keyplane.cli.actor import CLI
 from keyplane.cli.main import JsonOpt, _keyplane, handled, keys_app
 from keyplane.cli.output import console, emit_json, fail, fields, secret_notice, table
 from keyplane.core import sealed
-from keyplane.core.rights import SYSTEM
 from keyplane.services.leaks import LeakReport
 from keyplane.web.schemas import key_out, ts
 
@@ -38,7 +38,7 @@ def _share(kp: Any, tenant: str | None, operator: bool, secret: str, expires_in:
            note: str) -> dict[str, Any]:
     """Seal ``secret`` locally and store only the ciphertext; the link carries the key."""
     box = sealed.seal(secret)
-    share = kp.shares.create(SYSTEM, tenant, {"ciphertext": box.ciphertext,
+    share = kp.shares.create(CLI, tenant, {"ciphertext": box.ciphertext,
                                               "expires_in_seconds": expires_in,
                                               "note": note}, operator=operator)
     return {"id": share.id, "url": f"{kp.settings.base_url}/s/{share.id}#{box.key}",
@@ -94,15 +94,15 @@ def create(
     kp = _keyplane()
     try:
         if tid is not None and owner is None:
-            kp.tenants.get(SYSTEM, tid)  # an unknown tenant says so, not "no admin"
-            admins = [p for p in kp.principals.list(SYSTEM, tid, kind=None, limit=200,
+            kp.tenants.get(CLI, tid)  # an unknown tenant says so, not "no admin"
+            admins = [p for p in kp.principals.list(CLI, tid, kind=None, limit=200,
                                                      cursor=None).items
                       if p.role.value == "admin" and p.enabled]
             if not admins:
                 fail("--owner is required: the tenant has no enabled admin to own the key",
                      code=2)
             body["owner_id"] = admins[-1].id  # the oldest admin
-        issued = kp.keys.create(SYSTEM, tid, body, operator=operator)
+        issued = kp.keys.create(CLI, tid, body, operator=operator)
         link = (_share(kp, tid, operator, issued.secret, share_expires_in,
                        f"key {issued.key.name}") if share else None)
     finally:
@@ -119,7 +119,7 @@ def list_keys(tenant: TenantOpt = None, operator: OperatorOpt = False,
     """List keys (never their secrets)."""
     tid = _target(tenant, operator)
     kp = _keyplane()
-    page = kp.keys.list(SYSTEM, tid, owner_id=owner, q=q, limit=limit, operator=operator)
+    page = kp.keys.list(CLI, tid, owner_id=owner, q=q, limit=limit, operator=operator)
     kp.close()
     items = [key_out(k) for k in page.items]
     if json_out:
@@ -137,7 +137,7 @@ def show(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
     """Show one key."""
     tid = _target(tenant, operator)
     kp = _keyplane()
-    out = key_out(kp.keys.get(SYSTEM, tid, key_id, operator=operator))
+    out = key_out(kp.keys.get(CLI, tid, key_id, operator=operator))
     kp.close()
     emit_json(out) if json_out else fields("key", out)
 
@@ -153,7 +153,7 @@ def rotate(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
     tid = _target(tenant, operator)
     kp = _keyplane()
     try:
-        issued = kp.keys.rotate(SYSTEM, tid, key_id,
+        issued = kp.keys.rotate(CLI, tid, key_id,
                                 {"grace_period_seconds": grace_period_seconds},
                                 operator=operator)
         link = (_share(kp, tid, operator, issued.secret, share_expires_in,
@@ -170,7 +170,7 @@ def revoke(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
     """Revoke a key: immediate and irreversible."""
     tid = _target(tenant, operator)
     kp = _keyplane()
-    kp.keys.revoke(SYSTEM, tid, key_id, operator=operator)
+    kp.keys.revoke(CLI, tid, key_id, operator=operator)
     kp.close()
     emit_json({"id": key_id, "revoked": True}) if json_out else print(f"revoked {key_id}")
 
@@ -184,7 +184,7 @@ def duplicate(key_id: str, name: Annotated[str | None, typer.Option()] = None,
     tid = _target(tenant, operator)
     body = {"name": name} if name else {}
     kp = _keyplane()
-    issued = kp.keys.duplicate(SYSTEM, tid, key_id, body, operator=operator)
+    issued = kp.keys.duplicate(CLI, tid, key_id, body, operator=operator)
     kp.close()
     _show_issued(key_out(issued.key, issued.secret), json_out, "key duplicated")
 
@@ -206,7 +206,7 @@ def edit(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
     if enabled is not None:
         body["enabled"] = enabled
     kp = _keyplane()
-    out = key_out(kp.keys.update(SYSTEM, tid, key_id, body, operator=operator))
+    out = key_out(kp.keys.update(CLI, tid, key_id, body, operator=operator))
     kp.close()
     emit_json(out) if json_out else fields("key", out)
 
@@ -233,7 +233,7 @@ def report_leak(
         fail("no secret given", code=2)
     kp = _keyplane()
     try:
-        actor = replace(SYSTEM, name="cli:report-leak")
+        actor = replace(CLI, name="cli:report-leak")
         [outcome] = kp.leaks.handle(actor, [LeakReport(token=raw, type="manual", url=url,
                                                        source=source)])
     finally:

@@ -14,10 +14,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
+from keyplane.cli.actor import CLI
 from keyplane.cli.output import console, emit_json, fail, fields, table
 from keyplane.core.errors import KeyplaneError
 from keyplane.core.model import PrincipalKind
-from keyplane.core.rights import SYSTEM
 
 app = typer.Typer(help="Keyplane: API keys and connected apps for your product's API.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -169,7 +169,7 @@ def tenants_create(name: str, json_out: JsonOpt = False) -> None:
     from keyplane.web.schemas import tenant_out
 
     kp = _keyplane()
-    out = tenant_out(kp.tenants.create(SYSTEM, {"name": name}))
+    out = tenant_out(kp.tenants.create(CLI, {"name": name}))
     kp.close()
     emit_json(out) if json_out else fields("tenant", out)
 
@@ -181,7 +181,7 @@ def tenants_list(json_out: JsonOpt = False, limit: int = 200) -> None:
     from keyplane.web.schemas import tenant_out
 
     kp = _keyplane()
-    items = [tenant_out(t) for t in kp.tenants.list(SYSTEM, limit=limit, cursor=None).items]
+    items = [tenant_out(t) for t in kp.tenants.list(CLI, limit=limit, cursor=None).items]
     kp.close()
     if json_out:
         emit_json({"items": items})
@@ -212,7 +212,7 @@ def users_create(
     if password_stdin:
         body["password"] = sys.stdin.readline().rstrip("\r\n")
     kp = _keyplane()
-    out = principal_out(kp.principals.create(SYSTEM, tenant, PrincipalKind.MEMBER, body))
+    out = principal_out(kp.principals.create(CLI, tenant, PrincipalKind.MEMBER, body))
     kp.close()
     emit_json(out) if json_out else fields("member", out)
 
@@ -229,7 +229,7 @@ def users_set_password(
 
     password = sys.stdin.readline().rstrip("\r\n")
     kp = _keyplane()
-    out = principal_out(kp.principals.set_password(SYSTEM, tenant, email, password))
+    out = principal_out(kp.principals.set_password(CLI, tenant, email, password))
     kp.close()
     emit_json(out) if json_out else fields("member", out)
 
@@ -248,7 +248,7 @@ def sa_create(
 
     kp = _keyplane()
     made = kp.principals.create(
-        SYSTEM, tenant, PrincipalKind.SERVICE_ACCOUNT,
+        CLI, tenant, PrincipalKind.SERVICE_ACCOUNT,
         {"name": name, "role": role, "group_ids": list(group or [])},
     )
     out = principal_out(made)
@@ -264,6 +264,7 @@ def sa_create(
 
 from keyplane.cli import accounts as _accounts  # noqa: E402,F401  (operators, partners)
 from keyplane.cli import apps as _apps  # noqa: E402,F401  (registers the apps commands)
+from keyplane.cli import audit as _audit  # noqa: E402,F401  (keyplane audit ...)
 from keyplane.cli import backup as _backup  # noqa: E402,F401  (registers export/restore)
 from keyplane.cli import bench as _bench  # noqa: E402,F401  (registers keyplane bench)
 from keyplane.cli import hygiene as _hygiene  # noqa: E402,F401  (keys report, hygiene run)

@@ -39,6 +39,7 @@ class TenantPolicy:
     revoke_unused_after_days: int | None = None  # None: unused keys are never revoked
     # an API user (service account) in no data-access group holds no data scopes
     api_users_need_group: bool = True
+    audit_retention_days: int | None = None  # None: audit entries are kept forever
 
 
 @dataclass
@@ -164,6 +165,13 @@ class AuditEvent:
     ip: str | None = None
     request_id: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    credential: str | None = None  # what the actor acted through: "key:<id>", "session:<id>"...
+    user_agent: str | None = None
+    changes: dict[str, Any] | None = None  # {"before": {...}, "after": {...}}, never secrets
+    # the tenant's hash chain (core/audit_chain.py), set by the store when the entry is added
+    seq: int | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
 
 
 @dataclass

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Protocol
 
+from keyplane.core.audit_chain import ChainHead
 from keyplane.core.model import (
     ApiKey,
     AuditEvent,
@@ -117,10 +118,19 @@ class ScopeRepo(Protocol):
 
 
 class AuditRepo(Protocol):
+    """The hash-chained audit log (core/audit_chain.py): ``add`` numbers and seals an entry
+    under its chain head's lock, in the caller's transaction."""
+
     def add(self, event: AuditEvent) -> None: ...
     def page(
-        self, tenant_id: str | None, *, action: str | None, limit: int, cursor: str | None
+        self, tenant_id: str | None, *, action: str | None, limit: int, cursor: str | None,
+        actor: str | None = None, target: str | None = None, since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Page: ...
+    def heads(self, tenant_id: str | None = None, *, every: bool = False) -> list[ChainHead]: ...
+    def chain(self, head: ChainHead, *, after: int, limit: int) -> list[AuditEvent]: ...
+    def retention(self) -> list[tuple[str, int]]: ...
+    def prune(self, tenant_id: str, before: datetime, now: datetime) -> int: ...
 
 
 class ChangeRepo(Protocol):

@@ -100,6 +100,9 @@ class Caller:
     request_id: str | None = None
     name: str | None = None  # an actor with no key or principal, e.g. "secret-scanning"
     account_id: str | None = None  # operator staff or a partner developer (core.accounts)
+    user_agent: str | None = None  # the client's User-Agent, recorded in the audit log
+    session_id: str | None = None  # the console session a person acts through
+    via: str | None = None  # the credential when it is none of the above, e.g. "cli"
 
     @property
     def is_operator(self) -> bool:
@@ -116,6 +119,23 @@ class Caller:
             return f"key:{self.key_id}"
         if self.principal_id is not None:
             return f"principal:{self.principal_id}"
+        return "system"
+
+    @property
+    def credential(self) -> str:
+        """The credential this caller acted through, as the audit log records it: ``key:<id>``,
+        ``oauth_token:<id>``, ``oauth_client:<app id>``, ``session:<id>``, ``cli`` or
+        ``system``. Never a secret: ids only."""
+        if self.via is not None:
+            return self.via
+        if self.kind is CredentialKind.ACCESS_TOKEN and self.key_id is not None:
+            return f"oauth_token:{self.key_id}"
+        if self.key_id is not None:
+            return f"key:{self.key_id}"
+        if self.session_id is not None:
+            return f"session:{self.session_id}"
+        if self.kind is CredentialKind.SESSION:
+            return "password"  # signing in: no session yet
         return "system"
 
     def holds(self, permission: str) -> bool:

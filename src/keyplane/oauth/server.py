@@ -292,17 +292,20 @@ class _TokenEndpointMixin:
 
 class Revocation(_TokenEndpointMixin, RevocationEndpoint):  # type: ignore[misc]
     def revoke_token(self, token: Token, request: OAuth2Request) -> None:
+        """The app revokes one of its tokens; the audit log records it as the app's act."""
         srv = self.server
         st = token.state
+        app = srv.app_caller(request.client)
         if st.token.kind is TokenKind.REFRESH:
             # the grant ends: its access tokens go too (RFC 7009 §2.1)
-            if st.connection.revoked_at is None:
-                srv.revoke_connection(st.connection.id, "refresh token revoked by the app")
+            c = srv.repos.connections.get(st.connection.id, for_update=True)
+            if c is not None and c.revoked_at is None:
+                srv.env.connections.revoke_in(srv.uow, srv.repos, c, app,
+                                              reason="refresh token revoked by the app")
             return
         if st.token.revoked_at is None:
-            st.token.revoked_at = srv.ctx.clock.now()
-            srv.repos.tokens.update(st.token)
-            srv.ctx.changed(srv.uow, "connection", st.connection.id)
+            srv.env.connections.revoke_token_in(srv.uow, srv.repos, st.token, st.connection,
+                                                app)
 
 
 class Introspection(_TokenEndpointMixin, IntrospectionEndpoint):  # type: ignore[misc]
@@ -344,10 +347,14 @@ class AppActor(Caller):
 class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
     def __init__(self, env: ConnectedApps, ctx: Context, uow: UnitOfWork,
                  repos: ConnectedRepos, ip: str | None = None,
-                 request_id: str | None = None) -> None:
+                 request_id: str | None = None, *, user_agent: str | None = None,
+                 session_id: str | None = None) -> None:
         super().__init__()
         self.env, self.ctx, self.uow, self.repos = env, ctx, uow, repos
         self.ip, self.request_id = ip, request_id
+        # what the audit log records of the client: its User-Agent, the admin's session
+        self.user_agent = user_agent[:200] if user_agent else None
+        self.session_id = session_id
         self._clients: dict[str, Client | None] = {}
         self.register_token_generator("default", self._generate)
         self.register_grant(CodeGrant, [S256Only(required=True)])
@@ -470,23 +477,27 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
     def member_caller(self, member: Member) -> Caller:
         return Caller(kind=CredentialKind.SESSION, scopes=frozenset(),
                       tenant_id=member.tenant.id, principal_id=member.principal.id,
-                      ip=self.ip, request_id=self.request_id)
+                      ip=self.ip, request_id=self.request_id, user_agent=self.user_agent,
+                      session_id=self.session_id)
 
     def app_caller(self, client: Client) -> Caller:
         return AppActor(kind=CredentialKind.ACCESS_TOKEN, scopes=frozenset(),
-                        key_id=client.app.id, ip=self.ip, request_id=self.request_id)
+                        key_id=client.app.id, ip=self.ip, request_id=self.request_id,
+                        user_agent=self.user_agent, via=f"oauth_client:{client.client_id}")
 
     def system_caller(self) -> Caller:
         return Caller(kind=CredentialKind.OPERATOR_KEY, scopes=frozenset(), ip=self.ip,
-                      request_id=self.request_id)
+                      request_id=self.request_id, user_agent=self.user_agent)
 
 
 def run(env: ConnectedApps, ctx: Context, repos_for: Callable[[UnitOfWork], ConnectedRepos],
         action: Callable[[AuthorizationServer], Result], *, ip: str | None,
-        request_id: str | None) -> Result:
+        request_id: str | None, user_agent: str | None = None,
+        session_id: str | None = None) -> Result:
     """Run one Authlib call inside one transaction and commit it (see the module docstring)."""
     with ctx.uow() as uow:
-        server = AuthorizationServer(env, ctx, uow, repos_for(uow), ip, request_id)
+        server = AuthorizationServer(env, ctx, uow, repos_for(uow), ip, request_id,
+                                     user_agent=user_agent, session_id=session_id)
         result = action(server)
         uow.commit()
     return result

@@ -313,6 +313,7 @@ class AccountService:
         if account.kind is AccountKind.OPERATOR:
             return Caller(kind=CredentialKind.OPERATOR_SESSION,
                           scopes=frozenset({"platform:write"}), account_id=account.id, ip=ip,
-                          request_id=request_id)
+                          request_id=request_id, session_id=signed_in.session.id)
         return Caller(kind=CredentialKind.DEVELOPER_SESSION, scopes=frozenset(),
-                      account_id=account.id, ip=ip, request_id=request_id)
+                      account_id=account.id, ip=ip, request_id=request_id,
+                      session_id=signed_in.session.id)

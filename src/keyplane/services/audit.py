@@ -1,12 +1,108 @@
 """The audit log: a tenant sees its own events, the operator sees every tenant's; refused
-management calls are recorded here too, aggregated (``services/refusals.py``)."""
+management calls are recorded here too, aggregated (``services/refusals.py``).
+
+Entries are hash-chained per tenant (``core/audit_chain.py``): :meth:`AuditService.verify`
+walks the chains and says where one was edited, cut or reordered; :meth:`AuditService.prune`
+applies each tenant's retention and leaves a checkpoint so the rest still verifies."""
 
 from __future__ import annotations
 
-from keyplane.core.model import Page
-from keyplane.core.rights import Caller
+import base64
+import binascii
+import builtins
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from keyplane.core.audit_chain import Break, ChainHead, verify
+from keyplane.core.errors import NotFound, ValidationError
+from keyplane.core.model import AuditEvent, Page
+from keyplane.core.rights import SYSTEM, Caller, CredentialKind
 from keyplane.services.context import Context
 from keyplane.services.refusals import RefusalRecorder
+
+BATCH = 500
+RETENTION = replace(SYSTEM, name="policy:audit_retention")
+_ACTION = re.compile(r"\A[a-z0-9_]+(\.[a-z0-9_]+){0,2}\Z")  # at most 60 characters
+_TOKEN = re.compile(r"\A[A-Za-z0-9_:.@\-]{1,80}\Z")
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What ``GET /v1/audit-events`` narrows the log to (each optional)."""
+
+    action: str | None = None
+    actor: str | None = None
+    target: str | None = None
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+
+@dataclass
+class ChainReport:
+    tenant_id: str | None
+    entries: int  # entries checked (after the pruning checkpoint)
+    head_seq: int
+    pruned_seq: int
+
+
+@dataclass
+class Verification:
+    chains: list[ChainReport] = field(default_factory=list)
+    breaks: list[Break] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.breaks
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _checked(flt: AuditFilter) -> AuditFilter:
+    if flt.action is not None and (len(flt.action) > 60 or not _ACTION.match(flt.action)):
+        raise ValidationError("action must be an action name such as key.created",
+                              field="action")
+    for name in ("actor", "target"):
+        value = getattr(flt, name)
+        if value is not None and not _TOKEN.match(value):
+            raise ValidationError(f"{name} must be 1 to 80 letters, digits or _:.@-",
+                                  field=name)
+    since, until = _utc(flt.since), _utc(flt.until)
+    if since is not None and until is not None and until <= since:
+        raise ValidationError("until must be later than since", field="until")
+    return AuditFilter(action=flt.action, actor=flt.actor, target=flt.target, since=since,
+                       until=until)
+
+
+# the cursor is opaque to clients: which listing it belongs to, and where it stopped
+def _encode_cursor(scope: str, raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    return base64.urlsafe_b64encode(f"{scope}:{raw}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(scope: str, cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    bad = ValidationError("cursor is not one this list returned (use next_cursor as given)",
+                          field="cursor")
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise bad from None
+    kind, _, raw = text.partition(":")
+    if kind != scope or not raw:
+        raise bad
+    if scope == "t" and not raw.isdigit():
+        raise bad
+    if scope == "a" and not _TOKEN.match(raw):
+        raise bad
+    return raw
 
 
 class AuditService:
@@ -20,13 +116,89 @@ class AuditService:
         counted now, written as an aggregated ``authz_fail`` event (no write on the request)."""
         self.refusals.refused(caller, route, status, code, target)
 
-    def list(self, caller: Caller, tenant_id: str | None, *, action: str | None, limit: int,
-             cursor: str | None) -> Page:
+    def list(self, caller: Caller, tenant_id: str | None, *, action: str | None = None,
+             limit: int, cursor: str | None, where: AuditFilter | None = None) -> Page:
+        """Newest first, filtered; ``next_cursor`` is opaque and stable while entries are
+        appended (a tenant's pages follow its chain's sequence numbers)."""
         if caller.is_operator and not tenant_id:
             caller.require("platform:read")
             tid = None
         else:
             tid = caller.tenant_for(tenant_id)
             caller.require("tenant:read")
+        flt = _checked(where or AuditFilter())
+        if action is not None:
+            flt = AuditFilter(action=action, actor=flt.actor, target=flt.target,
+                              since=flt.since, until=flt.until)
+            flt = _checked(flt)
+        scope = "t" if tid is not None else "a"
+        raw = _decode_cursor(scope, cursor)
         with self.ctx.uow(readonly=True) as uow:
-            return uow.audit.page(tid, action=action, limit=limit, cursor=cursor)
+            page = uow.audit.page(tid, action=flt.action, limit=limit, cursor=raw,
+                                  actor=flt.actor, target=flt.target, since=flt.since,
+                                  until=flt.until)
+        return Page(items=page.items, next_cursor=_encode_cursor(scope, page.next_cursor))
+
+    # -- the operator's tools (``keyplane audit ...``) -----------------------------------------
+
+    def _heads(self, tenant_id: str | None, every: bool) -> builtins.list[ChainHead]:
+        with self.ctx.uow(readonly=True) as uow:
+            if every:
+                return uow.audit.heads(every=True)
+            if tenant_id is not None and uow.tenants.get(tenant_id) is None:
+                heads = uow.audit.heads(tenant_id)
+                if not heads:
+                    raise NotFound("no such tenant")
+                return heads
+            return uow.audit.heads(tenant_id)
+
+    def entries(self, head: ChainHead) -> Iterator[AuditEvent]:
+        """One chain's entries in sequence order, read in batches."""
+        after = head.pruned_seq
+        while True:
+            with self.ctx.uow(readonly=True) as uow:
+                batch = uow.audit.chain(head, after=after, limit=BATCH)
+            yield from batch
+            if len(batch) < BATCH:
+                return
+            after = max(after, *(e.seq or 0 for e in batch))
+
+    def verify(self, tenant_id: str | None = None, *, every: bool = True) -> Verification:
+        """Walk every chain (or one tenant's; ``every=False`` with no tenant: the operator's)
+        and report each break: where (tenant, sequence, entry id) and what is wrong."""
+        result = Verification()
+        for head in self._heads(tenant_id, every and tenant_id is None):
+            count, breaks = verify(head, self.entries(head))
+            result.chains.append(ChainReport(tenant_id=None if head.chain == "-" else head.chain,
+                                             entries=count, head_seq=head.seq,
+                                             pruned_seq=head.pruned_seq))
+            result.breaks.extend(breaks)
+        return result
+
+    def export(self, tenant_id: str | None = None) -> Iterator[AuditEvent]:
+        """Every entry still kept, chain by chain, in sequence order (one tenant's or all)."""
+        for head in self._heads(tenant_id, tenant_id is None):
+            yield from self.entries(head)
+
+    def prune(self, tenant_id: str | None = None) -> dict[str, int]:
+        """Apply retention (``policy.audit_retention_days``): each tenant with one loses the
+        entries older than that; its chain keeps a checkpoint. Returns entries deleted per
+        tenant."""
+        now = self.ctx.clock.now()
+        deleted: dict[str, int] = {}
+        with self.ctx.uow(readonly=True) as uow:
+            policies = uow.audit.retention()
+        for tid, days in policies:
+            if tenant_id is not None and tid != tenant_id:
+                continue
+            with self.ctx.uow() as uow:
+                count = uow.audit.prune(tid, now - timedelta(days=days), now)
+                if count:
+                    head = uow.audit.heads(tid)[0]
+                    self.ctx.audit(uow, RETENTION, "audit.pruned", tid, tenant_id=tid,
+                                   deleted=count, checkpoint_seq=head.pruned_seq,
+                                   checkpoint_hash=head.pruned_hash, retention_days=days)
+                uow.commit()
+            if count:
+                deleted[tid] = count
+        return deleted

@@ -15,10 +15,11 @@ _FORBIDDEN = {Code.IP_NOT_ALLOWED, Code.TLS_REQUIRED}
 
 
 def authenticate(verifier: Verifier, raw: str | None, *, ip: Address | None, tls: bool,
-                 request_id: str | None = None) -> Caller:
+                 request_id: str | None = None, user_agent: str | None = None) -> Caller:
     if not raw:
         raise AuthenticationError("a bearer credential is required", code="unauthenticated")
-    return caller_from(verifier.verify(raw, ip=ip, tls=tls), ip=ip, request_id=request_id)
+    return caller_from(verifier.verify(raw, ip=ip, tls=tls), ip=ip, request_id=request_id,
+                       user_agent=user_agent)
 
 
 def rate_limited(verdict: Verdict) -> RateLimited:
@@ -32,7 +33,8 @@ def rate_limited(verdict: Verdict) -> RateLimited:
                        remaining=info.get("remaining", 0))
 
 
-def caller_from(verdict: Verdict, *, ip: Address | None, request_id: str | None) -> Caller:
+def caller_from(verdict: Verdict, *, ip: Address | None, request_id: str | None,
+                user_agent: str | None = None) -> Caller:
     """The caller a verdict stands for, or the error that refuses it."""
     snap = verdict.snapshot
     if not verdict.valid or snap is None:
@@ -51,4 +53,5 @@ def caller_from(verdict: Verdict, *, ip: Address | None, request_id: str | None)
         kind = CredentialKind.TENANT_KEY
     return Caller(kind=kind, scopes=snap.scopes, tenant_id=snap.tenant_id,
                   principal_id=snap.owner_id, key_id=snap.key_id,
-                  ip=str(ip) if ip else None, request_id=request_id)
+                  ip=str(ip) if ip else None, request_id=request_id,
+                  user_agent=user_agent[:200] if user_agent else None)

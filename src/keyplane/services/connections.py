@@ -126,6 +126,22 @@ class ConnectionService:
         self.ctx.changed(uow, "connection", c.id)
         return count
 
+    def revoke_token_in(self, uow: UnitOfWork, repos: ConnectedRepos, token: OAuthToken,
+                        c: Connection, caller: Caller) -> None:
+        """Revoke one access token (RFC 7009) inside the caller's transaction, audited as
+        ``connection.token_revoked``; the connection and its other tokens stay."""
+        token.revoked_at = self.ctx.clock.now()
+        repos.tokens.update(token)
+        self.ctx.audit(uow, caller, "connection.token_revoked", token.id, tenant_id=c.tenant_id,
+                       connection_id=c.id, app_id=c.app_id, token_kind=token.kind.value,
+                       subject={"id": token.id, "object": "oauth_token", "connection_id": c.id,
+                                "app_id": c.app_id, "kind": token.kind.value,
+                                "revoked_at": token.revoked_at.isoformat()},
+                       before={"id": token.id, "object": "oauth_token", "connection_id": c.id,
+                               "app_id": c.app_id, "kind": token.kind.value,
+                               "revoked_at": None})
+        self.ctx.changed(uow, "connection", c.id)
+
     # -- tokens ---------------------------------------------------------------------------------
 
     def new_token(self, kind: TokenKind, connection: Connection, scopes: list[str], now: datetime,

@@ -103,12 +103,15 @@ class Context:
         tenant_id: str | None,
         outcome: str = "success",
         subject: dict[str, Any] | None = None,
+        before: dict[str, Any] | None = None,
         **details: Any,
     ) -> None:
-        """Append an audit entry in this transaction; a successful change of a tenant's
-        objects is also written to the webhook outbox (same transaction) as the event named
-        ``action`` when that is an event type. ``subject`` is the object as the API shows it
-        (default: its id and ``details``); never a secret."""
+        """Append an audit entry in this transaction (hash-chained per tenant, see
+        core/audit_chain.py); a successful change of a tenant's objects is also written to the
+        webhook outbox (same transaction) as the event named ``action`` when that is an event
+        type. ``subject`` is the object as the API shows it (default: its id and ``details``);
+        never a secret. ``before`` is the object as it was: the entry records the fields that
+        changed, before and after (a new object: after only)."""
         # details are data, never secrets; json round-trip keeps them storable
         safe = json.loads(json.dumps(details, default=str))
         uow.audit.add(
@@ -123,8 +126,35 @@ class Context:
                 ip=caller.ip,
                 request_id=caller.request_id,
                 details=safe,
+                credential=caller.credential,
+                user_agent=caller.user_agent[:200] if caller.user_agent else None,
+                changes=changes_between(before, subject),
             )
         )
         if self.events is not None and outcome == "success" and tenant_id is not None:
             self.events.emit(uow, action, tenant_id, subject or {"id": target, **safe},
                              caller.actor)
+
+
+#: fields never copied into an entry's before/after, whatever an object holds
+SECRET_FIELDS = frozenset({"secret", "secret_hash", "password", "password_hash", "digest",
+                           "ciphertext", "token", "client_secret", "signing_secret"})
+
+
+def _storable(obj: dict[str, Any]) -> dict[str, Any]:
+    clean = {k: v for k, v in obj.items() if k not in SECRET_FIELDS}
+    out: dict[str, Any] = json.loads(json.dumps(clean, default=str))
+    return out
+
+
+def changes_between(before: dict[str, Any] | None,
+                    after: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What an audit entry records as changed: the differing fields, before and after (a new
+    object: ``after`` only; nothing when neither is known). Secret fields never appear."""
+    if before is None and after is None:
+        return None
+    if before is None:
+        return {"after": _storable(after or {})}
+    old, new = _storable(before), _storable(after or {})
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+    return {"before": {k: old.get(k) for k in keys}, "after": {k: new.get(k) for k in keys}}

@@ -65,6 +65,7 @@ class HygieneService:
         self.interval = interval
         self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
         self.before_run: list[Callable[[], object]] = []  # e.g. flush this process's usage
+        self.after_run: list[Callable[[], object]] = []  # e.g. the audit log's retention
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -143,6 +144,11 @@ class HygieneService:
         if done.warned or done.revoked:
             log.info("unused-key policy: %d warned, %d revoked", len(done.warned),
                      len(done.revoked))
+        for hook in self.after_run:
+            try:
+                hook()
+            except Exception:  # a later job's failure never undoes this run
+                log.exception("hygiene job %s failed", getattr(hook, "__name__", hook))
         return done
 
     def _apply(self, tenant_id: str, key_id: str) -> hy.Step:

@@ -244,6 +244,7 @@ class KeyService:
         with self.ctx.uow() as uow:
             key = self._load(uow, caller, tid, key_id, for_update=True)
             self._check_version(key, if_match)
+            before = key_view(self._with_grace(uow, key))
             if not lock_only:
                 self._require_control(caller, key, "unlock" if body.get("enabled") else "edit")
             if "name" in body:
@@ -275,7 +276,7 @@ class KeyService:
                 action = "key.unlocked" if key.enabled else "key.locked"
             key = self._with_grace(uow, key)
             self.ctx.audit(uow, caller, action, key.id, tenant_id=tid, fields=sorted(body),
-                           subject=key_view(key))
+                           subject=key_view(key), before=before)
             self.ctx.changed(uow, "key", key.id)
             uow.commit()
         return key
@@ -294,12 +295,13 @@ class KeyService:
         """Revokes a key the caller loaded for update in ``uow`` (audit, ``key.revoked`` event,
         caches told); the caller commits."""
         now = self.ctx.clock.now()
+        before = key_view(key)
         key.revoked_at = now
         key.updated_at = now
         key.enabled = False
         uow.keys.update(key)
         self.ctx.audit(uow, caller, "key.revoked", key.id, tenant_id=key.tenant_id,
-                       reason=reason, subject=key_view(key), **details)
+                       reason=reason, subject=key_view(key), before=before, **details)
         self.ctx.changed(uow, "key", key.id)
 
     def rotate(self, caller: Caller, tenant_id: str | None, key_id: str, body: dict[str, Any],
@@ -332,6 +334,7 @@ class KeyService:
                     "waited; read the key again and rotate it if you still mean to (send "
                     "If-Match with its ETag)", code="concurrent_change")
             self._require_control(caller, key, "rotate")
+            before = key_view(self._with_grace(uow, key))
             now = self.ctx.clock.now()
             deadline = now + timedelta(seconds=grace)
             if key.expires_at is not None:
@@ -351,7 +354,7 @@ class KeyService:
             uow.keys.update(key)
             key = self._with_grace(uow, key)
             self.ctx.audit(uow, caller, "key.rotated", key.id, tenant_id=tid,
-                           grace_period_seconds=grace, subject=key_view(key))
+                           grace_period_seconds=grace, subject=key_view(key), before=before)
             self.ctx.changed(uow, "key", key.id)
             uow.commit()
         return IssuedKey(key=key, secret=raw)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from keyplane.core import ids
@@ -232,6 +232,7 @@ class PrincipalService:
                 fields=sorted(set(body) - {"password"}),
                 **details,
                 subject=principal_view(principal),
+                before=principal_view(before),
             )
             self.ctx.changed(uow, "principal", principal.id)
             uow.commit()
@@ -350,6 +351,7 @@ class GroupService:
             group = uow.groups.get(tid, group_id)
             if group is None:
                 raise NotFound("no such group")
+            before = asdict(group)
             if "name" in body:
                 group.name = v.text(body["name"], "name", max_len=v.MAX_NAME)
             if "description" in body:
@@ -360,7 +362,8 @@ class GroupService:
                 group.scopes = self._scopes(body["scopes"])
             uow.groups.update(group)
             self.ctx.audit(
-                uow, caller, "group.updated", group.id, tenant_id=tid, fields=sorted(body)
+                uow, caller, "group.updated", group.id, tenant_id=tid, fields=sorted(body),
+                subject=asdict(group), before=before,
             )
             self.ctx.changed(uow, "tenant", tid)
             uow.commit()

@@ -130,7 +130,7 @@ class SessionService:
         self.lifetime = lifetime
 
     def sign_in(self, email: Any, password: Any, *, ip: str | None,
-                request_id: str | None = None,
+                request_id: str | None = None, user_agent: str | None = None,
                 binding: str = "") -> tuple[str, SignedIn] | ChooseWorkspace:
         """A new session for a member, or an error that does not say which part was wrong.
 
@@ -166,11 +166,11 @@ class SessionService:
         if not members:
             verify_password(password, None)  # the same cost with or without an account
         if not matched:
-            self._failed(address, members, ip=ip, request_id=request_id)
+            self._failed(address, members, ip=ip, request_id=request_id, user_agent=user_agent)
         self.throttle.succeeded(address)
         if len(matched) == 1:
             return self._open(matched[0], tenants[matched[0].tenant_id], ip=ip,
-                              request_id=request_id)
+                              request_id=request_id, user_agent=user_agent)
         expires = int(self.ctx.clock.now().timestamp()) + CHOICE_SECONDS
         refs = ",".join(f"{m.tenant_id}:{m.id}" for m in matched)
         token = f"{expires}.{refs}.{self._choice_mac(binding, expires, refs, matched)}"
@@ -179,7 +179,8 @@ class SessionService:
                       role=m.role.value.replace("_", " ")) for m in matched])
 
     def choose(self, token: Any, principal_id: Any, *, binding: str, ip: str | None,
-               request_id: str | None = None) -> tuple[str, SignedIn]:
+               request_id: str | None = None,
+               user_agent: str | None = None) -> tuple[str, SignedIn]:
         """Redeem a :class:`ChooseWorkspace` token for a session as one of its members."""
         expired = AuthenticationError("this sign-in has expired; please sign in again",
                                       code="choice_expired")
@@ -203,7 +204,7 @@ class SessionService:
             raise expired
         if not chosen.can_sign_in or tenant is None or not tenant.enabled:
             raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
-        return self._open(chosen, tenant, ip=ip, request_id=request_id)
+        return self._open(chosen, tenant, ip=ip, request_id=request_id, user_agent=user_agent)
 
     def _choice_mac(self, binding: str, expires: int, refs: str,
                     members: list[Principal]) -> str:
@@ -211,10 +212,10 @@ class SessionService:
         return self.ctx.hasher.digest(f"workspace:{binding}:{expires}:{refs}:{hashes}")
 
     def _failed(self, address: str, members: list[Principal], *, ip: str | None,
-                request_id: str | None) -> NoReturn:
+                request_id: str | None, user_agent: str | None = None) -> NoReturn:
         self.throttle.failed(address, ip)
         anonymous = Caller(kind=CredentialKind.SESSION, scopes=frozenset(), ip=ip,
-                           request_id=request_id)
+                           request_id=request_id, user_agent=_agent(user_agent))
         with self.ctx.uow() as uow:
             targets: list[tuple[str, str | None]] = [(m.id, m.tenant_id) for m in members]
             for target, tenant_id in targets or [("unknown", None)]:  # each tenant: its member
@@ -224,7 +225,7 @@ class SessionService:
         raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
 
     def _open(self, principal: Principal, tenant: Tenant, *, ip: str | None,
-              request_id: str | None) -> tuple[str, SignedIn]:
+              request_id: str | None, user_agent: str | None = None) -> tuple[str, SignedIn]:
         raw = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
         now = self.ctx.clock.now()
         session = WebSession(id=ids.new_id("ses"), digest=self.ctx.hasher.digest(raw),
@@ -233,7 +234,7 @@ class SessionService:
                              expires_at=now + self.lifetime, ip=ip)
         actor = Caller(kind=CredentialKind.SESSION, scopes=frozenset(),
                        tenant_id=principal.tenant_id, principal_id=principal.id, ip=ip,
-                       request_id=request_id)
+                       request_id=request_id, user_agent=_agent(user_agent))
         with self.ctx.uow() as uow:
             self.repos(uow).sessions.add(session)
             self.ctx.audit(uow, actor, "session.signed_in", session.id,
@@ -262,23 +263,26 @@ class SessionService:
             return None
         return SignedIn(session=session, principal=principal, tenant=tenant)
 
-    def sign_out(self, signed_in: SignedIn, *, ip: str | None = None) -> None:
+    def sign_out(self, signed_in: SignedIn, *, ip: str | None = None,
+                 user_agent: str | None = None) -> None:
         with self.ctx.uow() as uow:
             session = signed_in.session
             session.revoked_at = self.ctx.clock.now()
             self.repos(uow).sessions.update(session)
-            self.ctx.audit(uow, self.caller(signed_in, ip=ip), "session.signed_out", session.id,
+            self.ctx.audit(uow, self.caller(signed_in, ip=ip, user_agent=user_agent),
+                           "session.signed_out", session.id,
                            tenant_id=session.tenant_id)
             uow.commit()
 
     def caller(self, signed_in: SignedIn, *, ip: str | None = None,
-               request_id: str | None = None) -> Caller:
+               request_id: str | None = None, user_agent: str | None = None) -> Caller:
         """The member as a management caller (credential kind ``session``)."""
         p = signed_in.principal
         with self.ctx.uow(readonly=True) as uow:
             rights = principal_rights(p, uow.groups.get_many(p.group_ids), self.ctx.catalogue())
         return Caller(kind=CredentialKind.SESSION, scopes=rights, tenant_id=p.tenant_id,
-                      principal_id=p.id, ip=ip, request_id=request_id)
+                      principal_id=p.id, ip=ip, request_id=request_id,
+                      user_agent=_agent(user_agent), session_id=signed_in.session.id)
 
     # -- CSRF ----------------------------------------------------------------------------------
 
@@ -291,6 +295,11 @@ class SessionService:
         if not binding or not isinstance(presented, str) or not presented:
             return False
         return hmac.compare_digest(self.csrf_token(binding), presented)
+
+
+def _agent(user_agent: str | None) -> str | None:
+    """The User-Agent as the audit log keeps it (the first 200 characters)."""
+    return user_agent[:200] if user_agent else None
 
 
 def new_binding() -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Any
 
 from keyplane.core import hygiene as hy
@@ -15,7 +17,9 @@ from keyplane.services.context import Context
 MAX_DAYS = v.MAX_DAYS
 POLICY_FIELDS = ("default_expiry_days", "max_expiry_days", "allow_non_expiring", "allowed_ips",
                  "require_tls_default", "leaked_key_action", "revoke_unused_after_days",
-                 "api_users_need_group")
+                 "api_users_need_group", "audit_retention_days")
+MIN_AUDIT_RETENTION_DAYS = 1
+MAX_AUDIT_RETENTION_DAYS = 36500
 
 
 def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
@@ -55,9 +59,19 @@ def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
         policy.revoke_unused_after_days = None if value is None else v.integer(
             value, field("revoke_unused_after_days"), minimum=hy.MIN_REVOKE_UNUSED_DAYS,
             maximum=hy.MAX_REVOKE_UNUSED_DAYS)
+    if "audit_retention_days" in body:
+        value = body["audit_retention_days"]
+        policy.audit_retention_days = None if value is None else v.integer(
+            value, field("audit_retention_days"), minimum=MIN_AUDIT_RETENTION_DAYS,
+            maximum=MAX_AUDIT_RETENTION_DAYS)
     if policy.max_expiry_days is not None and policy.default_expiry_days > policy.max_expiry_days:
         raise ValidationError(f"{field('default_expiry_days')} must not exceed "
                               "max_expiry_days", field=field("default_expiry_days"))
+
+
+def _view(tenant: Tenant) -> dict[str, Any]:
+    """The tenant as its audit entries record it (a copy: later edits do not reach it)."""
+    return json.loads(json.dumps(asdict(tenant), default=str))  # type: ignore[no-any-return]
 
 
 class TenantService:
@@ -107,6 +121,7 @@ class TenantService:
             tenant = uow.tenants.get(tid)
             if tenant is None:
                 raise NotFound("no such tenant")
+            before = _view(tenant)
             if "name" in body:
                 tenant.name = v.text(body["name"], "name", max_len=v.MAX_NAME)
             if "enabled" in body:
@@ -119,7 +134,7 @@ class TenantService:
                 _apply_policy(tenant.policy, pol)
             uow.tenants.update(tenant)
             self.ctx.audit(uow, caller, "tenant.updated", tid, tenant_id=tid,
-                           fields=sorted(body))
+                           fields=sorted(body), subject=_view(tenant), before=before)
             self.ctx.changed(uow, "tenant", tid)
             uow.commit()
         return tenant

@@ -22,7 +22,7 @@ from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.model import Page
 from keyplane.core.ports import Clock, Resolver, Sealer, UnitOfWork, WebhookRepos
 from keyplane.core.rights import Caller
-from keyplane.core.views import ts
+from keyplane.core.views import ts, webhook_view
 from keyplane.core.webhooks import (
     EVENT_TYPES,
     SECRET_PREFIX,
@@ -215,6 +215,7 @@ class WebhookService:
         url = self.check_target(body["url"]) if "url" in body else None
         with self.ctx.uow() as uow:
             w = self._load(uow, tid, webhook_id, for_update=True)
+            before = webhook_view(w)
             if url is not None:
                 w.url = url
             if "description" in body:
@@ -230,7 +231,7 @@ class WebhookService:
             w.updated_at = self.ctx.clock.now()
             self.repos(uow).update(w)
             self.ctx.audit(uow, caller, "webhook.updated", w.id, tenant_id=tid,
-                           fields=sorted(body))
+                           fields=sorted(body), subject=webhook_view(w), before=before)
             uow.commit()
         if w.enabled:
             self.outbox.notify()  # resumed deliveries are due now

@@ -60,7 +60,8 @@ async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)],
                                        request_id=request_id)
         if wait is not None:
             raise too_many_failures(wait, throttle.limit)
-    found = caller_from(verdict, ip=ip, request_id=request_id)
+    found = caller_from(verdict, ip=ip, request_id=request_id,
+                        user_agent=request.headers.get("user-agent"))
     request.scope["keyplane.caller"] = found  # a refusal is audited as this caller's
     return found
 

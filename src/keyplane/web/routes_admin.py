@@ -1,7 +1,8 @@
 """/v1 tenants, members, service accounts, groups, the scope catalogue and the audit log."""
 
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
@@ -9,6 +10,7 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core import scopes as sc
 from keyplane.core.errors import NotFound
 from keyplane.core.model import Principal, PrincipalKind
+from keyplane.services.audit import AuditFilter
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
 from keyplane.web.schemas import (
     GroupCreate,
@@ -174,9 +176,31 @@ def delete_scope(caller: CallerDep, kp: KeyplaneDep, name: str = ScopeName) -> R
 
 # -- audit --------------------------------------------------------------------------------
 
+AuditToken = Annotated[str | None, Query(max_length=80, pattern=r"^[A-Za-z0-9_:.@\-]+$")]
+
+
 @router.get("/v1/audit-events", tags=["audit"], summary="The audit log (newest first)")
-def list_audit(caller: CallerDep, kp: KeyplaneDep, tenant_id: TenantParam = None,
-               action: str | None = Query(default=None, max_length=60), limit: Limit = 50,
-               cursor: Cursor = None) -> dict[str, Any]:
-    page = kp.audit.list(caller, tenant_id, action=action, limit=limit, cursor=cursor)
+def list_audit(
+    caller: CallerDep, kp: KeyplaneDep, tenant_id: TenantParam = None,
+    action: Annotated[str | None, Query(
+        max_length=60, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+){0,2}$",
+        description="Only this action, e.g. `key.revoked`")] = None,
+    actor: Annotated[AuditToken, Query(
+        description="Only entries by this actor, e.g. `key:key_…`, `principal:usr_…`, "
+        "`app:app_…`, `cli:alice`")] = None,
+    target: Annotated[AuditToken, Query(
+        description="Only entries about this object id")] = None,
+    since: Annotated[datetime | None, Query(
+        description="Entries at or after this time (ISO 8601; UTC if no offset)")] = None,
+    until: Annotated[datetime | None, Query(
+        description="Entries before this time (ISO 8601); later than `since`")] = None,
+    limit: Limit = 50, cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Each entry names the actor and the credential it acted through, what changed (before
+    and after, never secrets), the time, source IP and user agent, and its place in the
+    tenant's hash chain (`seq`, `hash`). `next_cursor` is opaque and stays valid while new
+    entries are appended. A bad filter answers 4xx naming the field."""
+    page = kp.audit.list(caller, tenant_id, limit=limit, cursor=cursor,
+                         where=AuditFilter(action=action, actor=actor, target=target,
+                                           since=since, until=until))
     return page_out(page, audit_out)

@@ -141,7 +141,9 @@ def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
         return result
 
     try:
-        result = run(env, kp.ctx, connected_repos, decide, ip=ip, request_id=rid)
+        result = run(env, kp.ctx, connected_repos, decide, ip=ip, request_id=rid,
+                     user_agent=request.headers.get("user-agent"),
+                     session_id=signed_in.session.id)
     except OAuth2Error as err:  # the request changed under us (e.g. the app was suspended)
         return Page("error", {"error": err.error,
                               "description": err.get_error_description() or ""}, 400)
@@ -194,7 +196,8 @@ async def _endpoint(request: Request,
         return _slow_down(wait, kp.throttle.limit)
     result = await run_in_threadpool(
         run, pages.env_of(request), kp.ctx, connected_repos, lambda srv: action(srv, oreq),
-        ip=str(ip) if ip else None, request_id=request_id)
+        ip=str(ip) if ip else None, request_id=request_id,
+        user_agent=request.headers.get("user-agent"))
     response = authlib_response(result)
     response.headers.update(NO_STORE)
     if _guessing(response):

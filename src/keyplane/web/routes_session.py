@@ -83,7 +83,7 @@ async def signin(request: Request) -> Response:
         outcome = await run_in_threadpool(
             env.sessions.sign_in, values["email"], values["password"],
             ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"),
-            binding=binding)
+            user_agent=request.headers.get("user-agent"), binding=binding)
     except RateLimited as exc:
         return _signin_page(request, next_path=next_path, email=email, status=429,
                             error="Too many failed sign-ins. Wait a few minutes and try again.",
@@ -116,7 +116,8 @@ async def choose_workspace(request: Request) -> Response:
     try:
         raw, _who = await run_in_threadpool(
             env.sessions.choose, form.get("choice"), form.get("principal_id"), binding=binding,
-            ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"))
+            ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"),
+            user_agent=request.headers.get("user-agent"))
     except AuthenticationError as exc:
         return _signin_page(request, next_path=next_path, status=401,
                             error=_sentence(exc.message))
@@ -158,7 +159,8 @@ async def signout(request: Request) -> Response:
         return pages.render(request, "message.html", {
             "title": "This form has expired", "message": "Reload the page and try again."},
             status=400)
-    await run_in_threadpool(env.sessions.sign_out, signed_in, ip=pages.client_ip(request))
+    await run_in_threadpool(env.sessions.sign_out, signed_in, ip=pages.client_ip(request),
+                            user_agent=request.headers.get("user-agent"))
     response = RedirectResponse(target, status_code=303)
     pages.clear_cookie(request, response, pages.session_cookie(request))
     return response

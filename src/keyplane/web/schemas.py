@@ -207,6 +207,11 @@ class Policy(Body):
         default=None, description="An API user (service account) in no data-access group "
         "holds no data scopes: its keys verify as INSUFFICIENT_SCOPE (default true); false "
         "lets a group-less API user reach every data scope its role allows, as members do")
+    audit_retention_days: Annotated[int, Field(json_schema_extra={
+        "minimum": 1, "maximum": 36500})] | None = Field(
+        default=None, description="Audit entries older than this many days are deleted by "
+        "the hygiene job or `keyplane audit prune`; the tenant's hash chain keeps a checkpoint "
+        "so the rest still verifies. null (the default) keeps them forever")
 
 
 class TenantCreate(Body):
@@ -305,6 +310,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
             "leaked_key_action": p.leaked_key_action.value,
             "revoke_unused_after_days": p.revoke_unused_after_days,
             "api_users_need_group": p.api_users_need_group,
+            "audit_retention_days": p.audit_retention_days,
         },
     }
 
@@ -329,5 +335,7 @@ def share_out(s: Share, now: datetime) -> dict[str, Any]:
 
 def audit_out(a: AuditEvent) -> dict[str, Any]:
     return {"id": a.id, "object": "audit_event", "at": ts(a.at), "tenant_id": a.tenant_id,
-            "actor": a.actor, "action": a.action, "target": a.target, "outcome": a.outcome,
-            "ip": a.ip, "request_id": a.request_id, "details": a.details}
+            "actor": a.actor, "credential": a.credential, "action": a.action,
+            "target": a.target, "outcome": a.outcome, "ip": a.ip, "user_agent": a.user_agent,
+            "request_id": a.request_id, "details": a.details, "changes": a.changes,
+            "seq": a.seq, "prev_hash": a.prev_hash, "hash": a.hash}

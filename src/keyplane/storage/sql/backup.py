@@ -46,6 +46,7 @@ TABLES: dict[str, sa.Table] = {
     "webhooks": webhooks,
     "automations": automations,
     "audit_events": t.audit_events,
+    "audit_chains": t.audit_chains,  # the chain heads: a restored log still verifies
 }
 BATCH = 500
 
@@ -76,6 +77,7 @@ def _tenant_filter(section: str, tenant_id: str) -> sa.ColumnElement[bool] | Non
         "webhooks": webhooks.c.tenant_id == tenant_id,
         "automations": automations.c.tenant_id == tenant_id,
         "audit_events": t.audit_events.c.tenant_id == tenant_id,
+        "audit_chains": t.audit_chains.c.chain == tenant_id,
     }
     return filters[section]
 

@@ -32,8 +32,8 @@ from keyplane.core.ports import (
     UnitOfWork,
 )
 from keyplane.files import private_file
+from keyplane.storage.sql.audit import SqlAudit
 from keyplane.storage.sql.repositories import (
-    SqlAudit,
     SqlChanges,
     SqlGroups,
     SqlKeys,

@@ -11,7 +11,6 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from keyplane.core.model import (
     ApiKey,
-    AuditEvent,
     Group,
     KeyLeak,
     KeySecret,
@@ -55,6 +54,7 @@ class SqlTenants:
             leaked_key_action=p.leaked_key_action.value,
             revoke_unused_after_days=p.revoke_unused_after_days,
             api_users_need_group=p.api_users_need_group,
+            audit_retention_days=p.audit_retention_days,
         )
 
     @staticmethod
@@ -68,6 +68,7 @@ class SqlTenants:
                 leaked_key_action=LeakAction(r["leaked_key_action"]),
                 revoke_unused_after_days=r["revoke_unused_after_days"],
                 api_users_need_group=r["api_users_need_group"],
+                audit_retention_days=r["audit_retention_days"],
             ),
         )
 
@@ -392,37 +393,6 @@ class SqlScopes:
 
     def delete(self, name: str) -> None:
         self.conn.execute(t.scopes.delete().where(t.scopes.c.name == name))
-
-
-class SqlAudit:
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def add(self, event: AuditEvent) -> None:
-        self.conn.execute(t.audit_events.insert().values(
-            id=event.id, at=event.at, tenant_id=event.tenant_id, actor=event.actor,
-            action=event.action, target=event.target, outcome=event.outcome, ip=event.ip,
-            request_id=event.request_id, details=dict(event.details),
-        ))
-
-    @staticmethod
-    def _build(r: RowMapping) -> AuditEvent:
-        return AuditEvent(
-            id=r["id"], at=r["at"], tenant_id=r["tenant_id"], actor=r["actor"],
-            action=r["action"], target=r["target"], outcome=r["outcome"], ip=r["ip"],
-            request_id=r["request_id"], details=dict(r["details"]),
-        )
-
-    def page(self, tenant_id: str | None, *, action: str | None, limit: int,
-             cursor: str | None) -> Page:
-        a = t.audit_events.c
-        q = t.audit_events.select()
-        if tenant_id is not None:
-            q = q.where(a.tenant_id == tenant_id)
-        if action:
-            q = q.where(a.action == action)
-        q = _newest_first(q, a.id, cursor, limit)
-        return _page(list(self.conn.execute(q).mappings()), limit, self._build)
 
 
 class SqlChanges:

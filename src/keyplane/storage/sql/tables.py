@@ -59,6 +59,7 @@ tenants = sa.Table(
     sa.Column("revoke_unused_after_days", sa.Integer, nullable=True),  # 0008_hygiene
     sa.Column("api_users_need_group", sa.Boolean, nullable=False,
               server_default=sa.true()),  # 0009_proxies
+    sa.Column("audit_retention_days", sa.Integer, nullable=True),  # 0009_audit_chain
 )
 
 principals = sa.Table(
@@ -168,7 +169,29 @@ audit_events = sa.Table(
     sa.Column("ip", sa.String(64), nullable=True),
     sa.Column("request_id", sa.String(64), nullable=True),
     sa.Column("details", sa.JSON, nullable=False),
+    # 0009_audit_chain: the credential, the client, before/after, and the tenant's hash chain
+    sa.Column("credential", sa.String(80), nullable=True),
+    sa.Column("user_agent", sa.String(200), nullable=True),
+    sa.Column("changes", sa.JSON, nullable=True),
+    sa.Column("seq", sa.BigInteger, nullable=True),
+    sa.Column("prev_hash", sa.String(64), nullable=True),
+    sa.Column("hash", sa.String(64), nullable=True),
     sa.Index("ix_audit_events_tenant", "tenant_id", "id"),
+    sa.Index("ix_audit_events_chain", "tenant_id", "seq"),
+)
+
+# one row per audit chain (a tenant's id, or "-" for the operator's entries): the head that
+# appends lock (FOR UPDATE) so each tenant's entries are numbered one at a time, and the
+# checkpoint that pruning leaves so the rest still verifies (0009_audit_chain)
+audit_chains = sa.Table(
+    "audit_chains",
+    metadata,
+    sa.Column("chain", ID, primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("pruned_seq", sa.BigInteger, nullable=False),
+    sa.Column("pruned_hash", sa.String(64), nullable=False),
+    sa.Column("pruned_at", UTCDateTime, nullable=True),
 )
 
 changes = sa.Table(

@@ -116,7 +116,8 @@ def open_console(request: Request) -> Console | None:
         return None
     env = pages.env_of(request)
     caller = env.sessions.caller(signed_in, ip=pages.client_ip(request),
-                                 request_id=request.scope.get("keyplane.request_id"))
+                                 request_id=request.scope.get("keyplane.request_id"),
+                                 user_agent=request.headers.get("user-agent"))
     return Console(request=request, kp=pages.keyplane_of(request), raw_session=raw,
                    signed_in=signed_in, caller=caller)
 
