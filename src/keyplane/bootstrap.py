@@ -29,8 +29,10 @@ from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
 from keyplane.services.delivery import DeliveryWorker
 from keyplane.services.hygiene import HygieneService
+from keyplane.services.imports import ImportService
 from keyplane.services.keys import KeyService
 from keyplane.services.leaks import LeakService
+from keyplane.services.legacy import LegacyKeys
 from keyplane.services.principals import GroupService, PrincipalService
 from keyplane.services.refusals import RefusalRecorder
 from keyplane.services.scanning import ScanningKeys, source_from
@@ -44,6 +46,7 @@ from keyplane.storage.sql.backup import backup_repo
 from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine
 from keyplane.storage.sql.hygiene import hygiene_repo
+from keyplane.storage.sql.imports import SqlScopeUsageStore, imports_repo
 from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.storage.sql.safety import safety_repos
 from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
@@ -80,6 +83,7 @@ class Keyplane:
     sender: HttpSender
     hygiene: HygieneService  # the keys report and the unused-key policy's job
     backup: BackupService  # keyplane export / restore
+    imports: ImportService  # keyplane import (drf-api-key, csv, keyplane)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -147,11 +151,12 @@ def build(
                         allow_private=allow_private,
                         max_connections=max(20, settings.webhook_concurrency))
     usage_store = SqlUsageStore()
-    usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds, store=usage_store)
+    usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds, store=usage_store,
+                          scope_store=SqlScopeUsageStore())
     cache = VerificationCache(settings.cache_size, settings.cache_ttl_seconds,
                               answer_size=settings.verify_answer_cache_size)
     keys = KeyService(ctx)
-    verifier = Verifier(ctx, cache, usage)
+    verifier = Verifier(ctx, cache, usage, LegacyKeys(ctx, imports_repo))
     feed = ChangeFeed(SqlChangeSource(engine), ctx.bus, period=settings.change_poll_seconds)
     propagation = Propagation(
         ctx.bus, cache, feed, redis_url=settings.redis_url,
@@ -199,6 +204,7 @@ def build(
             ctx, hygiene_repo, keys,
             interval=timedelta(seconds=settings.hygiene_interval_seconds or 3600)),
         backup=BackupService(ctx, backup_repo),
+        imports=ImportService(ctx, imports_repo),
     )
     kp.hygiene.before_run.append(usage.flush)  # this process's uses count before deciding
     apps = install_connected_apps(kp)  # OAuth access tokens on the same verify path as keys

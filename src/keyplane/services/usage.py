@@ -25,6 +25,8 @@ log = logging.getLogger("keyplane.usage")
 UsageSink = Callable[[UnitOfWork, dict[str, datetime], Counter[tuple[str, str]]], None]
 
 HOUR = timedelta(hours=1)
+MAX_SCOPE_ENTRIES = 100_000  # (key, scope, day) counts held between flushes: bounded
+ScopeCounts = dict[tuple[str, str, datetime], int]  # (key id, scope, day) -> valid uses
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
 
 
@@ -36,16 +38,26 @@ class UsageStore(Protocol):
                end: datetime) -> list[tuple[datetime, str, int]]: ...
 
 
+class ScopeUsageStore(Protocol):
+    """Where per-scope daily counts go; ``add_scopes`` adds, never overwrites."""
+
+    def add_scopes(self, uow: UnitOfWork, counts: ScopeCounts) -> None: ...
+
+
 def hour_of(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
 class UsageRecorder:
     def __init__(self, ctx: Context, interval: float = 5.0,
-                 store: UsageStore | None = None) -> None:
+                 store: UsageStore | None = None,
+                 scope_store: ScopeUsageStore | None = None) -> None:
         self.ctx = ctx
         self.interval = interval
         self.store = store
+        self.scope_store = scope_store
+        self._scopes: ScopeCounts = {}
+        self.scopes_dropped = 0  # uses not counted per scope because the buffer was full
         self._last_used: dict[str, datetime] = {}
         self._counts: Counts = Counter()  # earlier hours
         # the hour being counted, by (key id, outcome): no datetime is hashed per request
@@ -69,6 +81,22 @@ class UsageRecorder:
             current, k = self._current, (key_id, outcome)
             current[k] = current.get(k, 0) + count
 
+    def record_scopes(self, key_id: str, at: datetime, scopes: frozenset[str]) -> None:
+        """A valid use that needed ``scopes`` (the hygiene report's "broader than used")."""
+        if self.scope_store is None:
+            return
+        day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        with self._lock:
+            counts = self._scopes
+            for scope in scopes:
+                k = (key_id, scope, day)
+                if k in counts:
+                    counts[k] += 1
+                elif len(counts) < MAX_SCOPE_ENTRIES:
+                    counts[k] = 1
+                else:
+                    self.scopes_dropped += 1
+
     def _fold(self) -> None:
         """Moves the current hour's counts into ``_counts``; the caller holds the lock."""
         hour, counts = self._hour, self._counts
@@ -79,7 +107,8 @@ class UsageRecorder:
     def pending(self) -> int:
         """Requests counted in memory and not yet flushed."""
         with self._lock:
-            return sum(self._counts.values()) + sum(self._current.values())
+            return (sum(self._counts.values()) + sum(self._current.values())
+                    + len(self._scopes))
 
     def flush(self) -> int:
         """Writes what was recorded since the last flush in one transaction; on failure puts
@@ -89,7 +118,8 @@ class UsageRecorder:
                 self._fold()
                 last_used, self._last_used = self._last_used, {}
                 counts, self._counts = self._counts, Counter()
-            if not last_used and not counts:
+                scopes, self._scopes = self._scopes, {}
+            if not last_used and not counts and not scopes:
                 return 0
             try:
                 uow: UnitOfWork
@@ -97,6 +127,8 @@ class UsageRecorder:
                     uow.keys.touch(last_used)
                     if self.store is not None:
                         self.store.add(uow, counts)
+                    if self.scope_store is not None and scopes:
+                        self.scope_store.add_scopes(uow, scopes)
                     if self.sinks:
                         by_outcome: Counter[tuple[str, str]] = Counter()
                         for (key_id, _hour, outcome), n in counts.items():
@@ -111,6 +143,8 @@ class UsageRecorder:
                         if k not in self._last_used or self._last_used[k] < at:
                             self._last_used[k] = at
                     self._counts.update(counts)
+                    for sk, n in scopes.items():
+                        self._scopes[sk] = self._scopes.get(sk, 0) + n
                 return 0
             return sum(counts.values())
 

@@ -64,6 +64,7 @@ class RememberedAnswer(NamedTuple):
     caller_ip: Address | None
     subject: Address | None  # whose guesses /v1/verify counts: ``ip``, else the caller's
     code: str  # the answer's code, for /metrics
+    scopes: frozenset[str]  # the scopes asked for: counted per scope when VALID
 
 
 class VerifyFastPath:
@@ -141,6 +142,8 @@ class VerifyFastPath:
         record = kp.usage.record
         record(found.caller_key_id, now, _OUTCOME_VALID)
         record(found.key_id, now, found.outcome)
+        if found.scopes and found.outcome == _OUTCOME_VALID:
+            kp.usage.record_scopes(found.key_id, now, found.scopes)
         kp.verifier.cache_hits += 2  # both credentials, answered from the cache
         self.metrics.verified(found.code)
         return found.body
@@ -178,8 +181,8 @@ class VerifyFastPath:
         if kp.throttle.retry_after(VERIFY_FAILURES, subject) is not None:
             return None
         key = key_in(body["key"])
-        verdict = kp.verifier.verify_cached(
-            key, required=frozenset(body.get("scopes", ())), ip=ip, tls=body.get("tls"))
+        required = frozenset(body.get("scopes", ()))
+        verdict = kp.verifier.verify_cached(key, required=required, ip=ip, tls=body.get("tls"))
         if verdict is None:
             return None
         verdict = at_location(as_seen_by(caller, verdict), body.get("tenant_id"))
@@ -199,7 +202,8 @@ class VerifyFastPath:
                 cache = kp.verifier.cache
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
-                    verdict.decision.code.value, expires_at, caller_ip, subject, code),
+                    verdict.decision.code.value, expires_at, caller_ip, subject, code,
+                    required),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 
