@@ -196,7 +196,7 @@ def test_csv_keys_are_hashed_on_import_refused_rows_say_why_and_a_rerun_imports_
     env = env_for(kp, database)
     args = ("csv", str(path), "--tenant", tenant.id, "--owner", tenant.admin_email)
 
-    code, dry = import_cli(env, *args, "--dry-run")
+    _code, dry = import_cli(env, *args, "--dry-run")
     assert dry["would_import"] == 2 and dry["imported"] == 0
     _code, out = import_cli(env, *args)
     by_name = {r["name"]: r for r in out["rows"]}
