@@ -80,7 +80,7 @@ def test_a_leaked_key_emails_its_owner_and_the_admins_never_the_secret(
 def test_the_unused_key_policy_warns_the_owner_by_email_before_revoking(
         served: tuple[object, object, Signer, Tenant], mail_server: MailServer,
         clock: SettableClock) -> None:
-    kp, http, _signer, tenant = served
+    kp, _http, _signer, tenant = served
     from keyplane.bootstrap import Keyplane
     assert isinstance(kp, Keyplane)
     kp.tenants.update(SYSTEM, tenant.id, {"policy": {"revoke_unused_after_days": 30}})
