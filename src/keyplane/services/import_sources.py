@@ -153,6 +153,7 @@ def keyplane_rows(lines: Iterable[str]) -> list[Candidate]:
     emails: dict[str, str] = {}
     keys: list[tuple[int, dict[str, Any]]] = []
     digests: dict[str, dict[str, Any]] = {}
+    origins: dict[str, dict[str, Any]] = {}
     first = True
     for number, text in enumerate(lines, 1):
         if not text.strip():
@@ -178,6 +179,8 @@ def keyplane_rows(lines: Iterable[str]) -> list[Candidate]:
             keys.append((number, row))
         elif section == "key_secrets" and row.get("expires_at") is None:
             digests[str(row.get("key_id"))] = row  # the current secret, not one in a grace
+        elif section == "key_imports":
+            origins[str(row.get("key_id"))] = row  # imported there: its format, legacy digest
     out = []
     for number, r in keys:
         key_id = str(r.get("id") or "")
@@ -192,6 +195,13 @@ def keyplane_rows(lines: Iterable[str]) -> list[Candidate]:
                         meta=dict(r.get("meta") or {}), prefix=str(r.get("prefix") or ""),
                         start=str(r.get("start") or ""))
         secret = digests.get(key_id)
+        origin = origins.get(key_id) or {}
+        row.foreign = bool(origin.get("foreign_format"))
+        if secret is None and origin.get("legacy_digest") and origin.get("legacy_lookup"):
+            # imported there from elsewhere and not used since: its legacy digest comes along
+            scheme, _, prefix = str(origin["legacy_lookup"]).partition(":")
+            row.legacy_scheme, row.lookup_prefix = scheme, prefix
+            row.legacy_digest = str(origin["legacy_digest"])
         try:
             row.created_at = _when(r.get("created_at"), "created_at")
             row.expires_at = _when(r.get("expires_at"), "expires_at")
@@ -204,9 +214,9 @@ def keyplane_rows(lines: Iterable[str]) -> list[Candidate]:
             row.refused = "an operator key (it belongs to no tenant)"
         elif r.get("revoked_at") is not None:
             row.refused = "revoked_at: the key is revoked in the source"
-        elif secret is None:
+        elif secret is None and row.legacy_digest is None:
             row.refused = "the export holds no current secret for this key"
-        elif row.refused is None:
+        elif row.refused is None and secret is not None:
             row.digest = str(secret.get("digest") or "")
             row.pepper_id = str(secret.get("pepper_id") or "")
         out.append(row)
