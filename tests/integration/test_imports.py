@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
+from keyplane.services.leaks import LeakReport
 from keyplane.storage.sql.imports import key_imports
 from keyplane.storage.sql.tables import api_keys, key_secrets
 from tests.conftest import Tenant, auth
@@ -234,6 +235,11 @@ def test_csv_keys_are_hashed_on_import_refused_rows_say_why_and_a_rerun_imports_
 
     _code, again = import_cli(env, *args)
     assert again["imported"] == 0 and again["present"] == 4  # the duplicate row too
+
+    # found in a chat log (keyplane keys report-leak): an imported foreign key is found too
+    [outcome] = kp.leaks.handle(SYSTEM, [LeakReport(token=foreign, type="manual")])
+    assert outcome.found and outcome.id == key.id and outcome.action == "revoked"
+    assert verify(http, verifier_key, foreign)["code"] == "REVOKED"
 
 
 def test_another_keyplanes_export_is_imported_by_digest(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from keyplane.core import legacy as lg
 from keyplane.core import tokens
 from keyplane.core.errors import Conflict, ValidationError
 from keyplane.core.model import ApiKey, KeyLeak, LeakAction, Role
@@ -120,11 +121,12 @@ class LeakService:
 
     def _one(self, uow: UnitOfWork, caller: Caller, report: LeakReport) -> LeakOutcome:
         parsed = tokens.parse(report.token)
-        if parsed is None:  # not our format or a bad checksum: no storage touched
-            return LeakOutcome(report, found=False)
+        if parsed is None and not lg.foreign_shape(report.token):
+            return LeakOutcome(report, found=False)  # no storage touched
+        # (a foreign-format string may be an imported key: looked up by its keyed digest)
         prefixes = getattr(self.connections, "prefixes", None)
-        if prefixes is not None and parsed.prefix in (prefixes.access_token,
-                                                      prefixes.refresh_token):
+        if parsed is not None and prefixes is not None and parsed.prefix in (
+                prefixes.access_token, prefixes.refresh_token):
             return self._token(uow, caller, report)
         for _pid, digest in self.ctx.hasher.candidates(report.token):
             secret = uow.keys.find_secret(digest)
