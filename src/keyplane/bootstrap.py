@@ -32,8 +32,10 @@ from keyplane.services.context import Context
 from keyplane.services.delivery import DeliveryWorker
 from keyplane.services.expiry import ExpiryReminders
 from keyplane.services.hygiene import HygieneService
+from keyplane.services.imports import ImportService
 from keyplane.services.keys import KeyService
 from keyplane.services.leaks import LeakService
+from keyplane.services.legacy import LegacyKeys
 from keyplane.services.principals import GroupService, PrincipalService
 from keyplane.services.refusals import RefusalRecorder
 from keyplane.services.scanning import ScanningKeys, source_from
@@ -49,6 +51,7 @@ from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine, watch
 from keyplane.storage.sql.events import events_repo
 from keyplane.storage.sql.hygiene import hygiene_repo
+from keyplane.storage.sql.imports import SqlScopeUsageStore, imports_repo
 from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.storage.sql.safety import safety_repos
 from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
@@ -87,6 +90,7 @@ class Keyplane:
     backup: BackupService  # keyplane export / restore
     expiry: ExpiryReminders  # key.expiring / key.expired; runs in serve and worker
     automations: AutomationService  # /v1/automations and POST /v1/events
+    imports: ImportService  # keyplane import (drf-api-key, csv, keyplane)
     extras: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -160,11 +164,12 @@ def build(
                         allow_private=allow_private,
                         max_connections=max(20, settings.webhook_concurrency))
     usage_store = SqlUsageStore()
-    usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds, store=usage_store)
+    usage = UsageRecorder(ctx, interval=settings.usage_flush_seconds, store=usage_store,
+                          scope_store=SqlScopeUsageStore())
     cache = VerificationCache(settings.cache_size, settings.cache_ttl_seconds,
                               answer_size=settings.verify_answer_cache_size)
     keys = KeyService(ctx)
-    verifier = Verifier(ctx, cache, usage)
+    verifier = Verifier(ctx, cache, usage, LegacyKeys(ctx, imports_repo))
     feed = ChangeFeed(SqlChangeSource(engine), ctx.bus, period=settings.change_poll_seconds)
     propagation = Propagation(
         ctx.bus, cache, feed, redis_url=settings.redis_url,
@@ -217,6 +222,7 @@ def build(
             interval=timedelta(seconds=settings.expiry_interval_seconds or 900)),
         automations=AutomationService(ctx, events_repo, webhook_repo, outbox,
                                       verifier.identify),
+        imports=ImportService(ctx, imports_repo),
     )
     health.on_lost.append(lambda: log.warning(
         "the database is unreachable: cached verifications are served for %gs, then "

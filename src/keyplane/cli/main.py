@@ -268,5 +268,6 @@ from keyplane.cli import audit as _audit  # noqa: E402,F401  (keyplane audit ...
 from keyplane.cli import backup as _backup  # noqa: E402,F401  (registers export/restore)
 from keyplane.cli import bench as _bench  # noqa: E402,F401  (registers keyplane bench)
 from keyplane.cli import hygiene as _hygiene  # noqa: E402,F401  (keys report, hygiene run)
+from keyplane.cli import imports as _imports  # noqa: E402,F401  (keyplane import …)
 from keyplane.cli import keys as _keys  # noqa: E402,F401  (registers the keys commands)
 from keyplane.cli import worker as _worker  # noqa: E402,F401  (registers keyplane worker)

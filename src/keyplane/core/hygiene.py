@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from keyplane.core import scopes as sc
 from keyplane.core.errors import ValidationError
 from keyplane.core.model import ApiKey
 
@@ -22,6 +23,9 @@ class Reason(StrEnum):
     # verification in the last ``unused_days``: usage counts do not say which scope a request
     # needed, so this is the narrowest "broader than used" the data supports
     WRITE_SCOPES_UNUSED = "write_scopes_unused"
+    # used in the last ``unused_days``, and its verifier names the scopes each request needs
+    # (per-scope usage counts), but some of the key's scopes were never needed
+    SCOPES_UNUSED = "scopes_unused"
 
 
 REASONS: tuple[str, ...] = tuple(r.value for r in Reason)
@@ -62,9 +66,17 @@ def last_activity(key: ApiKey) -> datetime:
     return key.last_used_at if key.last_used_at is not None else key.created_at
 
 
+def unused_scopes(scopes: list[str], used: set[str]) -> list[str]:
+    """The key's scopes that granted none of the scopes its uses needed (``area:write`` is
+    used by a use that needed ``area:read`` too: it granted it)."""
+    return [s for s in scopes if not (sc.expand([s]) & used)]
+
+
 def reasons(key: ApiKey, now: datetime, t: Thresholds, *,
-            owner_enabled: bool = True) -> list[Reason]:
-    """Why a live (not revoked) key needs attention; empty when it does not."""
+            owner_enabled: bool = True, used_scopes: set[str] | None = None) -> list[Reason]:
+    """Why a live (not revoked) key needs attention; empty when it does not. ``used_scopes``:
+    the scopes its valid uses needed in the last ``unused_days`` (None or empty: unknown, its
+    verifier does not name them)."""
     out: list[Reason] = []
     if key.last_used_at is None and now - key.created_at >= NEVER_USED_GRACE:
         out.append(Reason.NEVER_USED)
@@ -81,6 +93,8 @@ def reasons(key: ApiKey, now: datetime, t: Thresholds, *,
         out.append(Reason.OWNER_DISABLED)
     if idle and writes(key.scopes):
         out.append(Reason.WRITE_SCOPES_UNUSED)
+    if used_scopes and not idle and unused_scopes(key.scopes, used_scopes):
+        out.append(Reason.SCOPES_UNUSED)
     return out
 
 

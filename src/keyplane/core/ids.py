@@ -11,11 +11,12 @@ from __future__ import annotations
 import secrets
 import time
 
-from keyplane.core.tokens import ALPHABET
+from keyplane.core.tokens import base62
 
 _RANDOM_LENGTH = 13  # 77 bits: unique within a millisecond; ids are not secrets
 _TIME_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 _TIME_WIDTH = 9  # 36**9 ms: until the year 5188
+_RANDOM_SPACE = 62**_RANDOM_LENGTH
 
 
 def _time_part(ms: int) -> str:
@@ -28,5 +29,7 @@ def _time_part(ms: int) -> str:
 
 def new_id(kind: str, now_ms: int | None = None) -> str:
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = "".join(secrets.choice(ALPHABET) for _ in range(_RANDOM_LENGTH))
+    # one draw, uniform over every 13-character base62 string (13 secrets.choice calls cost
+    # 10x more: an import of 100,000 keys makes 200,000 ids)
+    rand = base62(secrets.randbelow(_RANDOM_SPACE), _RANDOM_LENGTH)
     return f"{kind}_{_time_part(ms)}{rand}"

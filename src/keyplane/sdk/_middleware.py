@@ -36,6 +36,7 @@ from typing import Any
 import httpx2
 
 from keyplane.core import tokens
+from keyplane.core.legacy import foreign_shape
 from keyplane.sdk._cache import Identity, VerdictCache
 from keyplane.sdk._changes import ChangeFollower, Mode
 from keyplane.sdk._net import Peer
@@ -131,6 +132,9 @@ class KeyplaneMiddleware:
     ``cache_size``: bound of the LRU. ``exempt_paths``: paths served without a key (``"/x/*"``
     for a prefix). ``changes``: ``"sse"`` (default, falls back to long poll), ``"poll"`` or
     ``"off"`` (TTL only). ``key_prefixes``: accepted key prefixes (default: any well-formed).
+    ``imported_keys``: also ask Keyplane about keys that are not in its format (keys brought
+    in by ``keyplane import`` keep their own format, e.g. ``prefix.secret``); other keys are
+    still refused offline by their checksum.
     ``usage_report_seconds``: how often the uses answered from the cache are reported to
     Keyplane (``POST /v1/usage``; also at shutdown; 0: only at shutdown).
     ``transport``: an httpx2 async transport (tests).
@@ -153,6 +157,7 @@ class KeyplaneMiddleware:
         key_prefixes: Collection[str] | None = None,
         realm: str = "api",
         usage_report_seconds: float = 5.0,
+        imported_keys: bool = False,
         transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
@@ -177,6 +182,7 @@ class KeyplaneMiddleware:
         self._mode: Mode = changes
         self._timeout = timeout
         self._prefixes = frozenset(key_prefixes) if key_prefixes is not None else None
+        self._imported = imported_keys
         self._realm = realm
         self._transport = transport
         self._http: httpx2.AsyncClient | None = None
@@ -309,7 +315,8 @@ class KeyplaneMiddleware:
             return identity, ()
         # a cache hit is a string that passed the checksum before; everything else is
         # checksummed before anything else is asked
-        if tokens.prefix_of(raw, self._prefixes) is None:
+        if tokens.prefix_of(raw, self._prefixes) is None and not (
+                self._imported and foreign_shape(raw)):
             raise self._invalid.with_traceback(None)
         result = await self._verify(raw, ip, tls, digest)
         if result.denied is not None:

@@ -34,6 +34,7 @@ class HygieneRepo(Protocol):
     def live_keys(self, tenant_id: str, *, cursor: str | None,
                   limit: int) -> list[tuple[ApiKey, bool]]: ...
     def policy_tenants(self) -> list[tuple[str, int]]: ...
+    def scopes_used(self, key_ids: list[str], since: datetime) -> dict[str, set[str]]: ...
     def idle_keys(self, tenant_id: str, *, warn_since: datetime, revoke_since: datetime,
                   warned_before: datetime) -> list[str]: ...
     def warned_at(self, key_id: str) -> datetime | None: ...
@@ -45,6 +46,7 @@ class HygieneRepo(Protocol):
 class Flagged:
     key: ApiKey
     reasons: list[hy.Reason]
+    unused_scopes: list[str] | None = None  # with scopes_unused
 
 
 @dataclass
@@ -93,10 +95,16 @@ class HygieneService:
             after = cursor
             while len(items) <= limit:
                 batch = repo.live_keys(tid, cursor=after, limit=SCAN_BATCH)
+                used = repo.scopes_used([k.id for k, _ in batch],
+                                        now - timedelta(days=thresholds.unused_days))
                 for key, owner_enabled in batch:
-                    found = hy.reasons(key, now, thresholds, owner_enabled=owner_enabled)
+                    scopes = used.get(key.id)
+                    found = hy.reasons(key, now, thresholds, owner_enabled=owner_enabled,
+                                       used_scopes=scopes)
                     if found and (wanted is None or wanted in found):
-                        items.append(Flagged(key, found))
+                        unused = (hy.unused_scopes(key.scopes, scopes)
+                                  if scopes and hy.Reason.SCOPES_UNUSED in found else None)
+                        items.append(Flagged(key, found, unused))
                         if len(items) > limit:
                             break
                 if len(batch) < SCAN_BATCH:
@@ -170,6 +178,7 @@ class HygieneService:
                                else [], unused_since=ts(activity), revoke_at=ts(revoke_at),
                                subject={**key_view(key), "unused_since": ts(activity),
                                         "revoke_at": ts(revoke_at)})
+                self._warn_owner(uow, key, activity, revoke_at)
             elif step is hy.Step.REVOKE:
                 self.keys.revoke_loaded(uow, ACTOR, key, "unused", owner_id=key.owner_id,
                                         unused_since=ts(activity), policy_days=days)
@@ -177,6 +186,25 @@ class HygieneService:
                 return step
             uow.commit()
             return step
+
+    def _warn_owner(self, uow: UnitOfWork, key: ApiKey, activity: datetime,
+                    revoke_at: datetime) -> None:
+        """Emails the owner (after commit) that the key will be revoked unless it is used."""
+        if key.tenant_id is None or key.owner_id is None:
+            return
+        owner = uow.principals.get(key.tenant_id, key.owner_id)
+        if owner is None or not owner.enabled or not owner.email:
+            return
+        used = ("has not been used since " + activity.strftime("%Y-%m-%d %H:%M UTC")
+                if key.last_used_at is not None else "has never been used since it was "
+                "created on " + activity.strftime("%Y-%m-%d"))
+        self.ctx.mail_after_commit(
+            uow, [owner.email], f"Keyplane: the API key {key.name!r} will be revoked",
+            f"The API key {key.name!r} ({key.id}, tenant {key.tenant_id}) {used}.\n\n"
+            "Your tenant revokes keys that stay unused: this key will be revoked on "
+            f"{revoke_at.strftime('%Y-%m-%d %H:%M UTC')} unless it is used before then.\n\n"
+            "If nothing needs it any more, revoke it now; a key nobody uses is only a "
+            "risk.\n")
 
     # -- the timer ---------------------------------------------------------------------------
 
@@ -205,4 +233,8 @@ class HygieneService:
 
 def flagged_view(item: Flagged) -> dict[str, Any]:
     """A report entry as the API and ``--json`` show it."""
-    return {"key": key_view(item.key), "reasons": [r.value for r in item.reasons]}
+    out: dict[str, Any] = {"key": key_view(item.key),
+                           "reasons": [r.value for r in item.reasons]}
+    if item.unused_scopes is not None:
+        out["unused_scopes"] = item.unused_scopes
+    return out

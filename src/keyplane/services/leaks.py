@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from keyplane.core import legacy as lg
 from keyplane.core import tokens
 from keyplane.core.errors import Conflict, ValidationError
 from keyplane.core.model import ApiKey, KeyLeak, LeakAction, Role
@@ -120,11 +121,12 @@ class LeakService:
 
     def _one(self, uow: UnitOfWork, caller: Caller, report: LeakReport) -> LeakOutcome:
         parsed = tokens.parse(report.token)
-        if parsed is None:  # not our format or a bad checksum: no storage touched
-            return LeakOutcome(report, found=False)
+        if parsed is None and not lg.foreign_shape(report.token):
+            return LeakOutcome(report, found=False)  # no storage touched
+        # (a foreign-format string may be an imported key: looked up by its keyed digest)
         prefixes = getattr(self.connections, "prefixes", None)
-        if prefixes is not None and parsed.prefix in (prefixes.access_token,
-                                                      prefixes.refresh_token):
+        if parsed is not None and prefixes is not None and parsed.prefix in (
+                prefixes.access_token, prefixes.refresh_token):
             return self._token(uow, caller, report)
         for _pid, digest in self.ctx.hasher.candidates(report.token):
             secret = uow.keys.find_secret(digest)
@@ -184,10 +186,34 @@ class LeakService:
         if action in ("revoked", "locked"):
             self.ctx.audit(uow, caller, f"key.{action}", key.id, tenant_id=key.tenant_id,
                            reason="leaked")
+        notify = self._recipients(uow, key.tenant_id, key.owner_id)
         self.ctx.audit(uow, caller, LEAKED_ACTION, key.id, tenant_id=key.tenant_id,
                        url=report.url, source=report.source, type=report.type, response=action,
-                       name=key.name, owner_id=key.owner_id,
-                       notify=self._recipients(uow, key.tenant_id, key.owner_id))
+                       name=key.name, owner_id=key.owner_id, notify=notify)
+        if action in ("revoked", "locked"):  # told once, when it happens
+            done = ("It was revoked at once: it no longer works. Issue a new key for the "
+                    "integration that used it." if action == "revoked" else
+                    "It was locked: it does not work until an admin unlocks it. Rotate it, "
+                    "then unlock it, or revoke it.")
+            self.ctx.mail_after_commit(
+                uow, self._emails(uow, key.tenant_id, notify),
+                f"Keyplane: the API key {key.name!r} was found exposed",
+                f"The secret of the API key {key.name!r} ({key.id}, tenant {key.tenant_id}) "
+                f"was found exposed{' at ' + report.url if report.url else ''}"
+                f"{' (reported by ' + report.source + ')' if report.source else ''}.\n\n"
+                f"{done}\n\nThe key's page shows where and when it leaked.\n")
+
+    @staticmethod
+    def _emails(uow: UnitOfWork, tenant_id: str | None, principal_ids: list[str]) -> list[str]:
+        """The email addresses of the people told (service accounts have none)."""
+        if tenant_id is None:
+            return []
+        out = []
+        for pid in principal_ids:
+            principal = uow.principals.get(tenant_id, pid)
+            if principal is not None and principal.enabled and principal.email:
+                out.append(principal.email)
+        return out
 
     def _token(self, uow: UnitOfWork, caller: Caller, report: LeakReport) -> LeakOutcome:
         conns = self.connections

@@ -32,6 +32,8 @@ MAX_ADDRESS_KEYS = 50_000  # keys whose addresses are kept between flushes (boun
 MAX_ADDRESSES_PER_KEY = 32
 
 HOUR = timedelta(hours=1)
+MAX_SCOPE_ENTRIES = 100_000  # (key, scope, day) counts held between flushes: bounded
+ScopeCounts = dict[tuple[str, str, datetime], int]  # (key id, scope, day) -> valid uses
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
 
 
@@ -43,16 +45,26 @@ class UsageStore(Protocol):
                end: datetime) -> list[tuple[datetime, str, int]]: ...
 
 
+class ScopeUsageStore(Protocol):
+    """Where per-scope daily counts go; ``add_scopes`` adds, never overwrites."""
+
+    def add_scopes(self, uow: UnitOfWork, counts: ScopeCounts) -> None: ...
+
+
 def hour_of(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
 
 
 class UsageRecorder:
     def __init__(self, ctx: Context, interval: float = 5.0,
-                 store: UsageStore | None = None) -> None:
+                 store: UsageStore | None = None,
+                 scope_store: ScopeUsageStore | None = None) -> None:
         self.ctx = ctx
         self.interval = interval
         self.store = store
+        self.scope_store = scope_store
+        self._scopes: ScopeCounts = {}
+        self.scopes_dropped = 0  # uses not counted per scope because the buffer was full
         self._last_used: dict[str, datetime] = {}
         self._addresses: dict[str, dict[Any, datetime]] = {}  # key id -> address -> first use
         self._last_ip: dict[str, Any] = {}  # key id -> the address of its last use
@@ -92,6 +104,22 @@ class UsageRecorder:
             current, k = self._current, (key_id, outcome)
             current[k] = current.get(k, 0) + count
 
+    def record_scopes(self, key_id: str, at: datetime, scopes: frozenset[str]) -> None:
+        """A valid use that needed ``scopes`` (the hygiene report's "broader than used")."""
+        if self.scope_store is None:
+            return
+        day = at.replace(hour=0, minute=0, second=0, microsecond=0)
+        with self._lock:
+            counts = self._scopes
+            for scope in scopes:
+                k = (key_id, scope, day)
+                if k in counts:
+                    counts[k] += 1
+                elif len(counts) < MAX_SCOPE_ENTRIES:
+                    counts[k] = 1
+                else:
+                    self.scopes_dropped += 1
+
     def _fold(self) -> None:
         """Moves the current hour's counts into ``_counts``; the caller holds the lock."""
         hour, counts = self._hour, self._counts
@@ -102,7 +130,8 @@ class UsageRecorder:
     def pending(self) -> int:
         """Requests counted in memory and not yet flushed."""
         with self._lock:
-            return sum(self._counts.values()) + sum(self._current.values())
+            return (sum(self._counts.values()) + sum(self._current.values())
+                    + len(self._scopes))
 
     def flush(self) -> int:
         """Writes what was recorded since the last flush in one transaction; on failure puts
@@ -117,7 +146,8 @@ class UsageRecorder:
                 counts, self._counts = self._counts, Counter()
                 addresses, self._addresses = self._addresses, {}
                 self._last_ip = {}
-            if not last_used and not counts:
+                scopes, self._scopes = self._scopes, {}
+            if not last_used and not counts and not scopes:
                 return 0
             by_outcome: Counter[tuple[str, str]] = Counter()
             for (key_id, _hour, outcome), n in counts.items():
@@ -128,6 +158,8 @@ class UsageRecorder:
                     uow.keys.touch(last_used)
                     if self.store is not None:
                         self.store.add(uow, counts)
+                    if self.scope_store is not None and scopes:
+                        self.scope_store.add_scopes(uow, scopes)
                     for sink in self.sinks:
                         sink(uow, last_used, by_outcome)
                     uow.commit()
@@ -142,6 +174,8 @@ class UsageRecorder:
                         mine = self._addresses.setdefault(k, {})
                         for address, at in seen.items():
                             mine.setdefault(address, at)
+                    for sk, n in scopes.items():
+                        self._scopes[sk] = self._scopes.get(sk, 0) + n
                 return 0
             for watcher in self.watchers:
                 try:

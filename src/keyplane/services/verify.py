@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from keyplane.cache.local import MISSING, VerificationCache
+from keyplane.core import legacy as lg
 from keyplane.core import scopes as sc
 from keyplane.core import tokens
 from keyplane.core.decisions import Code, Decision, Denied
@@ -33,10 +34,12 @@ from keyplane.core.policy import (
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import principal_rights, reaches_no_data
 from keyplane.services.context import Context
+from keyplane.services.legacy import LegacyKeys
 from keyplane.services.usage import UsageRecorder
 
 log = logging.getLogger("keyplane.verify")
 
+FOREIGN = "\x00foreign"  # what the loaders know an imported key in a foreign format by
 MALFORMED = Denied(Code.MALFORMED, "the key is not in Keyplane's format")
 NOT_FOUND = Denied(Code.NOT_FOUND, "no such key")
 
@@ -105,17 +108,27 @@ class Remembered(NamedTuple):
 
 
 class Verifier:
-    def __init__(self, ctx: Context, cache: VerificationCache, usage: UsageRecorder) -> None:
+    def __init__(self, ctx: Context, cache: VerificationCache, usage: UsageRecorder,
+                 legacy: LegacyKeys | None = None) -> None:
         self.ctx = ctx
         self.cache = cache
         self.usage = usage
         self.loaders: dict[str, Loader] = {ctx.key_prefix: self._load_key}
+        # imported keys that keep a foreign format: looked up only while some exist (None:
+        # not known yet; an import or a restore makes it unknown again)
+        self.legacy = legacy
+        self._foreign: bool | None = None if legacy is not None else False
         self.rate_check: RateCheck | None = None
         self.rate_check_blocking = False  # it may wait on the network: never on an event loop
         # /metrics: credential checks answered from the cache, and those that read storage
         self.cache_hits = 0
         self.cache_misses = 0
         ctx.bus.subscribe(cache.invalidate)
+        ctx.bus.subscribe(self._on_change)
+
+    def _on_change(self, kind: str, _ref: str) -> None:
+        if kind in ("import", "all") and self.legacy is not None:
+            self._foreign = None
 
     def cache_trusted(self) -> bool:
         """Whether cached answers may be given: always while the database answers, and for
@@ -157,12 +170,21 @@ class Verifier:
             now = self.ctx.clock.now()
             if remembered.expires_at is None or now < remembered.expires_at:
                 self.usage.record(remembered.key_id, now, remembered.outcome, ip=ip)
+                if required and remembered.verdict.decision.valid:
+                    self.usage.record_scopes(remembered.key_id, now, required)
                 self.cache_hits += 1
                 return remembered.verdict
         generation = cache.generation  # before the snapshot is read
         prefix = tokens.prefix_of(raw, self.loaders)
-        if prefix is None:
-            return Verdict(MALFORMED)
+        if prefix is None:  # Keyplane's format refused before storage; imported keys aside
+            foreign = self._foreign
+            if foreign is None:
+                if not load:
+                    return None
+                foreign = self._known_foreign()
+            if not foreign or not lg.foreign_shape(raw):
+                return Verdict(MALFORMED)
+            prefix = FOREIGN
         snapshot = cache.get(key) if trusted else None
         if snapshot is None:
             if not load:
@@ -186,6 +208,8 @@ class Verifier:
                 decision = denial
         outcome = _OUTCOMES[decision.code]
         self.usage.record(snapshot.key_id, now, outcome, ip=ip)
+        if required and decision.valid:
+            self.usage.record_scopes(snapshot.key_id, now, required)
         verdict = Verdict(decision, snapshot, limits)
         expires_at = snapshot.expires_at
         # a verdict that moves a counter is never repeated; one given after the expiry would
@@ -210,18 +234,32 @@ class Verifier:
             return Verdict(NOT_FOUND)
         return Verdict(standing(snapshot, self.ctx.clock.now()), snapshot)
 
-    def _fill(self, raw: str, key: bytes, prefix: str) -> Snapshot | type[MISSING]:
+    def _known_foreign(self) -> bool:
         generation = self.cache.generation
-        loader = self.loaders[prefix]
+        assert self.legacy is not None
+        found = self.legacy.any_foreign()
+        if self.cache.generation == generation:  # no import announced while reading
+            self._foreign = found
+        return found
+
+    def _lookup(self, raw: str, loader: Loader) -> Snapshot | None:
         hasher = self.ctx.hasher
-        digest = hasher.digest(raw)
         with self.ctx.uow(readonly=True) as uow:
-            snapshot = loader(uow, digest)
+            snapshot = loader(uow, hasher.digest(raw))
             if snapshot is None:  # made under an older pepper?
                 for _pepper_id, old in hasher.candidates(raw)[1:]:
                     snapshot = loader(uow, old)
                     if snapshot is not None:
                         break
+        return snapshot
+
+    def _fill(self, raw: str, key: bytes, prefix: str) -> Snapshot | type[MISSING]:
+        generation = self.cache.generation
+        loader = self.loaders.get(prefix, self._load_key)
+        snapshot = self._lookup(raw, loader)
+        if snapshot is None and prefix == FOREIGN and self.legacy is not None and (
+                self.legacy.upgrade(raw)):  # a legacy digest matched: now stored as ours
+            snapshot = self._lookup(raw, loader)
         if snapshot is None:
             self.cache.put_missing(key, generation)
             return MISSING

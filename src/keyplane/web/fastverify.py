@@ -65,6 +65,7 @@ class RememberedAnswer(NamedTuple):
     subject: Address | None  # whose guesses /v1/verify counts: ``ip``, else the caller's
     code: str  # the answer's code, for /metrics
     ip: Address | None  # the end user's address the body named (where the key was used)
+    scopes: frozenset[str]  # the scopes asked for: counted per scope when VALID
 
 
 class VerifyFastPath:
@@ -145,6 +146,8 @@ class VerifyFastPath:
         record = kp.usage.record
         record(found.caller_key_id, now, _OUTCOME_VALID, ip=found.caller_ip)
         record(found.key_id, now, found.outcome, ip=found.ip)
+        if found.scopes and found.outcome == _OUTCOME_VALID:
+            kp.usage.record_scopes(found.key_id, now, found.scopes)
         kp.verifier.cache_hits += 2  # both credentials, answered from the cache
         self.metrics.verified(found.code)
         return found.body
@@ -182,8 +185,8 @@ class VerifyFastPath:
         if kp.throttle.retry_after(VERIFY_FAILURES, subject) is not None:
             return None
         key = key_in(body["key"])
-        verdict = kp.verifier.verify_cached(
-            key, required=frozenset(body.get("scopes", ())), ip=ip, tls=body.get("tls"))
+        required = frozenset(body.get("scopes", ()))
+        verdict = kp.verifier.verify_cached(key, required=required, ip=ip, tls=body.get("tls"))
         if verdict is None:
             return None
         verdict = at_location(as_seen_by(caller, verdict), body.get("tenant_id"))
@@ -203,7 +206,8 @@ class VerifyFastPath:
                 cache = kp.verifier.cache
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
-                    verdict.decision.code.value, expires_at, caller_ip, subject, code, ip),
+                    verdict.decision.code.value, expires_at, caller_ip, subject, code, ip,
+                    required),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 

@@ -14,7 +14,7 @@ router = APIRouter(tags=["keys"])
 
 ReportDays = Annotated[int, Query(ge=1, le=hy.MAX_REPORT_DAYS)]
 ReasonName = Literal["never_used", "unused", "no_expiry", "expiring", "expired",
-                     "owner_disabled", "write_scopes_unused"]
+                     "owner_disabled", "write_scopes_unused", "scopes_unused"]
 assert set(ReasonName.__args__) == set(hy.REASONS)  # type: ignore[attr-defined]
 
 
@@ -33,8 +33,10 @@ def keys_report(caller: CallerDep, kp: KeyplaneDep, tenant_id: TenantParam = Non
     Reasons: `never_used` (no valid verification since it was created, at least 7 days
     ago), `unused`, `no_expiry`, `expiring`, `expired`, `owner_disabled` (its owner is
     disabled or deleted), `write_scopes_unused` (holds scopes other than `*:read` and
-    `keys:verify` and had no valid verification in `unused_days`: usage is counted per key,
-    not per scope, so a key that is used but never needs its write scopes is not found).
+    `keys:verify` and had no valid verification in `unused_days`), `scopes_unused` (used in
+    `unused_days`, but some of its scopes were
+    never needed: from per-scope usage counts, kept for verifications that name the scopes
+    they need; the entry's `unused_scopes` lists them).
     `last_used_at` is written in batches (every `KEYPLANE_USAGE_FLUSH_SECONDS`)."""
     page = kp.hygiene.report(caller, tenant_id,
                              thresholds=hy.Thresholds(unused_days, expiring_days),

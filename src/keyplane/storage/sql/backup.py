@@ -26,6 +26,7 @@ from keyplane.storage.sql import oauth_tables as o
 from keyplane.storage.sql import tables as t
 from keyplane.storage.sql.account_tables import accounts
 from keyplane.storage.sql.events import automations
+from keyplane.storage.sql.imports import key_imports, key_scope_usage
 from keyplane.storage.sql.usage import key_usage
 from keyplane.storage.sql.webhook_tables import webhooks
 
@@ -40,7 +41,9 @@ TABLES: dict[str, sa.Table] = {
     "oauth_client_secrets": o.oauth_client_secrets,
     "api_keys": t.api_keys,
     "key_secrets": t.key_secrets,
+    "key_imports": key_imports,  # an imported key's origin and legacy digest
     "key_usage": key_usage,
+    "key_scope_usage": key_scope_usage,
     "oauth_connections": o.oauth_connections,
     "oauth_tokens": o.oauth_tokens,
     "webhooks": webhooks,
@@ -71,7 +74,9 @@ def _tenant_filter(section: str, tenant_id: str) -> sa.ColumnElement[bool] | Non
                 o.oauth_apps.c.owner_tenant_id == tenant_id, o.oauth_apps.c.id.in_(used_apps)))),
         "api_keys": t.api_keys.c.tenant_id == tenant_id,
         "key_secrets": t.key_secrets.c.key_id.in_(keys),
+        "key_imports": key_imports.c.key_id.in_(keys),
         "key_usage": key_usage.c.key_id.in_(keys),
+        "key_scope_usage": key_scope_usage.c.key_id.in_(keys),
         "oauth_connections": o.oauth_connections.c.tenant_id == tenant_id,
         "oauth_tokens": o.oauth_tokens.c.connection_id.in_(conns),
         "webhooks": webhooks.c.tenant_id == tenant_id,

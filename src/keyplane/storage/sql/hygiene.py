@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from keyplane.core.model import ApiKey
 from keyplane.core.ports import UnitOfWork
 from keyplane.storage.sql import tables as t
+from keyplane.storage.sql.imports import SqlImports
 from keyplane.storage.sql.repositories import SqlKeys
 from keyplane.storage.sql.tables import UTCDateTime, metadata
 
@@ -46,6 +47,10 @@ class SqlHygiene:
         q = q.order_by(K.id.desc()).limit(limit)
         return [(SqlKeys._build(r), bool(r["owner_enabled"]))
                 for r in self.conn.execute(q).mappings()]
+
+    def scopes_used(self, key_ids: list[str], since: datetime) -> dict[str, set[str]]:
+        """The scopes each key's valid uses needed since ``since`` (per-scope usage)."""
+        return SqlImports(self.conn).scopes_used(key_ids, since)
 
     def policy_tenants(self) -> list[tuple[str, int]]:
         """Enabled tenants with ``revoke_unused_after_days`` set: (id, days)."""

@@ -205,6 +205,7 @@ changes = sa.Table(
 )
 
 from keyplane.storage.sql import hygiene as _hygiene_tables  # noqa: E402,F401
+from keyplane.storage.sql import imports as _imports_tables  # noqa: E402,F401
 from keyplane.storage.sql import oauth_tables as _oauth_tables  # noqa: E402,F401
 from keyplane.storage.sql import safety as _safety_tables  # noqa: E402,F401
 from keyplane.storage.sql import usage as _usage_tables  # noqa: E402,F401

@@ -23,6 +23,7 @@ LABELS = {
     hy.Reason.EXPIRED: "Expired",
     hy.Reason.OWNER_DISABLED: "Owner disabled",
     hy.Reason.WRITE_SCOPES_UNUSED: "Edit scopes unused",
+    hy.Reason.SCOPES_UNUSED: "Scopes broader than used",
 }
 
 
