@@ -12,6 +12,7 @@ from keyplane.web.console import (
     api_users,
     audit,
     connections,
+    groups,
     hygiene,
     keys,
     members,
@@ -30,3 +31,4 @@ def install(app: FastAPI) -> None:
     app.include_router(audit.router)
     app.include_router(members.router)
     app.include_router(api_users.router)
+    app.include_router(groups.router)

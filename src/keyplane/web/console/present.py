@@ -75,22 +75,22 @@ class Grid:
     rows: list[Row]
 
 
-def _row(area: str, actions: dict[str, str], chosen: set[str], caller: Caller) -> Row:
+def _row(area: str, actions: dict[str, str], chosen: set[str], caller: Caller | None) -> Row:
     title = area_title(area)
     order = sorted(actions, key=lambda a: (a not in ("read", "write"), a != "read", a))
     expanded = sc.expand(chosen)
     boxes = [
         Box(scope=f"{area}:{a}", area=title, action=action_title(a),
             kind={"read": "view", "write": "edit"}.get(a, "other"), description=actions[a],
-            checked=f"{area}:{a}" in expanded, holdable=not caller.lacks([f"{area}:{a}"]))
+            checked=f"{area}:{a}" in expanded,
+            holdable=caller is None or not caller.lacks([f"{area}:{a}"]))
         for a in order
     ]
     return Row(area=area, title=title, boxes=boxes)
 
 
-def scope_grids(catalogue: sc.Catalogue, chosen: Iterable[str], caller: Caller) -> list[Grid]:
-    """Data areas first (in the catalogue's usual order), then management areas."""
-    picked = set(chosen)
+def _areas(catalogue: sc.Catalogue) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """(actions by area, the data areas in the catalogue's usual order)"""
     areas: dict[str, dict[str, str]] = {}
     for scope, description in catalogue.entries.items():
         area, _, action = scope.partition(":")
@@ -100,6 +100,13 @@ def scope_grids(catalogue: sc.Catalogue, chosen: Iterable[str], caller: Caller) 
     known = list(sc.DATA_AREAS)
     data = sorted((a for a in areas if a not in MANAGEMENT_AREAS),
                   key=lambda a: (a not in known, known.index(a) if a in known else 0, a))
+    return areas, data
+
+
+def scope_grids(catalogue: sc.Catalogue, chosen: Iterable[str], caller: Caller) -> list[Grid]:
+    """Data areas first (in the catalogue's usual order), then management areas."""
+    picked = set(chosen)
+    areas, data = _areas(catalogue)
     management = [a for a in MANAGEMENT_AREAS if a in areas]
     return [
         Grid("Data access", "What the key may read or change in your account.",
@@ -107,6 +114,14 @@ def scope_grids(catalogue: sc.Catalogue, chosen: Iterable[str], caller: Caller) 
         Grid("Management", "What the key may do in Keyplane itself.",
              [_row(a, areas[a], picked, caller) for a in management]),
     ]
+
+
+def data_grid(catalogue: sc.Catalogue, chosen: Iterable[str]) -> list[Grid]:
+    """A data-access group's grid: data areas only (groups never hold management scopes)."""
+    picked = set(chosen)
+    areas, data = _areas(catalogue)
+    return [Grid("Data areas", "What its members and API users may reach.",
+                 [_row(a, areas[a], picked, None) for a in data])]
 
 
 # -- keys ---------------------------------------------------------------------------------------
