@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import replace
 from typing import Any
 
@@ -353,7 +354,8 @@ class GroupService:
             self.ctx.changed(uow, "tenant", tid)
             uow.commit()
 
-    def members(self, caller: Caller, tenant_id: str | None, group_id: str) -> list[Principal]:
+    def members(self, caller: Caller, tenant_id: str | None,
+                group_id: str) -> builtins.list[Principal]:
         """The members and service accounts in the group, by name."""
         tid = caller.tenant_for(tenant_id)
         caller.require("members:read")

@@ -134,7 +134,12 @@ class Verifier:
         if remembered is not None:
             now = self.ctx.clock.now()
             if remembered.expires_at is None or now < remembered.expires_at:
-                self.usage.record(remembered.key_id, now, remembered.outcome)
+                decided = remembered.verdict.decision
+                if decided.valid:
+                    self.usage.record(remembered.key_id, now, remembered.outcome)
+                else:
+                    self.usage.record(remembered.key_id, now, remembered.outcome,
+                                      reason=decided.reason, ip=str(ip) if ip else None)
                 self.cache_hits += 1
                 return remembered.verdict
         generation = cache.generation  # before the snapshot is read
@@ -163,7 +168,11 @@ class Verifier:
             if denial is not None:
                 decision = denial
         outcome = _OUTCOMES[decision.code]
-        self.usage.record(snapshot.key_id, now, outcome)
+        if decision.valid:
+            self.usage.record(snapshot.key_id, now, outcome)
+        else:
+            self.usage.record(snapshot.key_id, now, outcome, reason=decision.reason,
+                              ip=str(ip) if ip else None)
         verdict = Verdict(decision, snapshot, limits)
         expires_at = snapshot.expires_at
         # a verdict that moves a counter is never repeated; one given after the expiry would

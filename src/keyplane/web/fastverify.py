@@ -64,6 +64,8 @@ class RememberedAnswer(NamedTuple):
     caller_ip: Address | None
     subject: Address | None  # whose guesses /v1/verify counts: ``ip``, else the caller's
     code: str  # the answer's code, for /metrics
+    reason: str | None = None  # a refusal's reason, remembered for the key's page
+    ip: str | None = None  # the address the verifier gave with a refusal
 
 
 class VerifyFastPath:
@@ -140,7 +142,10 @@ class VerifyFastPath:
             return None
         record = kp.usage.record
         record(found.caller_key_id, now, _OUTCOME_VALID)
-        record(found.key_id, now, found.outcome)
+        if found.reason is None:
+            record(found.key_id, now, found.outcome)
+        else:
+            record(found.key_id, now, found.outcome, reason=found.reason, ip=found.ip)
         kp.verifier.cache_hits += 2  # both credentials, answered from the cache
         self.metrics.verified(found.code)
         return found.body
@@ -199,7 +204,9 @@ class VerifyFastPath:
                 cache = kp.verifier.cache
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
-                    verdict.decision.code.value, expires_at, caller_ip, subject, code),
+                    verdict.decision.code.value, expires_at, caller_ip, subject, code,
+                    None if verdict.decision.valid else verdict.decision.reason,
+                    None if verdict.decision.valid or ip is None else str(ip)),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 
