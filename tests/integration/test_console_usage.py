@@ -61,7 +61,7 @@ def test_the_key_page_draws_requests_per_day_by_outcome(
     page = http.get(f"/keys/{key['id']}")
     usage = section(page.text, "usage-title")
     assert '<svg class="usage-chart"' in usage and 'role="img"' in usage
-    assert 'aria-labelledby="chart-title chart-desc"' in usage
+    assert 'aria-labelledby="chart-title" aria-describedby="chart-desc"' in usage
     desc = unescape(re.search(r'<desc id="chart-desc">([^<]+)</desc>', usage).group(1))  # type: ignore[union-attr]
     two_days_ago = (clock.now() - timedelta(days=2)).strftime("%-d %B")
     assert desc == ("6 requests in the last 30 days (5 allowed, 1 missing scope); 1 refused. "

@@ -3,6 +3,7 @@ to what is stored, so that flushes from several workers never overwrite each oth
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -76,9 +77,11 @@ class SqlUsageStore:
     def add_denials(self, uow: UnitOfWork, denials: Mapping[str, list[Denial]],
                     keep: int) -> None:
         """Adds the refusals, then keeps only each key's newest ``keep``."""
-        rows = [{"id": ids.new_id("dny"), "key_id": k, "at": d.at, "outcome": d.outcome,
-                 "reason": d.reason, "ip": d.ip}
-                for k in sorted(denials) for d in denials[k]]
+        # ids that sort in the order given: two refusals at the same instant keep their order
+        base = int(time.time() * 1000)
+        rows = [{"id": ids.new_id("dny", now_ms=base + i), "key_id": k, "at": d.at,
+                 "outcome": d.outcome, "reason": d.reason, "ip": d.ip}
+                for i, (k, d) in enumerate((k, d) for k in sorted(denials) for d in denials[k])]
         if not rows:
             return
         conn = _connection(uow)
