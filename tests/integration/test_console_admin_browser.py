@@ -29,7 +29,7 @@ from tests.integration.test_console_browser import (
     shot,  # noqa: F401 - a fixture
     sign_in,
 )
-from tests.support import RunningServer
+from tests.support import RunningServer, SettableClock
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 DESKTOP = {"width": 1280, "height": 860}
@@ -109,7 +109,8 @@ def test_an_admin_manages_a_data_access_group(
         accessible(page)
         shot(page, "group-remove")
         page.get_by_role("button", name="Remove").click()
-        expect(page.get_by_role("status").filter(has_text="Removed from the group.")).to_be_visible()
+        expect(page.get_by_role("status").filter(has_text="Removed from the group.")
+               ).to_be_visible()
         assert verify(http, verifier_key, issued.secret, ["payments:write"]) == "VALID"
 
         # deleting: refused while Mia is in it, then confirmed
@@ -132,13 +133,24 @@ def test_an_admin_manages_a_data_access_group(
 
 def test_a_member_reads_a_group_and_a_key_page_shows_usage_and_denials(
         chromium: Any, server: RunningServer, http: httpx2.Client, tenant: Tenant,  # noqa: F811
-        keyplane: Keyplane, verifier_key: str, shot: Callable[..., None]) -> None:  # noqa: F811
+        keyplane: Keyplane, verifier_key: str, clock: SettableClock,
+        shot: Callable[..., None]) -> None:  # noqa: F811
     from playwright.sync_api import expect
 
     keyplane.groups.create(SYSTEM, tenant.id, {"name": "CRM", "scopes": ["contacts:write"]})
     issued = keyplane.keys.create(SYSTEM, tenant.id, {
         "name": "Nightly export", "owner_id": tenant.admin_id, "scopes": ["contacts:read"],
         "allowed_ips": ["203.0.113.0/24"]})
+    clock.advance(days=-12)  # a nightly job's last twelve days: two or three requests a day
+    earlier = 0
+    for day in range(12):
+        for _ in range(2 + day % 2):
+            r = http.post("/v1/verify", headers={"Authorization": f"Bearer {verifier_key}"},
+                          json={"key": issued.secret, "ip": "203.0.113.5", "tls": True,
+                                "scopes": ["contacts:read"]})
+            assert r.json()["code"] == "VALID"
+            earlier += 1
+        clock.advance(days=1)
     for _ in range(5):
         assert verify(http, verifier_key, issued.secret) != "VALID"  # no address given
     r = http.post("/v1/verify", headers={"Authorization": f"Bearer {verifier_key}"},
@@ -169,11 +181,13 @@ def test_a_member_reads_a_group_and_a_key_page_shows_usage_and_denials(
         chart = page.get_by_role("img", name="Requests per day over the last 30 days, by outcome")
         expect(chart).to_be_visible()
         expect(chart).to_have_accessible_description(
-            "9 requests in the last 30 days (3 allowed, 1 missing scope, 5 address not "
-            "allowed); 6 refused. The busiest day was " + keyplane.ctx.clock.now().strftime(
-                "%-d %B") + ", with 9.")
+            f"{earlier + 9} requests in the last 30 days ({earlier + 3} allowed, 1 missing "
+            "scope, 5 address not allowed); 6 refused. The busiest day was "
+            + clock.now().strftime("%-d %B") + ", with 9.")
         page.get_by_text("Show the numbers as a table").click()
-        expect(page.get_by_role("region", name="Requests per day, in numbers")).to_contain_text("9")
+        numbers = page.get_by_role("region", name="Requests per day, in numbers")
+        expect(numbers.get_by_role("row")).to_have_count(1 + 13)  # the days with requests
+        expect(numbers.get_by_role("row").nth(1)).to_contain_text("9")
         denials = page.get_by_role("region", name="Last denials, newest first")
         expect(denials.get_by_role("row")).to_have_count(1 + 6)
         expect(denials.get_by_role("row").nth(1)).to_contain_text(
