@@ -10,6 +10,7 @@ from datetime import timedelta
 from html import unescape
 
 import httpx2
+import pytest
 import sqlalchemy as sa
 
 from keyplane.bootstrap import Keyplane
@@ -146,3 +147,25 @@ def test_a_member_sees_usage_and_denials_of_their_tenants_keys_only(
     for action in (">Rotate<", ">Duplicate as new key<", ">Delete<", ">Lock<", "new-secret"):
         assert action not in page.text, action
     assert http.get(f"/keys/{theirs.key.id}").status_code == 404
+
+
+def test_refusals_of_too_many_keys_at_once_are_only_counted(
+        keyplane: Keyplane, clock: SettableClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyplane.services import usage as usage_module
+
+    monkeypatch.setattr(usage_module, "DENIAL_KEYS_HELD", 3)
+    recorder = keyplane.usage
+    now = clock.now()
+    for i in range(5):
+        recorder.record(f"key_{i}", now, "INSUFFICIENT_SCOPE", reason="missing scope: forms:read",
+                        ip="203.0.113.9")
+    recorder.record("key_0", now, "EXPIRED", reason="the key has expired")
+    assert recorder.denials_dropped == 2
+    assert recorder.flush() == 6
+    with keyplane.engine.connect() as conn:
+        listed = conn.execute(sa.text(
+            "SELECT key_id, count(*) FROM key_denials GROUP BY key_id ORDER BY key_id")).all()
+        counted = conn.execute(sa.text(
+            "SELECT count(DISTINCT key_id) FROM key_usage")).scalar_one()
+    assert [tuple(r) for r in listed] == [("key_0", 2), ("key_1", 1), ("key_2", 1)]
+    assert counted == 5  # every refusal still counts in the usage chart
