@@ -136,6 +136,8 @@ def test_members_and_api_users_join_and_leave_and_their_keys_follow_at_once(
     assert f'href="/groups/{crm}/members/{robot}/remove"' in page.text
     assert f'<option value="{robot}">' not in page.text  # already in it
     assert http.get("/groups").text.count("<td data-label=\"Members and API users\">2</td>") == 1
+    # the member's own page names their groups
+    assert f'<dd><a href="/groups/{crm}">CRM</a></dd>' in http.get(f"/members/{mia}").text
 
     r = http.post(f"/groups/{crm}/members", data={"csrf_token": token,
                                                   "principal_id": "svc_nope"})
