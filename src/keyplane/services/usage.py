@@ -1,21 +1,27 @@
 """Usage recording without a database write per request: ``last_used_at`` and request counts
 per key, hour and outcome are batched in memory and flushed on a timer and at shutdown (a
 graceful stop loses nothing). Flushes add to the stored counts, so several workers flushing
-the same hour never overwrite each other."""
+the same hour never overwrite each other.
+
+A key's refused verifications are also remembered one by one, with their reason, so that its
+owner can see why it was refused: bounded at every step (the newest ``DENIALS_KEPT`` per key in
+memory and in storage, at most ``DENIAL_KEYS_HELD`` keys held between flushes; past that,
+refusals are only counted)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, NamedTuple, Protocol
 
 from keyplane.core.errors import ValidationError
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller
+from keyplane.core.tokens import redact_secrets
 from keyplane.services.context import Context
 
 log = logging.getLogger("keyplane.usage")
@@ -37,12 +43,30 @@ ScopeCounts = dict[tuple[str, str, datetime], int]  # (key id, scope, day) -> va
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
 
 
+DENIALS_KEPT = 20  # a key's newest refusals kept, in memory and in storage
+DENIAL_KEYS_HELD = 10_000  # keys whose refusals are held in memory between flushes
+MAX_REASON = 200
+
+
+class Denial(NamedTuple):
+    """One refused verification of a key: when, the outcome code, why in words, and from
+    which address when the verifier said."""
+
+    at: datetime
+    outcome: str
+    reason: str
+    ip: str | None = None
+
+
 class UsageStore(Protocol):
     """Where hourly counts go (``storage/sql/usage.py``); ``add`` adds, never overwrites."""
 
     def add(self, uow: UnitOfWork, counts: Mapping[tuple[str, datetime, str], int]) -> None: ...
     def series(self, uow: UnitOfWork, key_id: str, start: datetime,
                end: datetime) -> list[tuple[datetime, str, int]]: ...
+    def add_denials(self, uow: UnitOfWork, denials: Mapping[str, list[Denial]],
+                    keep: int) -> None: ...
+    def denials(self, uow: UnitOfWork, key_id: str, limit: int) -> list[Denial]: ...
 
 
 class ScopeUsageStore(Protocol):
@@ -78,11 +102,15 @@ class UsageRecorder:
         self._thread: threading.Thread | None = None
         self.sinks: list[UsageSink] = []
         self.watchers: list[UsageWatcher] = []
+        self._denials: dict[str, deque[Denial]] = {}
+        self.denials_dropped = 0  # refusals only counted: too many keys refused at once
 
     def record(self, key_id: str, at: datetime, outcome: str, count: int = 1,
-               ip: Any = None) -> None:
-        """Counts a use; ``ip`` (an address object), when known, is the address a valid use
-        came from: a few distinct addresses per key are kept until the next flush."""
+               ip: Any = None, reason: str | None = None) -> None:
+        """Counts ``count`` verifications. ``ip`` (an address object), when known, is where
+        the key was used: a few distinct addresses per key are kept from valid uses until the
+        next flush; a refusal's ``reason`` (never for VALID) is remembered with its address
+        for the key's page."""
         # two dict updates (three with an address); the lock keeps flush consistent
         with self._lock:
             if not self._hour <= at < self._hour_end:
@@ -103,6 +131,19 @@ class UsageRecorder:
                         seen[ip] = at
             current, k = self._current, (key_id, outcome)
             current[k] = current.get(k, 0) + count
+            if reason is not None:
+                self._remember_denial(key_id, Denial(at, outcome, reason,
+                                                     None if ip is None else str(ip)))
+
+    def _remember_denial(self, key_id: str, denial: Denial) -> None:
+        """The caller holds the lock."""
+        held = self._denials.get(key_id)
+        if held is None:
+            if len(self._denials) >= DENIAL_KEYS_HELD:
+                self.denials_dropped += 1
+                return
+            held = self._denials[key_id] = deque(maxlen=DENIALS_KEPT)
+        held.append(denial)
 
     def record_scopes(self, key_id: str, at: datetime, scopes: frozenset[str]) -> None:
         """A valid use that needed ``scopes`` (the hygiene report's "broader than used")."""
@@ -147,6 +188,7 @@ class UsageRecorder:
                 addresses, self._addresses = self._addresses, {}
                 self._last_ip = {}
                 scopes, self._scopes = self._scopes, {}
+                denials, self._denials = self._denials, {}
             if not last_used and not counts and not scopes:
                 return 0
             by_outcome: Counter[tuple[str, str]] = Counter()
@@ -158,6 +200,10 @@ class UsageRecorder:
                     uow.keys.touch(last_used)
                     if self.store is not None:
                         self.store.add(uow, counts)
+                        if denials:
+                            self.store.add_denials(
+                                uow, {k: [_clean(d) for d in held]
+                                      for k, held in denials.items()}, DENIALS_KEPT)
                     if self.scope_store is not None and scopes:
                         self.scope_store.add_scopes(uow, scopes)
                     for sink in self.sinks:
@@ -176,6 +222,9 @@ class UsageRecorder:
                             mine.setdefault(address, at)
                     for sk, n in scopes.items():
                         self._scopes[sk] = self._scopes.get(sk, 0) + n
+                    for k, held in denials.items():
+                        for denial in held:  # older ones first: newer ones stay newest
+                            self._remember_denial(k, denial)
                 return 0
             for watcher in self.watchers:
                 try:
@@ -272,6 +321,40 @@ class UsageService:
         return {"key_id": key.id, "from": hour_of(start), "to": end,
                 "items": [{"hour": h, "outcome": o, "count": n} for h, o, n in rows],
                 "last_used_at": key.last_used_at}
+
+    def daily(self, caller: Caller, tenant_id: str | None, key_id: str, *,
+              days: int = 30) -> list[tuple[date, dict[str, int]]]:
+        """Requests per UTC day and outcome over the last ``days`` days (today included),
+        oldest first; a day without requests has an empty mapping."""
+        key = self.keys.get(caller, tenant_id, key_id)
+        today = self.ctx.clock.now().astimezone(UTC).date()
+        first = today - timedelta(days=days - 1)
+        start = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+        with self.ctx.uow(readonly=True) as uow:
+            rows = self.store.series(uow, key.id, start, start + timedelta(days=days))
+        by_day: dict[date, dict[str, int]] = {first + timedelta(days=i): {}
+                                              for i in range(days)}
+        for hour, outcome, count in rows:
+            day = by_day.get(hour.astimezone(UTC).date())
+            if day is not None:
+                day[outcome] = day.get(outcome, 0) + count
+        return list(by_day.items())
+
+    def last_denials(self, caller: Caller, tenant_id: str | None, key_id: str, *,
+                     limit: int = DENIALS_KEPT) -> list[Denial]:
+        """The key's newest refused verifications, newest first (those still in memory are
+        written by the next flush, within seconds)."""
+        key = self.keys.get(caller, tenant_id, key_id)
+        with self.ctx.uow(readonly=True) as uow:
+            return self.store.denials(uow, key.id, min(limit, DENIALS_KEPT))
+
+
+def _clean(denial: Denial) -> Denial:
+    """A reason fit for storage: bounded, printable, never a secret."""
+    reason = redact_secrets(denial.reason)[:MAX_REASON]
+    if not reason.isprintable():
+        reason = reason.encode("unicode_escape").decode("ascii")[:MAX_REASON]
+    return denial._replace(reason=reason, ip=denial.ip[:45] if denial.ip else None)
 
 
 def _key_owner(uow: UnitOfWork, key_id: str) -> tuple[str | None] | None:

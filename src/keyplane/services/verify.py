@@ -169,8 +169,10 @@ class Verifier:
         if remembered is not None:
             now = self.ctx.clock.now()
             if remembered.expires_at is None or now < remembered.expires_at:
-                self.usage.record(remembered.key_id, now, remembered.outcome, ip=ip)
-                if required and remembered.verdict.decision.valid:
+                decided = remembered.verdict.decision
+                self.usage.record(remembered.key_id, now, remembered.outcome, ip=ip,
+                                  reason=None if decided.valid else decided.reason)
+                if required and decided.valid:
                     self.usage.record_scopes(remembered.key_id, now, required)
                 self.cache_hits += 1
                 return remembered.verdict
@@ -207,7 +209,8 @@ class Verifier:
             if denial is not None:
                 decision = denial
         outcome = _OUTCOMES[decision.code]
-        self.usage.record(snapshot.key_id, now, outcome, ip=ip)
+        self.usage.record(snapshot.key_id, now, outcome, ip=ip,
+                          reason=None if decision.valid else decision.reason)
         if required and decision.valid:
             self.usage.record_scopes(snapshot.key_id, now, required)
         verdict = Verdict(decision, snapshot, limits)

@@ -66,6 +66,7 @@ class RememberedAnswer(NamedTuple):
     code: str  # the answer's code, for /metrics
     ip: Address | None  # the end user's address the body named (where the key was used)
     scopes: frozenset[str]  # the scopes asked for: counted per scope when VALID
+    reason: str | None = None  # a refusal's reason, remembered for the key's page
 
 
 class VerifyFastPath:
@@ -145,7 +146,7 @@ class VerifyFastPath:
             return None
         record = kp.usage.record
         record(found.caller_key_id, now, _OUTCOME_VALID, ip=found.caller_ip)
-        record(found.key_id, now, found.outcome, ip=found.ip)
+        record(found.key_id, now, found.outcome, ip=found.ip, reason=found.reason)
         if found.scopes and found.outcome == _OUTCOME_VALID:
             kp.usage.record_scopes(found.key_id, now, found.scopes)
         kp.verifier.cache_hits += 2  # both credentials, answered from the cache
@@ -207,7 +208,7 @@ class VerifyFastPath:
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
                     verdict.decision.code.value, expires_at, caller_ip, subject, code, ip,
-                    required),
+                    required, None if verdict.decision.valid else verdict.decision.reason),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 

@@ -3,6 +3,7 @@ to what is stored, so that flushes from several workers never overwrite each oth
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from keyplane.core import ids
 from keyplane.core.ports import UnitOfWork
+from keyplane.services.usage import Denial
 from keyplane.storage.sql.engine import outage_as_unavailable
 from keyplane.storage.sql.tables import ID, UTCDateTime, api_keys, metadata
 
@@ -25,6 +28,21 @@ key_usage = sa.Table(
     sa.Column("outcome", sa.String(32), primary_key=True),
     sa.Column("count", sa.BigInteger, nullable=False),
 )
+
+
+# a key's newest refused verifications with their reason (services/usage.py bounds them)
+key_denials = sa.Table(
+    "key_denials",
+    metadata,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("key_id", ID, nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("reason", sa.String(200), nullable=False),
+    sa.Column("ip", sa.String(45), nullable=True),
+    sa.Index("ix_key_denials_key_id_at", "key_id", "at"),
+)
+PRUNE_BATCH = 500  # keys pruned per statement
 
 
 def _connection(uow: UnitOfWork) -> Connection:
@@ -55,6 +73,36 @@ class SqlUsageStore:
              .where(u.key_id == key_id, u.hour >= start, u.hour < end)
              .order_by(u.hour, u.outcome))
         return [(h, o, int(n)) for h, o, n in _connection(uow).execute(q)]
+
+
+    def add_denials(self, uow: UnitOfWork, denials: Mapping[str, list[Denial]],
+                    keep: int) -> None:
+        """Adds the refusals, then keeps only each key's newest ``keep``."""
+        # ids that sort in the order given: two refusals at the same instant keep their order
+        base = int(time.time() * 1000)
+        rows = [{"id": ids.new_id("dny", now_ms=base + i), "key_id": k, "at": d.at,
+                 "outcome": d.outcome, "reason": d.reason, "ip": d.ip}
+                for i, (k, d) in enumerate((k, d) for k in sorted(denials) for d in denials[k])]
+        if not rows:
+            return
+        conn = _connection(uow)
+        conn.execute(key_denials.insert(), rows)
+        d = key_denials.c
+        keys = sorted(denials)
+        for i in range(0, len(keys), PRUNE_BATCH):
+            batch = keys[i:i + PRUNE_BATCH]
+            ranked = (sa.select(d.id, sa.func.row_number().over(
+                partition_by=d.key_id, order_by=(d.at.desc(), d.id.desc())).label("n"))
+                .where(d.key_id.in_(batch)).subquery())
+            old = sa.select(ranked.c.id).where(ranked.c.n > keep)
+            conn.execute(key_denials.delete().where(d.id.in_(old)))
+
+    def denials(self, uow: UnitOfWork, key_id: str, limit: int) -> list[Denial]:
+        d = key_denials.c
+        q = (sa.select(d.at, d.outcome, d.reason, d.ip).where(d.key_id == key_id)
+             .order_by(d.at.desc(), d.id.desc()).limit(limit))
+        return [Denial(at, outcome, reason, ip)
+                for at, outcome, reason, ip in _connection(uow).execute(q)]
 
 
 class SqlQuotaStore:

@@ -12,6 +12,7 @@ from keyplane.web.console import (
     api_users,
     audit,
     connections,
+    groups,
     hygiene,
     keys,
     members,
@@ -32,5 +33,6 @@ def install(app: FastAPI) -> None:
     app.include_router(audit.router)
     app.include_router(members.router)
     app.include_router(api_users.router)
+    app.include_router(groups.router)
     app.include_router(operator.router)  # operator staff
     app.include_router(partners.router)  # partner developers

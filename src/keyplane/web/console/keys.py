@@ -184,6 +184,9 @@ def _detail_page(c: Console, key: ApiKey, *, shown: forms.KeyForm | None = None,
         "can_write": can_write, "can_control": can_write and not c.caller.lacks(key.scopes),
         "rotate_errors": rotate_errors or {}, "issued": issued, "notice": _notice(c),
         "times": present.Times(now),
+        "usage": present.usage_chart(c.kp.usage_reports.daily(c.caller, c.tenant_id, key.id)),
+        "denials": c.kp.usage_reports.last_denials(c.caller, c.tenant_id, key.id, limit=10),
+        "outcome_label": present.outcome_label,
     }, status=status, title=key.name)
 
 

@@ -126,6 +126,8 @@ def _detail(c: Console, member: Principal, *, errors: dict[str, str] | None = No
         "person": member, "roles": ROLES, "role_title": role_title,
         "can_write": c.can("members:write"), "is_me": member.id == c.caller.principal_id,
         "errors": errors or {}, "has_keys": bool(keys.items), "nav": "members",
+        "groups": sorted((g for g in c.kp.groups.list(c.caller, c.tenant_id)
+                          if g.id in member.group_ids), key=lambda g: g.name.lower()),
         "times": present.Times(c.kp.ctx.clock.now()),
         "notice": NOTICES.get(c.request.query_params.get("done", ""), ""),
     }, status=status, title=member.name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from keyplane.core import scopes as sc
 from keyplane.core.model import ApiKey, Principal, PrincipalKind
@@ -75,22 +75,22 @@ class Grid:
     rows: list[Row]
 
 
-def _row(area: str, actions: dict[str, str], chosen: set[str], caller: Caller) -> Row:
+def _row(area: str, actions: dict[str, str], chosen: set[str], caller: Caller | None) -> Row:
     title = area_title(area)
     order = sorted(actions, key=lambda a: (a not in ("read", "write"), a != "read", a))
     expanded = sc.expand(chosen)
     boxes = [
         Box(scope=f"{area}:{a}", area=title, action=action_title(a),
             kind={"read": "view", "write": "edit"}.get(a, "other"), description=actions[a],
-            checked=f"{area}:{a}" in expanded, holdable=not caller.lacks([f"{area}:{a}"]))
+            checked=f"{area}:{a}" in expanded,
+            holdable=caller is None or not caller.lacks([f"{area}:{a}"]))
         for a in order
     ]
     return Row(area=area, title=title, boxes=boxes)
 
 
-def scope_grids(catalogue: sc.Catalogue, chosen: Iterable[str], caller: Caller) -> list[Grid]:
-    """Data areas first (in the catalogue's usual order), then management areas."""
-    picked = set(chosen)
+def _areas(catalogue: sc.Catalogue) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """(actions by area, the data areas in the catalogue's usual order)"""
     areas: dict[str, dict[str, str]] = {}
     for scope, description in catalogue.entries.items():
         area, _, action = scope.partition(":")
@@ -100,6 +100,13 @@ def scope_grids(catalogue: sc.Catalogue, chosen: Iterable[str], caller: Caller) 
     known = list(sc.DATA_AREAS)
     data = sorted((a for a in areas if a not in MANAGEMENT_AREAS),
                   key=lambda a: (a not in known, known.index(a) if a in known else 0, a))
+    return areas, data
+
+
+def scope_grids(catalogue: sc.Catalogue, chosen: Iterable[str], caller: Caller) -> list[Grid]:
+    """Data areas first (in the catalogue's usual order), then management areas."""
+    picked = set(chosen)
+    areas, data = _areas(catalogue)
     management = [a for a in MANAGEMENT_AREAS if a in areas]
     return [
         Grid("Data access", "What the key may read or change in your account.",
@@ -107,6 +114,14 @@ def scope_grids(catalogue: sc.Catalogue, chosen: Iterable[str], caller: Caller) 
         Grid("Management", "What the key may do in Keyplane itself.",
              [_row(a, areas[a], picked, caller) for a in management]),
     ]
+
+
+def data_grid(catalogue: sc.Catalogue, chosen: Iterable[str]) -> list[Grid]:
+    """A data-access group's grid: data areas only (groups never hold management scopes)."""
+    picked = set(chosen)
+    areas, data = _areas(catalogue)
+    return [Grid("Data areas", "What its members and API users may reach.",
+                 [_row(a, areas[a], picked, None) for a in data])]
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -202,3 +217,116 @@ def _span(delta: timedelta, suffix: str) -> str:
             n = seconds // size
             return f"{n} {unit}{'s' if n != 1 else ''} {suffix}"
     return "Just now"
+
+
+# -- a key's usage ------------------------------------------------------------------------------
+
+# outcome: (how people read it, the colour of its part of a bar)
+OUTCOMES: dict[str, tuple[str, str]] = {
+    "VALID": ("Allowed", "#1d6b3a"),
+    "INSUFFICIENT_SCOPE": ("Missing scope", "#c2410c"),
+    "IP_NOT_ALLOWED": ("Address not allowed", "#7c3aed"),
+    "TLS_REQUIRED": ("Not a secure connection", "#0e7490"),
+    "RATE_LIMITED": ("Rate limited", "#be185d"),
+    "DISABLED": ("Locked or disabled", "#475569"),
+    "EXPIRED": ("Expired", "#b3261e"),
+    "REVOKED": ("Deleted", "#1f2937"),
+}
+CHART_W, CHART_H, CHART_LEFT, CHART_TOP, CHART_BOTTOM = 720, 200, 44, 10, 24
+
+
+def outcome_label(outcome: str) -> str:
+    return OUTCOMES.get(outcome, (outcome.replace("_", " ").capitalize(), ""))[0]
+
+
+@dataclass(frozen=True)
+class Segment:
+    y: float
+    height: float
+    colour: str
+    label: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Bar:
+    x: float
+    width: float
+    day: str
+    total: int
+    segments: list[Segment]
+
+
+@dataclass(frozen=True)
+class UsageChart:
+    """Requests per day by outcome, as an SVG drawn on the server, and the same as a table."""
+
+    width: int
+    height: int
+    left: int
+    bottom: float  # the y of the axis
+    bars: list[Bar]
+    ticks: list[tuple[float, str]]  # (y, label) of the horizontal lines
+    days: list[tuple[float, str]]  # (x, label) under the axis
+    legend: list[tuple[str, str, int]]  # (label, colour, requests)
+    outcomes: list[str]  # the table's columns (labels), in legend order
+    rows: list[tuple[str, list[int], int]]  # days with requests: (day, counts, total)
+    total: int
+    summary: str  # the chart in one sentence, for screen readers
+
+
+def _nice(top: int) -> int:
+    """A round number at least ``top`` for the scale (1, 2 or 5 times a power of ten)."""
+    step = 1
+    while True:
+        for m in (1, 2, 5):
+            if m * step >= top:
+                return m * step
+        step *= 10
+
+
+def usage_chart(days: list[tuple[date, dict[str, int]]]) -> UsageChart:
+    order = [o for o in OUTCOMES if any(o in counts for _, counts in days)]
+    order += sorted({o for _, counts in days for o in counts} - set(OUTCOMES))
+    totals = {o: sum(c.get(o, 0) for _, c in days) for o in order}
+    top = _nice(max([sum(c.values()) for _, c in days] + [1]))
+    plot_h = CHART_H - CHART_TOP - CHART_BOTTOM
+    bottom = CHART_TOP + plot_h
+    slot = (CHART_W - CHART_LEFT - 4) / max(len(days), 1)
+    bars = []
+    for i, (day, counts) in enumerate(days):
+        y = float(bottom)
+        segments = []
+        for o in order:
+            n = counts.get(o, 0)
+            if not n:
+                continue
+            h = plot_h * n / top
+            y -= h
+            segments.append(Segment(round(y, 2), round(h, 2), OUTCOMES.get(o, ("", "#64748b"))[1]
+                                    or "#64748b", outcome_label(o), n))
+        bars.append(Bar(round(CHART_LEFT + i * slot + slot * 0.15, 2), round(slot * 0.7, 2),
+                        day.strftime("%-d %b"), sum(counts.values()), segments))
+    ticks = [(round(bottom - plot_h * f, 2), f"{int(top * f):,}") for f in (0, 0.5, 1)
+             if f == 0 or top * f == int(top * f)]
+    marks = [(round(CHART_LEFT + i * slot + slot / 2, 2), day.strftime("%-d %b"))
+             for i, (day, _) in enumerate(days) if (len(days) - 1 - i) % 7 == 0]
+    total = sum(totals.values())
+    refused = total - totals.get("VALID", 0)
+    if total:
+        parts = ", ".join(f"{totals[o]:,} {outcome_label(o).lower()}" for o in order)
+        busiest = max(days, key=lambda d: sum(d[1].values()))
+        summary = (f"{total:,} requests in the last {len(days)} days ({parts}); "
+                   f"{refused:,} refused. The busiest day was "
+                   f"{busiest[0].strftime('%-d %B')}, with {sum(busiest[1].values()):,}.")
+    else:
+        summary = f"No requests in the last {len(days)} days."
+    return UsageChart(
+        width=CHART_W, height=CHART_H, left=CHART_LEFT, bottom=bottom, bars=bars, ticks=ticks,
+        days=marks,
+        legend=[(outcome_label(o), OUTCOMES.get(o, ("", "#64748b"))[1] or "#64748b", totals[o])
+                for o in order],
+        outcomes=[outcome_label(o) for o in order],
+        rows=[(day.strftime("%-d %b %Y"), [c.get(o, 0) for o in order], sum(c.values()))
+              for day, c in reversed(days) if c],
+        total=total, summary=summary)
