@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from keyplane.core.audit_chain import Break, ChainHead, verify
 from keyplane.core.errors import NotFound, ValidationError
 from keyplane.core.model import AuditEvent, Page
-from keyplane.core.rights import SYSTEM, Caller, CredentialKind
+from keyplane.core.rights import SYSTEM, Caller
 from keyplane.services.context import Context
 from keyplane.services.refusals import RefusalRecorder
 

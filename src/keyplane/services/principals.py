@@ -416,6 +416,7 @@ class GroupService:
             principal = uow.principals.get(tid, principal_id)
             if principal is None:
                 raise NotFound("no such member or service account", field="principal_id")
+            before = principal_view(principal)
             if join and group_id not in principal.group_ids:
                 if len(principal.group_ids) >= v.MAX_GROUPS:
                     raise ValidationError(
@@ -428,10 +429,11 @@ class GroupService:
                 return principal  # already so: nothing to record
             uow.principals.update(principal)
             # the same event as any other change of its groups (webhooks see one kind)
+            change: dict[str, Any] = {"joined" if join else "left": group_id}
             self.ctx.audit(
                 uow, caller, f"{principal.kind.value}.updated", principal.id, tenant_id=tid,
-                fields=["group_ids"], **{"joined" if join else "left": group_id},
-                subject=principal_view(principal),
+                fields=["group_ids"], subject=principal_view(principal), before=before,
+                **change,
             )
             self.ctx.changed(uow, "principal", principal.id)
             uow.commit()
