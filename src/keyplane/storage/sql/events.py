@@ -5,7 +5,7 @@
   worker and host each reminder is sent once; a new ``expires_at`` (renewal, rotation) is a new
   row, so a renewed key is reminded again.
 - ``key_networks``: the networks each key was seen from (bounded per key, most recent kept).
-- ``key_denials``: refusals per key and fixed window, added to by every worker's usage flush;
+- ``key_denial_windows``: refusals per key and fixed window, added to by every worker's usage flush;
   ``alerted_at`` is set once per window by whichever flush crosses the threshold.
 - ``automations``: a tenant's rules that send product events to its webhooks.
 """
@@ -51,8 +51,8 @@ key_networks = sa.Table(
 )
 
 # no foreign key: a flush must never fail because its key was just deleted with its tenant
-key_denials = sa.Table(
-    "key_denials",
+key_denial_windows = sa.Table(
+    "key_denial_windows",
     metadata,
     sa.Column("key_id", ID, primary_key=True),
     sa.Column("window_start", UTCDateTime, primary_key=True),
@@ -82,7 +82,7 @@ automations = sa.Table(
 K = t.api_keys.c
 R = key_reminders.c
 N = key_networks.c
-DN = key_denials.c
+DN = key_denial_windows.c
 A = automations.c
 
 
@@ -196,7 +196,7 @@ class SqlEvents:
         dialect = _dialect(self.conn)
         out: dict[str, int] = {}
         for key_id in sorted(counts):  # a stable order: concurrent flushes never deadlock
-            stmt = dialect.insert(key_denials).values(
+            stmt = dialect.insert(key_denial_windows).values(
                 key_id=key_id, window_start=window_start, count=counts[key_id])
             stmt = stmt.on_conflict_do_update(
                 index_elements=[DN.key_id, DN.window_start],
@@ -206,13 +206,13 @@ class SqlEvents:
 
     def alert_denials(self, key_id: str, window_start: datetime, now: datetime) -> bool:
         """Marks the window as alerted; True for the one caller that did."""
-        done = self.conn.execute(key_denials.update().where(
+        done = self.conn.execute(key_denial_windows.update().where(
             DN.key_id == key_id, DN.window_start == window_start, DN.alerted_at.is_(None))
             .values(alerted_at=now))
         return bool(done.rowcount == 1)
 
     def prune_denials(self, before: datetime) -> None:
-        self.conn.execute(key_denials.delete().where(DN.window_start < before))
+        self.conn.execute(key_denial_windows.delete().where(DN.window_start < before))
 
     # -- automations -------------------------------------------------------------------------
 

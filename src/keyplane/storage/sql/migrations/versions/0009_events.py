@@ -48,12 +48,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("key_id", "network", name=op.f("pk_key_networks")),
     )
     op.create_table(
-        "key_denials",
+        "key_denial_windows",
         sa.Column("key_id", ID, nullable=False),
         sa.Column("window_start", TS, nullable=False),
         sa.Column("count", sa.BigInteger(), nullable=False),
         sa.Column("alerted_at", TS, nullable=True),
-        sa.PrimaryKeyConstraint("key_id", "window_start", name=op.f("pk_key_denials")),
+        sa.PrimaryKeyConstraint("key_id", "window_start", name=op.f("pk_key_denial_windows")),
     )
     op.create_table(
         "automations",
@@ -79,6 +79,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_automations_tenant", table_name="automations")
     op.drop_table("automations")
-    op.drop_table("key_denials")
+    op.drop_table("key_denial_windows")
     op.drop_table("key_networks")
     op.drop_table("key_reminders")
