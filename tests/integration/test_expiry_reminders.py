@@ -15,10 +15,12 @@ import httpx2
 import pytest
 
 from keyplane.bootstrap import Keyplane, build
+from keyplane.core.rights import SYSTEM
 from keyplane.services.expiry import Reminder
 from tests.conftest import Tenant, auth, make_settings, make_tenant, serving
 from tests.integration.helpers import create_key, when
 from tests.integration.procs import wait_until
+from tests.integration.test_cli import Cli, cli  # noqa: F401  (the ``cli`` fixture)
 from tests.smtp_server import Inbox, MailServer
 from tests.support import SettableClock
 from tests.webhook_receiver import Receiver
@@ -193,7 +195,21 @@ def test_keys_of_a_disabled_tenant_or_revoked_are_not_reminded(
     other = make_tenant(kp, name="Paused")
     create_key(http, other.management_key, name="paused", scopes=["contacts:read"],
                expires_in_days=7)
-    from keyplane.core.rights import SYSTEM
     kp.tenants.update(SYSTEM, other.id, {"enabled": False})
     assert kp.expiry.run(force=True) == []
     assert mail_server.inbox.messages == []
+
+
+def test_keyplane_reminders_run_for_cron(
+    keyplane: Keyplane, tenant: Tenant, cli: Cli  # noqa: F811
+) -> None:
+    # the CLI runs on the real clock, as the test's clock starts
+    key = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "cron", "owner_id": tenant.admin_id, "scopes": ["contacts:read"],
+        "expires_in_days": 7})
+    out = cli.json("reminders", "run")
+    assert out["ran"] is True
+    assert [(s["key_id"], s["threshold_days"]) for s in out["sent"]] == [(key.key.id, 7)]
+    assert cli.json("reminders", "run") == {"ran": False, "sent": []}  # the lease
+    assert cli.json("reminders", "run", "--force") == {"ran": True, "sent": []}  # sent once
+    assert "Another instance scanned" in cli.ok("reminders", "run")

@@ -31,7 +31,8 @@ NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
     (timedelta(days=30), None), (timedelta(days=14, seconds=1), None),
     (timedelta(days=14), 14), (timedelta(days=8), 14), (timedelta(days=7), 7),
     (timedelta(days=5), 7), (timedelta(days=1, seconds=1), 7), (timedelta(days=1), 1),
-    (timedelta(seconds=1), 1), (timedelta(0), EXPIRED), (-timedelta(days=7) + timedelta(seconds=1), EXPIRED),
+    (timedelta(seconds=1), 1), (timedelta(0), EXPIRED),
+    (-timedelta(days=7) + timedelta(seconds=1), EXPIRED),
     (-timedelta(days=7), None),
 ])
 def test_the_nearest_reached_reminder_is_due(left: timedelta, due: int | None) -> None:

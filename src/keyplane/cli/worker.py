@@ -1,4 +1,5 @@
-"""``keyplane worker``: the webhook delivery worker on its own, without the HTTP API."""
+"""``keyplane worker``: webhook delivery and expiry reminders on their own, without the HTTP
+API; ``keyplane reminders run``: one scan for expiry reminders (for cron)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from keyplane.cli.main import app
+from keyplane.cli.main import JsonOpt, _keyplane, app, handled
+from keyplane.cli.output import console, emit_json
 
 
 @app.command()
@@ -44,3 +46,35 @@ def worker(
         for s, handler in previous.items():
             signal.signal(s, handler)
         kp.close()
+
+
+reminders_app = typer.Typer(help="Expiry reminders (key.expiring, key.expired).",
+                            no_args_is_help=True)
+app.add_typer(reminders_app, name="reminders")
+
+
+@reminders_app.command("run")
+@handled
+def reminders_run(
+    force: Annotated[bool, typer.Option(
+        "--force", help="Scan even if an instance scanned within "
+        "KEYPLANE_EXPIRY_INTERVAL_SECONDS (each reminder is still sent once)")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Send the expiry reminders that are due, once (for cron, or with
+    KEYPLANE_EXPIRY_INTERVAL_SECONDS=0)."""
+    kp = _keyplane()
+    try:
+        sent = kp.expiry.run(force=force)
+    finally:
+        kp.close()
+    out = {"ran": sent is not None,
+           "sent": [{"key_id": r.key_id, "threshold_days": r.threshold_days,
+                     "expires_at": r.expires_at.isoformat(), "emailed": r.emailed}
+                    for r in sent or []]}
+    if json_out:
+        emit_json(out)
+    elif sent is None:
+        console.print("Another instance scanned within the interval (--force to scan anyway).")
+    else:
+        console.print(f"Expiry reminders: {len(sent)} sent.")

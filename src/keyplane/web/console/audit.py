@@ -28,6 +28,7 @@ OTHER_ACTIONS = frozenset({
     "group.created", "group.updated", "group.deleted", "tenant.updated", "share.created",
     "share.opened", "share.withdrawn", "webhook.created", "webhook.updated", "webhook.deleted",
     "webhook.secret_rotated", "webhook.redelivered", "app.registered", "app.secret_rotated",
+    "automation.created", "automation.updated", "automation.deleted",
 })
 WORDS = {
     "authz_fail": "Refused: not allowed",
