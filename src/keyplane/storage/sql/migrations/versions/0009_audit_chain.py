@@ -19,7 +19,7 @@ from keyplane.core.audit_chain import GENESIS, chain_of, seal
 from keyplane.core.model import AuditEvent
 
 revision = "0009_audit_chain"
-down_revision = "0008_hygiene"
+down_revision = "0009_console_partner"
 branch_labels = None
 depends_on = None
 

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_console_admin"
-down_revision = "0008_hygiene"
+down_revision = "0009_imports"
 branch_labels = None
 depends_on = None
 

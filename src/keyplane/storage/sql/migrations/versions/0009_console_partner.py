@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_console_partner"
-down_revision = "0008_hygiene"
+down_revision = "0009_console_admin"
 branch_labels = None
 depends_on = None
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_imports"
-down_revision = "0008_hygiene"
+down_revision = "0009_events"
 branch_labels = None
 depends_on = None
 
