@@ -189,11 +189,10 @@ def test_a_developer_registers_an_app_that_cannot_be_authorised_before_approval(
     assert connected(keyplane).apps.get(SYSTEM, None, app_id).status.value == "pending"
 
 
-def test_another_developers_app_is_not_found(keyplane: Keyplane, tmp_path: Path,
+def test_another_developers_app_is_not_found(keyplane: Keyplane, tenant: Tenant,
                                              http: httpx2.Client) -> None:
     sign_up(http, "a@zap.example", invitation(keyplane, "a@zap.example"))
     app_id = register_app(http)
-    token = csrf(http.get("/partners").text)
     with httpx2.Client(base_url=str(http.base_url)) as other:
         sign_up(other, "b@rival.example", invitation(keyplane, "b@rival.example"))
         assert other.get(f"/partners/apps/{app_id}").status_code == 404
@@ -201,8 +200,10 @@ def test_another_developers_app_is_not_found(keyplane: Keyplane, tmp_path: Path,
         own = csrf(other.get("/partners").text)
         r = other.post(f"/partners/apps/{app_id}/rotate-secret", data={"csrf_token": own})
         assert r.status_code == 404
-    # and a tenant's API credentials do not list a developer's app
-    assert token
+    # nor to a tenant's management key
+    key = {"Authorization": f"Bearer {tenant.management_key}"}
+    assert http.get(f"/v1/apps/{app_id}", headers=key).status_code == 404
+    assert app_id not in http.get("/v1/apps", headers=key).text
 
 
 def test_staff_approve_and_the_developer_gets_the_secret_once(
