@@ -37,6 +37,7 @@ class TenantPolicy:
     require_tls_default: bool = True
     leaked_key_action: LeakAction = LeakAction.REVOKE
     revoke_unused_after_days: int | None = None  # None: unused keys are never revoked
+    require_admin_two_factor: bool = False  # admins enrol TOTP before anything else
 
 
 @dataclass

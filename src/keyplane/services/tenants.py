@@ -14,7 +14,8 @@ from keyplane.services.context import Context
 
 MAX_DAYS = v.MAX_DAYS
 POLICY_FIELDS = ("default_expiry_days", "max_expiry_days", "allow_non_expiring", "allowed_ips",
-                 "require_tls_default", "leaked_key_action", "revoke_unused_after_days")
+                 "require_tls_default", "leaked_key_action", "revoke_unused_after_days",
+                 "require_admin_two_factor")
 
 
 def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
@@ -40,6 +41,9 @@ def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
     if "require_tls_default" in body:
         policy.require_tls_default = v.boolean(body["require_tls_default"],
                                                field("require_tls_default"))
+    if "require_admin_two_factor" in body:
+        policy.require_admin_two_factor = v.boolean(body["require_admin_two_factor"],
+                                                    field("require_admin_two_factor"))
     if "leaked_key_action" in body:
         value = body["leaked_key_action"]
         if value not in tuple(LeakAction):

@@ -203,6 +203,9 @@ class Policy(Body):
         default=None, description="Keys not used for this many days (never-used keys: "
         "since creation) are revoked with reason `unused`, after a `key.unused_warning` "
         "to their owner up to 7 days before; null (the default) turns it off")
+    require_admin_two_factor: bool | Absent = Field(
+        default=None, description="Admins must use two-factor sign-in (TOTP): an admin "
+        "without it is sent to set it up before anything else in the console")
 
 
 class TenantCreate(Body):
@@ -300,6 +303,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
             "require_tls_default": p.require_tls_default,
             "leaked_key_action": p.leaked_key_action.value,
             "revoke_unused_after_days": p.revoke_unused_after_days,
+            "require_admin_two_factor": p.require_admin_two_factor,
         },
     }
 

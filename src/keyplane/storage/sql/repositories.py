@@ -54,6 +54,7 @@ class SqlTenants:
             require_tls_default=p.require_tls_default,
             leaked_key_action=p.leaked_key_action.value,
             revoke_unused_after_days=p.revoke_unused_after_days,
+            require_admin_two_factor=p.require_admin_two_factor,
         )
 
     @staticmethod
@@ -66,6 +67,7 @@ class SqlTenants:
                 require_tls_default=r["require_tls_default"],
                 leaked_key_action=LeakAction(r["leaked_key_action"]),
                 revoke_unused_after_days=r["revoke_unused_after_days"],
+                require_admin_two_factor=r["require_admin_two_factor"],
             ),
         )
 

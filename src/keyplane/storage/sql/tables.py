@@ -57,6 +57,8 @@ tenants = sa.Table(
     sa.Column("leaked_key_action", sa.String(10), nullable=False,
               server_default="revoke"),  # 0006_leaks_shares
     sa.Column("revoke_unused_after_days", sa.Integer, nullable=True),  # 0008_hygiene
+    sa.Column("require_admin_two_factor", sa.Boolean, nullable=False,
+              server_default=sa.false()),  # 0009_console_auth
 )
 
 principals = sa.Table(
@@ -179,6 +181,7 @@ changes = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
 )
 
+from keyplane.storage.sql import accounts as _account_tables  # noqa: E402,F401
 from keyplane.storage.sql import hygiene as _hygiene_tables  # noqa: E402,F401
 from keyplane.storage.sql import oauth_tables as _oauth_tables  # noqa: E402,F401
 from keyplane.storage.sql import safety as _safety_tables  # noqa: E402,F401

@@ -9,10 +9,12 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from keyplane.web.console import (
+    account,
     api_users,
     audit,
     connections,
     hygiene,
+    invitations,
     keys,
     members,
     settings,
@@ -30,3 +32,5 @@ def install(app: FastAPI) -> None:
     app.include_router(audit.router)
     app.include_router(members.router)
     app.include_router(api_users.router)
+    app.include_router(invitations.router)
+    app.include_router(account.router)
