@@ -176,10 +176,11 @@ class AccountService:
 
     # -- password resets ------------------------------------------------------------------------
 
-    def request_reset(self, email: Any, *, ip: str | None) -> None:
-        """Mail a reset link for every membership of this address that can sign in. Answers
-        the same (nothing) whether or not there is one; over the limit, RateLimited — counted
-        per address whether or not it has an account, so the limit says nothing either."""
+    def request_reset(self, email: Any, *, ip: str | None) -> str:
+        """Check a "forgot password" request: the address, and the limits — counted per
+        address whether or not it has an account, so the limit says nothing either. Returns
+        the address for :meth:`send_reset`, which the caller runs after answering, so that
+        the answer takes as long whether or not there is an account to mail."""
         address = v.email(email)
         for item, kind, ident in ((RESETS_PER_ADDRESS, "reset-address", address),
                                   (RESETS_PER_IP, "reset-ip", ip or "")):
@@ -187,6 +188,11 @@ class AccountService:
                 wait = self.throttle.wait(item, kind, ident) or 60
                 raise RateLimited("too many reset requests; try again later",
                                   retry_after=wait, limit=item.amount, remaining=0)
+        return address
+
+    def send_reset(self, address: str, *, ip: str | None) -> None:
+        """Mail a reset link for every membership of this address that can sign in (nothing
+        when there is none)."""
         with self.ctx.uow() as uow:
             members = [m for m in uow.principals.members_with_email(address) if m.can_sign_in]
             lines: list[str] = []

@@ -157,9 +157,10 @@ class TwoFactorService:
             if step is not None:
                 factor.last_step = step
             elif recovery and typed:
-                digest = self._recovery_digest(principal.id, typed)
+                digests = [d for _pid, d in self.ctx.hasher.candidates(
+                    f"recovery:{principal.id}:{typed}")]  # made under any configured pepper
                 left = [d for d in factor.recovery_digests
-                        if not hmac.compare_digest(d, digest)]
+                        if not any(hmac.compare_digest(d, c) for c in digests)]
                 used_recovery = len(left) < len(factor.recovery_digests)
                 factor.recovery_digests = left
             if step is None and not used_recovery:

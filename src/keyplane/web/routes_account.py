@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
@@ -70,8 +71,9 @@ async def forgot(request: Request) -> Response:
     if not _csrf_ok(request, form):
         return _forgot(request, email=email, error=EXPIRED_FORM, status=400)
     accounts = pages.env_of(request).accounts
+    ip = pages.client_ip(request)
     try:
-        await run_in_threadpool(accounts.request_reset, email, ip=pages.client_ip(request))
+        address = await run_in_threadpool(accounts.request_reset, email, ip=ip)
     except ValidationError:
         return _forgot(request, email=email, status=422,
                        error="Enter the email address you sign in with.")
@@ -79,7 +81,10 @@ async def forgot(request: Request) -> Response:
         return _forgot(request, email=email, status=429,
                        error="Too many reset requests. Wait an hour and try again.",
                        headers=ratelimit_headers(exc.retry_after, exc.limit, exc.remaining))
-    return _forgot(request, sent=True)
+    answer = _forgot(request, sent=True)
+    # the lookup and the mail run after the answer is sent: it takes as long either way
+    answer.background = BackgroundTask(accounts.send_reset, address, ip=ip)
+    return answer
 
 
 # -- invitations and reset links --------------------------------------------------------------
