@@ -453,3 +453,39 @@ def test_consenting_to_an_app_asks_for_a_fresh_code(site: Site) -> None:
     assert r.status_code == 401 and "needs a fresh second factor" in r.text
     r = site.http.post(url, data={**base, "second_factor_code": totp.at(site.clock.now())})
     assert r.status_code == 302 and "code=" in r.headers["location"]
+
+
+def test_choosing_a_workspace_still_asks_for_the_code_of_that_membership(site: Site) -> None:
+    t = site.tenant
+    make_tenant(site.kp, "Globex", email=t.admin_email)  # the same person, the same password
+    with site.client() as browser:
+        page = password_step_or_choice(browser, t.admin_email, t.admin_password)
+        assert "Choose a workspace" in page.text  # no two-factor yet: a plain choice
+    signed_in_acme = site.client()
+    with signed_in_acme:
+        page = password_step_or_choice(signed_in_acme, t.admin_email, t.admin_password)
+        choose = choice_of(signed_in_acme, page, t.admin_id)
+        assert choose.status_code == 303
+        totp, _codes = enrol(signed_in_acme, site.clock)
+    site.clock.advance(seconds=30)
+    with site.client() as browser:
+        page = password_step_or_choice(browser, t.admin_email, t.admin_password)
+        code_page = choice_of(browser, page, t.admin_id)
+        assert code_page.status_code == 200 and "Enter your sign-in code" in code_page.text
+        assert browser.get("/keys").status_code == 303
+        assert code_step(browser, code_page, totp.at(site.clock.now())).status_code == 303
+        assert browser.get("/keys").status_code == 200
+
+
+def password_step_or_choice(http: httpx2.Client, email: str, password: str) -> httpx2.Response:
+    r = sign_in(http, email, password)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def choice_of(http: httpx2.Client, page: httpx2.Response, principal_id: str) -> httpx2.Response:
+    choice = re.search(r'name="choice" value="([^"]+)"', page.text)
+    assert choice, "no workspace choice"
+    return http.post("/signin/workspace", data={
+        "csrf_token": csrf(page.text), "choice": unescape(choice.group(1)),
+        "principal_id": principal_id, "next": ""})
