@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,17 +60,16 @@ class OpenLink:
 
 
 class AccountService:
-    def __init__(self, ctx: Context, repos: Any, sessions: Repos, throttle: SignInThrottle, *,
-                 base_url: str) -> None:
+    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], AccountRepos],
+                 sessions: Repos, throttle: SignInThrottle, *, base_url: str) -> None:
         self.ctx = ctx
-        self.repos = repos  # Callable[[UnitOfWork], AccountRepos]
+        self.repos = repos
         self.sessions = sessions  # the web-session store: a reset ends the member's sessions
         self.throttle = throttle
         self.base_url = base_url.rstrip("/")
 
     def _repos(self, uow: UnitOfWork) -> AccountRepos:
-        found: AccountRepos = self.repos(uow)
-        return found
+        return self.repos(uow)
 
     def _new(self, kind: LinkKind, tenant_id: str, email: str, actor: str, lifetime: timedelta,
              **extra: Any) -> tuple[OneTimeLink, str]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, NoReturn, Protocol
 
 import pyotp
@@ -27,7 +28,6 @@ from keyplane.services.sessions import SignInThrottle, requires_two_factor
 
 STEP_SECONDS = 30
 RECOVERY_CODES = 10
-FRESH = timedelta(minutes=5)  # how long a proved second factor counts as fresh
 WRONG_CODES = parse("5/5 minutes")  # per member
 WRONG_CODE = "that code is not right; enter the current 6-digit code from your app"
 POLICY_KEEPS = "two_factor_required"
@@ -53,17 +53,16 @@ class Enrolment:
 
 
 class TwoFactorService:
-    def __init__(self, ctx: Context, repos: Any, sealer: Sealer, throttle: SignInThrottle, *,
-                 issuer: str = "Keyplane") -> None:
+    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], AccountRepos],
+                 sealer: Sealer, throttle: SignInThrottle, *, issuer: str = "Keyplane") -> None:
         self.ctx = ctx
-        self.repos = repos  # Callable[[UnitOfWork], AccountRepos]
+        self.repos = repos
         self.sealer = sealer
         self.throttle = throttle
         self.issuer = issuer
 
     def _repos(self, uow: UnitOfWork) -> AccountRepos:
-        found: AccountRepos = self.repos(uow)
-        return found
+        return self.repos(uow)
 
     @staticmethod
     def _context(principal_id: str) -> str:
