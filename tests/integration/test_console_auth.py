@@ -489,3 +489,19 @@ def choice_of(http: httpx2.Client, page: httpx2.Response, principal_id: str) -> 
     return http.post("/signin/workspace", data={
         "csrf_token": csrf(page.text), "choice": unescape(choice.group(1)),
         "principal_id": principal_id, "next": ""})
+
+
+def test_one_time_link_tokens_never_reach_the_logs(
+        site: Site, all_logs: pytest.LogCaptureFixture) -> None:
+    signed_in(site.http, site.tenant.admin_email, site.tenant.admin_password)
+    path = shown_link(invite(site.http, "logged@example.com").text)
+    with site.client() as invitee:
+        assert set_password(invitee, path, NEW_PASSWORD).status_code == 303
+        forgot(invitee, "logged@example.com")
+        reset = path_of(Inbox.body(site.mail.inbox.wait(2)[1]))
+        assert set_password(invitee, reset, "yet another passphrase").status_code == 303
+    logged = "\n".join(r.getMessage() for r in all_logs.records  # Keyplane's and uvicorn's
+                       if r.name.startswith(("keyplane", "uvicorn")))
+    for token in (path.rsplit("/", 1)[1], reset.rsplit("/", 1)[1]):
+        assert token not in logged
+    assert "/join/[redacted]" in logged and "/reset/[redacted]" in logged  # the access log
