@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 from keyplane.core.apps import CredentialPrefixes
 from keyplane.peppers import load_peppers
 from keyplane.sealing import PepperSealer
-from keyplane.services.accounts import AccountService
+from keyplane.services.links import LinkService
 from keyplane.services.apps import AppService
 from keyplane.services.connections import CONNECTION_ID_PREFIX, ConnectionService, Lifetimes
 from keyplane.services.sessions import SessionService, SignInThrottle
 from keyplane.services.two_factor import TwoFactorService
-from keyplane.storage.sql.accounts import account_repos
+from keyplane.storage.sql.sign_in import sign_in_repos
 from keyplane.storage.sql.oauth_repositories import connected_repos
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class ConnectedApps:
     connections: ConnectionService
     sessions: SessionService
     two_factor: TwoFactorService  # TOTP second factor and recovery codes
-    accounts: AccountService  # invitations and password resets (one-time links)
+    links: LinkService  # invitations and password resets (one-time links)
     issuer: str  # the RFC 8414 issuer: settings.base_url, byte for byte
 
 
@@ -48,7 +48,7 @@ def install(kp: Keyplane) -> ConnectedApps:
     throttle = SignInThrottle(s.signin_limit_per_account, s.signin_limit_per_ip,
                               redis_url=s.redis_url,
                               prefix=getattr(s, "redis_prefix", "keyplane"))
-    two_factor = TwoFactorService(kp.ctx, account_repos, PepperSealer(load_peppers(s)),
+    two_factor = TwoFactorService(kp.ctx, sign_in_repos, PepperSealer(load_peppers(s)),
                                   throttle)
     out = ConnectedApps(
         prefixes=prefixes,
@@ -58,7 +58,7 @@ def install(kp: Keyplane) -> ConnectedApps:
                                 lifetime=timedelta(seconds=s.session_lifetime_seconds),
                                 second_factor=two_factor),
         two_factor=two_factor,
-        accounts=AccountService(kp.ctx, account_repos, connected_repos, throttle,
+        links=LinkService(kp.ctx, sign_in_repos, connected_repos, throttle,
                                 base_url=issuer),
         issuer=issuer,
     )

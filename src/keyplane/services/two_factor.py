@@ -18,7 +18,7 @@ from typing import Any, NoReturn, Protocol
 import pyotp
 from limits import parse
 
-from keyplane.core.accounts import AccountRepos, SecondFactor
+from keyplane.core.sign_in import SignInRepos, SecondFactor
 from keyplane.core.errors import AuthenticationError, Conflict, RateLimited
 from keyplane.core.model import Principal, Tenant
 from keyplane.core.ports import UnitOfWork
@@ -53,7 +53,7 @@ class Enrolment:
 
 
 class TwoFactorService:
-    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], AccountRepos],
+    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], SignInRepos],
                  sealer: Sealer, throttle: SignInThrottle, *, issuer: str = "Keyplane") -> None:
         self.ctx = ctx
         self.repos = repos
@@ -61,7 +61,7 @@ class TwoFactorService:
         self.throttle = throttle
         self.issuer = issuer
 
-    def _repos(self, uow: UnitOfWork) -> AccountRepos:
+    def _repos(self, uow: UnitOfWork) -> SignInRepos:
         return self.repos(uow)
 
     @staticmethod

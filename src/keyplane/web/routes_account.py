@@ -11,9 +11,9 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
-from keyplane.core.accounts import LinkKind
+from keyplane.core.sign_in import LinkKind
 from keyplane.core.errors import Conflict, NotFound, RateLimited, ValidationError
-from keyplane.services.accounts import RESET_LIFETIME
+from keyplane.services.links import RESET_LIFETIME
 from keyplane.services.passwords import MIN_PASSWORD
 from keyplane.web import pages
 from keyplane.web.errors import ratelimit_headers
@@ -70,10 +70,10 @@ async def forgot(request: Request) -> Response:
     email = email if isinstance(email, str) else ""
     if not _csrf_ok(request, form):
         return _forgot(request, email=email, error=EXPIRED_FORM, status=400)
-    accounts = pages.env_of(request).accounts
+    links = pages.env_of(request).links
     ip = pages.client_ip(request)
     try:
-        address = await run_in_threadpool(accounts.request_reset, email, ip=ip)
+        address = await run_in_threadpool(links.request_reset, email, ip=ip)
     except ValidationError:
         return _forgot(request, email=email, status=422,
                        error="Enter the email address you sign in with.")
@@ -83,7 +83,7 @@ async def forgot(request: Request) -> Response:
                        headers=ratelimit_headers(exc.retry_after, exc.limit, exc.remaining))
     answer = _forgot(request, sent=True)
     # the lookup and the mail run after the answer is sent: it takes as long either way
-    answer.background = BackgroundTask(accounts.send_reset, address, ip=ip)
+    answer.background = BackgroundTask(links.send_reset, address, ip=ip)
     return answer
 
 
@@ -99,9 +99,9 @@ TEXTS = {
 
 def _link_page(request: Request, kind: LinkKind, token: str, *, name: str = "",
                error: str = "", password_error: str = "", status: int = 200) -> Response:
-    accounts = pages.env_of(request).accounts
+    links = pages.env_of(request).links
     try:
-        opened = accounts.open(token, kind)
+        opened = links.open(token, kind)
     except NotFound as exc:
         return _gone(request, exc.message)
     heading, intro, button = TEXTS[kind]
@@ -122,13 +122,13 @@ async def _use(request: Request, kind: LinkKind, token: str) -> Response:
     if not _csrf_ok(request, form):
         return await run_in_threadpool(_link_page, request, kind, token, name=name,
                                        error=EXPIRED_FORM, status=400)
-    accounts = pages.env_of(request).accounts
+    links = pages.env_of(request).links
     ip = pages.client_ip(request)
     try:
         if kind is LinkKind.INVITE:
-            await run_in_threadpool(accounts.accept, token, name, form.get("password"), ip=ip)
+            await run_in_threadpool(links.accept, token, name, form.get("password"), ip=ip)
         else:
-            await run_in_threadpool(accounts.reset, token, form.get("password"), ip=ip)
+            await run_in_threadpool(links.reset, token, form.get("password"), ip=ip)
     except NotFound as exc:
         return _gone(request, exc.message)
     except (ValidationError, Conflict) as exc:

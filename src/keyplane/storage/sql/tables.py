@@ -181,7 +181,7 @@ changes = sa.Table(
     sa.Column("at", UTCDateTime, nullable=False),
 )
 
-from keyplane.storage.sql import accounts as _account_tables  # noqa: E402,F401
+from keyplane.storage.sql import sign_in as _sign_in_tables  # noqa: E402,F401
 from keyplane.storage.sql import hygiene as _hygiene_tables  # noqa: E402,F401
 from keyplane.storage.sql import oauth_tables as _oauth_tables  # noqa: E402,F401
 from keyplane.storage.sql import safety as _safety_tables  # noqa: E402,F401

@@ -9,7 +9,7 @@ from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.errors import Conflict, ValidationError
-from keyplane.services.accounts import INVITE_LIFETIME, RESET_LIFETIME, IssuedLink
+from keyplane.services.links import INVITE_LIFETIME, RESET_LIFETIME, IssuedLink
 from keyplane.web import pages
 from keyplane.web.console.base import Console, action, page
 from keyplane.web.console.forms import KeyForm
@@ -46,9 +46,9 @@ async def invite(request: Request) -> Response:
         values = {k: (form.get(k) if isinstance(form.get(k), str) else "") for k in FIELDS}
         shown = KeyForm(dict(values))
         _require_write(c, "invite members")
-        accounts = pages.env_of(c.request).accounts
+        links = pages.env_of(c.request).links
         try:
-            issued = accounts.invite(c.caller, c.tenant_id,
+            issued = links.invite(c.caller, c.tenant_id,
                                      {"email": str(values["email"]).strip(),
                                       "role": values["role"]})
         except (ValidationError, Conflict) as exc:
@@ -73,7 +73,7 @@ async def invite(request: Request) -> Response:
 async def withdraw(request: Request, link_id: str) -> Response:
     def view(c: Console, form: FormData) -> Response:
         _require_write(c, "withdraw invitations")
-        pages.env_of(c.request).accounts.withdraw(c.caller, c.tenant_id, link_id)
+        pages.env_of(c.request).links.withdraw(c.caller, c.tenant_id, link_id)
         return RedirectResponse("/members?done=withdrawn", status_code=303)
 
     return await action(request, view)
@@ -84,7 +84,7 @@ async def reset_link(request: Request, member_id: str) -> Response:
     def view(c: Console, form: FormData) -> Response:
         member = _member(c, member_id)
         _require_write(c, "reset their password")
-        issued = pages.env_of(c.request).accounts.admin_reset(c.caller, c.tenant_id, member.id)
+        issued = pages.env_of(c.request).links.admin_reset(c.caller, c.tenant_id, member.id)
         minutes = int(RESET_LIFETIME.total_seconds() // 60)
         return _issued(c, issued, heading="Password reset link made",
                        lead=f"{member.name} can set a new password with this link. Their "

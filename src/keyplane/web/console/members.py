@@ -68,7 +68,7 @@ async def list_members(request: Request) -> Response:
             "members": result.items, "paged": cursor is not None,
             "next_url": f"/members?cursor={result.next_cursor}" if result.next_cursor else None,
             "can_write": c.can("members:write"), "role_title": role_title,
-            "invitations": connected(c.kp).accounts.invitations(c.caller, c.tenant_id),
+            "invitations": connected(c.kp).links.invitations(c.caller, c.tenant_id),
             "times": present.Times(c.kp.ctx.clock.now()), "nav": "members",
             "notice": NOTICES.get(c.request.query_params.get("done", ""), ""),
         }, title="Members")

@@ -68,6 +68,6 @@ class FactorRepo(Protocol):
     def delete(self, principal_id: str) -> None: ...
 
 
-class AccountRepos(Protocol):
+class SignInRepos(Protocol):
     links: LinkRepo
     factors: FactorRepo

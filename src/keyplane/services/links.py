@@ -21,7 +21,7 @@ from typing import Any
 from limits import parse
 
 from keyplane.core import ids
-from keyplane.core.accounts import AccountRepos, LinkKind, OneTimeLink
+from keyplane.core.sign_in import SignInRepos, LinkKind, OneTimeLink
 from keyplane.core.errors import Conflict, NotFound, RateLimited
 from keyplane.core.model import Principal, PrincipalKind, Role, Tenant
 from keyplane.core.ports import UnitOfWork
@@ -59,8 +59,8 @@ class OpenLink:
     tenant: Tenant
 
 
-class AccountService:
-    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], AccountRepos],
+class LinkService:
+    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], SignInRepos],
                  sessions: Repos, throttle: SignInThrottle, *, base_url: str) -> None:
         self.ctx = ctx
         self.repos = repos
@@ -68,7 +68,7 @@ class AccountService:
         self.throttle = throttle
         self.base_url = base_url.rstrip("/")
 
-    def _repos(self, uow: UnitOfWork) -> AccountRepos:
+    def _repos(self, uow: UnitOfWork) -> SignInRepos:
         return self.repos(uow)
 
     def _new(self, kind: LinkKind, tenant_id: str, email: str, actor: str, lifetime: timedelta,

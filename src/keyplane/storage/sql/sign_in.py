@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection as SqlConnection
 from sqlalchemy.engine import RowMapping
 
-from keyplane.core.accounts import (
-    AccountRepos,
+from keyplane.core.sign_in import (
+    SignInRepos,
     FactorRepo,
     LinkKind,
     LinkRepo,
@@ -126,15 +126,15 @@ class SqlFactors:
             second_factors.c.principal_id == principal_id))
 
 
-class SqlAccountRepos:
+class SqlSignInRepos:
     def __init__(self, conn: SqlConnection) -> None:
         self.links: LinkRepo = SqlLinks(conn)
         self.factors: FactorRepo = SqlFactors(conn)
 
 
-def account_repos(uow: UnitOfWork) -> AccountRepos:
+def sign_in_repos(uow: UnitOfWork) -> SignInRepos:
     """The invitation, reset-link and second-factor repositories bound to ``uow``."""
     conn = getattr(uow, "connection", None)
     if not isinstance(conn, SqlConnection):
-        raise TypeError("accounts need a SQL unit of work inside its `with` block")
-    return SqlAccountRepos(conn)
+        raise TypeError("sign-in links and factors need a SQL unit of work inside its `with` block")
+    return SqlSignInRepos(conn)
