@@ -161,6 +161,7 @@ class WebSession:
     expires_at: datetime
     ip: str | None = None
     revoked_at: datetime | None = None
+    second_factor_at: datetime | None = None  # the last TOTP or recovery code proved here
 
 
 @dataclass(frozen=True)

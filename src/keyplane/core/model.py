@@ -40,6 +40,7 @@ class TenantPolicy:
     # an API user (service account) in no data-access group holds no data scopes
     api_users_need_group: bool = True
     audit_retention_days: int | None = None  # None: audit entries are kept forever
+    require_admin_two_factor: bool = False  # admins enrol TOTP before anything else
 
 
 @dataclass

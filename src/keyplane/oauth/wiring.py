@@ -8,12 +8,17 @@ from typing import TYPE_CHECKING
 
 from keyplane.core.accounts import PartnerSignup
 from keyplane.core.apps import CredentialPrefixes
+from keyplane.peppers import load_peppers
+from keyplane.sealing import PepperSealer
 from keyplane.services.accounts import AccountService
 from keyplane.services.apps import AppService
 from keyplane.services.connections import CONNECTION_ID_PREFIX, ConnectionService, Lifetimes
+from keyplane.services.links import LinkService
 from keyplane.services.sessions import SessionService, SignInThrottle
+from keyplane.services.two_factor import TwoFactorService
 from keyplane.storage.sql.account_repositories import account_repos
 from keyplane.storage.sql.oauth_repositories import connected_repos
+from keyplane.storage.sql.sign_in import sign_in_repos
 
 if TYPE_CHECKING:
     from keyplane.bootstrap import Keyplane
@@ -27,6 +32,8 @@ class ConnectedApps:
     apps: AppService
     connections: ConnectionService
     sessions: SessionService
+    two_factor: TwoFactorService  # TOTP second factor and recovery codes
+    links: LinkService  # invitations and password resets (one-time links)
     issuer: str  # the RFC 8414 issuer: settings.base_url, byte for byte
     accounts: AccountService  # operator staff and partner developers (console accounts)
 
@@ -45,12 +52,17 @@ def install(kp: Keyplane) -> ConnectedApps:
     throttle = SignInThrottle(s.signin_limit_per_account, s.signin_limit_per_ip,
                               redis_url=s.redis_url,
                               prefix=getattr(s, "redis_prefix", "keyplane"))
+    two_factor = TwoFactorService(kp.ctx, sign_in_repos, PepperSealer(load_peppers(s)),
+                                  throttle)
     out = ConnectedApps(
         prefixes=prefixes,
         apps=AppService(kp.ctx, connected_repos, prefixes),
         connections=connections,
         sessions=SessionService(kp.ctx, connected_repos, throttle,
-                                lifetime=timedelta(seconds=s.session_lifetime_seconds)),
+                                lifetime=timedelta(seconds=s.session_lifetime_seconds),
+                                second_factor=two_factor),
+        two_factor=two_factor,
+        links=LinkService(kp.ctx, sign_in_repos, connected_repos, throttle, base_url=issuer),
         issuer=issuer,
         accounts=AccountService(kp.ctx, account_repos, throttle,
                                 lifetime=timedelta(seconds=s.session_lifetime_seconds),

@@ -17,8 +17,8 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any, NoReturn, cast
+from datetime import datetime, timedelta
+from typing import Any, NoReturn, Protocol, cast
 
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage, Storage, storage_from_string
@@ -38,6 +38,20 @@ log = logging.getLogger("keyplane.sessions")
 SESSION_TOKEN_BYTES = 32
 BAD_CREDENTIALS = "the email or password is not right"
 CHOICE_SECONDS = 300  # how long the "Choose a workspace" page stays valid
+SECOND_FACTOR_SECONDS = 300  # how long the code page after a right password stays valid
+FRESH_FACTOR = timedelta(minutes=5)  # a second factor proved this recently counts as fresh
+
+
+class SecondFactorCheck(Protocol):
+    """The TOTP service as sign-in sees it (``services.two_factor``)."""
+
+    def enrolled(self, principal_id: str) -> bool: ...
+    def verify(self, principal: Principal, code: Any, *, recovery: bool = True) -> datetime: ...
+
+
+def requires_two_factor(principal: Principal, tenant: Tenant) -> bool:
+    """The tenant's policy "admins must use two-factor" applies to this person."""
+    return tenant.policy.require_admin_two_factor and principal.role is Role.ADMIN
 
 
 @dataclass(frozen=True)
@@ -59,16 +73,32 @@ class ChooseWorkspace:
 
 
 @dataclass(frozen=True)
+class SecondFactorNeeded:
+    """The password was right and the member has two-factor on: the code page. ``token``
+    proves the password for a few minutes, in the browser it was issued to; no session
+    exists until the code is right (then a new one, with a new id)."""
+
+    token: str
+    tenant_name: str
+
+
+@dataclass(frozen=True)
 class SignedIn:
     """A live session with the member and tenant behind it."""
 
     session: WebSession
     principal: Principal
     tenant: Tenant
+    two_factor: bool = False  # the member has a confirmed TOTP factor
 
     @property
     def is_admin(self) -> bool:
         return self.principal.role is Role.ADMIN
+
+    @property
+    def must_enrol(self) -> bool:
+        """An admin of a tenant that requires two-factor, without it: enrol before anything."""
+        return requires_two_factor(self.principal, self.tenant) and not self.two_factor
 
 
 class SignInThrottle:
@@ -120,18 +150,45 @@ class SignInThrottle:
         except Exception:
             log.warning("sign-in throttle unavailable")
 
+    # -- other counted attempts (second-factor codes, password-reset requests) ----------------
+
+    def wait(self, item: RateLimitItem, kind: str, ident: str) -> int | None:
+        """Seconds until ``ident`` may try again under ``item``, or None when it may now."""
+        try:
+            if not self.limiter.test(item, kind, ident):
+                reset = self.limiter.get_window_stats(item, kind, ident).reset_time
+                return max(1, int(reset - time.time()) + 1)
+        except Exception:
+            log.warning("throttle unavailable; allowing the attempt")
+        return None
+
+    def count(self, item: RateLimitItem, kind: str, ident: str) -> bool:
+        """Count one attempt; False when it is over the limit."""
+        try:
+            return bool(self.limiter.hit(item, kind, ident))
+        except Exception:
+            log.warning("throttle unavailable; attempt not counted")
+            return True
+
+    def reset(self, item: RateLimitItem, kind: str, ident: str) -> None:
+        try:
+            self.limiter.clear(item, kind, ident)
+        except Exception:
+            log.warning("throttle unavailable")
+
 
 class SessionService:
     def __init__(self, ctx: Context, repos: Repos, throttle: SignInThrottle, *,
-                 lifetime: timedelta) -> None:
+                 lifetime: timedelta, second_factor: SecondFactorCheck) -> None:
         self.ctx = ctx
         self.repos = repos
         self.throttle = throttle
         self.lifetime = lifetime
+        self.second_factor = second_factor
 
     def sign_in(self, email: Any, password: Any, *, ip: str | None,
                 request_id: str | None = None, user_agent: str | None = None,
-                binding: str = "") -> tuple[str, SignedIn] | ChooseWorkspace:
+                binding: str = "") -> tuple[str, SignedIn] | ChooseWorkspace | SecondFactorNeeded:
         """A new session for a member, or an error that does not say which part was wrong.
 
         One email may belong to members of several tenants, each with its own password. The
@@ -169,8 +226,8 @@ class SessionService:
             self._failed(address, members, ip=ip, request_id=request_id, user_agent=user_agent)
         self.throttle.succeeded(address)
         if len(matched) == 1:
-            return self._open(matched[0], tenants[matched[0].tenant_id], ip=ip,
-                              request_id=request_id, user_agent=user_agent)
+            return self._admit(matched[0], tenants[matched[0].tenant_id], binding=binding,
+                               ip=ip, request_id=request_id, user_agent=user_agent)
         expires = int(self.ctx.clock.now().timestamp()) + CHOICE_SECONDS
         refs = ",".join(f"{m.tenant_id}:{m.id}" for m in matched)
         token = f"{expires}.{refs}.{self._choice_mac(binding, expires, refs, matched)}"
@@ -180,7 +237,7 @@ class SessionService:
 
     def choose(self, token: Any, principal_id: Any, *, binding: str, ip: str | None,
                request_id: str | None = None,
-               user_agent: str | None = None) -> tuple[str, SignedIn]:
+               user_agent: str | None = None) -> tuple[str, SignedIn] | SecondFactorNeeded:
         """Redeem a :class:`ChooseWorkspace` token for a session as one of its members."""
         expired = AuthenticationError("this sign-in has expired; please sign in again",
                                       code="choice_expired")
@@ -204,7 +261,85 @@ class SessionService:
             raise expired
         if not chosen.can_sign_in or tenant is None or not tenant.enabled:
             raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
-        return self._open(chosen, tenant, ip=ip, request_id=request_id, user_agent=user_agent)
+        return self._admit(chosen, tenant, binding=binding, ip=ip, request_id=request_id,
+                           user_agent=user_agent)
+
+    # -- the second factor ----------------------------------------------------------------------
+
+    def _admit(self, principal: Principal, tenant: Tenant, *, binding: str, ip: str | None,
+               request_id: str | None,
+               user_agent: str | None = None) -> tuple[str, SignedIn] | SecondFactorNeeded:
+        """A session now, or first the code page when the member has two-factor on."""
+        if not self.second_factor.enrolled(principal.id):
+            return self._open(principal, tenant, ip=ip, request_id=request_id,
+                              user_agent=user_agent)
+        expires = int(self.ctx.clock.now().timestamp()) + SECOND_FACTOR_SECONDS
+        ref = f"{principal.tenant_id}:{principal.id}"
+        mac = self._factor_mac(binding, expires, ref, principal)
+        return SecondFactorNeeded(token=f"{expires}.{ref}.{mac}", tenant_name=tenant.name)
+
+    def _factor_mac(self, binding: str, expires: int, ref: str, principal: Principal) -> str:
+        # covers the password hash: a password changed since then voids the proof
+        return self.ctx.hasher.digest(
+            f"second-factor:{binding}:{expires}:{ref}:{principal.password_hash or ''}")
+
+    def complete(self, token: Any, code: Any, *, binding: str, ip: str | None,
+                 request_id: str | None = None,
+                 user_agent: str | None = None) -> tuple[str, SignedIn]:
+        """Redeem a :class:`SecondFactorNeeded` token and a right code (TOTP, or a recovery
+        code once) for a new session."""
+        expired = AuthenticationError("this sign-in has expired; please sign in again",
+                                      code="choice_expired")
+        if not isinstance(token, str) or len(token) > 400 or not binding:
+            raise expired
+        expires_text, _, rest = token.partition(".")
+        ref, _, mac = rest.rpartition(".")
+        tenant_id, _, principal_id = ref.partition(":")
+        if not expires_text.isdigit() or not principal_id \
+                or int(expires_text) <= self.ctx.clock.now().timestamp():
+            raise expired
+        with self.ctx.uow(readonly=True) as uow:
+            principal = uow.principals.get(tenant_id, principal_id)
+            tenant = uow.tenants.get(tenant_id)
+        if principal is None or tenant is None or not hmac.compare_digest(
+                self._factor_mac(binding, int(expires_text), ref, principal), mac):
+            raise expired
+        if not principal.can_sign_in or not tenant.enabled:
+            raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
+        try:
+            at = self.second_factor.verify(principal, code)
+        except AuthenticationError:
+            actor = Caller(kind=CredentialKind.SESSION, scopes=frozenset(), ip=ip,
+                           request_id=request_id, user_agent=_agent(user_agent))
+            with self.ctx.uow() as uow:
+                self.ctx.audit(uow, actor, "session.second_factor_failed", principal.id,
+                               tenant_id=principal.tenant_id, outcome="failure")
+                uow.commit()
+            raise
+        return self._open(principal, tenant, ip=ip, request_id=request_id,
+                          user_agent=user_agent, second_factor_at=at)
+
+    def fresh(self, signed_in: SignedIn) -> bool:
+        """Whether an action that asks for a fresh second factor may go ahead without a code:
+        the member has none, or proved it in this session within the last few minutes."""
+        if not signed_in.two_factor:
+            return True
+        at = signed_in.session.second_factor_at
+        return at is not None and self.ctx.clock.now() - at < FRESH_FACTOR
+
+    def prove(self, signed_in: SignedIn, code: Any) -> SignedIn:
+        """A fresh code for this session (TOTP only: recovery codes are for signing in)."""
+        at = self.second_factor.verify(signed_in.principal, code, recovery=False)
+        return self.mark_fresh(signed_in, at)
+
+    def mark_fresh(self, signed_in: SignedIn, at: datetime | None = None) -> SignedIn:
+        """Record that this session just proved the member's second factor."""
+        session = signed_in.session
+        session.second_factor_at = at or self.ctx.clock.now()
+        with self.ctx.uow() as uow:
+            self.repos(uow).sessions.update(session)
+            uow.commit()
+        return signed_in
 
     def _choice_mac(self, binding: str, expires: int, refs: str,
                     members: list[Principal]) -> str:
@@ -225,22 +360,26 @@ class SessionService:
         raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
 
     def _open(self, principal: Principal, tenant: Tenant, *, ip: str | None,
-              request_id: str | None, user_agent: str | None = None) -> tuple[str, SignedIn]:
+              request_id: str | None, user_agent: str | None = None,
+              second_factor_at: datetime | None = None) -> tuple[str, SignedIn]:
         raw = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
         now = self.ctx.clock.now()
         session = WebSession(id=ids.new_id("ses"), digest=self.ctx.hasher.digest(raw),
                              pepper_id=self.ctx.hasher.current.id, principal_id=principal.id,
                              tenant_id=principal.tenant_id, created_at=now,
-                             expires_at=now + self.lifetime, ip=ip)
+                             expires_at=now + self.lifetime, ip=ip,
+                             second_factor_at=second_factor_at)
         actor = Caller(kind=CredentialKind.SESSION, scopes=frozenset(),
                        tenant_id=principal.tenant_id, principal_id=principal.id, ip=ip,
                        request_id=request_id, user_agent=_agent(user_agent))
         with self.ctx.uow() as uow:
             self.repos(uow).sessions.add(session)
             self.ctx.audit(uow, actor, "session.signed_in", session.id,
-                           tenant_id=principal.tenant_id)
+                           tenant_id=principal.tenant_id,
+                           second_factor=second_factor_at is not None)
             uow.commit()
-        return raw, SignedIn(session=session, principal=principal, tenant=tenant)
+        return raw, SignedIn(session=session, principal=principal, tenant=tenant,
+                             two_factor=second_factor_at is not None)
 
     def resolve(self, raw: str | None) -> SignedIn | None:
         """The live session behind a cookie value, or None."""
@@ -261,7 +400,8 @@ class SessionService:
             tenant = uow.tenants.get(session.tenant_id)
         if principal is None or not principal.can_sign_in or tenant is None or not tenant.enabled:
             return None
-        return SignedIn(session=session, principal=principal, tenant=tenant)
+        return SignedIn(session=session, principal=principal, tenant=tenant,
+                        two_factor=self.second_factor.enrolled(principal.id))
 
     def sign_out(self, signed_in: SignedIn, *, ip: str | None = None,
                  user_agent: str | None = None) -> None:

@@ -17,7 +17,7 @@ from keyplane.services.context import Context
 MAX_DAYS = v.MAX_DAYS
 POLICY_FIELDS = ("default_expiry_days", "max_expiry_days", "allow_non_expiring", "allowed_ips",
                  "require_tls_default", "leaked_key_action", "revoke_unused_after_days",
-                 "api_users_need_group", "audit_retention_days")
+                 "api_users_need_group", "audit_retention_days", "require_admin_two_factor")
 MIN_AUDIT_RETENTION_DAYS = 1
 MAX_AUDIT_RETENTION_DAYS = 36500
 
@@ -48,6 +48,9 @@ def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
     if "api_users_need_group" in body:
         policy.api_users_need_group = v.boolean(body["api_users_need_group"],
                                                 field("api_users_need_group"))
+    if "require_admin_two_factor" in body:
+        policy.require_admin_two_factor = v.boolean(body["require_admin_two_factor"],
+                                                    field("require_admin_two_factor"))
     if "leaked_key_action" in body:
         value = body["leaked_key_action"]
         if value not in tuple(LeakAction):

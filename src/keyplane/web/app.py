@@ -109,11 +109,12 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     app.include_router(routes_webhooks.router)
     app.include_router(routes_events.router)
     app.include_router(routes_metrics.router)
-    from keyplane.web import routes_apps, routes_oauth, routes_session  # connected apps
+    from keyplane.web import routes_account, routes_apps, routes_oauth, routes_session
 
     app.include_router(routes_apps.router)
     app.include_router(routes_oauth.router)
     app.include_router(routes_session.router)
+    app.include_router(routes_account.router)  # forgot password, invitations, reset links
     from keyplane.web import console  # the server-rendered console at /
 
     console.install(app)

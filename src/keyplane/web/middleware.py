@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import time
 from typing import Any
 from urllib.parse import parse_qsl
@@ -93,10 +94,15 @@ def _nul_in_url(path: str, query: str) -> str | None:
     return None
 
 
+_ONE_TIME_LINK = re.compile(r"\A/(join|reset)/[^/]*")  # invitation and password-reset tokens
+
+
 def _logged_path(scope: Scope) -> str:
-    """The request's path as logs may show it: secrets redacted, control characters escaped
-    (the verify fast path's ``/v1/verify`` has no ``_``: nothing more to do)."""
-    return _printable(redact_secrets(scope.get("path", "")))
+    """The request's path as logs may show it: secrets redacted (one-time link tokens too),
+    control characters escaped (the verify fast path's ``/v1/verify`` has no ``_``: nothing
+    more to do)."""
+    path = _ONE_TIME_LINK.sub(r"/\1/[redacted]", scope.get("path", ""))
+    return _printable(redact_secrets(path))
 
 
 def _printable(text: str) -> str:

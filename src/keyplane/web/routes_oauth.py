@@ -34,7 +34,7 @@ from keyplane.oauth.metadata import (
 )
 from keyplane.oauth.server import AuthorizationServer, Member, run
 from keyplane.storage.sql.oauth_repositories import connected_repos
-from keyplane.web import contract, net, pages
+from keyplane.web import contract, fresh, net, pages
 from keyplane.web.errors import ratelimit_headers
 
 router = APIRouter(tags=["oauth"])
@@ -95,6 +95,8 @@ def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
     }
     if signed_in.principal.role is not Role.ADMIN:
         return Page("not_admin", context, 403)
+    if signed_in.must_enrol:  # the tenant requires admins to use two-factor: enrol first
+        return Page("enrol", {})
 
     with kp.ctx.uow(readonly=True) as uow:
         p = signed_in.principal
@@ -109,7 +111,7 @@ def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
         redirect_host=urlsplit(oreq.payload.redirect_uri).netloc,
         access_minutes=int(env.connections.lifetimes.access_token.total_seconds()) // 60,
         grant_days=env.connections.lifetimes.refresh_family.days,
-        error="",
+        error="", code_error="", ask_code=fresh.needs_code(env, signed_in),
     )
     if oreq.method != "POST":
         return Page("consent", context)
@@ -127,6 +129,10 @@ def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
     if decision == "allow" and not chosen:
         context["error"] = "Choose at least one permission, or deny the request."
         return Page("consent", context, 400)
+    if decision == "allow":  # a fresh second factor, when the admin has one
+        context["code_error"] = fresh.refused(env, signed_in, oreq.form.get(fresh.FIELD))
+        if context["code_error"]:
+            return Page("consent", context, 401)
     member = Member(principal=signed_in.principal, tenant=signed_in.tenant)
 
     def decide(srv: AuthorizationServer) -> Result:
@@ -165,6 +171,8 @@ async def authorize(request: Request) -> Response:
     if page.kind == "signin":
         return RedirectResponse("/signin?" + urlencode({"next": page.context["next"]}),
                                 status_code=303)
+    if page.kind == "enrol":
+        return RedirectResponse("/account/two-factor?required=1", status_code=303)
     if page.kind == "error":
         return _error_page(request, page.context["error"], page.context["description"],
                            page.status)

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.errors import AuthenticationError, RateLimited
-from keyplane.services.sessions import ChooseWorkspace
+from keyplane.services.sessions import ChooseWorkspace, SecondFactorNeeded, SignedIn
 from keyplane.web import pages
 from keyplane.web.errors import ratelimit_headers
 
@@ -24,6 +24,13 @@ def _finish(request: Request, response: Response, cookies: list[tuple[str, str]]
     return response
 
 
+NOTICES = {
+    "joined": "Welcome! Your account is ready: sign in with your email and new password.",
+    "reset": "Your password is changed and your other sessions are signed out. Sign in with "
+             "your new password.",
+}
+
+
 def _signin_page(request: Request, *, next_path: str, email: str = "", error: str = "",
                  status: int = 200, headers: dict[str, str] | None = None) -> Response:
     cookies: list[tuple[str, str]] = []
@@ -31,7 +38,7 @@ def _signin_page(request: Request, *, next_path: str, email: str = "", error: st
     env = pages.env_of(request)
     response = pages.render(request, "signin.html", {
         "csrf_token": env.sessions.csrf_token(binding), "next": next_path, "email": email,
-        "error": error,
+        "error": error, "notice": NOTICES.get(request.query_params.get("done", ""), ""),
     }, status=status)
     response.headers.update(headers or {})
     return _finish(request, response, cookies)
@@ -99,7 +106,62 @@ async def signin(request: Request) -> Response:
         })
         page.headers["Cache-Control"] = "no-store"  # it holds a short-lived sign-in proof
         return page
+    return _admitted(request, outcome, binding, next_path)
+
+
+def _admitted(request: Request, outcome: tuple[str, SignedIn] | SecondFactorNeeded,
+              binding: str, next_path: str) -> Response:
+    if isinstance(outcome, SecondFactorNeeded):
+        return _code_page(request, outcome.token, outcome.tenant_name, binding, next_path)
     return _signed_in(request, outcome[0], next_path)
+
+
+def _code_page(request: Request, token: str, tenant_name: str, binding: str, next_path: str,
+               *, error: str = "", status: int = 200,
+               headers: dict[str, str] | None = None) -> Response:
+    env = pages.env_of(request)
+    page = pages.render(request, "signin_code.html", {
+        "csrf_token": env.sessions.csrf_token(binding), "next": next_path, "token": token,
+        "tenant_name": tenant_name, "error": error,
+    }, status=status)
+    page.headers["Cache-Control"] = "no-store"  # it holds a short-lived sign-in proof
+    page.headers.update(headers or {})
+    return page
+
+
+@router.post("/signin/code")
+async def signin_code(request: Request) -> Response:
+    """The second step when the member has two-factor on: a TOTP or recovery code. The
+    session is created only now, with a new id (nothing from before the code is reused)."""
+    form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
+    next_path = pages.safe_next(form.get("next"), default="")
+    env = pages.env_of(request)
+    binding = request.cookies.get(pages.csrf_cookie(request))
+    if not env.sessions.csrf_ok(binding, form.get("csrf_token")):
+        return _signin_page(request, next_path=next_path, status=400,
+                            error="This form has expired. Please sign in again.")
+    assert binding is not None
+    token = form.get("token")
+    token = token if isinstance(token, str) else ""
+    shown_name = form.get("workspace")
+    tenant_name = shown_name[:200] if isinstance(shown_name, str) else "your workspace"
+    try:
+        raw, _who = await run_in_threadpool(
+            env.sessions.complete, token, form.get("code"), binding=binding,
+            ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"),
+            user_agent=request.headers.get("user-agent"))
+    except RateLimited as exc:
+        return _code_page(request, token, tenant_name, binding, next_path, status=429,
+                          error="Too many wrong codes. Wait a few minutes and try again.",
+                          headers=ratelimit_headers(exc.retry_after, exc.limit,
+                                                    exc.remaining))
+    except AuthenticationError as exc:
+        if exc.field == "code":
+            return _code_page(request, token, tenant_name, binding, next_path, status=401,
+                              error=_sentence(exc.message))
+        return _signin_page(request, next_path=next_path, status=401,
+                            error=_sentence(exc.message))
+    return _signed_in(request, raw, next_path)
 
 
 @router.post("/signin/workspace")
@@ -114,14 +176,14 @@ async def choose_workspace(request: Request) -> Response:
                             error="This form has expired. Please sign in again.")
     assert binding is not None
     try:
-        raw, _who = await run_in_threadpool(
+        outcome = await run_in_threadpool(
             env.sessions.choose, form.get("choice"), form.get("principal_id"), binding=binding,
             ip=pages.client_ip(request), request_id=request.scope.get("keyplane.request_id"),
             user_agent=request.headers.get("user-agent"))
     except AuthenticationError as exc:
         return _signin_page(request, next_path=next_path, status=401,
                             error=_sentence(exc.message))
-    return _signed_in(request, raw, next_path)
+    return _admitted(request, outcome, binding, next_path)
 
 
 def _sentence(message: str) -> str:

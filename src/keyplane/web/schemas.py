@@ -212,6 +212,9 @@ class Policy(Body):
         default=None, description="Audit entries older than this many days are deleted by "
         "the hygiene job or `keyplane audit prune`; the tenant's hash chain keeps a checkpoint "
         "so the rest still verifies. null (the default) keeps them forever")
+    require_admin_two_factor: bool | Absent = Field(
+        default=None, description="Admins must use two-factor sign-in (TOTP): an admin "
+        "without it is sent to set it up before anything else in the console")
 
 
 class TenantCreate(Body):
@@ -311,6 +314,7 @@ def tenant_out(t: Tenant) -> dict[str, Any]:
             "revoke_unused_after_days": p.revoke_unused_after_days,
             "api_users_need_group": p.api_users_need_group,
             "audit_retention_days": p.audit_retention_days,
+            "require_admin_two_factor": p.require_admin_two_factor,
         },
     }
 

@@ -255,7 +255,8 @@ class SqlSessions:
     def update(self, session: WebSession) -> None:
         s = o.web_sessions
         self.conn.execute(s.update().where(s.c.id == session.id).values(
-            revoked_at=session.revoked_at, expires_at=session.expires_at))
+            revoked_at=session.revoked_at, expires_at=session.expires_at,
+            second_factor_at=session.second_factor_at))
 
     def revoke_for_principal(self, principal_id: str, at: datetime, *,
                              keep: str | None = None) -> int:

@@ -124,5 +124,7 @@ web_sessions = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("ip", sa.String(64), nullable=True),
     sa.Column("revoked_at", UTCDateTime, nullable=True),
+    # when the person last proved their second factor in this session (0009_console_auth)
+    sa.Column("second_factor_at", UTCDateTime, nullable=True),
     sa.Index("ix_web_sessions_principal", "principal_id"),
 )

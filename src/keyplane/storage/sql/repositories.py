@@ -55,6 +55,7 @@ class SqlTenants:
             revoke_unused_after_days=p.revoke_unused_after_days,
             api_users_need_group=p.api_users_need_group,
             audit_retention_days=p.audit_retention_days,
+            require_admin_two_factor=p.require_admin_two_factor,
         )
 
     @staticmethod
@@ -69,6 +70,7 @@ class SqlTenants:
                 revoke_unused_after_days=r["revoke_unused_after_days"],
                 api_users_need_group=r["api_users_need_group"],
                 audit_retention_days=r["audit_retention_days"],
+                require_admin_two_factor=r["require_admin_two_factor"],
             ),
         )
 

@@ -60,6 +60,8 @@ tenants = sa.Table(
     sa.Column("api_users_need_group", sa.Boolean, nullable=False,
               server_default=sa.true()),  # 0009_proxies
     sa.Column("audit_retention_days", sa.Integer, nullable=True),  # 0009_audit_chain
+    sa.Column("require_admin_two_factor", sa.Boolean, nullable=False,
+              server_default=sa.false()),  # 0009_console_auth
 )
 
 principals = sa.Table(
@@ -208,5 +210,6 @@ from keyplane.storage.sql import hygiene as _hygiene_tables  # noqa: E402,F401
 from keyplane.storage.sql import imports as _imports_tables  # noqa: E402,F401
 from keyplane.storage.sql import oauth_tables as _oauth_tables  # noqa: E402,F401
 from keyplane.storage.sql import safety as _safety_tables  # noqa: E402,F401
+from keyplane.storage.sql import sign_in as _sign_in_tables  # noqa: E402,F401
 from keyplane.storage.sql import usage as _usage_tables  # noqa: E402,F401
 from keyplane.storage.sql import webhook_tables as _webhook_tables  # noqa: E402,F401

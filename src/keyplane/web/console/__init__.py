@@ -9,11 +9,13 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from keyplane.web.console import (
+    account,
     api_users,
     audit,
     connections,
     groups,
     hygiene,
+    invitations,
     keys,
     members,
     operator,
@@ -36,3 +38,5 @@ def install(app: FastAPI) -> None:
     app.include_router(groups.router)
     app.include_router(operator.router)  # operator staff
     app.include_router(partners.router)  # partner developers
+    app.include_router(invitations.router)
+    app.include_router(account.router)

@@ -156,13 +156,28 @@ async def read_form(request: Request) -> FormData:
     return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)
 
 
-async def page(request: Request, view: Callable[[Console], Response]) -> Response:
+ENROL = "/account/two-factor"
+
+
+def enrol_first(c: Console) -> Response | None:
+    """An admin whose tenant requires two-factor and who has none sets it up before anything
+    else (the sessions service says who must)."""
+    if c.signed_in.must_enrol:
+        return RedirectResponse(f"{ENROL}?required=1", status_code=303)
+    return None
+
+
+async def page(request: Request, view: Callable[[Console], Response], *,
+               enrolling: bool = False) -> Response:
     """Run ``view`` for the signed-in person in a worker thread; signed-out visitors go to the
-    sign-in page, and refusals become plain error pages."""
+    sign-in page, admins who must enrol two-factor go to do that (unless ``enrolling``), and
+    refusals become plain error pages."""
     def run() -> Response:
         c = open_console(request)
         if c is None:
             return signin_redirect(request)
+        if not enrolling and (first := enrol_first(c)) is not None:
+            return first
         try:
             return view(c)
         except KeyplaneError as exc:
@@ -171,7 +186,8 @@ async def page(request: Request, view: Callable[[Console], Response]) -> Respons
     return await run_in_threadpool(run)
 
 
-async def action(request: Request, view: Callable[[Console, FormData], Response]) -> Response:
+async def action(request: Request, view: Callable[[Console, FormData], Response], *,
+                 enrolling: bool = False) -> Response:
     """A form POST: as ``page``, after checking the form's CSRF token."""
     form = await read_form(request)
 
@@ -179,6 +195,8 @@ async def action(request: Request, view: Callable[[Console, FormData], Response]
         c = open_console(request)
         if c is None:
             return signin_redirect(request)
+        if not enrolling and (first := enrol_first(c)) is not None:
+            return first
         if not c.csrf_ok(form):
             return c.error(400, "This form has expired",
                            "Reload the page and try again. Nothing was changed.")

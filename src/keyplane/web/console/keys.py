@@ -14,6 +14,8 @@ from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.errors import NotFound, PermissionDenied, ValidationError
 from keyplane.core.model import ApiKey
+from keyplane.core.scopes import is_management
+from keyplane.web import fresh, pages
 from keyplane.web.console import forms, present
 from keyplane.web.console.base import Console, action, page
 
@@ -127,6 +129,7 @@ def _new_page(c: Console, shown: forms.KeyForm | None = None, status: int = 200)
             made += " " + note
     return c.render("console/key_new.html", {
         "form": shown, "policy": policy, "notice": made,
+        "ask_code": fresh.needs_code(pages.env_of(c.request), c.signed_in),
         "owners": [(p.id, present.owner_label(p)) for p in owners],
         "grids": present.scope_grids(c.kp.ctx.catalogue(), shown.values["scopes"], c.caller),
     }, status=status, title="Create key")
@@ -142,6 +145,12 @@ async def create_key(request: Request) -> Response:
     def view(c: Console, form: FormData) -> Response:
         body, shown = forms.create_body(form)
         status = 422
+        if not shown.errors and any(is_management(s) for s in body["scopes"]):
+            # a key with admin rights: a fresh second factor, when the person has one
+            words = fresh.refused(pages.env_of(c.request), c.signed_in, form.get(fresh.FIELD))
+            if words:
+                shown.errors[fresh.FIELD] = words
+                status = 401
         if not shown.errors:
             try:
                 issued = c.kp.keys.create(c.caller, c.tenant_id, body)

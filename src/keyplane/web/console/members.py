@@ -30,6 +30,7 @@ NOTICES = {
     "enabled": "Enabled. They can sign in again, and their keys work again.",
     "removed": "Removed. Their keys are revoked and the apps they connected are refused.",
     "added": "Added. They can sign in with the email and password you chose.",
+    "withdrawn": "Withdrawn. The invitation link no longer works.",
 }
 VERBS = {"demote": "change the role of", "disable": "disable", "delete": "remove"}
 
@@ -67,6 +68,7 @@ async def list_members(request: Request) -> Response:
             "members": result.items, "paged": cursor is not None,
             "next_url": f"/members?cursor={result.next_cursor}" if result.next_cursor else None,
             "can_write": c.can("members:write"), "role_title": role_title,
+            "invitations": connected(c.kp).links.invitations(c.caller, c.tenant_id),
             "times": present.Times(c.kp.ctx.clock.now()), "nav": "members",
             "notice": NOTICES.get(c.request.query_params.get("done", ""), ""),
         }, title="Members")
