@@ -70,6 +70,11 @@ class KeyLock:
             self.pg.close()
 
 
+def waiting_connections(kp: Keyplane) -> int:
+    """Connections the server has checked out of its pool (each waiting rotation holds one)."""
+    return int(kp.engine.pool.checkedout())  # type: ignore[attr-defined]
+
+
 def live_secrets(kp: Keyplane, key_id: str) -> int:
     now = kp.ctx.clock.now()
     with kp.ctx.uow(readonly=True) as uow:
@@ -98,12 +103,11 @@ def test_of_concurrent_rotations_without_if_match_exactly_one_wins(
         with KeyLock(url, schema, key["id"]) as lock:
             futures: list[Future[httpx2.Response]] = [pool.submit(rotate) for _ in range(N)]
             deadline = time.monotonic() + 30
-            if lock.waiting() is None:  # SQLite: give every request time to read the key
-                time.sleep(2.0)
-            else:
-                while (lock.waiting() or 0) < N:
-                    assert time.monotonic() < deadline, "the rotations never queued up"
-                    time.sleep(0.05)
+            # every rotation has read the key and waits for the lock, holding a connection
+            # (SQLite cannot say who waits for its lock: the server's pool can)
+            while (lock.waiting() or waiting_connections(keyplane)) < N:
+                assert time.monotonic() < deadline, "the rotations never queued up"
+                time.sleep(0.05)
             assert not any(f.done() for f in futures)  # all of them wait for the lock
         answers = [f.result() for f in futures]
 
@@ -161,12 +165,9 @@ def test_a_rotation_racing_an_edit_loses_with_409(
         thread = threading.Thread(target=rotate)
         thread.start()
         deadline = time.monotonic() + 30
-        if lock.waiting() is None:
-            time.sleep(1.0)
-        else:
-            while (lock.waiting() or 0) < 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        while (lock.waiting() or waiting_connections(keyplane)) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         if lock.pg is not None:  # the edit commits while the rotation waits behind the lock
             lock.pg.execute("UPDATE api_keys SET name = 'renamed' WHERE id = %s", (key["id"],))
             lock.pg.commit()

@@ -7,14 +7,17 @@ the code's clock."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
+import sqlalchemy as sa
 
 from keyplane.core.rights import SYSTEM
+from keyplane.storage.sql.engine import unreachable
 from tests.conftest import auth, make_tenant, serving
 from tests.integration.pgcluster import BINDIR, PrivatePostgres, private_postgres
 from tests.support import REQUIRE_SERVICES, SettableClock
@@ -140,3 +143,24 @@ def test_a_grace_of_zero_fails_closed_at_once_and_recovers(
         cluster.start()
         until(lambda: verify(http, verifier, key["key"]).status_code == 200)
         assert verify(http, verifier, key["key"]).json()["code"] == "VALID"
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str | None) -> None:
+        super().__init__("driver says so")
+        self.sqlstate = sqlstate
+
+
+def test_only_a_lost_or_refused_connection_counts_as_an_outage() -> None:
+    def operational(state: str | None) -> sa.exc.DBAPIError:
+        return sa.exc.OperationalError("SELECT 1", {}, _DriverError(state))
+
+    assert unreachable(operational(None))  # connection refused: no SQLSTATE
+    assert unreachable(operational("08006"))  # connection failure
+    assert unreachable(operational("57P01"))  # admin shutdown
+    assert not unreachable(operational("55P03"))  # lock not available: the database answered
+    assert not unreachable(operational("57014"))  # statement timeout
+    assert not unreachable(sa.exc.IntegrityError("INSERT", {}, _DriverError("23505")))
+    assert not unreachable(sa.exc.OperationalError(
+        "BEGIN", {}, sqlite3.OperationalError("database is locked")))
+    assert not unreachable(ValueError("not a database error"))

@@ -152,18 +152,13 @@ class SqlUnitOfWork:
         self._conn: Connection | None = None
 
     def __enter__(self) -> UnitOfWork:
-        try:
+        with outage_as_unavailable():
             conn = self._engine.connect().execution_options(keyplane_readonly=self._readonly)
-        except sa.exc.DBAPIError as exc:
-            if unreachable(exc):
-                raise Unavailable(UNAVAILABLE, code="database_unavailable") from None
-            raise
         try:
-            conn.begin()
-        except sa.exc.DBAPIError as exc:
+            with outage_as_unavailable():
+                conn.begin()
+        except BaseException:
             conn.close()
-            if unreachable(exc):
-                raise Unavailable(UNAVAILABLE, code="database_unavailable") from None
             raise
         self._conn = conn
         self.tenants = SqlTenants(conn)
