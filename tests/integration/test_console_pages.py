@@ -168,7 +168,7 @@ def test_an_admin_changes_the_key_policy_and_new_keys_follow_it(
         "default_expiry_days": 30, "max_expiry_days": None, "allow_non_expiring": True,
         "allowed_ips": ["10.0.0.0/8", "2001:db8::/32"], "require_tls_default": False,
         "leaked_key_action": "lock", "revoke_unused_after_days": 120,
-        "require_admin_two_factor": False,
+        "require_admin_two_factor": False, "api_users_need_group": True,
         "audit_retention_days": None}  # set through the API only; the form leaves it
     saved = http.get("/settings?done=saved").text
     assert "Saved. New keys follow the new policy" in saved
