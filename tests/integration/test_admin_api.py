@@ -38,7 +38,8 @@ def test_tenants_are_the_operators(http: httpx2.Client, tenant: Tenant, operator
                                 "allow_non_expiring": False, "allowed_ips": [],
                                 "require_tls_default": False, "leaked_key_action": "revoke",
                                 "revoke_unused_after_days": None,
-                                "api_users_need_group": True, "audit_retention_days": None}
+                                "api_users_need_group": True, "audit_retention_days": None,
+                                "require_admin_two_factor": False}
     initech = ok(http.post("/v1/tenants", json={"name": "Initech"}, headers=op), 201)
     assert initech["policy"]["default_expiry_days"] == 90
     assert initech["policy"]["require_tls_default"] is True

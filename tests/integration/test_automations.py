@@ -121,7 +121,10 @@ def test_rules_filter_by_key_api_user_and_wildcards(
     kp, http, tenant, verifier = site
     mk = tenant.management_key
     hook = webhook(http, tenant, receivers[0])
-    r = http.post("/v1/service-accounts", json={"name": "Importer"}, headers=auth(mk))
+    group = http.post("/v1/groups", json={"name": "Importers", "scopes": ["contacts:write"]},
+                      headers=auth(mk)).json()["id"]
+    r = http.post("/v1/service-accounts", json={"name": "Importer", "group_ids": [group]},
+                  headers=auth(mk))
     assert r.status_code == 201, r.text
     bot = r.json()["id"]
     mine = create_key(http, mk, name="mine", scopes=["contacts:write"])

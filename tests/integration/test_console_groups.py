@@ -13,6 +13,7 @@ import httpx2
 import pytest
 
 from keyplane.bootstrap import Keyplane
+from keyplane.core.errors import Conflict
 from keyplane.core.model import PrincipalKind
 from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, make_tenant
@@ -45,8 +46,11 @@ def group_id(location: str) -> str:
 
 
 def robot_with_key(keyplane: Keyplane, tenant: Tenant, scopes: list[str]) -> tuple[str, str]:
+    """An API user in a group "Start" holding ``scopes`` (an API user in no group holds no
+    data scopes under the default policy), with a key of those scopes."""
+    start = keyplane.groups.create(SYSTEM, tenant.id, {"name": "Start", "scopes": scopes}).id
     robot = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
-                                       {"name": "Robot"}).id
+                                       {"name": "Robot", "group_ids": [start]}).id
     issued = keyplane.keys.create(SYSTEM, tenant.id, {"name": "Robot key", "owner_id": robot,
                                                       "scopes": scopes})
     return robot, issued.secret
@@ -113,7 +117,8 @@ def test_members_and_api_users_join_and_leave_and_their_keys_follow_at_once(
     mia = add_member(keyplane, tenant.id, "mia@example.com")
     crm = keyplane.groups.create(SYSTEM, tenant.id, {"name": "CRM",
                                                      "scopes": ["contacts:write"]}).id
-    assert verify(http, verifier_key, secret, ["payments:read"]) == "VALID"  # in no group
+    start = keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids[0]
+    assert verify(http, verifier_key, secret, ["payments:read"]) == "VALID"  # through Start
     signed_in(http, tenant.admin_email, tenant.admin_password)
     page = http.get(f"/groups/{crm}")
     assert "No members are in this group." in page.text
@@ -123,8 +128,9 @@ def test_members_and_api_users_join_and_leave_and_their_keys_follow_at_once(
 
     r = http.post(f"/groups/{crm}/members", data={"csrf_token": token, "principal_id": robot})
     assert r.status_code == 303 and r.headers["location"] == f"/groups/{crm}?done=added"
-    assert keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids == [crm]
-    # the key now reaches only the group's areas, from the next request
+    assert keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids == sorted([crm, start])
+    # out of Start, the key reaches only CRM's areas, from the next request
+    keyplane.groups.remove_member(SYSTEM, tenant.id, start, robot)
     assert verify(http, verifier_key, secret, ["payments:read"]) == "INSUFFICIENT_SCOPE"
     assert verify(http, verifier_key, secret, ["contacts:read"]) == "VALID"
     r = http.post(f"/groups/{crm}/members", data={"csrf_token": token, "principal_id": mia})
@@ -144,11 +150,13 @@ def test_members_and_api_users_join_and_leave_and_their_keys_follow_at_once(
     assert r.status_code == 422
     assert "that one no longer exists" in field_error(r.text, "principal_id")
 
-    # removing asks first, and says that leaving the only group widens access
+    # removing asks first, and says that an API user leaving its only group reaches no data
     confirm = http.get(f"/groups/{crm}/members/{robot}/remove")
     assert confirm.status_code == 200
     assert "Remove Robot from CRM?" in confirm.text
-    assert "This is their only group." in confirm.text and "widens their access" in confirm.text
+    assert "This is their only group." in confirm.text and "reaches no data at all" in confirm.text
+    # a member leaving their only group widens their access (to their role's)
+    assert "widens their access" in http.get(f"/groups/{crm}/members/{mia}/remove").text
     assert keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids == [crm]  # asking only
     billing = keyplane.groups.create(SYSTEM, tenant.id, {"name": "Billing",
                                                          "scopes": ["payments:read"]}).id
@@ -158,7 +166,7 @@ def test_members_and_api_users_join_and_leave_and_their_keys_follow_at_once(
     r = http.post(f"/groups/{crm}/members/{robot}/remove", data={"csrf_token": token})
     assert r.status_code == 303 and r.headers["location"] == f"/groups/{crm}?done=removed"
     assert keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids == []
-    assert verify(http, verifier_key, secret, ["payments:read"]) == "VALID"
+    assert verify(http, verifier_key, secret, ["contacts:read"]) == "INSUFFICIENT_SCOPE"
     # not in it any more: nothing to remove
     assert http.get(f"/groups/{crm}/members/{robot}/remove").status_code == 404
 
@@ -220,8 +228,8 @@ def test_a_member_sees_groups_read_only(http: httpx2.Client, tenant: Tenant,
         assert r.status_code == 403 and "You cannot do this" in r.text, path
     group = keyplane.groups.get(SYSTEM, tenant.id, crm)
     assert group.name == "CRM" and group.scopes == ["contacts:write"]
-    assert [g.name for g in keyplane.groups.list(SYSTEM, tenant.id)] == ["CRM"]
-    assert keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids == [crm]
+    assert [g.name for g in keyplane.groups.list(SYSTEM, tenant.id)] == ["CRM", "Start"]
+    assert crm in keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids
 
 
 def test_another_tenants_groups_and_people_are_not_found_and_forms_need_csrf(
@@ -262,3 +270,18 @@ def test_another_tenants_groups_and_people_are_not_found_and_forms_need_csrf(
             assert r.status_code == 400 and "This form has expired" in r.text, path
     assert [g.name for g in keyplane.groups.list(SYSTEM, tenant.id)] == ["Our group"]
     assert keyplane.principals.get(SYSTEM, tenant.id, tenant.admin_id).group_ids == []
+
+
+def test_with_the_policy_off_an_api_users_last_group_is_never_taken_away(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane, verifier_key: str) -> None:
+    robot, secret = robot_with_key(keyplane, tenant, ["contacts:read"])
+    start = keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids[0]
+    keyplane.tenants.update(SYSTEM, tenant.id, {"policy": {"api_users_need_group": False}})
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    confirm = http.get(f"/groups/{start}/members/{robot}/remove")
+    assert "its last group cannot be taken away" in confirm.text
+    with pytest.raises(Conflict) as refused:  # the rule is the service's, whoever asks
+        keyplane.groups.remove_member(SYSTEM, tenant.id, start, robot)
+    assert refused.value.field == "group_ids"
+    assert keyplane.principals.get(SYSTEM, tenant.id, robot).group_ids == [start]
+    assert verify(http, verifier_key, secret, ["contacts:read"]) == "VALID"

@@ -8,7 +8,7 @@ from typing import Any
 
 from keyplane.core import ids
 from keyplane.core.errors import Conflict, NotFound, ValidationError
-from keyplane.core.model import Group, Page, Principal, PrincipalKind, Role
+from keyplane.core.model import Group, Page, Principal, PrincipalKind, Role, TenantPolicy
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import NO_GROUP_NOTE, Caller, reaches_no_data
 from keyplane.core.views import key_view, principal_view
@@ -43,6 +43,29 @@ def _administers(principal: Principal) -> bool:
     return (principal.kind is PrincipalKind.MEMBER and principal.role is Role.ADMIN
             and principal.enabled)
 
+
+
+LAST_GROUP_REFUSED = (
+    "group_ids: removing the API user's last data-access group would widen its access to every "
+    "data scope (the tenant policy api_users_need_group is off); give it another group, or "
+    "remove its keys' scopes first")
+
+
+def leaving_last_group(principal: Principal, policy: TenantPolicy) -> str:
+    """What leaving its last data-access group does to a principal, and so to its keys:
+    ``no_data`` (an API user under ``api_users_need_group``: it then holds no data scopes),
+    ``refused`` (an API user with the policy off: it would reach every data scope, so its last
+    group cannot be taken away) or ``widens`` (a member reaches what its role allows)."""
+    if principal.kind is not PrincipalKind.SERVICE_ACCOUNT:
+        return "widens"
+    return "no_data" if policy.api_users_need_group else "refused"
+
+
+def _refuse_widening(uow: UnitOfWork, principal: Principal) -> None:
+    """``principal`` has just lost its last group: refuse when that would widen an API user."""
+    tenant = uow.tenants.get(principal.tenant_id)
+    if tenant is not None and leaving_last_group(principal, tenant.policy) == "refused":
+        raise Conflict(LAST_GROUP_REFUSED, field="group_ids")
 
 class PrincipalService:
     """Members and service accounts.
@@ -94,19 +117,11 @@ class PrincipalService:
         return sorted(set(value))
 
     def _never_widen(self, uow: UnitOfWork, before: Principal, after: Principal) -> None:
-        """Removing an API user's last group narrows its access, never widens it: under
-        ``api_users_need_group`` it then holds no data scopes; with the policy off a group-less
-        API user would reach every data scope, so its last group cannot be taken away.
-        Members keep their behaviour (a group-less member reaches what its role allows)."""
-        if (after.kind is not PrincipalKind.SERVICE_ACCOUNT or after.group_ids
-                or not before.group_ids):
+        """Removing an API user's last group narrows its access, never widens it (see
+        :func:`leaving_last_group`)."""
+        if after.group_ids or not before.group_ids:
             return
-        tenant = uow.tenants.get(after.tenant_id)
-        if tenant is not None and not tenant.policy.api_users_need_group:
-            raise Conflict(
-                "group_ids: removing the API user's last data-access group would widen its "
-                "access to every data scope (the tenant policy api_users_need_group is off); "
-                "give it another group, or remove its keys' scopes first", field="group_ids")
+        _refuse_widening(uow, after)
 
     def no_data_note(self, principal: Principal) -> str | None:
         """What the answer to creating or regrouping ``principal`` says when it holds no data
@@ -405,9 +420,10 @@ class GroupService:
     def _membership(self, caller: Caller, tenant_id: str | None, group_id: str,
                     principal_id: str, *, join: bool) -> Principal:
         """Adds the principal to the group or takes it out, in one transaction. A principal in
-        no group reaches every data area of its role, so joining a first group narrows its
-        access (and its keys') and leaving its last group widens it: the console says so
-        before asking."""
+        no group reaches every data area of its role (an API user under
+        ``api_users_need_group``: none), so joining a first group changes its access (and its
+        keys'), and leaving its last group does as :func:`leaving_last_group` says: the console
+        says so before asking."""
         tid = caller.tenant_for(tenant_id)
         caller.require("members:write")
         with self.ctx.uow() as uow:
@@ -425,6 +441,8 @@ class GroupService:
                 principal.group_ids = sorted({*principal.group_ids, group_id})
             elif not join and group_id in principal.group_ids:
                 principal.group_ids = [g for g in principal.group_ids if g != group_id]
+                if not principal.group_ids:
+                    _refuse_widening(uow, principal)
             else:
                 return principal  # already so: nothing to record
             uow.principals.update(principal)
@@ -438,6 +456,17 @@ class GroupService:
             self.ctx.changed(uow, "principal", principal.id)
             uow.commit()
         return principal
+
+    def leaving_effect(self, caller: Caller, tenant_id: str | None,
+                       principal: Principal) -> str:
+        """:func:`leaving_last_group` under this tenant's policy (the console asks first)."""
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:read")
+        with self.ctx.uow(readonly=True) as uow:
+            tenant = uow.tenants.get(tid)
+        if tenant is None:
+            raise NotFound("no such tenant")
+        return leaving_last_group(principal, tenant.policy)
 
     def add_member(self, caller: Caller, tenant_id: str | None, group_id: str,
                    principal_id: str) -> Principal:

@@ -204,6 +204,7 @@ async def confirm_remove(request: Request, group_id: str, principal_id: str) -> 
         return c.render("console/group_remove.html", {
             "group": group, "person": person, "name": who(person),
             "last": person.group_ids == [group.id], "nav": "groups",
+            "effect": c.kp.groups.leaving_effect(c.caller, c.tenant_id, person),
         }, title=f"Remove {person.name} from {group.name}")
 
     return await page(request, view)
