@@ -27,6 +27,7 @@ UsageSink = Callable[[UnitOfWork, dict[str, datetime], Counter[tuple[str, str]]]
 HOUR = timedelta(hours=1)
 MAX_SCOPE_ENTRIES = 100_000  # (key, scope, day) counts held between flushes: bounded
 ScopeCounts = dict[tuple[str, str, datetime], int]  # (key id, scope, day) -> valid uses
+NO_SCOPES: frozenset[str] = frozenset()
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
 
 
@@ -57,6 +58,7 @@ class UsageRecorder:
         self.store = store
         self.scope_store = scope_store
         self._scopes: ScopeCounts = {}
+        self._needed: dict[tuple[str, frozenset[str]], int] = {}  # this hour, by scope set
         self.scopes_dropped = 0  # uses not counted per scope because the buffer was full
         self._last_used: dict[str, datetime] = {}
         self._counts: Counts = Counter()  # earlier hours
@@ -69,8 +71,11 @@ class UsageRecorder:
         self._thread: threading.Thread | None = None
         self.sinks: list[UsageSink] = []
 
-    def record(self, key_id: str, at: datetime, outcome: str, count: int = 1) -> None:
-        # two dict updates; the lock keeps flush consistent
+    def record(self, key_id: str, at: datetime, outcome: str, count: int = 1,
+               scopes: frozenset[str] = NO_SCOPES) -> None:
+        """``scopes``: what a valid use needed (per-scope usage, for the hygiene report's
+        "broader than used"); counted by the set, spread per scope and day when folded."""
+        # two dict updates (three with scopes); the lock keeps flush consistent
         with self._lock:
             if not self._hour <= at < self._hour_end:
                 self._fold()
@@ -80,35 +85,41 @@ class UsageRecorder:
                 self._last_used[key_id] = at
             current, k = self._current, (key_id, outcome)
             current[k] = current.get(k, 0) + count
-
-    def record_scopes(self, key_id: str, at: datetime, scopes: frozenset[str]) -> None:
-        """A valid use that needed ``scopes`` (the hygiene report's "broader than used")."""
-        if self.scope_store is None:
-            return
-        day = at.replace(hour=0, minute=0, second=0, microsecond=0)
-        with self._lock:
-            counts = self._scopes
-            for scope in scopes:
-                k = (key_id, scope, day)
-                if k in counts:
-                    counts[k] += 1
-                elif len(counts) < MAX_SCOPE_ENTRIES:
-                    counts[k] = 1
+            if scopes:
+                needed, sk = self._needed, (key_id, scopes)
+                n = needed.get(sk)
+                if n is not None:
+                    needed[sk] = n + count
+                elif len(needed) < MAX_SCOPE_ENTRIES:
+                    needed[sk] = count
                 else:
-                    self.scopes_dropped += 1
+                    self.scopes_dropped += count
 
     def _fold(self) -> None:
-        """Moves the current hour's counts into ``_counts``; the caller holds the lock."""
+        """Moves the current hour's counts into ``_counts`` (and its per-scope counts into
+        ``_scopes``, by day); the caller holds the lock."""
         hour, counts = self._hour, self._counts
         for (key_id, outcome), n in self._current.items():
             counts[(key_id, hour, outcome)] += n
         self._current = {}
+        if self._needed:
+            needed, self._needed = self._needed, {}
+            if self.scope_store is None:
+                return
+            day, by_day = hour.replace(hour=0), self._scopes
+            for (key_id, scopes), n in needed.items():
+                for scope in scopes:
+                    k = (key_id, scope, day)
+                    if k in by_day or len(by_day) < MAX_SCOPE_ENTRIES:
+                        by_day[k] = by_day.get(k, 0) + n
+                    else:
+                        self.scopes_dropped += n
 
     def pending(self) -> int:
         """Requests counted in memory and not yet flushed."""
         with self._lock:
             return (sum(self._counts.values()) + sum(self._current.values())
-                    + len(self._scopes))
+                    + len(self._scopes) + len(self._needed))
 
     def flush(self) -> int:
         """Writes what was recorded since the last flush in one transaction; on failure puts

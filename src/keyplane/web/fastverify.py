@@ -35,6 +35,7 @@ from keyplane.core.errors import KeyplaneError
 from keyplane.core.policy import Address, parse_address, parse_networks
 from keyplane.metrics import RequestMetrics
 from keyplane.services.auth import caller_from
+from keyplane.services.usage import NO_SCOPES
 from keyplane.services.verify import cache_key
 from keyplane.web import credentials, net
 from keyplane.web.credentials import key_in
@@ -64,7 +65,7 @@ class RememberedAnswer(NamedTuple):
     caller_ip: Address | None
     subject: Address | None  # whose guesses /v1/verify counts: ``ip``, else the caller's
     code: str  # the answer's code, for /metrics
-    scopes: frozenset[str]  # the scopes asked for: counted per scope when VALID
+    scopes: frozenset[str]  # what a valid answer needed: counted per scope
 
 
 class VerifyFastPath:
@@ -141,9 +142,7 @@ class VerifyFastPath:
             return None
         record = kp.usage.record
         record(found.caller_key_id, now, _OUTCOME_VALID)
-        record(found.key_id, now, found.outcome)
-        if found.scopes and found.outcome == _OUTCOME_VALID:
-            kp.usage.record_scopes(found.key_id, now, found.scopes)
+        record(found.key_id, now, found.outcome, 1, found.scopes)
         kp.verifier.cache_hits += 2  # both credentials, answered from the cache
         self.metrics.verified(found.code)
         return found.body
@@ -203,7 +202,7 @@ class VerifyFastPath:
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
                     verdict.decision.code.value, expires_at, caller_ip, subject, code,
-                    required),
+                    required if verdict.decision.valid else NO_SCOPES),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 
