@@ -40,6 +40,7 @@ MAX_ADDRESSES_PER_KEY = 32
 HOUR = timedelta(hours=1)
 MAX_SCOPE_ENTRIES = 100_000  # (key, scope, day) counts held between flushes: bounded
 ScopeCounts = dict[tuple[str, str, datetime], int]  # (key id, scope, day) -> valid uses
+NO_SCOPES: frozenset[str] = frozenset()
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
 
 
@@ -88,6 +89,7 @@ class UsageRecorder:
         self.store = store
         self.scope_store = scope_store
         self._scopes: ScopeCounts = {}
+        self._needed: dict[tuple[str, frozenset[str]], int] = {}  # this hour, by scope set
         self.scopes_dropped = 0  # uses not counted per scope because the buffer was full
         self._last_used: dict[str, datetime] = {}
         self._addresses: dict[str, dict[Any, datetime]] = {}  # key id -> address -> first use
@@ -106,12 +108,15 @@ class UsageRecorder:
         self.denials_dropped = 0  # refusals only counted: too many keys refused at once
 
     def record(self, key_id: str, at: datetime, outcome: str, count: int = 1,
-               ip: Any = None, reason: str | None = None) -> None:
-        """Counts ``count`` verifications. ``ip`` (an address object), when known, is where
-        the key was used: a few distinct addresses per key are kept from valid uses until the
-        next flush; a refusal's ``reason`` (never for VALID) is remembered with its address
-        for the key's page."""
-        # two dict updates (three with an address); the lock keeps flush consistent
+               scopes: frozenset[str] = NO_SCOPES, ip: Any = None,
+               reason: str | None = None) -> None:
+        """Counts ``count`` verifications. ``scopes``: what a valid use needed (per-scope
+        usage, for the hygiene report's "broader than used"), counted by the set and spread per
+        scope and day when folded. ``ip`` (an address object), when known, is where the key
+        was used: a few distinct addresses per key are kept from valid uses until the next
+        flush; a refusal's ``reason`` (never for VALID) is remembered with its address for the
+        key's page."""
+        # two dict updates (three with scopes or an address); the lock keeps flush consistent
         with self._lock:
             if not self._hour <= at < self._hour_end:
                 self._fold()
@@ -134,6 +139,15 @@ class UsageRecorder:
             if reason is not None:
                 self._remember_denial(key_id, Denial(at, outcome, reason,
                                                      None if ip is None else str(ip)))
+            if scopes:
+                needed, sk = self._needed, (key_id, scopes)
+                n = needed.get(sk)
+                if n is not None:
+                    needed[sk] = n + count
+                elif len(needed) < MAX_SCOPE_ENTRIES:
+                    needed[sk] = count
+                else:
+                    self.scopes_dropped += count
 
     def _remember_denial(self, key_id: str, denial: Denial) -> None:
         """The caller holds the lock."""
@@ -145,34 +159,31 @@ class UsageRecorder:
             held = self._denials[key_id] = deque(maxlen=DENIALS_KEPT)
         held.append(denial)
 
-    def record_scopes(self, key_id: str, at: datetime, scopes: frozenset[str]) -> None:
-        """A valid use that needed ``scopes`` (the hygiene report's "broader than used")."""
-        if self.scope_store is None:
-            return
-        day = at.replace(hour=0, minute=0, second=0, microsecond=0)
-        with self._lock:
-            counts = self._scopes
-            for scope in scopes:
-                k = (key_id, scope, day)
-                if k in counts:
-                    counts[k] += 1
-                elif len(counts) < MAX_SCOPE_ENTRIES:
-                    counts[k] = 1
-                else:
-                    self.scopes_dropped += 1
-
     def _fold(self) -> None:
-        """Moves the current hour's counts into ``_counts``; the caller holds the lock."""
+        """Moves the current hour's counts into ``_counts`` (and its per-scope counts into
+        ``_scopes``, by day); the caller holds the lock."""
         hour, counts = self._hour, self._counts
         for (key_id, outcome), n in self._current.items():
             counts[(key_id, hour, outcome)] += n
         self._current = {}
+        if self._needed:
+            needed, self._needed = self._needed, {}
+            if self.scope_store is None:
+                return
+            day, by_day = hour.replace(hour=0), self._scopes
+            for (key_id, scopes), n in needed.items():
+                for scope in scopes:
+                    k = (key_id, scope, day)
+                    if k in by_day or len(by_day) < MAX_SCOPE_ENTRIES:
+                        by_day[k] = by_day.get(k, 0) + n
+                    else:
+                        self.scopes_dropped += n
 
     def pending(self) -> int:
         """Requests counted in memory and not yet flushed."""
         with self._lock:
             return (sum(self._counts.values()) + sum(self._current.values())
-                    + len(self._scopes))
+                    + len(self._scopes) + len(self._needed))
 
     def flush(self) -> int:
         """Writes what was recorded since the last flush in one transaction; on failure puts

@@ -35,7 +35,7 @@ from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import principal_rights, reaches_no_data
 from keyplane.services.context import Context
 from keyplane.services.legacy import LegacyKeys
-from keyplane.services.usage import UsageRecorder
+from keyplane.services.usage import NO_SCOPES, UsageRecorder
 
 log = logging.getLogger("keyplane.verify")
 
@@ -105,6 +105,7 @@ class Remembered(NamedTuple):
     key_id: str
     outcome: str  # what usage counts
     expires_at: datetime | None
+    scopes: frozenset[str]  # what a valid use needed: counted per scope
 
 
 class Verifier:
@@ -170,10 +171,9 @@ class Verifier:
             now = self.ctx.clock.now()
             if remembered.expires_at is None or now < remembered.expires_at:
                 decided = remembered.verdict.decision
-                self.usage.record(remembered.key_id, now, remembered.outcome, ip=ip,
+                self.usage.record(remembered.key_id, now, remembered.outcome, 1,
+                                  remembered.scopes, ip=ip,
                                   reason=None if decided.valid else decided.reason)
-                if required and decided.valid:
-                    self.usage.record_scopes(remembered.key_id, now, required)
                 self.cache_hits += 1
                 return remembered.verdict
         generation = cache.generation  # before the snapshot is read
@@ -209,17 +209,16 @@ class Verifier:
             if denial is not None:
                 decision = denial
         outcome = _OUTCOMES[decision.code]
-        self.usage.record(snapshot.key_id, now, outcome, ip=ip,
+        needed = required if required and decision.valid else NO_SCOPES
+        self.usage.record(snapshot.key_id, now, outcome, 1, needed, ip=ip,
                           reason=None if decision.valid else decision.reason)
-        if required and decision.valid:
-            self.usage.record_scopes(snapshot.key_id, now, required)
         verdict = Verdict(decision, snapshot, limits)
         expires_at = snapshot.expires_at
         # a verdict that moves a counter is never repeated; one given after the expiry would
         # be wrong before it (clocks can step back)
         if not counted and (expires_at is None or now < expires_at):
             cache.remember(cache.verdicts, question,
-                           Remembered(verdict, snapshot.key_id, outcome, expires_at),
+                           Remembered(verdict, snapshot.key_id, outcome, expires_at, needed),
                            generation, (key,))
         return verdict
 

@@ -35,6 +35,7 @@ from keyplane.core.errors import KeyplaneError
 from keyplane.core.policy import Address, parse_address, parse_networks
 from keyplane.metrics import RequestMetrics
 from keyplane.services.auth import caller_from
+from keyplane.services.usage import NO_SCOPES
 from keyplane.services.verify import cache_key
 from keyplane.web import credentials, net
 from keyplane.web.credentials import key_in
@@ -65,7 +66,7 @@ class RememberedAnswer(NamedTuple):
     subject: Address | None  # whose guesses /v1/verify counts: ``ip``, else the caller's
     code: str  # the answer's code, for /metrics
     ip: Address | None  # the end user's address the body named (where the key was used)
-    scopes: frozenset[str]  # the scopes asked for: counted per scope when VALID
+    scopes: frozenset[str]  # what a valid answer needed: counted per scope
     reason: str | None = None  # a refusal's reason, remembered for the key's page
 
 
@@ -146,9 +147,8 @@ class VerifyFastPath:
             return None
         record = kp.usage.record
         record(found.caller_key_id, now, _OUTCOME_VALID, ip=found.caller_ip)
-        record(found.key_id, now, found.outcome, ip=found.ip, reason=found.reason)
-        if found.scopes and found.outcome == _OUTCOME_VALID:
-            kp.usage.record_scopes(found.key_id, now, found.scopes)
+        record(found.key_id, now, found.outcome, 1, found.scopes, ip=found.ip,
+               reason=found.reason)
         kp.verifier.cache_hits += 2  # both credentials, answered from the cache
         self.metrics.verified(found.code)
         return found.body
@@ -208,7 +208,8 @@ class VerifyFastPath:
                 cache.remember(cache.answers, request, RememberedAnswer(
                     out, seen.snapshot.key_id, verdict.snapshot.key_id,
                     verdict.decision.code.value, expires_at, caller_ip, subject, code, ip,
-                    required, None if verdict.decision.valid else verdict.decision.reason),
+                    required if verdict.decision.valid else NO_SCOPES,
+                    None if verdict.decision.valid else verdict.decision.reason),
                     generation, (cache_key(credential), cache_key(key)))
         return out
 
