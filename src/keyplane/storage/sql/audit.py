@@ -22,6 +22,7 @@ H = t.audit_chains.c
 class SqlAudit:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._pending: list[AuditEvent] = []
 
     # -- appending ------------------------------------------------------------------------------
 
@@ -39,20 +40,35 @@ class SqlAudit:
         return self._head(row)
 
     def add(self, event: AuditEvent) -> None:
-        """Append ``event`` to its tenant's chain: it gets the next sequence number and its
-        hash (set on ``event``), in the caller's transaction."""
-        chain = chain_of(event.tenant_id)
-        head = self._lock_head(chain)
-        digest = seal(event, head.seq + 1, head.hash)
-        self.conn.execute(t.audit_events.insert().values(
-            id=event.id, at=event.at, tenant_id=event.tenant_id, actor=event.actor,
-            action=event.action, target=event.target, outcome=event.outcome, ip=event.ip,
-            request_id=event.request_id, details=dict(event.details),
-            credential=event.credential, user_agent=event.user_agent, changes=event.changes,
-            seq=event.seq, prev_hash=event.prev_hash, hash=digest,
-        ))
-        self.conn.execute(t.audit_chains.update().where(H.chain == chain)
-                          .values(seq=event.seq, hash=digest))
+        """Append ``event`` to its tenant's chain in the caller's transaction. It is written
+        when the transaction commits (:meth:`flush`), so the chain head is locked only for the
+        last moment of the transaction, after every other lock it takes."""
+        self._pending.append(event)
+
+    def flush(self) -> None:
+        """Write the entries added in this transaction: each gets its chain's next sequence
+        number and its hash (set on the event). Chain heads are locked in one order (sorted),
+        so transactions that touch several tenants never deadlock on them."""
+        pending, self._pending = self._pending, []
+        by_chain: dict[str, list[AuditEvent]] = {}
+        for event in pending:
+            by_chain.setdefault(chain_of(event.tenant_id), []).append(event)
+        for chain in sorted(by_chain):
+            head = self._lock_head(chain)
+            seq, digest = head.seq, head.hash
+            for event in by_chain[chain]:
+                seq += 1
+                digest = seal(event, seq, digest)
+                self.conn.execute(t.audit_events.insert().values(
+                    id=event.id, at=event.at, tenant_id=event.tenant_id, actor=event.actor,
+                    action=event.action, target=event.target, outcome=event.outcome,
+                    ip=event.ip, request_id=event.request_id, details=dict(event.details),
+                    credential=event.credential, user_agent=event.user_agent,
+                    changes=event.changes, seq=event.seq, prev_hash=event.prev_hash,
+                    hash=digest,
+                ))
+            self.conn.execute(t.audit_chains.update().where(H.chain == chain)
+                              .values(seq=seq, hash=digest))
 
     # -- reading --------------------------------------------------------------------------------
 
