@@ -183,7 +183,7 @@ def list_audit(
     since: Annotated[datetime | None, Query(
         description="Entries at or after this time (ISO 8601; UTC if no offset)")] = None,
     until: Annotated[datetime | None, Query(
-        description="Entries before this time (ISO 8601); later than `since`")] = None,
+        description="Entries before this time (ISO 8601); not after `since`: nothing")] = None,
     limit: Limit = 50, cursor: Cursor = None,
 ) -> dict[str, Any]:
     """Each entry names the actor and the credential it acted through, what changed (before
