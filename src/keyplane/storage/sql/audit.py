@@ -104,21 +104,20 @@ class SqlAudit:
             q = q.where(A.at >= since)
         if until is not None:
             q = q.where(A.at < until)
+        if cursor and cursor[0] == "s" and cursor[1:].isdigit():
+            q = q.where(A.seq < int(cursor[1:]))  # "s<seq>": this tenant's chain order
+        elif cursor and cursor[0] == "i":
+            q = q.where(A.id < cursor[1:])  # "i<id>": across tenants, by id (time)
         if tenant_id is not None:
-            q = q.where(A.tenant_id == tenant_id)
-            if cursor:
-                q = q.where(A.seq < int(cursor))
-            q = q.order_by(A.seq.desc())
+            q = q.where(A.tenant_id == tenant_id).order_by(A.seq.desc())
         else:
-            if cursor:
-                q = q.where(A.id < cursor)
             q = q.order_by(A.id.desc())
         rows = list(self.conn.execute(q.limit(limit + 1)).mappings())
         items = [self._build(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit and items:
             last = items[-1]
-            next_cursor = str(last.seq) if tenant_id is not None else last.id
+            next_cursor = f"s{last.seq}" if tenant_id is not None else f"i{last.id}"
         return Page(items=items, next_cursor=next_cursor)
 
     def heads(self, tenant_id: str | None = None, *, every: bool = False) -> list[ChainHead]:
