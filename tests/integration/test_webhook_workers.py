@@ -43,16 +43,30 @@ def prepared(url: str, data_dir: Path, receiver: Receiver) -> Iterator[tuple[Key
         kp.close()
 
 
-def burst(kp: Keyplane, tenant: Tenant, count: int, start: int = 0) -> threading.Thread:
-    """``count`` key.created events, made in a thread (one transaction each)."""
+class Burst:
+    """``count`` key.created events made by ``writers`` threads (one transaction each)."""
 
-    def run() -> None:
-        for i in range(start, start + count):
-            kp.keys.create(SYSTEM, tenant.id, {"name": f"k{i}", "owner_id": tenant.admin_id})
+    def __init__(self, kp: Keyplane, tenant: Tenant, count: int, start: int = 0,
+                 writers: int = 1) -> None:
+        def run(first: int) -> None:
+            for i in range(first, start + count, writers):
+                kp.keys.create(SYSTEM, tenant.id, {"name": f"k{i}",
+                                                   "owner_id": tenant.admin_id})
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+        self.threads = [threading.Thread(target=run, args=(start + w,), daemon=True)
+                        for w in range(writers)]
+        for thread in self.threads:
+            thread.start()
+
+    def join(self, timeout: float) -> None:
+        for thread in self.threads:
+            thread.join(timeout)
+        assert not any(t.is_alive() for t in self.threads), "the burst did not finish"
+
+
+def burst(kp: Keyplane, tenant: Tenant, count: int, start: int = 0,
+          writers: int = 1) -> Burst:
+    return Burst(kp, tenant, count, start, writers)
 
 
 def event_ids(kp: Keyplane) -> set[str]:
@@ -113,6 +127,7 @@ def test_sigkill_in_the_middle_of_a_burst_loses_no_event(tmp_path: Path) -> None
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(240)  # 1,000 events on a shared 2-core machine
 def test_two_workers_on_postgresql_share_the_outbox_and_survive_a_sigkill(
     tmp_path: Path,
 ) -> None:
@@ -123,12 +138,12 @@ def test_two_workers_on_postgresql_share_the_outbox_and_survive_a_sigkill(
             env = worker_env(url, data_dir, **WORKER_SETTINGS)
             with workers(env, tmp_path, count=2) as (a, b):
                 half = BURST // 2
-                burst(kp, tenant, half).join(120)
+                burst(kp, tenant, half, writers=4).join(120)
                 copies = assert_every_event_arrived_signed(kp, receiver)
                 assert set(copies.values()) == {1}  # nobody died: each sent exactly once
                 assert receiver.overlaps == []
 
-                making = burst(kp, tenant, half, start=half)
+                making = burst(kp, tenant, half, start=half, writers=4)
                 wait_until(lambda: len(receiver.snapshot()) >= half + half // 5, 60)
                 a.kill()
                 before = len(receiver.ids())

@@ -118,10 +118,12 @@ class ScopeRepo(Protocol):
 
 
 class AuditRepo(Protocol):
-    """The hash-chained audit log (core/audit_chain.py): ``add`` numbers and seals an entry
-    under its chain head's lock, in the caller's transaction."""
+    """The hash-chained audit log (core/audit_chain.py): ``add`` queues an entry in the
+    caller's transaction; ``flush`` (the unit of work's commit) numbers and seals the queued
+    entries under their chain heads' locks."""
 
     def add(self, event: AuditEvent) -> None: ...
+    def flush(self) -> None: ...
     def page(
         self, tenant_id: str | None, *, action: str | None, limit: int, cursor: str | None,
         actor: str | None = None, target: str | None = None, since: datetime | None = None,

@@ -114,7 +114,10 @@ class RefusalRecorder:
                 return 0
             try:
                 with self.ctx.uow() as uow:
-                    for key, group in due.items():
+                    # one tenant's chain head after another, in one order in every
+                    # process: two flushes never wait on each other's heads (no deadlock)
+                    for key, group in sorted(due.items(),
+                                             key=lambda kv: (kv[0][1] or "", kv[0][0])):
                         uow.audit.add(self._event(key, group))
                     uow.commit()
             except Exception:
@@ -139,6 +142,7 @@ class RefusalRecorder:
             action=ACTION, target=group.targets[0] if group.targets else route,
             outcome="refused", ip=group.ips[0] if group.ips else None,
             request_id=group.request_id,
+            credential=actor if actor.startswith("key:") else None,
             details={"route": route, "status": status, "code": code, "count": group.count,
                      "first_at": group.first_at.isoformat(),
                      "last_at": group.last_at.isoformat(), "targets": group.targets,

@@ -1,16 +1,18 @@
 """/v1 tenants, members, service accounts, groups, the scope catalogue and the audit log."""
 
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import BeforeValidator
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core import scopes as sc
 from keyplane.core.errors import NotFound
 from keyplane.core.model import Principal, PrincipalKind
-from keyplane.services.audit import AuditFilter
+from keyplane.services.audit import CURSOR_PATTERN, AuditFilter
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
 from keyplane.web.schemas import (
     GroupCreate,
@@ -177,6 +179,17 @@ def delete_scope(caller: CallerDep, kp: KeyplaneDep, name: str = ScopeName) -> R
 # -- audit --------------------------------------------------------------------------------
 
 AuditToken = Annotated[str | None, Query(max_length=80, pattern=r"^[A-Za-z0-9_:.@\-]+$")]
+_ISO_DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}")
+
+
+def _iso_only(value: object) -> object:
+    """A time in the query must be ISO 8601 (a date first), not a number of seconds."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+When = Annotated[datetime | None, BeforeValidator(_iso_only)]
 
 
 @router.get("/v1/audit-events", tags=["audit"], summary="The audit log (newest first)")
@@ -190,11 +203,14 @@ def list_audit(
         "`app:app_…`, `cli:alice`")] = None,
     target: Annotated[AuditToken, Query(
         description="Only entries about this object id")] = None,
-    since: Annotated[datetime | None, Query(
+    since: Annotated[When, Query(
         description="Entries at or after this time (ISO 8601; UTC if no offset)")] = None,
-    until: Annotated[datetime | None, Query(
-        description="Entries before this time (ISO 8601); later than `since`")] = None,
-    limit: Limit = 50, cursor: Cursor = None,
+    until: Annotated[When, Query(
+        description="Entries before this time (ISO 8601); not after `since`: nothing")] = None,
+    limit: Limit = 50,
+    cursor: Annotated[str | None, Query(
+        max_length=60, pattern=CURSOR_PATTERN,
+        description="`next_cursor` of the previous page, as given")] = None,
 ) -> dict[str, Any]:
     """Each entry names the actor and the credential it acted through, what changed (before
     and after, never secrets), the time, source IP and user agent, and its place in the

@@ -67,7 +67,9 @@ async def report(request: Request, kp: KeyplaneDep) -> JSONResponse:
     caller = Caller(kind=CredentialKind.OPERATOR_KEY, scopes=frozenset(),
                     ip=str(address) if address else None,
                     request_id=request.scope.get("keyplane.request_id"),
-                    name=f"secret-scanning:{key_id}"[:80])
+                    name=f"secret-scanning:{key_id}"[:80],
+                    user_agent=(request.headers.get("user-agent") or "")[:200] or None,
+                    via="signed_report")
     outcomes = await run_in_threadpool(kp.leaks.handle, caller, reports,
                                        replay_digest=hashlib.sha256(body).hexdigest())
     answer: list[dict[str, Any]] = [

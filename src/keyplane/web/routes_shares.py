@@ -84,7 +84,9 @@ async def reveal(share_id: str, request: Request, kp: KeyplaneDep) -> JSONRespon
     address = net.client_address(request, request.app.state.trusted_proxies)
     caller = Caller(kind=CredentialKind.SESSION, scopes=frozenset(), name="share-link",
                     ip=str(address) if address else None,
-                    request_id=request.scope.get("keyplane.request_id"))
+                    request_id=request.scope.get("keyplane.request_id"),
+                    user_agent=(request.headers.get("user-agent") or "")[:200] or None,
+                    via="share_link")
     try:
         if len(share_id) > 64:
             raise NotFound("no such share link")

@@ -22,6 +22,7 @@ H = t.audit_chains.c
 class SqlAudit:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._pending: list[AuditEvent] = []
 
     # -- appending ------------------------------------------------------------------------------
 
@@ -39,20 +40,35 @@ class SqlAudit:
         return self._head(row)
 
     def add(self, event: AuditEvent) -> None:
-        """Append ``event`` to its tenant's chain: it gets the next sequence number and its
-        hash (set on ``event``), in the caller's transaction."""
-        chain = chain_of(event.tenant_id)
-        head = self._lock_head(chain)
-        digest = seal(event, head.seq + 1, head.hash)
-        self.conn.execute(t.audit_events.insert().values(
-            id=event.id, at=event.at, tenant_id=event.tenant_id, actor=event.actor,
-            action=event.action, target=event.target, outcome=event.outcome, ip=event.ip,
-            request_id=event.request_id, details=dict(event.details),
-            credential=event.credential, user_agent=event.user_agent, changes=event.changes,
-            seq=event.seq, prev_hash=event.prev_hash, hash=digest,
-        ))
-        self.conn.execute(t.audit_chains.update().where(H.chain == chain)
-                          .values(seq=event.seq, hash=digest))
+        """Append ``event`` to its tenant's chain in the caller's transaction. It is written
+        when the transaction commits (:meth:`flush`), so the chain head is locked only for the
+        last moment of the transaction, after every other lock it takes."""
+        self._pending.append(event)
+
+    def flush(self) -> None:
+        """Write the entries added in this transaction: each gets its chain's next sequence
+        number and its hash (set on the event). Chain heads are locked in one order (sorted),
+        so transactions that touch several tenants never deadlock on them."""
+        pending, self._pending = self._pending, []
+        by_chain: dict[str, list[AuditEvent]] = {}
+        for event in pending:
+            by_chain.setdefault(chain_of(event.tenant_id), []).append(event)
+        for chain in sorted(by_chain):
+            head = self._lock_head(chain)
+            seq, digest = head.seq, head.hash
+            for event in by_chain[chain]:
+                seq += 1
+                digest = seal(event, seq, digest)
+                self.conn.execute(t.audit_events.insert().values(
+                    id=event.id, at=event.at, tenant_id=event.tenant_id, actor=event.actor,
+                    action=event.action, target=event.target, outcome=event.outcome,
+                    ip=event.ip, request_id=event.request_id, details=dict(event.details),
+                    credential=event.credential, user_agent=event.user_agent,
+                    changes=event.changes, seq=event.seq, prev_hash=event.prev_hash,
+                    hash=digest,
+                ))
+            self.conn.execute(t.audit_chains.update().where(H.chain == chain)
+                              .values(seq=seq, hash=digest))
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -88,21 +104,20 @@ class SqlAudit:
             q = q.where(A.at >= since)
         if until is not None:
             q = q.where(A.at < until)
+        if cursor and cursor[0] == "s" and cursor[1:].isdigit():
+            q = q.where(A.seq < int(cursor[1:]))  # "s<seq>": this tenant's chain order
+        elif cursor and cursor[0] == "i":
+            q = q.where(A.id < cursor[1:])  # "i<id>": across tenants, by id (time)
         if tenant_id is not None:
-            q = q.where(A.tenant_id == tenant_id)
-            if cursor:
-                q = q.where(A.seq < int(cursor))
-            q = q.order_by(A.seq.desc())
+            q = q.where(A.tenant_id == tenant_id).order_by(A.seq.desc())
         else:
-            if cursor:
-                q = q.where(A.id < cursor)
             q = q.order_by(A.id.desc())
         rows = list(self.conn.execute(q.limit(limit + 1)).mappings())
         items = [self._build(r) for r in rows[:limit]]
         next_cursor = None
         if len(rows) > limit and items:
             last = items[-1]
-            next_cursor = str(last.seq) if tenant_id is not None else last.id
+            next_cursor = f"s{last.seq}" if tenant_id is not None else f"i{last.id}"
         return Page(items=items, next_cursor=next_cursor)
 
     def heads(self, tenant_id: str | None = None, *, every: bool = False) -> list[ChainHead]:

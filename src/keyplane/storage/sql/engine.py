@@ -194,6 +194,7 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         assert self._conn is not None, "commit outside the unit of work"
+        self.audit.flush()  # the hash-chained entries, last: see SqlAudit.flush
         self._conn.commit()
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from keyplane.core.errors import KeyplaneError
 from keyplane.core.model import AuditEvent
 from keyplane.core.webhooks import EVENT_TYPES
+from keyplane.services.audit import CURSOR
 from keyplane.web.console import present
 from keyplane.web.console.base import Console, page
 from keyplane.web.console.keys import owner_names
@@ -99,7 +100,7 @@ async def audit_log(request: Request) -> Response:
         params = c.request.query_params
         chosen = (params.get("action") or "").strip()
         chosen = chosen if _ACTION.match(chosen) else ""
-        cursor = c.cursor
+        cursor = c.cursor if c.cursor and CURSOR.match(c.cursor) else None  # else page one
         result = c.kp.audit.list(c.caller, c.tenant_id, action=chosen or None,
                                  limit=PAGE_SIZE, cursor=cursor)
         events: list[AuditEvent] = list(result.items)
