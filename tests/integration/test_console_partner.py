@@ -368,3 +368,18 @@ def test_disabling_staff_ends_their_sessions(keyplane: Keyplane, http: httpx2.Cl
     assert http.get("/operator/apps").status_code == 303  # back to sign-in
     r = sign_in(http, STAFF_EMAIL, STAFF_PASSWORD)
     assert r.status_code == 401
+
+
+def test_open_signup_makes_a_few_accounts_per_address_not_thousands(
+        database: tuple[str, str | None], tmp_path: Path) -> None:
+    url, schema = database
+    with serving(url, schema, tmp_path, partner_signup="open") as (kp, http):
+        for n in range(5):
+            assert sign_up(http, f"dev{n}@zap.example").status_code == 303
+            http.cookies.clear()
+        r = sign_up(http, "dev5@zap.example")
+        assert r.status_code == 429
+        assert "Too many sign-ups from your address" in r.text
+        emails = {a.email for a in connected(kp).accounts.list(
+            SYSTEM, AccountKind.DEVELOPER).items}
+        assert "dev5@zap.example" not in emails and len(emails) == 5

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from limits import parse
+
 from keyplane.core import ids
 from keyplane.core.accounts import (
     Account,
@@ -49,6 +51,9 @@ from keyplane.services import validate as v
 from keyplane.services.context import Context
 from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_password, verify_password
 from keyplane.services.sessions import SESSION_TOKEN_BYTES, SignInThrottle
+
+#: open sign-up: new developer accounts per client address (the throttle's shared store)
+SIGNUPS_PER_IP = parse("5/hour")
 
 Repos = Callable[[UnitOfWork], AccountRepos]
 TOKEN_PREFIX = "a."  # tells an account's session cookie from a member's at a glance
@@ -225,6 +230,12 @@ class AccountService:
                 raise ValidationError("email: this invitation is for another address",
                                       field="email")
             fields["email"] = invited
+        elif ip:  # open sign-up: an address makes a few accounts an hour, not thousands
+            wait = self.throttle.wait(SIGNUPS_PER_IP, "signup", ip)
+            if wait is not None or not self.throttle.count(SIGNUPS_PER_IP, "signup", ip):
+                raise RateLimited("too many sign-ups from this address; try again later",
+                                  retry_after=wait or 3600, limit=SIGNUPS_PER_IP.amount,
+                                  remaining=0)
         actor = Caller(kind=CredentialKind.DEVELOPER_SESSION, scopes=frozenset(), ip=ip,
                        request_id=request_id, name="partner-signup")
         account = self._add(actor, AccountKind.DEVELOPER, fields)

@@ -14,7 +14,7 @@ from starlette.responses import RedirectResponse, Response
 from keyplane.core import scopes as sc
 from keyplane.core.accounts import AccountKind, PartnerSignup
 from keyplane.core.apps import AppStatus
-from keyplane.core.errors import AuthenticationError, KeyplaneError
+from keyplane.core.errors import AuthenticationError, KeyplaneError, RateLimited
 from keyplane.core.rights import SYSTEM
 from keyplane.oauth.wiring import connected
 from keyplane.web import pages
@@ -114,6 +114,9 @@ async def signup(request: Request) -> Response:
             raw, _who = env.accounts.sign_up(body, ip=pages.client_ip(request),
                                              request_id=request.scope.get(
                                                  "keyplane.request_id"))
+        except RateLimited:
+            return _signup_page(request, values=shown, status=429, errors={
+                "": "Too many sign-ups from your address. Please try again in an hour."})
         except KeyplaneError as exc:
             return _signup_page(request, values=shown, status=400,
                                 errors=_errors(exc, ("email", "name", "password")))
