@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Role(StrEnum):
@@ -210,3 +210,13 @@ class Page:
 def _stable(value: Any) -> Any:
     """The same text for the same value however storage returned it (time zones included)."""
     return value.timestamp() if isinstance(value, datetime) else repr(value)
+
+
+class Denial(NamedTuple):
+    """One refused verification of a key: when, the outcome code, why in words, and from
+    which address when the verifier said (the console's "last denials")."""
+
+    at: datetime
+    outcome: str
+    reason: str
+    ip: str | None = None

@@ -16,9 +16,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from keyplane.core.errors import ValidationError
+from keyplane.core.model import Denial
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller
 from keyplane.core.tokens import redact_secrets
@@ -47,16 +48,6 @@ Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outco
 DENIALS_KEPT = 20  # a key's newest refusals kept, in memory and in storage
 DENIAL_KEYS_HELD = 10_000  # keys whose refusals are held in memory between flushes
 MAX_REASON = 200
-
-
-class Denial(NamedTuple):
-    """One refused verification of a key: when, the outcome code, why in words, and from
-    which address when the verifier said."""
-
-    at: datetime
-    outcome: str
-    reason: str
-    ip: str | None = None
 
 
 class UsageStore(Protocol):

@@ -25,9 +25,10 @@ from keyplane.core.ports import BackupRepo, UnitOfWork
 from keyplane.storage.sql import oauth_tables as o
 from keyplane.storage.sql import tables as t
 from keyplane.storage.sql.account_tables import accounts
-from keyplane.storage.sql.events import automations
+from keyplane.storage.sql.events import automations, key_reminders
 from keyplane.storage.sql.imports import key_imports, key_scope_usage
-from keyplane.storage.sql.usage import key_usage
+from keyplane.storage.sql.sign_in import second_factors
+from keyplane.storage.sql.usage import key_denials, key_usage
 from keyplane.storage.sql.webhook_tables import webhooks
 
 TABLES: dict[str, sa.Table] = {
@@ -36,6 +37,7 @@ TABLES: dict[str, sa.Table] = {
     "principals": t.principals,
     "groups": t.groups,
     "principal_groups": t.principal_groups,
+    "second_factors": second_factors,  # sealed under the pepper, as webhook secrets are
     "accounts": accounts,
     "oauth_apps": o.oauth_apps,
     "oauth_client_secrets": o.oauth_client_secrets,
@@ -44,6 +46,8 @@ TABLES: dict[str, sa.Table] = {
     "key_imports": key_imports,  # an imported key's origin and legacy digest
     "key_usage": key_usage,
     "key_scope_usage": key_scope_usage,
+    "key_denials": key_denials,  # a key's last refusals (the console's key page)
+    "key_reminders": key_reminders,  # expiry reminders already sent: never sent twice
     "oauth_connections": o.oauth_connections,
     "oauth_tokens": o.oauth_tokens,
     "webhooks": webhooks,
@@ -66,6 +70,7 @@ def _tenant_filter(section: str, tenant_id: str) -> sa.ColumnElement[bool] | Non
         "principals": t.principals.c.tenant_id == tenant_id,
         "groups": t.groups.c.tenant_id == tenant_id,
         "principal_groups": t.principal_groups.c.principal_id.in_(members),
+        "second_factors": second_factors.c.tenant_id == tenant_id,
         "accounts": sa.false(),  # console accounts belong to no tenant
         "oauth_apps": sa.or_(o.oauth_apps.c.owner_tenant_id == tenant_id,
                              o.oauth_apps.c.id.in_(used_apps)),
@@ -77,6 +82,8 @@ def _tenant_filter(section: str, tenant_id: str) -> sa.ColumnElement[bool] | Non
         "key_imports": key_imports.c.key_id.in_(keys),
         "key_usage": key_usage.c.key_id.in_(keys),
         "key_scope_usage": key_scope_usage.c.key_id.in_(keys),
+        "key_denials": key_denials.c.key_id.in_(keys),
+        "key_reminders": key_reminders.c.key_id.in_(keys),
         "oauth_connections": o.oauth_connections.c.tenant_id == tenant_id,
         "oauth_tokens": o.oauth_tokens.c.connection_id.in_(conns),
         "webhooks": webhooks.c.tenant_id == tenant_id,

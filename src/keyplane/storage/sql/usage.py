@@ -13,8 +13,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from keyplane.core import ids
+from keyplane.core.model import Denial
 from keyplane.core.ports import UnitOfWork
-from keyplane.services.usage import Denial
 from keyplane.storage.sql.engine import outage_as_unavailable
 from keyplane.storage.sql.tables import ID, UTCDateTime, api_keys, metadata
 
