@@ -139,7 +139,7 @@ def test_another_tenants_connection_is_not_found(
 def policy_form(http: httpx2.Client, **changes: str) -> dict[str, str]:
     data = {"csrf_token": form_token(http, "/settings"), "default_expiry_days": "90",
             "max_expiry_days": "365", "allowed_ips": "", "require_tls_default": "on",
-            "leaked_key_action": "revoke"}
+            "leaked_key_action": "revoke", "api_users_need_group": "on"}
     data.update(changes)
     return {k: v for k, v in data.items() if v is not None}
 
@@ -172,6 +172,7 @@ def test_an_admin_changes_the_key_policy_and_new_keys_follow_it(
         "audit_retention_days": None}  # set through the API only; the form leaves it
     saved = http.get("/settings?done=saved").text
     assert "Saved. New keys follow the new policy" in saved
+    assert 'id="api_users_need_group" name="api_users_need_group"' in saved
     assert 'id="leak-lock" name="leaked_key_action" value="lock" checked' in saved
     assert ">10.0.0.0/8\n2001:db8::/32</textarea>" in saved
     new_key = http.get("/keys/new").text
@@ -608,3 +609,14 @@ def test_another_tenants_api_user_is_not_found_and_forms_need_csrf(
     assert keyplane.principals.get(SYSTEM, other.id, theirs).enabled
     found = keyplane.principals.get(SYSTEM, tenant.id, ours)
     assert found.enabled and found.role.value == "member"
+
+
+def test_an_admin_turns_api_users_need_group_off_and_on(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane) -> None:
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    r = http.post("/settings", data=policy_form(http, api_users_need_group=""))
+    assert r.status_code == 303
+    assert policy(keyplane, tenant)["api_users_need_group"] is False
+    assert "API users need a data access group" in http.get("/settings").text
+    r = http.post("/settings", data=policy_form(http))
+    assert policy(keyplane, tenant)["api_users_need_group"] is True

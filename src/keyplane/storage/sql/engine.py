@@ -9,8 +9,7 @@ pinged when checked out, so the pool reconnects by itself once the server is bac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,6 +32,7 @@ from keyplane.core.ports import (
 )
 from keyplane.files import private_file
 from keyplane.storage.sql.audit import SqlAudit
+from keyplane.storage.sql.outages import UNAVAILABLE, outage_as_unavailable, unreachable
 from keyplane.storage.sql.repositories import (
     SqlChanges,
     SqlGroups,
@@ -43,37 +43,6 @@ from keyplane.storage.sql.repositories import (
 )
 
 CONNECT_TIMEOUT_SECONDS = 5
-# SQLSTATE classes of a lost or refused connection (a connection that never opened has none)
-_DISCONNECT_STATES = ("08", "57P01", "57P02", "57P03")
-UNAVAILABLE = "the database is unreachable; try again shortly"
-
-
-def unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` means the database could not be reached (not that a statement failed)."""
-    if not isinstance(exc, sa.exc.DBAPIError):
-        return False
-    if exc.connection_invalidated:
-        return True
-    orig = exc.orig
-    if orig is None or type(orig).__module__.startswith("sqlite3"):
-        return False  # SQLite: a locked or unwritable file is not an outage
-    if not isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return False
-    state = getattr(orig, "sqlstate", None)
-    return state is None or state.startswith(_DISCONNECT_STATES)
-
-
-@contextmanager
-def outage_as_unavailable() -> Iterator[None]:
-    """For storage code outside a unit of work: a lost database becomes ``Unavailable``."""
-    try:
-        yield
-    except sa.exc.DBAPIError as exc:
-        if unreachable(exc):
-            raise Unavailable(UNAVAILABLE, code="database_unavailable") from None
-        raise
-
-
 def watch(engine: Engine, health: DatabaseHealth) -> None:
     """Report to ``health`` each connection checked out (after PostgreSQL's pre-ping: the
     server answered) and each connection lost or refused."""

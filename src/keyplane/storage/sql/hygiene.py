@@ -14,8 +14,6 @@ from sqlalchemy.engine import Connection
 from keyplane.core.model import ApiKey
 from keyplane.core.ports import UnitOfWork
 from keyplane.storage.sql import tables as t
-from keyplane.storage.sql.imports import SqlImports
-from keyplane.storage.sql.repositories import SqlKeys
 from keyplane.storage.sql.tables import UTCDateTime, metadata
 
 job_leases = sa.Table(
@@ -45,11 +43,17 @@ class SqlHygiene:
         if cursor:
             q = q.where(K.id < cursor)
         q = q.order_by(K.id.desc()).limit(limit)
+        # imported here: tables.py loads this module for its tables, and repositories.py
+        # needs tables.py, so a module-level import would make the import order matter
+        from keyplane.storage.sql.repositories import SqlKeys
+
         return [(SqlKeys._build(r), bool(r["owner_enabled"]))
                 for r in self.conn.execute(q).mappings()]
 
     def scopes_used(self, key_ids: list[str], since: datetime) -> dict[str, set[str]]:
         """The scopes each key's valid uses needed since ``since`` (per-scope usage)."""
+        from keyplane.storage.sql.imports import SqlImports  # imported here: see above
+
         return SqlImports(self.conn).scopes_used(key_ids, since)
 
     def policy_tenants(self) -> list[tuple[str, int]]:

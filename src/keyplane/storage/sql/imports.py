@@ -16,7 +16,6 @@ from sqlalchemy.engine import Connection
 from keyplane.core.legacy import ImportRecord
 from keyplane.core.model import ApiKey, KeySecret
 from keyplane.core.ports import UnitOfWork
-from keyplane.storage.sql.repositories import SqlKeys
 from keyplane.storage.sql.tables import ID, UTCDateTime, api_keys, key_secrets, metadata
 
 key_imports = sa.Table(
@@ -94,6 +93,9 @@ class SqlImports:
         """Inserts the keys, their secrets and where they came from (one executemany per
         table)."""
         if keys:
+            # imported here: tables.py loads this module for its tables (see hygiene.py)
+            from keyplane.storage.sql.repositories import SqlKeys
+
             self.conn.execute(api_keys.insert(), [SqlKeys._row(k) for k in keys])
         if secrets:
             self.conn.execute(key_secrets.insert(), [dict(

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from keyplane.core import ids
 from keyplane.core.model import Denial
 from keyplane.core.ports import UnitOfWork
-from keyplane.storage.sql.engine import outage_as_unavailable
+from keyplane.storage.sql.outages import outage_as_unavailable
 from keyplane.storage.sql.tables import ID, UTCDateTime, api_keys, metadata
 
 # no foreign key to api_keys: OAuth access tokens are counted too, and a flush must never fail

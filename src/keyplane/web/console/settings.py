@@ -27,6 +27,7 @@ LABELS = {
     "leaked_key_action": "When a key leaks",
     "revoke_unused_after_days": "Revoke keys unused for (days)",
     "require_admin_two_factor": "Admins must use two-factor sign-in",
+    "api_users_need_group": "API users need a data access group",
 }
 LEAK_ACTIONS = (("revoke", "Revoke it", "The key is refused for good; its owner makes a new one."),
                 ("lock", "Lock it", "The key is refused until an administrator unlocks it."))
@@ -47,6 +48,7 @@ def _shown(policy: TenantPolicy) -> KeyForm:
         "allowed_ips": "\n".join(policy.allowed_ips),
         "require_tls_default": policy.require_tls_default,
         "require_admin_two_factor": policy.require_admin_two_factor,
+        "api_users_need_group": policy.api_users_need_group,
         "leaked_key_action": policy.leaked_key_action.value,
         "revoke_unused_after_days": ("" if policy.revoke_unused_after_days is None
                                      else str(policy.revoke_unused_after_days)),
@@ -62,6 +64,7 @@ def policy_body(form: FormData) -> tuple[dict[str, Any], KeyForm]:
         "allowed_ips": _text(form, "allowed_ips"),
         "require_tls_default": form.get("require_tls_default") == "on",
         "require_admin_two_factor": form.get("require_admin_two_factor") == "on",
+        "api_users_need_group": form.get("api_users_need_group") == "on",
         "leaked_key_action": _text(form, "leaked_key_action"),
         "revoke_unused_after_days": _text(form, "revoke_unused_after_days").strip(),
     })
@@ -72,6 +75,7 @@ def policy_body(form: FormData) -> tuple[dict[str, Any], KeyForm]:
                         if line.strip()],
         "require_tls_default": values["require_tls_default"],
         "require_admin_two_factor": values["require_admin_two_factor"],
+        "api_users_need_group": values["api_users_need_group"],
         "leaked_key_action": values["leaked_key_action"],
     }
     for name, optional in (("default_expiry_days", False), ("max_expiry_days", True),
