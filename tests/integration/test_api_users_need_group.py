@@ -5,6 +5,7 @@ on SQLite and PostgreSQL; members keep their behaviour."""
 from __future__ import annotations
 
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -227,3 +228,35 @@ def test_the_cli_says_so_too(cli: Cli) -> None:
     shown = " ".join(cli.ok("service-accounts", "create", "--tenant", tid, "--name",
                             "API - Make").split())
     assert "This API user is in no data-access group, so it holds no data scopes" in shown
+
+
+def test_an_upgrade_keeps_existing_tenants_as_they_were_and_new_ones_get_the_policy(
+        database: tuple[str, str | None], tmp_path: Path) -> None:
+    """A tenant made before the upgrade keeps its group-less API users' access (policy off)
+    until an admin turns it on; a tenant made afterwards starts with it on."""
+    import sqlalchemy as sa
+
+    from keyplane.bootstrap import build
+    from keyplane.storage.sql import migrate
+    from keyplane.storage.sql.engine import make_engine
+    from tests.conftest import make_settings
+
+    url, schema = database
+    engine = make_engine(url, schema=schema)
+    try:
+        migrate.upgrade(engine, "0008_hygiene")
+        with engine.begin() as conn:
+            conn.execute(sa.text(
+                "INSERT INTO tenants (id, name, enabled, created_at, default_expiry_days, "
+                "allow_non_expiring, allowed_ips, require_tls_default) VALUES ('loc_old', "
+                "'Old', :yes, '2026-01-01 00:00:00', 90, :no, '[]', :yes)"),
+                {"yes": True, "no": False})
+    finally:
+        engine.dispose()
+    kp = build(make_settings(tmp_path, url), schema=schema, migrate_db=True)
+    try:
+        assert kp.tenants.get(SYSTEM, "loc_old").policy.api_users_need_group is False
+        new = kp.tenants.create(SYSTEM, {"name": "New"})
+        assert kp.tenants.get(SYSTEM, new.id).policy.api_users_need_group is True
+    finally:
+        kp.close()
