@@ -28,6 +28,7 @@ from tests.integration.console_support import (
     form_token,
     signed_in,
 )
+from tests.integration.oauth_support import approved_app, exchange, get_code
 from tests.integration.procs import wait_until
 from tests.support import SettableClock
 from tests.webhook_receiver import Receiver
@@ -199,10 +200,37 @@ def test_the_page_names_api_users_and_apps_and_says_why_a_webhook_stopped(
     assert f'Only through <a href="/api-users/{bot}">Importer (API user)</a>' in page
     assert "<code>http://127.0.0.1:9/dead</code> (Old CRM) <span class=\"badge warn\">" \
            "disabled</span>" in page
-    assert ("Disabled: Every delivery attempt failed for 72 hours (40 attempts; last: "
-            "HTTP 500).") in page
+    assert ('<span class="pill state-locked">Disabled</span><span class="sub">Every delivery '
+            "attempt failed for 72 hours (40 attempts; last: HTTP 500).</span>") in page
     assert 'class="pill state-locked">Off</span>' in page
     assert "Turn on<span class=\"sr-only\"> Updated by the importer" in page
+
+
+def test_a_rule_for_a_connected_app_fires_for_its_access_tokens_only(
+        site: Site, receiver: Receiver) -> None:
+    kp, http, tenant, verifier = site
+    hook = add_webhook(kp, tenant, receiver.url, "Partner sync", receiver)
+    operator = kp.keys.create(SYSTEM, None, {"name": "platform", "scopes": ["platform:write"],
+                                             "require_tls": False}, operator=True).secret
+    partner = approved_app(http, tenant.management_key, operator, name="Zapier")
+    code, code_verifier = get_code(http, partner, tenant.admin_email, tenant.admin_password)
+    token = exchange(http, partner, code, code_verifier)
+    assert token.status_code == 200, token.text
+    access = token.json()["access_token"]
+    form = http.get("/automations/new").text  # signed in by the consent above
+    assert f'<option value="{partner.app_id}">Zapier</option>' in form
+    r = http.post("/automations", data={
+        "csrf_token": form_token(http, "/automations/new"), "name": "Zapier updates",
+        "event": "contact.updated", "app_id": partner.app_id, "webhook_ids": [hook],
+        "enabled": "on"}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    listed = http.get("/automations").text
+    assert 'Only through the connected app <a href="/connections">Zapier</a>' in listed
+    assert report(http, verifier, "contact.updated", tenant.management_key).json()["id"] is None
+    fired = report(http, verifier, "contact.updated", access).json()
+    assert fired["app_id"] == partner.app_id and fired["webhook_ids"] == [hook]
+    wait_until(lambda: len(receiver.snapshot()) == 1, 10)
+    assert receiver.snapshot()[0].payload["data"]["via"]["app_id"] == partner.app_id
 
 
 def test_members_read_only(site: Site) -> None:

@@ -133,11 +133,12 @@ def _names(c: Console) -> Names:
 
 
 def webhook_state(w: Webhook) -> str:
+    """Why a webhook is disabled, in a sentence ("" when it is enabled)."""
     if w.enabled:
-        return "Enabled"
+        return ""
     if w.disabled_reason:
-        return "Disabled: " + sentence(w.disabled_reason)
-    return "Disabled by an administrator."
+        return sentence(w.disabled_reason)
+    return "Turned off with /v1/webhooks."
 
 
 @router.get("/automations")
