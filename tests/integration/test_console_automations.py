@@ -21,6 +21,7 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core.model import PrincipalKind
 from keyplane.core.rights import SYSTEM
 from keyplane.storage.sql.webhook_repositories import webhook_repo
+from keyplane.web.console.automations import activity
 from tests.conftest import Tenant, auth, make_tenant, serving
 from tests.integration.console_support import (
     MEMBER_PASSWORD,
@@ -233,12 +234,21 @@ def test_a_rule_for_a_connected_app_fires_for_its_access_tokens_only(
     assert receiver.snapshot()[0].payload["data"]["via"]["app_id"] == partner.app_id
 
 
+def test_a_rule_says_in_words_what_it_listens_to() -> None:
+    assert activity("contact.created") == "Contacts created through the API"
+    assert activity("opportunity.updated") == "Opportunities updated through the API"
+    assert activity("contact.*") == "Contacts changed through the API"
+    assert activity("*.created") == "Any record created through the API"
+
+
 def test_members_read_only(site: Site) -> None:
     kp, http, tenant, _verifier = site
     hook = add_webhook(kp, tenant, "http://127.0.0.1:9/hooks", "CRM")
     made = kp.automations.create(SYSTEM, tenant.id, {
         "name": "New lead", "event": "contact.created", "webhook_ids": [hook]})
     add_member(kp, tenant.id, "mia@example.com")
+    r = http.get("/automations", follow_redirects=False)  # signed out: sign in first
+    assert r.status_code == 303 and r.headers["location"] == "/signin?next=%2Fautomations"
     signed_in(http, "mia@example.com", MEMBER_PASSWORD)
     page = http.get("/automations")
     assert page.status_code == 200 and "New lead" in page.text

@@ -72,7 +72,9 @@ def activity(event: str) -> str:
     """``contact.created`` as "Contacts created through the API"."""
     area, _, verb = event.partition(".")
     what = "Any record" if area == "*" else area.replace("_", " ").capitalize()
-    if area != "*" and not what.endswith("s"):
+    if area != "*" and what.endswith("y") and what[-2:-1] not in "aeiou":
+        what = what[:-1] + "ies"  # opportunity: opportunities
+    elif area != "*" and not what.endswith("s"):
         what += "s"
     return f"{what} {VERBS.get(verb, verb)} through the API"
 
