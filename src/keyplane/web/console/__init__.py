@@ -12,6 +12,7 @@ from keyplane.web.console import (
     account,
     api_users,
     audit,
+    automations,
     connections,
     groups,
     hygiene,
@@ -36,6 +37,7 @@ def install(app: FastAPI) -> None:
     app.include_router(members.router)
     app.include_router(api_users.router)
     app.include_router(groups.router)
+    app.include_router(automations.router)
     app.include_router(operator.router)  # operator staff
     app.include_router(partners.router)  # partner developers
     app.include_router(invitations.router)
