@@ -1,5 +1,10 @@
 """Logging set-up: one line per event, never a secret.
 
+Two formats (``KEYPLANE_LOG_FORMAT``): ``json`` (the default: one JSON object per line with
+``time``, ``level``, ``logger``, ``message`` and ``request_id``; the access log adds
+``method``, ``path``, ``status``, ``duration_ms`` and ``client``) and ``text`` (one readable
+line). ``KEYPLANE_ACCESS_LOG=false`` silences the access log alone.
+
 Routes log ids, not keys; and a secret a client pasted where it does not belong (a URL path, a
 field that ends up in an exception) is redacted from every log record by
 :func:`install_redaction`: the message, the arguments a formatter may use on their own
@@ -9,20 +14,77 @@ field that ends up in an exception) is redacted from every log record by
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import traceback
 from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any
 
 from keyplane.core.tokens import redact_secrets
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# the access log's message; its arguments: client, method, path, status, milliseconds, request id
+ACCESS_FORMAT = '%s "%s %s" %d %.1fms request_id=%s'
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
-def configure_logging(level: str = "info") -> None:
+request_id_var: ContextVar[str | None] = ContextVar("keyplane_request_id", default=None)
+"""The id of the request being served (set by the request middleware): JSON lines carry it."""
+
+
+def configure_logging(level: str = "info", log_format: str = "text",
+                      access_log: bool = True) -> None:
+    """Root handler on stderr in the chosen format (unless one is installed already), the
+    level, and the access log on or off. In ``json``, uvicorn's own loggers write through the
+    same handler, so that every line of the process is JSON."""
     install_redaction()
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter() if log_format == "json"
+                             else logging.Formatter(TEXT_FORMAT))
+        root.addHandler(handler)
+        root.setLevel(level.upper())
+        if log_format == "json":
+            for name in UVICORN_LOGGERS:
+                found = logging.getLogger(name)
+                found.handlers.clear()
+                found.propagate = True
+    logging.getLogger("keyplane.access").setLevel(
+        logging.NOTSET if access_log else logging.WARNING)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record. Every field comes from the record after redaction (the
+    message, the arguments, the traceback: see :func:`install_redaction`); control characters
+    are escaped by JSON, so no field can forge a line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        args = record.args
+        if record.msg == ACCESS_FORMAT and type(args) is tuple and len(args) == 6:
+            client, method, path, status, ms, request_id = args
+            out["message"] = f"{method} {path} {status}"
+            out["request_id"] = request_id
+            out.update(method=method, path=path, status=status,
+                       duration_ms=round(ms, 2) if isinstance(ms, float) else ms,
+                       client=client)
+        else:
+            out["message"] = record.getMessage()
+            out["request_id"] = request_id_var.get()
+        if record.exc_text:
+            out["exc_info"] = record.exc_text
+        elif record.exc_info and record.exc_info[0] is not None:  # a record made elsewhere
+            out["exc_info"] = redact_secrets(self.formatException(record.exc_info))
+        if record.stack_info:
+            out["stack_info"] = record.stack_info
+        return json.dumps(out, ensure_ascii=False, default=str)
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})  # their text is known (str redacted)

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keyplane.core.tokens import redact_secrets
+from keyplane.logs import ACCESS_FORMAT, request_id_var
 from keyplane.metrics import UNMATCHED, observe
 from keyplane.web.errors import error_body
 
@@ -48,6 +49,7 @@ class RequestContext:
         # the verify fast path, in front of this layer, may have named the request already
         request_id = scope.get("keyplane.request_id") or new_request_id()
         scope["keyplane.request_id"] = request_id
+        request_id_var.set(request_id)  # every log line of this request names it
         started = scope.get("keyplane.started") or time.perf_counter()
         status = 500
 
@@ -137,8 +139,5 @@ def log_request(scope: Scope, status: int, started: float, request_id: str,
     if not access_log.isEnabledFor(logging.INFO):
         return
     client: Any = scope.get("client") or ("-", 0)
-    access_log.info(
-        '%s "%s %s" %d %.1fms request_id=%s', client[0], scope.get("method"),
-        _logged_path(scope), status, elapsed * 1000,
-        request_id,
-    )
+    access_log.info(ACCESS_FORMAT, client[0], scope.get("method"), _logged_path(scope), status,
+                    elapsed * 1000, request_id)
