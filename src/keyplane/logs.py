@@ -13,9 +13,12 @@ field that ends up in an exception) is redacted from every log record by
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
+import threading
+import time
 import traceback
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -51,8 +54,91 @@ def configure_logging(level: str = "info", log_format: str = "text",
                 found = logging.getLogger(name)
                 found.handlers.clear()
                 found.propagate = True
-    logging.getLogger("keyplane.access").setLevel(
-        logging.NOTSET if access_log else logging.WARNING)
+    access = logging.getLogger("keyplane.access")
+    access.setLevel(logging.NOTSET if access_log else logging.WARNING)
+    global access_writer
+    if access_writer is not None:
+        access_writer.close()
+        access_writer = None
+    first = root.handlers[0] if root.handlers else None
+    if (access.isEnabledFor(logging.INFO) and isinstance(first, logging.StreamHandler)
+            and access.propagate and not access.handlers):
+        access_writer = AccessWriter(first, json_lines=log_format == "json")
+
+
+class AccessWriter:
+    """The access log, written without the logging machinery (a record, its caller lookup,
+    the redaction factory, a format and a flush per request cost verify a fifth of its
+    throughput): each line is made with one f-string and buffered, then written through the
+    root handler's stream under its lock (so lines never interleave) every
+    ``FLUSH_SECONDS`` or ``FLUSH_LINES`` lines, and at exit. A crash loses at most the last
+    ``FLUSH_SECONDS`` of access lines. The path is redacted by the caller; JSON escapes what
+    needs escaping."""
+
+    FLUSH_SECONDS = 0.5
+    FLUSH_LINES = 256
+
+    def __init__(self, handler: logging.StreamHandler[Any], *, json_lines: bool) -> None:
+        self.handler = handler
+        self.json_lines = json_lines
+        self.lines: list[str] = []
+        self._second = -1
+        self._stamp = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keyplane-access-log",
+                                        daemon=True)
+        self._thread.start()
+        atexit.register(self.flush)
+
+    def write(self, client: str, method: Any, path: str, status: int, elapsed: float,
+              request_id: str) -> None:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(
+                "%Y-%m-%dT%H:%M:%S" if self.json_lines else "%Y-%m-%d %H:%M:%S",
+                time.gmtime(second) if self.json_lines else time.localtime(second))
+        ms = int((now - second) * 1000)
+        method = str(method)
+        if self.json_lines:
+            if '"' in path or "\\" in path or '"' in method or "\\" in method:
+                method, path = json.dumps(method)[1:-1], json.dumps(path)[1:-1]
+            line = (f'{{"time": "{self._stamp}.{ms:03d}Z", "level": "info", "logger": '
+                    f'"keyplane.access", "message": "{method} {path} {status}", "request_id": '
+                    f'"{request_id}", "method": "{method}", "path": "{path}", "status": '
+                    f'{status}, "duration_ms": {elapsed * 1000:.2f}, "client": "{client}"}}')
+        else:
+            line = (f'{self._stamp},{ms:03d} INFO keyplane.access {client} "{method} {path}" '
+                    f"{status} {elapsed * 1000:.1f}ms request_id={request_id}")
+        lines = self.lines
+        lines.append(line)
+        if len(lines) >= self.FLUSH_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []
+        if not lines:
+            return
+        handler = self.handler
+        lock = handler.lock if handler.lock is not None else contextlib.nullcontext()
+        with lock, contextlib.suppress(Exception):  # a closed stream: nothing to do
+            handler.stream.write("\n".join(lines) + "\n")
+            handler.stream.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.FLUSH_SECONDS):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+        atexit.unregister(self.flush)
+
+
+access_writer: AccessWriter | None = None
+"""Installed by :func:`configure_logging` when the access log is on (served processes); the
+access log goes through ``logging`` otherwise (tests capture those records)."""
 
 
 class JsonFormatter(logging.Formatter):

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keyplane import logs
 from keyplane.core.tokens import redact_secrets
 from keyplane.logs import ACCESS_FORMAT, request_id_var
 from keyplane.metrics import UNMATCHED, observe
@@ -136,8 +137,13 @@ def log_request(scope: Scope, status: int, started: float, request_id: str,
             row = metrics.row(scope.get("method"), getattr(found, "path", None) or UNMATCHED)
     if row is not None:
         observe(row, elapsed)
+    client: Any = scope.get("client") or ("-", 0)
+    writer = logs.access_writer
+    if writer is not None:
+        writer.write(client[0], scope.get("method"), _logged_path(scope), status, elapsed,
+                     request_id)
+        return
     if not access_log.isEnabledFor(logging.INFO):
         return
-    client: Any = scope.get("client") or ("-", 0)
     access_log.info(ACCESS_FORMAT, client[0], scope.get("method"), _logged_path(scope), status,
                     elapsed * 1000, request_id)
