@@ -43,11 +43,12 @@ def configure_logging(level: str = "info", log_format: str = "text",
     same handler, so that every line of the process is JSON."""
     install_redaction()
     root = logging.getLogger()
+    ours: logging.StreamHandler[Any] | None = None
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter() if log_format == "json"
-                             else logging.Formatter(TEXT_FORMAT))
-        root.addHandler(handler)
+        ours = logging.StreamHandler()
+        ours.setFormatter(JsonFormatter() if log_format == "json"
+                          else logging.Formatter(TEXT_FORMAT))
+        root.addHandler(ours)
         root.setLevel(level.upper())
         if log_format == "json":
             for name in UVICORN_LOGGERS:
@@ -60,10 +61,10 @@ def configure_logging(level: str = "info", log_format: str = "text",
     if access_writer is not None:
         access_writer.close()
         access_writer = None
-    first = root.handlers[0] if root.handlers else None
-    if (access.isEnabledFor(logging.INFO) and isinstance(first, logging.StreamHandler)
-            and access.propagate and not access.handlers):
-        access_writer = AccessWriter(first, json_lines=log_format == "json")
+    # the fast writer only through the handler made here (a served process): anywhere else
+    # (tests capturing records, an embedding application) the access log stays a logger
+    if ours is not None and access.isEnabledFor(logging.INFO) and not access.handlers:
+        access_writer = AccessWriter(ours, json_lines=log_format == "json")
 
 
 class AccessWriter:
