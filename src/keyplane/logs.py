@@ -57,13 +57,16 @@ def configure_logging(level: str = "info", log_format: str = "text",
                 found.propagate = True
     access = logging.getLogger("keyplane.access")
     access.setLevel(logging.NOTSET if access_log else logging.WARNING)
+    # the fast writer only through a handler made here (a served process: ``keyplane serve``
+    # configures it, then the app factory again in the same process); anywhere else (tests
+    # capturing records, an embedding application) the access log stays a logger
     global access_writer
-    if access_writer is not None:
+    wanted = access.isEnabledFor(logging.INFO) and not access.handlers
+    if access_writer is not None and (not wanted or ours is not None
+                                      or access_writer.handler not in root.handlers):
         access_writer.close()
         access_writer = None
-    # the fast writer only through the handler made here (a served process): anywhere else
-    # (tests capturing records, an embedding application) the access log stays a logger
-    if ours is not None and access.isEnabledFor(logging.INFO) and not access.handlers:
+    if wanted and ours is not None:
         access_writer = AccessWriter(ours, json_lines=log_format == "json")
 
 
