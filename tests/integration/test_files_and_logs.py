@@ -241,3 +241,34 @@ def test_keyplane_serve_writes_json_lines_with_request_ids_and_no_secret(
         assert leaks(secret, "\n".join(lines)) == [] and leaks(secret, metrics) == []
     for text in (pepper, password):
         assert text not in log_path.read_text() and text not in metrics
+
+
+def test_the_access_writer_escapes_what_json_needs_and_writes_whole_lines() -> None:
+    """The served process's access lines (``keyplane.logs.AccessWriter``): a quote, a
+    backslash or an escaped control character in the path stays inside its JSON string, and
+    the text format keeps the readable line."""
+    import io
+
+    from keyplane.logs import AccessWriter
+
+    out = io.StringIO()
+    writer = AccessWriter(logging.StreamHandler(out), json_lines=True)
+    writer.write("127.0.0.1", "GET", '/a"b\\x01c', 404, 0.0012, "0123456789abcdef")
+    writer.write("::1", "POST", "/v1/verify", 200, 0.0004, "fedcba9876543210")
+    assert out.getvalue() == ""  # buffered ...
+    writer.close()  # ... until a flush (every half second, 256 lines, at exit)
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["path"] == '/a"b\\x01c' and first["status"] == 404
+    assert first["message"] == 'GET /a"b\\x01c 404' and first["duration_ms"] == 1.2
+    assert second == {**second, "client": "::1", "method": "POST", "path": "/v1/verify",
+                      "request_id": "fedcba9876543210", "level": "info",
+                      "logger": "keyplane.access"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", second["time"])
+
+    text = io.StringIO()
+    writer = AccessWriter(logging.StreamHandler(text), json_lines=False)
+    writer.write("127.0.0.1", "POST", "/v1/verify", 200, 0.0004, "fedcba9876543210")
+    writer.close()
+    assert text.getvalue().endswith(
+        ' INFO keyplane.access 127.0.0.1 "POST /v1/verify" 200 0.4ms '
+        "request_id=fedcba9876543210\n")
