@@ -19,6 +19,7 @@ from keyplane.core.ports import Clock, SystemClock
 from keyplane.core.tokens import Hasher, valid_prefix
 from keyplane.core.webhooks import RetryPolicy
 from keyplane.mail import mailer_from
+from keyplane.metrics import InvalidationLag
 from keyplane.oauth.wiring import install as install_connected_apps
 from keyplane.outbound import HttpSender, SystemResolver
 from keyplane.peppers import load_peppers
@@ -224,6 +225,10 @@ def build(
                                       verifier.identify),
         imports=ImportService(ctx, imports_repo),
     )
+    lag = kp.extras["invalidation_lag"] = InvalidationLag()
+    feed.lag_observer = lag.observe
+    if propagation.redis is not None:
+        propagation.redis.lag_observer = lag.observe
     health.on_lost.append(lambda: log.warning(
         "the database is unreachable: cached verifications are served for %gs, then "
         "verification fails closed until it answers", settings.db_outage_grace_seconds))

@@ -155,6 +155,11 @@ class Settings(BaseSettings):
                                      description="How long a partner invitation link works")
     db_pool_size: int = 10
     log_level: str = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line (time, level, logger, "
+        "message, request_id; the access log adds method, path, status, duration_ms, client) "
+        "for a log pipeline; text: one readable line")
+    access_log: bool = Field(default=True, description="One line per HTTP request")
     demo: bool = False
 
     _split_lists = field_validator("trusted_proxies", "legacy_headers", mode="before")(_split)

@@ -5,6 +5,7 @@ credential for anyone else, and never a secret."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,3 +129,62 @@ def test_an_operator_can_close_metrics_on_loopback_too(
                                                  "scopes": ["platform:read"],
                                                  "require_tls": False}, operator=True).secret
         assert http.get("/metrics", headers=auth(platform)).status_code == 200
+
+
+def test_propagation_streams_and_the_database_are_watched(
+        served: tuple[Keyplane, httpx2.Client]) -> None:
+    """Invalidation lag (change written → applied here), open change streams, the database
+    pool and the outage state."""
+    kp, http = served
+    gateway = verifier(kp)
+    before = scrape(http)
+    assert value(before, "keyplane_change_stream_subscribers") == 0
+    assert value(before, "keyplane_db_pool_size") == kp.settings.db_pool_size
+    assert 0 <= value(before, "keyplane_db_pool_checked_out") <= kp.settings.db_pool_size
+    assert value(before, "keyplane_db_up") == 1
+    assert value(before, "keyplane_db_down_seconds") == 0
+    assert value(before, "keyplane_db_outages_total") == 0
+    assert value(before, "keyplane_invalidation_mode", mode="polling") == 1
+
+    lag = "keyplane_invalidation_lag_seconds_count"
+    with httpx2.Client(base_url=str(http.base_url), timeout=10) as streaming, streaming.stream(
+            "GET", "/v1/changes", headers={**auth(gateway), "Accept": "text/event-stream"}
+    ) as stream:
+        assert stream.status_code == 200
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")  # the stream is open and served
+        assert value(scrape(http), "keyplane_change_stream_subscribers") == 1
+        tenant = make_tenant(kp)
+        issued = kp.keys.create(SYSTEM, tenant.id, {"name": "k", "owner_id": tenant.admin_id})
+        kp.keys.revoke(SYSTEM, tenant.id, issued.key.id)  # a change the log reader applies
+        deadline = time.monotonic() + 10
+        while value(scrape(http), lag, via="log") <= value(before, lag, via="log"):
+            assert time.monotonic() < deadline, "no invalidation lag was recorded"
+            time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while value(scrape(http), "keyplane_change_stream_subscribers") != 0:
+        assert time.monotonic() < deadline, "a closed stream is still counted"
+        time.sleep(0.1)
+    after = scrape(http)
+    total = value(after, "keyplane_invalidation_lag_seconds_sum", via="log")
+    count = value(after, lag, via="log")
+    assert 0 <= total / count < 10  # the poller's period is half a second
+    assert value(after, "keyplane_invalidation_lag_seconds_bucket", via="log",
+                 le="+Inf") == count
+
+
+def test_a_database_outage_shows(served: tuple[Keyplane, httpx2.Client]) -> None:
+    kp, http = served
+    health = kp.ctx.health
+    assert health is not None
+    health.unreachable()  # what storage reports when a connection is lost
+    try:
+        during = scrape(http)  # (the database state is read before the webhook backlog)
+        assert value(during, "keyplane_db_up") == 0
+        assert value(during, "keyplane_db_outages_total") == 1
+        assert value(during, "keyplane_db_down_seconds") >= 0
+    finally:
+        health.reachable()
+    after = scrape(http)
+    assert value(after, "keyplane_db_up") == 1 and value(after, "keyplane_db_down_seconds") == 0
+    assert value(after, "keyplane_db_outages_total") == 1

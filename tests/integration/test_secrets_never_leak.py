@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from keyplane.bootstrap import Keyplane
+from keyplane.logs import JsonFormatter
 from tests.conftest import Tenant, auth
 from tests.support import typo
 
@@ -92,6 +93,12 @@ def test_secrets_appear_only_in_the_response_that_issues_them(
     )
     for secret in every:
         assert leaks(secret, logged) == [], "a secret reached the logs"
+    # ... and every record as the JSON log format writes it (KEYPLANE_LOG_FORMAT=json)
+    lines = [JsonFormatter().format(r) for r in records]
+    access = [json.loads(line) for line in lines if '"keyplane.access"' in line]
+    assert access and all(a["request_id"] and a["status"] for a in access)
+    for secret in every:
+        assert leaks(secret, "\n".join(lines)) == [], "a secret reached the JSON logs"
 
     # -- the database: every row of every table, and the SQLite files byte for byte
     dump = dump_database(keyplane)

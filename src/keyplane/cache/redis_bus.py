@@ -26,6 +26,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -69,7 +70,9 @@ class RedisBus:
         self.on_up = on_up or (lambda: None)
         self.connected = threading.Event()
         self.received = 0
-        self._outbox: queue.Queue[tuple[str, str] | None] = queue.Queue(_QUEUE_SIZE)
+        # called with ("redis", seconds) for each change heard from another process
+        self.lag_observer: Callable[[str, float], None] | None = None
+        self._outbox: queue.Queue[tuple[str, str, float] | None] = queue.Queue(_QUEUE_SIZE)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._publish_failures = 0
@@ -112,7 +115,7 @@ class RedisBus:
                 self._publish(self._direct, kind, ref)
             return
         try:
-            self._outbox.put_nowait((kind, ref))
+            self._outbox.put_nowait((kind, ref, time.time()))
         except queue.Full:
             log.warning("Redis publish queue full; dropping an invalidation (the change-log "
                         "poller still delivers it)")
@@ -124,8 +127,11 @@ class RedisBus:
             retry=Retry(NoBackoff(), 1),
         )
 
-    def _publish(self, client: redis.Redis, kind: str, ref: str) -> None:
-        message = json.dumps({"o": self.origin, "k": kind, "r": ref})
+    def _publish(self, client: redis.Redis, kind: str, ref: str,
+                 at: float | None = None) -> None:
+        # "t": when the change was handed over after its commit (the invalidation lag's start)
+        message = json.dumps({"o": self.origin, "k": kind, "r": ref,
+                              "t": time.time() if at is None else at})
         try:
             client.publish(self.channel, message)
         except redis.RedisError as exc:
@@ -224,6 +230,9 @@ class RedisBus:
         self.received += 1
         with remote_delivery():
             self.bus.publish(kind, ref)
+        sent, observer = payload.get("t"), self.lag_observer
+        if observer is not None and isinstance(sent, int | float):
+            observer("redis", time.time() - sent)
 
 
 class Propagation:

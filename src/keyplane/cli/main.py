@@ -80,9 +80,11 @@ def serve(
     migrate: Annotated[bool, typer.Option(help="Upgrade the schema first")] = True,
 ) -> None:
     """Run the HTTP API (migrating the database first)."""
+    import logging
     import os
 
     import uvicorn
+    import uvicorn.config
 
     from keyplane.bootstrap import build
     from keyplane.config import Settings
@@ -94,7 +96,7 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     os.environ["KEYPLANE_HOST"], os.environ["KEYPLANE_PORT"] = host, str(port)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     kp = build(settings, migrate_db=migrate)
     kp.catalogue.seed()
     creds = ensure_demo(kp) if demo else None
@@ -117,9 +119,16 @@ def serve(
                       "run only.\n  New management key: keyplane keys create --tenant <id> "
                       "--name ops --scope keys:write --no-require-tls --json\n"
                       "  Tenants: keyplane tenants list", soft_wrap=True)
-    print(f"Keyplane listening on {base}  (API docs: {base}/docs)", flush=True)
+    if settings.log_format == "json":  # every line of the process is a JSON object
+        logging.getLogger("keyplane").info("Keyplane listening on %s  (API docs: %s/docs)",
+                                           base, base)
+        log_config: Any = None  # uvicorn's loggers keep writing through ours
+    else:
+        print(f"Keyplane listening on {base}  (API docs: {base}/docs)", flush=True)
+        log_config = uvicorn.config.LOGGING_CONFIG
     uvicorn.run("keyplane.web.asgi:app_factory", factory=True, host=host, port=port,
                 workers=workers, access_log=False, log_level=settings.log_level,
+                log_config=log_config,
                 proxy_headers=False, server_header=False, http=_http_protocol(),
                 h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=5)
 

@@ -28,7 +28,7 @@ def worker(
     from keyplane.logs import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     kp = build(settings, migrate_db=migrate)
     stop = threading.Event()
 

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from keyplane.services.context import LocalBus
@@ -50,6 +51,7 @@ class Change:
     # other tenants it concerns: for an ``app``, those with a connection to it (their cached
     # access tokens depend on the app's status)
     also: frozenset[str] = frozenset()
+    at: datetime | None = None  # when it was written to the log (for the invalidation lag)
 
     def visible_to(self, tenant_id: str | None) -> bool:
         """Operator verifiers (``None``) see everything; a tenant's verifier sees its own
@@ -123,6 +125,9 @@ class ChangeFeed:
         self._failures = 0
         self._last_prune = timer()
         self.started = False
+        self.subscribers = 0  # open GET /v1/changes event streams (for /metrics)
+        # called with ("log", seconds) for each change read, from its time in the log
+        self.lag_observer: Callable[[str, float], None] | None = None
         bus.subscribe(self._on_local)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -238,10 +243,21 @@ class ChangeFeed:
                 with remote_delivery():
                     for change in fresh:
                         self.bus.publish(change.kind, change.ref)
+                self._observe_lag(fresh)
             advanced = self._advance(now)
         if advanced:
             self._notify()
         return len(fresh)
+
+    def _observe_lag(self, fresh: list[Change]) -> None:
+        observer = self.lag_observer
+        if observer is None:
+            return
+        applied = datetime.now(UTC)
+        for change in fresh:
+            if change.at is not None:
+                at = change.at if change.at.tzinfo else change.at.replace(tzinfo=UTC)
+                observer("log", (applied - at).total_seconds())
 
     def _advance(self, now: float) -> bool:
         start = self._stable

@@ -14,6 +14,6 @@ from keyplane.web.app import create_app
 def app_factory() -> FastAPI:
     """Builds settings from the environment; each worker process calls this once."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format, settings.access_log)
     server.configure(settings.request_head_timeout_seconds)
     return create_app(build(settings))

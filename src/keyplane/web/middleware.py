@@ -14,7 +14,9 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from keyplane import logs
 from keyplane.core.tokens import redact_secrets
+from keyplane.logs import ACCESS_FORMAT, request_id_var
 from keyplane.metrics import UNMATCHED, observe
 from keyplane.web.errors import error_body
 
@@ -48,6 +50,7 @@ class RequestContext:
         # the verify fast path, in front of this layer, may have named the request already
         request_id = scope.get("keyplane.request_id") or new_request_id()
         scope["keyplane.request_id"] = request_id
+        request_id_var.set(request_id)  # every log line of this request names it
         started = scope.get("keyplane.started") or time.perf_counter()
         status = 500
 
@@ -134,11 +137,15 @@ def log_request(scope: Scope, status: int, started: float, request_id: str,
             row = metrics.row(scope.get("method"), getattr(found, "path", None) or UNMATCHED)
     if row is not None:
         observe(row, elapsed)
+    client: Any = scope.get("client") or ("-", 0)
+    writer = logs.access_writer
+    if writer is not None:
+        path = scope.get("path")
+        writer.write(client[0], scope.get("method"),
+                     path if path == "/v1/verify" else _logged_path(scope),  # the hot path
+                     status, elapsed, request_id)
+        return
     if not access_log.isEnabledFor(logging.INFO):
         return
-    client: Any = scope.get("client") or ("-", 0)
-    access_log.info(
-        '%s "%s %s" %d %.1fms request_id=%s', client[0], scope.get("method"),
-        _logged_path(scope), status, elapsed * 1000,
-        request_id,
-    )
+    access_log.info(ACCESS_FORMAT, client[0], scope.get("method"), _logged_path(scope), status,
+                    elapsed * 1000, request_id)

@@ -118,6 +118,17 @@ async def changes(request: Request, caller: CallerDep, kp: KeyplaneDep, after: A
 async def _stream(request: Request, kp: Keyplane, tenant_id: str | None,
                   after: int | None) -> AsyncIterator[str]:
     feed = kp.feed
+    feed.subscribers += 1  # on the event loop: no lock needed
+    try:
+        async for event in _events(request, kp, tenant_id, after):
+            yield event
+    finally:
+        feed.subscribers -= 1
+
+
+async def _events(request: Request, kp: Keyplane, tenant_id: str | None,
+                  after: int | None) -> AsyncIterator[str]:
+    feed = kp.feed
     keepalive = kp.settings.sse_keepalive_seconds
     head = feed.stable_head
     yield f"retry: 1000\nevent: position\ndata: {json.dumps({'position': head})}\n\n"

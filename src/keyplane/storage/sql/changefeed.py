@@ -38,7 +38,7 @@ class SqlChangeSource:
             .outerjoin(oauth_apps, sa.and_(c.kind == "app", oa.id == c.ref))
         )
         self._query = (
-            sa.select(c.id, c.kind, c.ref, tenant.label("tenant_id"))
+            sa.select(c.id, c.kind, c.ref, tenant.label("tenant_id"), c.at)
             .select_from(joined)
             .where(c.id > sa.bindparam("after"))
             .order_by(c.id)
@@ -70,11 +70,11 @@ class SqlChangeSource:
     def read(self, after: int, limit: int) -> list[Change]:
         with self._connect() as conn:
             rows = conn.execute(self._query, {"after": after, "limit": limit}).all()
-            apps = sorted({ref for _, kind, ref, _ in rows if kind == "app"})
+            apps = sorted({row.ref for row in rows if row.kind == "app"})
             connected = self._connected_tenants(conn, apps) if apps else {}
         return [Change(int(i), kind, ref, tenant,
-                       connected.get(ref, frozenset()) if kind == "app" else frozenset())
-                for i, kind, ref, tenant in rows]
+                       connected.get(ref, frozenset()) if kind == "app" else frozenset(), at)
+                for i, kind, ref, tenant, at in rows]
 
     @staticmethod
     def _connected_tenants(conn: Any, app_ids: list[str]) -> dict[str, frozenset[str]]:
