@@ -29,7 +29,20 @@ from tests.support import (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _browser_walk_on_postgres(item: pytest.Item) -> bool:
+    """A browser walk (tests/integration/test_*_browser.py) on PostgreSQL: the walks check
+    pages, focus and accessibility, which do not depend on the database; every storage path
+    they use runs on both databases in the HTTP-level tests, so they run on SQLite only."""
+    callspec = getattr(item, "callspec", None)
+    return (item.path.name.endswith("_browser.py") and callspec is not None
+            and callspec.params.get("database") == "postgres")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    walks = [item for item in items if _browser_walk_on_postgres(item)]
+    if walks:
+        config.hook.pytest_deselected(items=walks)
+        items[:] = [item for item in items if item not in walks]
     if REQUIRE_SERVICES:
         return  # CI: a missing service is a failure, never a skip
     pg, redis = postgres_available(), redis_available()
