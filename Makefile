@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 serve: $(STAMP) ## Install, migrate SQLite, create a demo tenant (first run) and serve on :8080
-	$(BIN)/keyplane serve --demo --host $(HOST) --port $(PORT)
+	KEYPLANE_LOG_FORMAT=$${KEYPLANE_LOG_FORMAT:-text} $(BIN)/keyplane serve --demo --host $(HOST) --port $(PORT)
 
 lint: $(STAMP) ## ruff and mypy (strict on the core)
 	$(BIN)/ruff check src tests bench examples
