@@ -133,3 +133,46 @@ def dump_database(kp: Keyplane) -> str:
             for row in conn.execute(sa.select(table)):
                 out.append(f"{name} {tuple(row)!r}")
     return "\n".join(out)
+
+
+def test_oauth_secrets_and_passwords_reach_no_log_line_and_no_metric(
+    http: httpx2.Client, tenant: Tenant, operator_key: str, keyplane: Keyplane,
+    all_logs: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A partner's client secret, its access and refresh tokens (first and rotated), the
+    admin's password and the pepper go through approval, sign-in, consent, the token
+    endpoint, refresh, introspection, verification and revocation; then no log record (as the
+    JSON formatter writes it), nothing the process printed, and no line of /metrics holds
+    any of them."""
+    from tests.integration.oauth_support import (
+        approved_app,
+        exchange,
+        get_code,
+        introspect,
+        refresh,
+    )
+
+    partner = approved_app(http, tenant.management_key, operator_key)
+    code, verifier = get_code(http, partner, tenant.admin_email, tenant.admin_password)
+    tokens = exchange(http, partner, code, verifier).json()
+    http.cookies.clear()
+    renewed = refresh(http, partner, tokens["refresh_token"]).json()
+    assert introspect(http, partner, renewed["access_token"])["active"] is True
+    verified = http.post("/v1/verify", json={"key": renewed["access_token"], "tls": True},
+                         headers=auth(operator_key))
+    assert verified.status_code == 200
+    http.post("/oauth/revoke", data={"token": renewed["refresh_token"]},
+              auth=(partner.client_id, partner.client_secret))
+    metrics = http.get("/metrics").text
+    peppers = json.loads((keyplane.settings.data_dir / "peppers.json").read_text())
+    secrets = [partner.client_secret, tokens["access_token"], tokens["refresh_token"],
+               renewed["access_token"], renewed["refresh_token"], tenant.admin_password,
+               *(p["secret"] for p in peppers["peppers"])]
+    formatter = JsonFormatter()
+    lines = [formatter.format(record) for record in all_logs.records]
+    printed = capfd.readouterr()
+    assert len(lines) > 5
+    for secret in secrets:
+        for where, text in (("logs", "\n".join(lines)), ("stdout", printed.out),
+                            ("stderr", printed.err), ("metrics", metrics)):
+            assert secret not in text, f"a secret reached {where}"
