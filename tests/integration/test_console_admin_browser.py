@@ -47,8 +47,10 @@ def test_an_admin_manages_a_data_access_group(
         keyplane: Keyplane, verifier_key: str, shot: Callable[..., None]) -> None:  # noqa: F811
     from playwright.sync_api import expect
 
+    start = keyplane.groups.create(SYSTEM, tenant.id, {  # an API user needs a group for data
+        "name": "Start", "scopes": ["contacts:write", "payments:write"]}).id
     robot = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
-                                       {"name": "Zapier robot"}).id
+                                       {"name": "Zapier robot", "group_ids": [start]}).id
     issued = keyplane.keys.create(SYSTEM, tenant.id, {
         "name": "Zap", "owner_id": robot, "scopes": ["contacts:write", "payments:write"]})
     add_member(keyplane, tenant.id, "mia@example.com")
@@ -87,6 +89,7 @@ def test_an_admin_manages_a_data_access_group(
         page.get_by_role("button", name="Add to group").click()
         expect(page.get_by_role("list", name="API users")).to_contain_text("Zapier robot")
         expect(page.get_by_role("list", name="Members")).to_contain_text("Mia")
+        keyplane.groups.remove_member(SYSTEM, tenant.id, start, robot)  # Sales alone now
         # the robot's key reaches only the group's areas, at once
         assert verify(http, verifier_key, issued.secret, ["payments:write"]) == \
             "INSUFFICIENT_SCOPE"
@@ -106,12 +109,15 @@ def test_an_admin_manages_a_data_access_group(
         expect(page.get_by_role("heading", name="Remove Zapier robot from Sales and billing?")
                ).to_be_visible()
         expect(page.get_by_text("This is their only group.")).to_be_visible()
+        expect(page.get_by_text("reaches no data at all")).to_be_visible()
         accessible(page)
         shot(page, "group-remove")
         page.get_by_role("button", name="Remove").click()
         expect(page.get_by_role("status").filter(has_text="Removed from the group.")
                ).to_be_visible()
-        assert verify(http, verifier_key, issued.secret, ["payments:write"]) == "VALID"
+        # an API user in no group reaches no data (api_users_need_group, on by default)
+        assert verify(http, verifier_key, issued.secret, ["payments:read"]) == \
+            "INSUFFICIENT_SCOPE"
 
         # deleting: refused while Mia is in it, then confirmed
         page.get_by_role("button", name="Delete").click()
@@ -126,7 +132,8 @@ def test_an_admin_manages_a_data_access_group(
         page.get_by_role("button", name="Delete").click()
         page.wait_for_url("**/groups?done=deleted")
         expect(page.get_by_role("status").filter(has_text="Deleted.")).to_be_visible()
-        expect(page.get_by_text("There are no data access groups yet")).to_be_visible()
+        expect(page.get_by_role("link", name="Sales and billing")).to_have_count(0)
+        expect(page.get_by_role("link", name="Start", exact=True)).to_be_visible()
     finally:
         context.close()
 
