@@ -53,6 +53,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="Redis is not answering"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def cheap_argon2() -> Iterator[None]:
+    """argon2id at its smallest cost for the passwords this test process hashes (1 ms instead
+    of ~200 ms each: Django's test settings make the same choice), so the suite's thousands of
+    sign-ins stay within CI's time. It is still pwdlib's argon2id; the production parameters
+    are checked by tests/unit/test_passwords.py, and every `keyplane serve` process the tests
+    start uses them."""
+    from pwdlib import PasswordHash
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    from keyplane.services import passwords
+
+    cheap = PasswordHash((Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1),))
+    production = passwords._hasher
+    passwords._hasher = lambda: cheap  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        passwords._hasher = production  # type: ignore[assignment]
+
+
 @pytest.fixture
 def mail_server() -> Iterator[MailServer]:
     """A real SMTP server on loopback; pass ``smtp_url=mail_server.url`` to the settings."""
