@@ -26,6 +26,7 @@ NOT_TENANT_OBJECTS = {
     ("get", "/v1/changes"),
     ("post", "/v1/secret-scanning/reports"),  # signed by the code host, no tenant credential
     ("post", "/v1/shares"),
+    ("post", "/v1/events"),  # another tenant's key: tests/integration/test_automations.py
     ("get", "/v1/scopes"),  # the shared catalogue, read by everyone
     *((m, "/v1/forward-auth") for m in  # a proxy's question; Location ID: test_forward_auth
       ("get", "head", "post", "put", "patch", "delete", "options", "trace")),
@@ -57,6 +58,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
                            "redirect_uris": ["https://planted.example/cb"],
                            "scopes": ["contacts:read"]},
     ("post", "/v1/tenants"): {"name": "planted"},
+    ("post", "/v1/automations"): {"name": "planted", "event": "contact.created",
+                                  "webhook_ids": ["whk_0000000000000000"]},
+    ("patch", "/v1/automations/{automation_id}"): {"enabled": False},
     ("post", "/v1/operator/keys"): {"name": "planted", "scopes": ["keys:verify"]},
 }
 
@@ -85,6 +89,8 @@ def world(database: tuple[str, str | None], tmp_path: Path) -> Iterator[World]:
                           json={"name": "b-group", "scopes": ["contacts:read"]}).json()
         hook = http.post("/v1/webhooks", headers=hb, json={
             "url": "http://127.0.0.1:9/hooks-of-b", "events": ["key.created"]}).json()
+        automation = http.post("/v1/automations", headers=hb, json={
+            "name": "b-rule", "event": "contact.created", "webhook_ids": [hook["id"]]}).json()
         share = http.post("/v1/shares", headers=hb, json={
             "ciphertext": "A" * 64, "expires_in_seconds": 3600}).json()
         partner = approved_app(http, b.management_key, operator_key)
@@ -94,6 +100,7 @@ def world(database: tuple[str, str | None], tmp_path: Path) -> Iterator[World]:
         [conn] = http.get("/v1/connections", headers=hb).json()["items"]
         ids = {"key_id": key["id"], "principal_id": sa["id"], "group_id": group["id"],
                "webhook_id": hook["id"], "share_id": share["id"],
+           "automation_id": automation["id"],
                "app_id": partner.app_id, "connection_id": conn["id"],
                "delivery_id": "dlv_0000000000000000", "tenant_id": b.id,
                "name": "contacts:read"}
@@ -117,7 +124,8 @@ def snapshot(world: World) -> dict[str, Any]:
     """B's objects as B sees them (what A must not have changed)."""
     hb = auth(world.b.management_key)
     got = {}
-    for what in ("keys", "members", "service-accounts", "groups", "webhooks", "connections"):
+    for what in ("keys", "members", "service-accounts", "groups", "webhooks", "connections",
+                 "automations"):
         r = world.http.get(f"/v1/{what}", headers=hb)
         assert r.status_code == 200, r.text
         got[what] = sorted(  # last use moves as B itself reads: not a change A made
@@ -147,7 +155,7 @@ def test_another_tenants_ids_answer_404_and_change_nothing(
         r = world.http.request(method.upper(), url, headers=ha, json=BODIES.get((method, path)))
         expected = {403, 404} if any(p in path for p in OPERATOR_ONLY) else {404}
         assert r.status_code in expected, f"{method.upper()} {url}: {r.status_code} {r.text}"
-        for secret_or_name in ("b-key", "b-bot", "b-group", "hooks-of-b", world.b.id):
+        for secret_or_name in ("b-key", "b-bot", "b-group", "hooks-of-b", "b-rule", world.b.id):
             assert secret_or_name not in r.text, f"{method.upper()} {path} tells of B: {r.text}"
         tried += 1
     assert tried >= 30
