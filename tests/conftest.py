@@ -194,7 +194,7 @@ def server(keyplane: Keyplane) -> Iterator[RunningServer]:
 
 @pytest.fixture
 def http(server: RunningServer) -> Iterator[httpx2.Client]:
-    with httpx2.Client(base_url=server.url, timeout=10) as client:
+    with httpx2.Client(base_url=server.url, timeout=30) as client:
         yield client
 
 
