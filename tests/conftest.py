@@ -115,7 +115,7 @@ def serving(url: str, schema: str | None, tmp_path: Path, clock: SettableClock |
     kp.start()
     running = start_server(create_app(kp, manage_lifecycle=False))
     try:
-        with httpx2.Client(base_url=running.url, timeout=10) as http:
+        with httpx2.Client(base_url=running.url, timeout=30) as http:
             yield kp, http
     finally:
         running.stop()
