@@ -12,10 +12,6 @@ send each reminder once; a key renewed or rotated to a new expiry is reminded ag
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -27,6 +23,7 @@ from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import SYSTEM
 from keyplane.core.views import key_view, ts
 from keyplane.services.context import Context
+from keyplane.services.periodic import Timer, lease_owner
 
 log = logging.getLogger("keyplane.expiry")
 
@@ -58,9 +55,9 @@ class ExpiryReminders:
         self.repos = repos
         self.base_url = base_url.rstrip("/")
         self.interval = interval
-        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.owner = lease_owner()
+        self._timer = Timer("keyplane-expiry", interval, lambda: self.run(), log,
+                            "expiry reminders run failed; will retry")
 
     def run(self, *, force: bool = False) -> list[Reminder] | None:
         """One scan: sends every reminder that is due and not yet sent. Takes the job's lease
@@ -166,23 +163,7 @@ class ExpiryReminders:
     # -- the timer ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="keyplane-expiry",
-                                            daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        # every instance looks often; the lease lets one of them scan per interval
-        poll = min(60.0, self.interval.total_seconds())
-        while not self._stop.wait(poll):
-            try:
-                self.run()
-            except Exception:
-                log.exception("expiry reminders run failed; will retry")
+        self._timer.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._timer.stop()

@@ -6,10 +6,6 @@ takes a database lease first, so one instance among many runs it per interval.""
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -22,6 +18,7 @@ from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import SYSTEM, Caller
 from keyplane.core.views import key_view, ts
 from keyplane.services.context import Context
+from keyplane.services.periodic import Timer, lease_owner
 
 log = logging.getLogger("keyplane.hygiene")
 
@@ -65,11 +62,11 @@ class HygieneService:
         self.repos = repos
         self.keys = keys  # KeyService: one way to revoke a key
         self.interval = interval
-        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = lease_owner()
         self.before_run: list[Callable[[], object]] = []  # e.g. flush this process's usage
         self.after_run: list[Callable[[], object]] = []  # e.g. the audit log's retention
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._timer = Timer("keyplane-hygiene", interval, lambda: self.run(), log,
+                            "unused-key policy run failed; will retry")
 
     # -- the report --------------------------------------------------------------------------
 
@@ -209,26 +206,10 @@ class HygieneService:
     # -- the timer ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="keyplane-hygiene",
-                                            daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        # every instance looks often; the lease lets one of them run per interval
-        poll = min(60.0, self.interval.total_seconds())
-        while not self._stop.wait(poll):
-            try:
-                self.run()
-            except Exception:
-                log.exception("unused-key policy run failed; will retry")
+        self._timer.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._timer.stop()
 
 
 def flagged_view(item: Flagged) -> dict[str, Any]:
