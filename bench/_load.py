@@ -26,7 +26,8 @@ async def run(spec: dict[str, object]) -> dict[str, float]:
     duration = float(spec["duration"])  # type: ignore[arg-type]
     connections = int(spec["connections"])  # type: ignore[call-overload]
     done = errors = 0
-    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections)
+    limits = httpx2.Limits(max_connections=connections, max_keepalive_connections=connections,
+                           keepalive_expiry=2.0)  # below the server's 5 s idle keep-alive
     async with httpx2.AsyncClient(limits=limits, timeout=30) as client:
         deadline = time.perf_counter() + duration
 

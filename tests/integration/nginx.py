@@ -108,7 +108,7 @@ http {{
     fastcgi_temp_path {prefix}/tmp/fastcgi;
     uwsgi_temp_path {prefix}/tmp/uwsgi;
     scgi_temp_path {prefix}/tmp/scgi;
-    upstream keyplane {{ server {keyplane}; keepalive 32; }}
+    upstream keyplane {{ server {keyplane}; keepalive 32; keepalive_timeout 4s; }}
     upstream product {{ server {upstream}; keepalive 32; }}
     server {{
         listen 127.0.0.1:{port};
