@@ -26,8 +26,9 @@ lint: $(STAMP) ## ruff and mypy (strict on the core)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
+TEST_WORKERS ?= auto
 test: $(STAMP) lint ## Install, lint, and run the whole suite (PostgreSQL/Redis too when they answer)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 
 unit: $(STAMP) ## Only the fast unit tests
 	$(BIN)/pytest tests/unit
