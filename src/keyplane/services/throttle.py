@@ -49,6 +49,13 @@ SIGNIN = "signin"  # failed sign-ins (members, operator staff, partner developer
 AUDITED = "excess_rate_limit_exceeded"
 
 
+def oauth_guess(status: int, error: object) -> bool:
+    """Whether an OAuth endpoint's answer counts as a failed attempt (RFC 7009 §5, RFC 7662
+    §4): failed client authentication, or an unknown, used or expired code or refresh token,
+    as bad bearer keys count at the API."""
+    return status == 401 or (status == 400 and error == "invalid_grant")
+
+
 def client_key(ip: Address | str) -> str:
     """What an address's attempts are counted against: the address, its /64 for IPv6 (one
     subscriber usually holds a whole /64), the IPv4 address inside an IPv4-mapped one. Text
