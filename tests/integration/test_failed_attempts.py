@@ -14,10 +14,11 @@ import httpx2
 import pytest
 
 from keyplane.bootstrap import Keyplane
+from keyplane.core import tokens
 from keyplane.core.model import AuditEvent
 from keyplane.core.rights import SYSTEM
 from keyplane.services.throttle import client_key
-from tests.conftest import make_tenant, serving
+from tests.conftest import auth, make_tenant, serving
 from tests.support import REDIS_URL, free_port
 
 WRONG = "not the password at all"
@@ -131,6 +132,22 @@ def test_two_workers_share_the_counts_and_the_one_audit_entry_through_redis(
         assert len(refusals(kp)) == 1  # the once-per-window mark is shared too
         assert sign_in_from(two, "2001:db8:5:6::1", tenant.admin_email,
                             tenant.admin_password) == 303
+
+
+def test_guessed_keys_at_the_api_are_audited_by_the_same_policy(
+        database: tuple[str, str | None], tmp_path: Path) -> None:
+    with serving(*database, tmp_path, failure_limit=2, failure_window_seconds=120,
+                 trusted_proxies=["127.0.0.1/32"]) as (kp, http):
+        statuses = [http.get("/v1/keys", headers={"X-Forwarded-For": f"2001:db8:7:7::{i}",
+                                                  **auth(tokens.generate("kp"))}).status_code
+                    for i in range(4)]
+        assert statuses == [401, 401, 429, 429]
+        [event] = refusals(kp)
+        assert (event.target, event.tenant_id, event.ip) == ("2001:db8:7:7::/64", None,
+                                                             "2001:db8:7:7::2")
+        event.details.pop("retry_after")
+        assert event.details == {"scope": "auth", "counted_per": "address", "limit": 2,
+                                 "window_seconds": 120}
 
 
 @pytest.mark.parametrize(("address", "counted_as"), [
