@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from keyplane.cache.local import VerificationCache
-from keyplane.cache.ratelimit import FailureThrottle, KeyRateLimits, LimitStore
+from keyplane.cache.ratelimit import AttemptCounts, KeyRateLimits, LimitStore, parse_limit
 from keyplane.cache.redis_bus import Propagation
 from keyplane.config import Settings
 from keyplane.core.outage import DatabaseHealth
@@ -43,6 +43,7 @@ from keyplane.services.scanning import ScanningKeys, source_from
 from keyplane.services.shares import ShareService
 from keyplane.services.signals import KeySignals
 from keyplane.services.tenants import TenantService
+from keyplane.services.throttle import FailureThrottle
 from keyplane.services.usage import UsageRecorder, UsageService
 from keyplane.services.verify import Verifier
 from keyplane.services.webhooks import Outbox, WebhookService
@@ -80,7 +81,7 @@ class Keyplane:
     feed: ChangeFeed  # the change log, read by every worker (and GET /v1/changes)
     propagation: Propagation  # other workers' changes reach this one's caches
     limits: LimitStore  # rate-limit counts: Redis or memory
-    throttle: FailureThrottle  # slows repeated failures per client address
+    throttle: FailureThrottle  # the failed-attempt policy: credentials, sign-ins, codes
     shares: ShareService  # one-time share links
     leaks: LeakService  # leaked secrets: revoke or lock, record where
     scanning_keys: ScanningKeys  # the code host's public keys for signed leak reports
@@ -199,8 +200,11 @@ def build(
         feed=feed,
         propagation=propagation,
         limits=limits,
-        throttle=FailureThrottle(limits, ctx, limit=settings.failure_limit,
-                                 window=settings.failure_window_seconds),
+        throttle=FailureThrottle(
+            ctx, AttemptCounts(limits), limit=settings.failure_limit,
+            window=settings.failure_window_seconds,
+            signin_per_account=parse_limit(settings.signin_limit_per_account),
+            signin_per_address=parse_limit(settings.signin_limit_per_ip)),
         shares=ShareService(ctx, safety_repos),
         leaks=LeakService(ctx, safety_repos),
         scanning_keys=ScanningKeys(source_from(settings.secret_scanning_keys_file,

@@ -20,8 +20,10 @@ from limits import RateLimitItemPerSecond
 from keyplane.bootstrap import Keyplane
 from keyplane.cache import ratelimit as rl
 from keyplane.core import tokens
+from keyplane.core.attempts import Limit
 from keyplane.core.errors import ValidationError
 from keyplane.core.rights import SYSTEM
+from keyplane.services.throttle import FailureThrottle
 from tests.conftest import Tenant, auth, make_tenant, serving
 from tests.integration.helpers import create_key, verify
 from tests.integration.procs import redis_server
@@ -277,7 +279,8 @@ def test_readyz_shows_redis_when_counts_are_shared(
 def test_a_fault_counting_one_address_refuses_that_address_alone(keyplane: Keyplane) -> None:
     prefix = "t" + secrets.token_hex(6)
     store = rl.LimitStore(REDIS_URL, prefix=prefix)
-    throttle = rl.FailureThrottle(store, keyplane.ctx, limit=3, window=60)
+    throttle = FailureThrottle(keyplane.ctx, rl.AttemptCounts(store), limit=3, window=60,
+                               signin_per_account=Limit(5, 60), signin_per_address=Limit(5, 60))
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.set(f"{prefix}:limits:fail/verify/198.51.100.66/3/60/second", "x")

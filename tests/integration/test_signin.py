@@ -196,30 +196,51 @@ def test_after_signin_the_browser_returns_to_the_authorization_request(
 
 
 @pytest.mark.redis
-def test_the_signin_throttle_is_shared_by_workers_through_redis() -> None:
+def test_the_signin_throttle_is_shared_by_workers_through_redis(keyplane: Keyplane) -> None:
     import secrets
 
-    from keyplane.services.sessions import SignInThrottle
+    from keyplane.cache.ratelimit import AttemptCounts, LimitStore
+    from keyplane.core.attempts import Limit
+    from keyplane.services.throttle import FailureThrottle
     from tests.support import REDIS_URL
 
     prefix = "kptest-" + secrets.token_hex(4)
-    one, two = (SignInThrottle("2/1 minute", "10/1 minute", redis_url=REDIS_URL, prefix=prefix)
-                for _ in range(2))
+    stores = [LimitStore(REDIS_URL, prefix=prefix) for _ in range(2)]
+    one, two = (FailureThrottle(keyplane.ctx, AttemptCounts(store), limit=20, window=60,
+                                signin_per_account=Limit(2, 60),
+                                signin_per_address=Limit(10, 60)) for store in stores)
     try:
-        one.failed("a@example.com", "10.0.0.1")
-        assert two.blocked("a@example.com", "10.0.0.1") is None
-        two.failed("a@example.com", "10.0.0.2")
+        one.signin_failed("a@example.com", "10.0.0.1")
+        assert two.signin_refused("a@example.com", "10.0.0.1") is None
+        two.signin_failed("a@example.com", "10.0.0.2")
         for throttle in (one, two):  # two failures, counted by two "workers"
-            wait = throttle.blocked("a@example.com", "10.0.0.3")
-            assert wait is not None and 0 < wait <= 61
-        assert one.blocked("b@example.com", "10.0.0.1") is None
+            hit = throttle.signin_refused("a@example.com", "10.0.0.3")
+            assert hit is not None and 0 < hit[0] <= 61 and hit[1] == 2
+        assert one.signin_refused("b@example.com", "10.0.0.1") is None
     finally:
-        one.limiter.storage.reset()
+        assert stores[0].shared is not None
+        stores[0].shared.storage.reset()
+        for store in stores:
+            store.close()
 
 
-def test_an_unreachable_throttle_store_does_not_lock_everyone_out() -> None:
-    from keyplane.services.sessions import SignInThrottle
+def test_an_unreachable_throttle_store_still_counts_but_locks_nobody_else_out(
+        keyplane: Keyplane) -> None:
+    """Redis down: failures are counted in this process (never failing open for password
+    guessing), and other accounts from other addresses sign in as usual."""
+    from keyplane.cache.ratelimit import AttemptCounts, LimitStore
+    from keyplane.core.attempts import Limit
+    from keyplane.services.throttle import FailureThrottle
+    from tests.support import free_port
 
-    throttle = SignInThrottle("1/1 minute", "1/1 minute", redis_url="redis://127.0.0.1:1/0")
-    throttle.failed("a@example.com", "10.0.0.1")  # logged, not raised
-    assert throttle.blocked("a@example.com", "10.0.0.1") is None  # argon2 still bounds guessing
+    store = LimitStore(f"redis://127.0.0.1:{free_port()}/0", prefix="p", timeout=0.2)
+    throttle = FailureThrottle(keyplane.ctx, AttemptCounts(store), limit=20, window=60,
+                               signin_per_account=Limit(1, 60), signin_per_address=Limit(5, 60))
+    try:
+        throttle.signin_failed("a@example.com", "10.0.0.1")  # logged, not raised
+        hit = throttle.signin_refused("a@example.com", "10.0.0.1")
+        assert hit is not None and hit[1] == 1
+        assert throttle.signin_refused("b@example.com", "10.0.0.2") is None
+        assert store.mode == "memory"
+    finally:
+        store.close()

@@ -5,12 +5,9 @@
   verifications (a sliding-window counter would only approximate it). The price is one stored
   timestamp per admitted request in the window, i.e. memory proportional to ``limit`` per
   active key (at most ``validate.MAX_RATE_LIMIT``: about 20 MB in Redis).
-* **Slowing repeated failures** per client address: after ``KEYPLANE_FAILURE_LIMIT`` malformed
-  or unknown credentials within ``KEYPLANE_FAILURE_WINDOW_SECONDS`` from one address (IPv6: one
-  /64), that address gets 429 with ``Retry-After`` until the window frees up; other addresses
-  are untouched. The first refusal in each window is audited as ``excess_rate_limit_exceeded``.
-  Guesses at ``/v1/verify`` count against the end user's address (the body's ``ip``), or
-  against the verifier's own address when the body names none.
+* **Counting failed attempts** (``AttemptCounts``, the ``core.attempts.AttemptCounter`` port):
+  the counts behind the one failed-attempt policy, ``services/throttle.py``, which decides what
+  is counted, per what key and up to which limit.
 
 Counts live in Redis when ``KEYPLANE_REDIS_URL`` is set (one exact count shared by every worker)
 and in process memory otherwise. Only a lost connection to Redis (refused, reset, timed out, or
@@ -24,7 +21,6 @@ else keeps the shared counts.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import threading
@@ -33,17 +29,16 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import redis
-from limits import RateLimitItem, RateLimitItemPerSecond
+from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter, RateLimiter
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from keyplane.core.attempts import CountFault, Limit
 from keyplane.core.decisions import Code, Denied
-from keyplane.core.policy import Address, Snapshot
-from keyplane.core.rights import Caller, CredentialKind
-from keyplane.services.context import Context
+from keyplane.core.policy import Snapshot
 
 log = logging.getLogger("keyplane.ratelimit")
 
@@ -220,94 +215,66 @@ class KeyRateLimits:
         return None, info
 
 
-def client_key(ip: Address) -> str:
-    """What failures are counted against: the address, or its /64 for IPv6 (one subscriber
-    usually holds a whole /64)."""
-    if isinstance(ip, ipaddress.IPv6Address):
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return str(ip)
+class AttemptCounts:
+    """The failed-attempt policy's counter (``core.attempts.AttemptCounter``) on the same
+    store as the key limits: moving windows, in Redis when it answers, in this process's memory
+    while it does not. A count Redis refuses is logged (once a minute per ident) and raised as
+    ``CountFault``."""
 
-
-class FailureThrottle:
-    MAX_TRACKED = 100_000
-
-    def __init__(self, store: LimitStore, ctx: Context, *, limit: int, window: int) -> None:
+    def __init__(self, store: LimitStore) -> None:
         self.store = store
-        self.ctx = ctx
-        self.limit = limit
-        self.window = window
-        self._item = RateLimitItemPerSecond(limit, window, namespace="fail")
-        self._audit_item = RateLimitItemPerSecond(1, window, namespace="fail-audit")
-        self._blocked: dict[tuple[str, str], float] = {}
         self.faults = Faults()
-        self.throttled: dict[str, int] = {}  # /metrics: failures over the limit, by scope
-
-    def blocked_now(self) -> list[tuple[str, str]]:
-        """The (scope, address) pairs this process refuses now."""
-        now = time.monotonic()
-        return [k for k, until in list(self._blocked.items()) if until > now]
+        self._items: dict[Limit, RateLimitItem] = {}
 
     @property
     def blocking(self) -> bool:
-        """Whether this process knows of any blocked address at all (the hot path's check)."""
-        return bool(self._blocked)
+        return self.store.blocking
 
-    def retry_after(self, scope: str, ip: Address | None) -> int | None:
-        """Seconds this address must wait, if this process knows it is blocked (no I/O)."""
-        if not self._blocked or ip is None:
-            return None
-        key = (scope, client_key(ip))
-        until = self._blocked.get(key)
-        if until is None:
-            return None
-        left = until - time.monotonic()
-        if left <= 0:
-            self._blocked.pop(key, None)
-            return None
-        return max(1, math.ceil(left))
+    def _item(self, limit: Limit) -> RateLimitItem:
+        item = self._items.get(limit)
+        if item is None:
+            item = RateLimitItemPerSecond(limit.amount, limit.seconds,
+                                          namespace=limit.namespace)
+            self._items[limit] = item
+        return item
 
-    def failed(self, scope: str, ip: Address | None, *,
-               request_id: str | None = None) -> int | None:
-        """Counts one failure (may wait on Redis: call it from a thread). Returns the seconds
-        to wait when this address is now over the limit, else ``None``."""
-        if ip is None:
-            return None
-        who = client_key(ip)
-
-        def count(limiter: RateLimiter) -> tuple[bool, float, bool]:
-            if limiter.hit(self._item, scope, who):
-                return True, 0.0, False
-            reset = limiter.get_window_stats(self._item, scope, who).reset_time
-            return False, reset, limiter.hit(self._audit_item, scope, who)
-
+    def _run(self, limit: Limit, ident: tuple[str, ...], fn: Callable[[RateLimiter], T]) -> T:
         try:
-            allowed, reset, first = self.store.run(count)
-        except LimiterFault as exc:  # fail closed for this address alone
-            self.faults.report(who, f"the failures ({scope}) of %s", exc)
-            allowed, reset, first = False, time.time() + self.window, False
-        if allowed:
-            return None
-        retry = max(1, math.ceil(reset - time.time()))
-        self.throttled[scope] = self.throttled.get(scope, 0) + 1
-        if len(self._blocked) >= self.MAX_TRACKED:
-            now = time.monotonic()
-            self._blocked = {k: u for k, u in self._blocked.items() if u > now}
-            if len(self._blocked) >= self.MAX_TRACKED:
-                self._blocked = {}  # the shared counts still refuse them on their next failure
-        self._blocked[(scope, who)] = time.monotonic() + retry
-        if first:
-            self._audit(scope, who, str(ip), request_id)
-        return retry
+            return self.store.run(fn)
+        except LimiterFault as exc:
+            self.faults.report("/".join(ident), f"the attempts ({limit.namespace}) of %s", exc)
+            raise CountFault(str(exc)) from exc
 
-    def _audit(self, scope: str, who: str, ip: str, request_id: str | None) -> None:
-        log.warning("too many failed credentials from %s (%s); refusing it for now", who, scope)
-        caller = Caller(kind=CredentialKind.OPERATOR_KEY, scopes=frozenset(), ip=ip,
-                        request_id=request_id)
-        try:
-            with self.ctx.uow() as uow:
-                self.ctx.audit(uow, caller, "excess_rate_limit_exceeded", who, tenant_id=None,
-                               outcome="denied", scope=scope, limit=self.limit,
-                               window_seconds=self.window)
-                uow.commit()
-        except Exception:
-            log.exception("could not audit excess_rate_limit_exceeded")
+    def hit(self, limit: Limit, *ident: str) -> int | None:
+        item = self._item(limit)
+
+        def count(limiter: RateLimiter) -> int | None:
+            if limiter.hit(item, *ident):
+                return None
+            return _wait(limiter.get_window_stats(item, *ident).reset_time)
+
+        return self._run(limit, ident, count)
+
+    def peek(self, limit: Limit, *ident: str) -> int | None:
+        item = self._item(limit)
+
+        def test(limiter: RateLimiter) -> int | None:
+            if limiter.test(item, *ident):
+                return None
+            return _wait(limiter.get_window_stats(item, *ident).reset_time)
+
+        return self._run(limit, ident, test)
+
+    def clear(self, limit: Limit, *ident: str) -> None:
+        item = self._item(limit)
+        self._run(limit, ident, lambda limiter: limiter.clear(item, *ident))
+
+
+def _wait(reset_time: float) -> int:
+    return max(1, math.ceil(reset_time - time.time()))
+
+
+def parse_limit(text: str, namespace: str = "attempt") -> Limit:
+    """A limit written in the ``limits`` syntax (``"5/15 minutes"``, ``"30 per hour"``)."""
+    item = parse(text)
+    return Limit(item.amount, item.get_expiry(), namespace)

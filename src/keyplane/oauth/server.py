@@ -2,21 +2,22 @@
 (S256 only, required for every client), rotating refresh tokens with reuse detection, RFC 7009
 revocation, RFC 7662 introspection and RFC 9207's ``iss`` in authorization responses.
 
-One :class:`AuthorizationServer` is built per HTTP request around that request's unit of work,
-so every hook Authlib calls (query_client, save_authorization_code, save_token, …) reads and
-writes inside one transaction; :func:`run` commits it once Authlib has answered. Failed
-requests commit too: burning a replayed code's tokens or a reused refresh token's connection
-must stick even though the client gets an error.
+This module is the adapter: Authlib's models and hooks over Keyplane's records. Every hook
+that reads or writes one (query_client, save_authorization_code, save_token, …) calls a step
+of :class:`~keyplane.services.connections.ConnectionService`, which holds the rules (replays,
+re-authorisation, who may still grant) and owns the transaction: :func:`run` builds one
+:class:`AuthorizationServer` per HTTP request inside ``ConnectionService.transaction``, which
+commits once Authlib has answered (failed requests too: burning a replayed code's tokens or a
+reused refresh token's connection must stick even though the client gets an error).
 """
 
 from __future__ import annotations
 
 import hmac
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer as AuthlibServer,
@@ -36,29 +37,22 @@ from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 
-from keyplane.core import ids, tokens
+from keyplane.core import tokens
 from keyplane.core.apps import (
     App,
-    AppStatus,
     AuthorizationCode,
     ClientSecret,
-    ConnectedRepos,
-    Connection,
     TokenKind,
     redirect_matches,
     scope_list,
 )
-from keyplane.core.model import Principal, Role, Tenant
-from keyplane.core.ports import UnitOfWork
-from keyplane.core.rights import Caller, CredentialKind
 from keyplane.oauth.adapter import Result
 from keyplane.oauth.metadata import AUTH_METHODS, GRANT_TYPES
 from keyplane.oauth.wiring import ConnectedApps
 from keyplane.services.connections import TokenState
-from keyplane.services.context import Context
+from keyplane.services.consent import ClientSuspended, GrantRefused, Member, OAuthStep
 
-log = logging.getLogger("keyplane.oauth")
-
+T = TypeVar("T")
 
 
 # -- Authlib's models over Keyplane's records ---------------------------------------------------
@@ -100,17 +94,6 @@ class Client(ClientMixin):  # type: ignore[misc]
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in GRANT_TYPES
-
-
-@dataclass
-class Member:
-    """The resource owner: a signed-in tenant admin."""
-
-    principal: Principal
-    tenant: Tenant
-
-    def get_user_id(self) -> str:
-        return self.principal.id
 
 
 class Code:
@@ -182,59 +165,24 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         return tokens.generate(self.server.env.prefixes.code)
 
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
-        srv = self.server
-        member: Member = request.user
         client: Client = request.client
         granted = getattr(request, "granted_scopes", None) or scope_list(request.scope)
-        now = srv.ctx.clock.now()
-        data = request.payload.data
-        record = AuthorizationCode(
-            id=ids.new_id("acd"), digest=srv.ctx.hasher.digest(code),
-            pepper_id=srv.ctx.hasher.current.id, app_id=client.app.id,
-            tenant_id=member.tenant.id, principal_id=member.principal.id, scopes=granted,
-            redirect_uri=request.payload.redirect_uri,
-            code_challenge=data["code_challenge"], code_challenge_method="S256",
-            created_at=now, expires_at=now + srv.env.connections.lifetimes.code)
-        srv.repos.codes.add(record)
-        srv.ctx.audit(srv.uow, srv.member_caller(member), "connection.authorized", client.app.id,
-                      tenant_id=member.tenant.id, app_name=client.app.name, scopes=granted,
-                      client_id=client.client_id)
+        self.server.steps.save_code(self.server.step, code, client.app, request.user, granted,
+                                    request.payload.redirect_uri,
+                                    request.payload.data["code_challenge"])
 
     def query_authorization_code(self, code: str, client: Client) -> Code | None:
-        srv = self.server
-        if tokens.parse(code, (srv.env.prefixes.code,)) is None:
-            return None
-        record = None
-        for _pid, digest in srv.ctx.hasher.candidates(code):
-            record = srv.repos.codes.find(digest, for_update=True)
-            if record is not None:
-                break
-        if record is None or record.app_id != client.app.id:
-            return None
-        if record.used_at is not None:
-            # replay: whoever holds this code, the tokens issued with it are revoked
-            if record.connection_id is not None:
-                srv.revoke_connection(record.connection_id, "authorization code reused")
-            raise InvalidGrantError("The code was already used; the tokens issued with it "
-                                    "are revoked.")
-        if srv.ctx.clock.now() >= record.expires_at:
-            return None
-        return Code(record)
+        with refused_grant():
+            record = self.server.steps.redeem_code(self.server.step, code, client.app)
+        return Code(record) if record is not None else None
 
     def delete_authorization_code(self, authorization_code: Code) -> None:
-        record = authorization_code.record
-        record.used_at = self.server.ctx.clock.now()
-        connection = getattr(self.request, "connection", None)
-        record.connection_id = connection.id if connection is not None else None
-        self.server.repos.codes.update(record)
+        self.server.steps.code_used(self.server.step, authorization_code.record,
+                                    getattr(self.request, "connection", None))
 
-    def authenticate_user(self, authorization_code: Code) -> Member | None:
-        record = authorization_code.record
-        member = self.server.member(record.tenant_id, record.principal_id)
-        if member is None or member.principal.role is not Role.ADMIN:
-            raise InvalidGrantError("The administrator who authorised this code can no "
-                                    "longer do so.")
-        return member
+    def authenticate_user(self, authorization_code: Code) -> Member:
+        with refused_grant():
+            return self.server.steps.code_member(self.server.step, authorization_code.record)
 
 
 class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
@@ -243,32 +191,17 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
     server: AuthorizationServer
 
     def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
-        srv = self.server
-        state = srv.find(refresh_token, for_update=True)
-        if state is None or state.token.kind is not TokenKind.REFRESH:
-            return None
         client: Client = self.request.client
-        if state.app.client_id != client.client_id:
-            return None
-        if state.token.rotated_at is not None:
-            if state.connection.revoked_at is None:
-                srv.revoke_connection(state.connection.id, "refresh token reused")
-            raise InvalidGrantError("The refresh token was already used; the connection is "
-                                    "revoked.")
-        if not state.active(srv.ctx.clock.now()):
-            return None
-        return Token(state, srv.ctx.clock.now())
+        with refused_grant():
+            state = self.server.steps.refresh_state(self.server.step, refresh_token, client.app)
+        return Token(state, self.server.now()) if state is not None else None
 
     def authenticate_user(self, refresh_token: Token) -> Member:
-        st = refresh_token.state
-        if st.principal is None or st.tenant is None:
-            raise InvalidGrantError("The administrator who authorised this connection is gone.")
-        return Member(principal=st.principal, tenant=st.tenant)
+        with refused_grant():
+            return self.server.steps.refresh_member(refresh_token.state)
 
     def revoke_old_credential(self, refresh_token: Token) -> None:
-        token = refresh_token.state.token
-        token.rotated_at = self.server.ctx.clock.now()
-        self.server.repos.tokens.update(token)
+        self.server.steps.rotated(self.server.step, refresh_token.state)
 
 
 class _TokenEndpointMixin:
@@ -286,26 +219,13 @@ class _TokenEndpointMixin:
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
         # the hint is only a hint (RFC 7009 §2.1): both kinds are searched
-        state = self.server.find(token_string)
-        return Token(state, self.server.ctx.clock.now()) if state is not None else None
+        state = self.server.steps.token_state(self.server.step, token_string)
+        return Token(state, self.server.now()) if state is not None else None
 
 
 class Revocation(_TokenEndpointMixin, RevocationEndpoint):  # type: ignore[misc]
     def revoke_token(self, token: Token, request: OAuth2Request) -> None:
-        """The app revokes one of its tokens; the audit log records it as the app's act."""
-        srv = self.server
-        st = token.state
-        app = srv.app_caller(request.client)
-        if st.token.kind is TokenKind.REFRESH:
-            # the grant ends: its access tokens go too (RFC 7009 §2.1)
-            c = srv.repos.connections.get(st.connection.id, for_update=True)
-            if c is not None and c.revoked_at is None:
-                srv.env.connections.revoke_in(srv.uow, srv.repos, c, app,
-                                              reason="refresh token revoked by the app")
-            return
-        if st.token.revoked_at is None:
-            srv.env.connections.revoke_token_in(srv.uow, srv.repos, st.token, st.connection,
-                                                app)
+        self.server.steps.revoke_by_app(self.server.step, token.state, request.client.app)
 
 
 class Introspection(_TokenEndpointMixin, IntrospectionEndpoint):  # type: ignore[misc]
@@ -333,28 +253,25 @@ class Issuer(IssuerParameter):  # type: ignore[misc]
         return self.issuer
 
 
-@dataclass(frozen=True)
-class AppActor(Caller):
-    """A partner app acting at the token endpoint, as it appears in the audit log."""
-
-    @property
-    def actor(self) -> str:
-        return f"app:{self.key_id}"
+@contextmanager
+def refused_grant() -> Iterator[None]:
+    """A step's ``GrantRefused`` as Authlib's ``invalid_grant``."""
+    try:
+        yield
+    except GrantRefused as exc:
+        raise InvalidGrantError(str(exc)) from exc
 
 
 # -- the server ---------------------------------------------------------------------------------
 
 class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
-    def __init__(self, env: ConnectedApps, ctx: Context, uow: UnitOfWork,
-                 repos: ConnectedRepos, ip: str | None = None,
-                 request_id: str | None = None, *, user_agent: str | None = None,
-                 session_id: str | None = None) -> None:
+    """Authlib's server for one HTTP request, its hooks calling the connection service's steps
+    inside ``step`` (the request's unit of work)."""
+
+    def __init__(self, env: ConnectedApps, step: OAuthStep) -> None:
         super().__init__()
-        self.env, self.ctx, self.uow, self.repos = env, ctx, uow, repos
-        self.ip, self.request_id = ip, request_id
-        # what the audit log records of the client: its User-Agent, the admin's session
-        self.user_agent = user_agent[:200] if user_agent else None
-        self.session_id = session_id
+        self.env, self.step = env, step
+        self.steps = env.connections
         self._clients: dict[str, Client | None] = {}
         self.register_token_generator("default", self._generate)
         self.register_grant(CodeGrant, [S256Only(required=True)])
@@ -363,29 +280,28 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
         self.register_endpoint(Introspection)
         self.register_extension(Issuer(env.issuer))
 
+    def now(self) -> datetime:
+        return self.steps.ctx.clock.now()
+
     # Authlib hooks
 
     def query_client(self, client_id: str) -> Client | None:
         if client_id not in self._clients:
-            app = self.repos.apps.by_client_id(client_id) if isinstance(client_id, str) else None
-            if app is not None and app.status is AppStatus.SUSPENDED:  # say so, plainly
-                raise InvalidClientError(
-                    description="This app is suspended by the Keyplane operator: it can "
-                    "neither start a sign-in nor get tokens until it is reinstated.",
-                    status_code=401)
-            # pending, rejected and suspended apps are not clients: no flow, no token
-            self._clients[client_id] = (
-                Client(app, self.repos.apps.secrets(app.id), self.env)
-                if app is not None and app.active else None)
+            try:
+                found = self.steps.client(self.step, client_id)
+            except ClientSuspended as exc:  # say so, plainly
+                raise InvalidClientError(description=str(exc), status_code=401) from exc
+            self._clients[client_id] = Client(*found, self.env) if found is not None else None
         return self._clients[client_id]
 
     def _generate(self, grant_type: str, client: Client, user: Member | None = None,
                   scope: str | None = None, expires_in: int | None = None,
                   include_refresh_token: bool = True) -> dict[str, Any]:
+        # the form of the answer; save_token replaces the tokens with the ones it stored
         p = self.env.prefixes
         token: dict[str, Any] = {
             "token_type": "Bearer", "access_token": tokens.generate(p.access_token),
-            "expires_in": int(self.env.connections.lifetimes.access_token.total_seconds()),
+            "expires_in": int(self.steps.lifetimes.access_token.total_seconds()),
         }
         if scope:
             token["scope"] = scope
@@ -394,38 +310,9 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
         return token
 
     def save_token(self, token: dict[str, Any], request: OAuth2Request) -> None:
-        now = self.ctx.clock.now()
-        svc = self.env.connections
         if request.payload.grant_type == "authorization_code":
             record: AuthorizationCode = request.authorization_code.record
-            found = self.repos.connections.active_for(
-                record.tenant_id, record.app_id, record.principal_id, now) \
-                if record.principal_id else None
-            if found is not None:
-                # the same admin authorised the same app again: the one connection is updated
-                # (its new consent, a fresh lifetime); its old tokens end now, the new ones
-                # below are the app's at once
-                connection = found
-                connection.scopes = list(record.scopes)
-                connection.expires_at = now + svc.lifetimes.refresh_family
-                self.repos.connections.update(connection)
-                ended = self.repos.tokens.revoke_connection(connection.id, now)
-                self.ctx.audit(self.uow, self.app_caller(request.client),
-                               "connection.reauthorised", connection.id,
-                               tenant_id=connection.tenant_id, app_id=connection.app_id,
-                               authorised_by=connection.principal_id,
-                               scopes=connection.scopes, tokens_revoked=ended)
-                self.ctx.changed(self.uow, "connection", connection.id)
-            else:
-                connection = Connection(
-                    id=ids.new_id("con"), tenant_id=record.tenant_id, app_id=record.app_id,
-                    principal_id=record.principal_id, scopes=list(record.scopes),
-                    created_at=now, expires_at=now + svc.lifetimes.refresh_family)
-                self.repos.connections.add(connection)
-                self.ctx.audit(self.uow, self.app_caller(request.client),
-                               "connection.created", connection.id,
-                               tenant_id=connection.tenant_id, app_id=connection.app_id,
-                               authorised_by=connection.principal_id, scopes=connection.scopes)
+            connection = self.steps.connect(self.step, record, request.client.app)
             refresh_scopes, parent = list(record.scopes), None
         else:
             old: Token = request.refresh_token
@@ -433,15 +320,13 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
             refresh_scopes, parent = list(old.state.token.scopes), old.state.token.id
         request.connection = connection
         access_scopes = scope_list(token.get("scope")) or list(connection.scopes)
-        raw, access = svc.new_token(TokenKind.ACCESS, connection, access_scopes, now, parent)
-        token["access_token"] = raw
-        token["expires_in"] = max(1, int((access.expires_at - now).total_seconds()))
-        self.repos.tokens.add(access)
-        if "refresh_token" in token:
-            raw, refresh = svc.new_token(TokenKind.REFRESH, connection, refresh_scopes, now,
-                                         parent)
-            token["refresh_token"] = raw
-            self.repos.tokens.add(refresh)
+        access, expires_in, refresh = self.steps.issue(
+            self.step, connection, access_scopes,
+            refresh_scopes if "refresh_token" in token else None, parent)
+        token["access_token"] = access
+        token["expires_in"] = expires_in
+        if refresh is not None:
+            token["refresh_token"] = refresh
 
     def create_oauth2_request(self, request: OAuth2Request) -> OAuth2Request:
         return request  # the adapter already built it
@@ -452,52 +337,12 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         return None
 
-    # Keyplane helpers for the grants
 
-    def member(self, tenant_id: str, principal_id: str) -> Member | None:
-        principal = self.uow.principals.get(tenant_id, principal_id)
-        tenant = self.uow.tenants.get(tenant_id)
-        if principal is None or tenant is None or not tenant.enabled or not principal.enabled:
-            return None
-        return Member(principal=principal, tenant=tenant)
-
-    def find(self, raw: str, *, for_update: bool = False) -> TokenState | None:
-        svc = self.env.connections
-        token = svc.find_token(self.uow, self.repos, raw, for_update=for_update)
-        return svc.state(self.uow, self.repos, token) if token is not None else None
-
-    def revoke_connection(self, connection_id: str, reason: str) -> None:
-        c = self.repos.connections.get(connection_id, for_update=True)
-        if c is None or c.revoked_at is not None:
-            return
-        log.warning("revoking connection %s: %s", connection_id, reason)
-        self.env.connections.revoke_in(self.uow, self.repos, c, self.system_caller(),
-                                       reason=reason, outcome="failure")
-
-    def member_caller(self, member: Member) -> Caller:
-        return Caller(kind=CredentialKind.SESSION, scopes=frozenset(),
-                      tenant_id=member.tenant.id, principal_id=member.principal.id,
-                      ip=self.ip, request_id=self.request_id, user_agent=self.user_agent,
-                      session_id=self.session_id)
-
-    def app_caller(self, client: Client) -> Caller:
-        return AppActor(kind=CredentialKind.ACCESS_TOKEN, scopes=frozenset(),
-                        key_id=client.app.id, ip=self.ip, request_id=self.request_id,
-                        user_agent=self.user_agent, via=f"oauth_client:{client.client_id}")
-
-    def system_caller(self) -> Caller:
-        return Caller(kind=CredentialKind.OPERATOR_KEY, scopes=frozenset(), ip=self.ip,
-                      request_id=self.request_id, user_agent=self.user_agent)
-
-
-def run(env: ConnectedApps, ctx: Context, repos_for: Callable[[UnitOfWork], ConnectedRepos],
-        action: Callable[[AuthorizationServer], Result], *, ip: str | None,
-        request_id: str | None, user_agent: str | None = None,
-        session_id: str | None = None) -> Result:
-    """Run one Authlib call inside one transaction and commit it (see the module docstring)."""
-    with ctx.uow() as uow:
-        server = AuthorizationServer(env, ctx, uow, repos_for(uow), ip, request_id,
-                                     user_agent=user_agent, session_id=session_id)
-        result = action(server)
-        uow.commit()
-    return result
+def run(env: ConnectedApps, action: Callable[[AuthorizationServer], T], *,
+        readonly: bool = False, ip: str | None = None, request_id: str | None = None,
+        user_agent: str | None = None, session_id: str | None = None) -> T:
+    """Run one Authlib call in the connection service's transaction for this request (see
+    the module docstring)."""
+    return env.connections.transaction(
+        lambda step: action(AuthorizationServer(env, step)), readonly=readonly, ip=ip,
+        request_id=request_id, user_agent=user_agent, session_id=session_id)

@@ -14,7 +14,7 @@ from keyplane.services.accounts import AccountService
 from keyplane.services.apps import AppService
 from keyplane.services.connections import CONNECTION_ID_PREFIX, ConnectionService, Lifetimes
 from keyplane.services.links import LinkService
-from keyplane.services.sessions import SessionService, SignInThrottle
+from keyplane.services.sessions import SessionService
 from keyplane.services.two_factor import TwoFactorService
 from keyplane.storage.sql.account_repositories import account_repos
 from keyplane.storage.sql.oauth_repositories import connected_repos
@@ -49,9 +49,7 @@ def install(kp: Keyplane) -> ConnectedApps:
     issuer = s.base_url
     connections = ConnectionService(kp.ctx, connected_repos, prefixes, lifetimes,
                                     tokens_require_tls=issuer.startswith("https://"))
-    throttle = SignInThrottle(s.signin_limit_per_account, s.signin_limit_per_ip,
-                              redis_url=s.redis_url,
-                              prefix=getattr(s, "redis_prefix", "keyplane"))
+    throttle = kp.throttle  # the one failed-attempt policy
     two_factor = TwoFactorService(kp.ctx, sign_in_repos, PepperSealer(load_peppers(s)),
                                   throttle)
     out = ConnectedApps(

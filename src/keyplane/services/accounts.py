@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from limits import parse
-
 from keyplane.core import ids
 from keyplane.core.accounts import (
     Account,
@@ -36,6 +34,7 @@ from keyplane.core.accounts import (
     AccountSession,
     PartnerSignup,
 )
+from keyplane.core.attempts import Limit
 from keyplane.core.errors import (
     AuthenticationError,
     Conflict,
@@ -50,10 +49,11 @@ from keyplane.core.rights import Caller, CredentialKind
 from keyplane.services import validate as v
 from keyplane.services.context import Context
 from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_password, verify_password
-from keyplane.services.sessions import SESSION_TOKEN_BYTES, SignInThrottle
+from keyplane.services.sessions import SESSION_TOKEN_BYTES
+from keyplane.services.throttle import FailureThrottle, client_key
 
 #: open sign-up: new developer accounts per client address (the throttle's shared store)
-SIGNUPS_PER_IP = parse("5/hour")
+SIGNUPS_PER_IP = Limit(5, 3600, "signup")
 
 Repos = Callable[[UnitOfWork], AccountRepos]
 TOKEN_PREFIX = "a."  # tells an account's session cookie from a member's at a glance
@@ -92,7 +92,7 @@ def _password(value: Any) -> str:
 
 
 class AccountService:
-    def __init__(self, ctx: Context, repos: Repos, throttle: SignInThrottle, *,
+    def __init__(self, ctx: Context, repos: Repos, throttle: FailureThrottle, *,
                  lifetime: timedelta, signup: PartnerSignup, invite_lifetime: timedelta,
                  base_url: str) -> None:
         self.ctx = ctx
@@ -231,8 +231,9 @@ class AccountService:
                                       field="email")
             fields["email"] = invited
         elif ip:  # open sign-up: an address makes a few accounts an hour, not thousands
-            wait = self.throttle.wait(SIGNUPS_PER_IP, "signup", ip)
-            if wait is not None or not self.throttle.count(SIGNUPS_PER_IP, "signup", ip):
+            who = client_key(ip)
+            wait = self.throttle.wait(SIGNUPS_PER_IP, "signup", who)
+            if wait is not None or not self.throttle.count(SIGNUPS_PER_IP, "signup", who):
                 raise RateLimited("too many sign-ups from this address; try again later",
                                   retry_after=wait or 3600, limit=SIGNUPS_PER_IP.amount,
                                   remaining=0)
@@ -254,7 +255,7 @@ class AccountService:
             address = v.email(email)
         except ValidationError:
             return None
-        hit = self.throttle.blocking(address, ip)
+        hit = self.throttle.signin_refused(address, ip, request_id=request_id)
         if hit is not None:
             raise RateLimited("too many failed sign-ins; try again later", retry_after=hit[0],
                               limit=hit[1], remaining=0)
@@ -269,7 +270,7 @@ class AccountService:
             verify_password(password, None)  # the same cost with or without an account
         if matched is None:
             return None
-        self.throttle.succeeded(address)
+        self.throttle.signin_succeeded(address)
         return self._open(matched, ip=ip, request_id=request_id)
 
     def _open(self, account: Account, *, ip: str | None,

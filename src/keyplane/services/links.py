@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from limits import parse
-
 from keyplane.core import ids
+from keyplane.core.attempts import Limit
 from keyplane.core.errors import Conflict, NotFound, RateLimited
 from keyplane.core.model import Principal, PrincipalKind, Role, Tenant
 from keyplane.core.ports import UnitOfWork
@@ -31,13 +30,13 @@ from keyplane.services import validate as v
 from keyplane.services.connections import Repos
 from keyplane.services.context import Context
 from keyplane.services.principals import _password, _role
-from keyplane.services.sessions import SignInThrottle
+from keyplane.services.throttle import FailureThrottle, client_key
 
 TOKEN_BYTES = 32
 INVITE_LIFETIME = timedelta(hours=72)
 RESET_LIFETIME = timedelta(hours=1)
-RESETS_PER_ADDRESS = parse("3/hour")
-RESETS_PER_IP = parse("20/hour")
+RESETS_PER_ADDRESS = Limit(3, 3600, "reset")
+RESETS_PER_IP = Limit(20, 3600, "reset")
 LINK_GONE = ("this link has expired or was already used; ask an admin of the workspace for a "
              "new one")
 
@@ -61,7 +60,7 @@ class OpenLink:
 
 class LinkService:
     def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], SignInRepos],
-                 sessions: Repos, throttle: SignInThrottle, *, base_url: str) -> None:
+                 sessions: Repos, throttle: FailureThrottle, *, base_url: str) -> None:
         self.ctx = ctx
         self.repos = repos
         self.sessions = sessions  # the web-session store: a reset ends the member's sessions
@@ -183,7 +182,7 @@ class LinkService:
         the answer takes as long whether or not there is an account to mail."""
         address = v.email(email)
         for item, kind, ident in ((RESETS_PER_ADDRESS, "reset-address", address),
-                                  (RESETS_PER_IP, "reset-ip", ip or "")):
+                                  (RESETS_PER_IP, "reset-ip", client_key(ip) if ip else "")):
             if ident and not self.throttle.count(item, kind, ident):
                 wait = self.throttle.wait(item, kind, ident) or 60
                 raise RateLimited("too many reset requests; try again later",

@@ -1,9 +1,8 @@
 """Member sign-in: email and password (argon2), server-side sessions, CSRF tokens, throttling.
 
 The session cookie holds a random token; the table holds only its keyed digest, so a database
-dump signs nobody in. Failed sign-ins are throttled per account and per client address with the
-``limits`` library (in memory, or in Redis when ``KEYPLANE_REDIS_URL`` is set so that every
-worker shares the counters). Service accounts never sign in.
+dump signs nobody in. Failed sign-ins are throttled per account and per client address by the
+one failed-attempt policy (``services/throttle.py``). Service accounts never sign in.
 
 One email may be a member of several tenants, each membership with its own password: a sign-in
 opens exactly the memberships whose password matched, and asks which workspace when there are
@@ -15,14 +14,9 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, Protocol, cast
-
-from limits import RateLimitItem, parse
-from limits.storage import MemoryStorage, Storage, storage_from_string
-from limits.strategies import MovingWindowRateLimiter
+from typing import Any, NoReturn, Protocol
 
 from keyplane.core import ids
 from keyplane.core.apps import WebSession
@@ -33,6 +27,7 @@ from keyplane.services import validate as v
 from keyplane.services.connections import Repos
 from keyplane.services.context import Context
 from keyplane.services.passwords import MAX_PASSWORD, verify_password
+from keyplane.services.throttle import FailureThrottle
 
 log = logging.getLogger("keyplane.sessions")
 SESSION_TOKEN_BYTES = 32
@@ -101,84 +96,8 @@ class SignedIn:
         return requires_two_factor(self.principal, self.tenant) and not self.two_factor
 
 
-class SignInThrottle:
-    """Failed sign-ins per account and per client address (moving windows)."""
-
-    def __init__(self, per_account: str, per_ip: str, *, redis_url: str | None = None,
-                 prefix: str = "keyplane") -> None:
-        self.per_account: RateLimitItem = parse(per_account)
-        self.per_ip: RateLimitItem = parse(per_ip)
-        storage = (
-            cast(Storage, storage_from_string(redis_url, key_prefix=f"{prefix}:signin"))
-            if redis_url else MemoryStorage()
-        )
-        self.limiter = MovingWindowRateLimiter(storage)
-
-    def _keys(self, email: str, ip: str | None) -> list[tuple[RateLimitItem, str, str]]:
-        keys = [(self.per_account, "account", email)]
-        if ip:
-            keys.append((self.per_ip, "ip", ip))
-        return keys
-
-    def blocked(self, email: str, ip: str | None) -> int | None:
-        """Seconds until another attempt is allowed, or None when it is allowed now."""
-        hit = self.blocking(email, ip)
-        return hit[0] if hit is not None else None
-
-    def blocking(self, email: str, ip: str | None) -> tuple[int, int] | None:
-        """(seconds until another attempt is allowed, the limit that was reached), or None
-        when an attempt is allowed now."""
-        try:
-            for item, kind, ident in self._keys(email, ip):
-                if not self.limiter.test(item, kind, ident):
-                    reset = self.limiter.get_window_stats(item, kind, ident).reset_time
-                    return max(1, int(reset - time.time()) + 1), item.amount
-        except Exception:  # the throttle's store is down: argon2 still bounds the guess rate
-            log.warning("sign-in throttle unavailable; allowing the attempt")
-        return None
-
-    def failed(self, email: str, ip: str | None) -> None:
-        try:
-            for item, kind, ident in self._keys(email, ip):
-                self.limiter.hit(item, kind, ident)
-        except Exception:
-            log.warning("sign-in throttle unavailable; failure not counted")
-
-    def succeeded(self, email: str) -> None:
-        try:
-            self.limiter.clear(self.per_account, "account", email)
-        except Exception:
-            log.warning("sign-in throttle unavailable")
-
-    # -- other counted attempts (second-factor codes, password-reset requests) ----------------
-
-    def wait(self, item: RateLimitItem, kind: str, ident: str) -> int | None:
-        """Seconds until ``ident`` may try again under ``item``, or None when it may now."""
-        try:
-            if not self.limiter.test(item, kind, ident):
-                reset = self.limiter.get_window_stats(item, kind, ident).reset_time
-                return max(1, int(reset - time.time()) + 1)
-        except Exception:
-            log.warning("throttle unavailable; allowing the attempt")
-        return None
-
-    def count(self, item: RateLimitItem, kind: str, ident: str) -> bool:
-        """Count one attempt; False when it is over the limit."""
-        try:
-            return bool(self.limiter.hit(item, kind, ident))
-        except Exception:
-            log.warning("throttle unavailable; attempt not counted")
-            return True
-
-    def reset(self, item: RateLimitItem, kind: str, ident: str) -> None:
-        try:
-            self.limiter.clear(item, kind, ident)
-        except Exception:
-            log.warning("throttle unavailable")
-
-
 class SessionService:
-    def __init__(self, ctx: Context, repos: Repos, throttle: SignInThrottle, *,
+    def __init__(self, ctx: Context, repos: Repos, throttle: FailureThrottle, *,
                  lifetime: timedelta, second_factor: SecondFactorCheck) -> None:
         self.ctx = ctx
         self.repos = repos
@@ -206,7 +125,7 @@ class SessionService:
             raise AuthenticationError("enter a valid email address", field="email") from None
         if len(password) > MAX_PASSWORD:
             raise AuthenticationError(BAD_CREDENTIALS, code="bad_credentials")
-        hit = self.throttle.blocking(address, ip)
+        hit = self.throttle.signin_refused(address, ip, request_id=request_id)
         if hit is not None:
             raise RateLimited("too many failed sign-ins; try again later", retry_after=hit[0],
                               limit=hit[1], remaining=0)
@@ -224,7 +143,7 @@ class SessionService:
             verify_password(password, None)  # the same cost with or without an account
         if not matched:
             self._failed(address, members, ip=ip, request_id=request_id, user_agent=user_agent)
-        self.throttle.succeeded(address)
+        self.throttle.signin_succeeded(address)
         if len(matched) == 1:
             return self._admit(matched[0], tenants[matched[0].tenant_id], binding=binding,
                                ip=ip, request_id=request_id, user_agent=user_agent)
@@ -348,7 +267,7 @@ class SessionService:
 
     def _failed(self, address: str, members: list[Principal], *, ip: str | None,
                 request_id: str | None, user_agent: str | None = None) -> NoReturn:
-        self.throttle.failed(address, ip)
+        self.throttle.signin_failed(address, ip)
         anonymous = Caller(kind=CredentialKind.SESSION, scopes=frozenset(), ip=ip,
                            request_id=request_id, user_agent=_agent(user_agent))
         with self.ctx.uow() as uow:

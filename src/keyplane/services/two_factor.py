@@ -16,19 +16,20 @@ from datetime import datetime
 from typing import Any, NoReturn, Protocol
 
 import pyotp
-from limits import parse
 
+from keyplane.core.attempts import Limit
 from keyplane.core.errors import AuthenticationError, Conflict, RateLimited
 from keyplane.core.model import Principal, Tenant
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller, CredentialKind
 from keyplane.core.sign_in import SecondFactor, SignInRepos
 from keyplane.services.context import Context
-from keyplane.services.sessions import SignInThrottle, requires_two_factor
+from keyplane.services.sessions import requires_two_factor
+from keyplane.services.throttle import FailureThrottle
 
 STEP_SECONDS = 30
 RECOVERY_CODES = 10
-WRONG_CODES = parse("5/5 minutes")  # per member
+WRONG_CODES = Limit(5, 300, "totp")  # per member
 WRONG_CODE = "that code is not right; enter the current 6-digit code from your app"
 POLICY_KEEPS = "two_factor_required"
 
@@ -54,7 +55,7 @@ class Enrolment:
 
 class TwoFactorService:
     def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], SignInRepos],
-                 sealer: Sealer, throttle: SignInThrottle, *, issuer: str = "Keyplane") -> None:
+                 sealer: Sealer, throttle: FailureThrottle, *, issuer: str = "Keyplane") -> None:
         self.ctx = ctx
         self.repos = repos
         self.sealer = sealer

@@ -19,9 +19,8 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from keyplane.core.apps import scope_list
+from keyplane.core.apps import App, scope_list
 from keyplane.core.model import Role
-from keyplane.core.rights import principal_rights
 from keyplane.oauth.adapter import BodyTooLarge, Result, StarletteOAuth2Request, read_request
 from keyplane.oauth.adapter import to_response as authlib_response
 from keyplane.oauth.metadata import (
@@ -32,8 +31,9 @@ from keyplane.oauth.metadata import (
     WELL_KNOWN_PATH,
     metadata,
 )
-from keyplane.oauth.server import AuthorizationServer, Member, run
-from keyplane.storage.sql.oauth_repositories import connected_repos
+from keyplane.oauth.server import AuthorizationServer, run
+from keyplane.services.consent import Member, Refusal, check_decision
+from keyplane.services.throttle import OAUTH_FAILURES, oauth_guess
 from keyplane.web import contract, fresh, net, pages
 from keyplane.web.errors import ratelimit_headers
 
@@ -65,30 +65,29 @@ class Page:
 
 
 def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
-    kp = pages.keyplane_of(request)
     env = pages.env_of(request)
     ip = pages.client_ip(request)
     rid = request.scope.get("keyplane.request_id")
 
     # 1. the request itself: client, redirect URI, response type, PKCE, scopes
-    with kp.ctx.uow(readonly=True) as uow:
-        server = AuthorizationServer(env, kp.ctx, uow, connected_repos(uow), ip, rid)
-        try:
-            grant = server.get_consent_grant(oreq, end_user=None)
-        except OAuth2Error as err:
-            if err.redirect_uri:  # validated redirect URI: tell the client (RFC 6749 4.1.2.1)
-                return Page("redirect", {}, result=_with_issuer(Result(*err()), env.issuer))
-            return Page("error", {"error": err.error,
-                                  "description": err.get_error_description() or ""}, 400)
-        client = grant.request.client
-        requested = scope_list(grant.request.scope)
+    def validate(srv: AuthorizationServer) -> tuple[App, list[str]]:
+        grant = srv.get_consent_grant(oreq, end_user=None)
+        return grant.request.client.app, scope_list(grant.request.scope)
+
+    try:
+        app, requested = run(env, validate, readonly=True, ip=ip, request_id=rid)
+    except OAuth2Error as err:
+        if err.redirect_uri:  # validated redirect URI: tell the client (RFC 6749 4.1.2.1)
+            return Page("redirect", {}, result=_with_issuer(Result(*err()), env.issuer))
+        return Page("error", {"error": err.error,
+                              "description": err.get_error_description() or ""}, 400)
 
     # 2. who is asking
     raw, signed_in = pages.current_session(request)
     if signed_in is None:
         return Page("signin", {"next": f"{request.url.path}?{request.url.query}"})
     context: dict[str, Any] = {
-        "app": client.app, "tenant": signed_in.tenant, "member": signed_in.principal,
+        "app": app, "tenant": signed_in.tenant, "member": signed_in.principal,
         "role": signed_in.principal.role.value.replace("_", " "),
         "csrf_token": env.sessions.csrf_token(raw or ""),
         "next": f"{request.url.path}?{request.url.query}",
@@ -98,19 +97,14 @@ def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
     if signed_in.must_enrol:  # the tenant requires admins to use two-factor: enrol first
         return Page("enrol", {})
 
-    with kp.ctx.uow(readonly=True) as uow:
-        p = signed_in.principal
-        rights = principal_rights(p, uow.groups.get_many(p.group_ids), kp.ctx.catalogue())
-    catalogue = kp.ctx.catalogue()
-    holdable = [s for s in requested if s in rights]
+    offer = env.connections.consent_offer(signed_in.principal, requested)
     context.update(
-        scopes=[{"name": s, "description": catalogue.describe(s), "holdable": s in rights}
-                for s in requested],
+        scopes=[{"name": s.name, "description": s.description, "holdable": s.holdable}
+                for s in offer.scopes],
         action=f"{AUTHORIZE_PATH}?{request.url.query}",
         redirect_uri=oreq.payload.redirect_uri,
         redirect_host=urlsplit(oreq.payload.redirect_uri).netloc,
-        access_minutes=int(env.connections.lifetimes.access_token.total_seconds()) // 60,
-        grant_days=env.connections.lifetimes.refresh_family.days,
+        access_minutes=offer.access_minutes, grant_days=offer.grant_days,
         error="", code_error="", ask_code=fresh.needs_code(env, signed_in),
     )
     if oreq.method != "POST":
@@ -123,10 +117,11 @@ def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
                     400)
     decision = oreq.form.get("decision")
     chosen = [v for k, v in oreq.form_items if k == "scope"]
-    if decision not in ("allow", "deny") or any(s not in holdable for s in chosen):
+    refusal = check_decision(offer, decision, chosen)
+    if refusal is Refusal.TAMPERED:
         return Page("error", {"error": "invalid_request",
                               "description": "The consent form was tampered with."}, 400)
-    if decision == "allow" and not chosen:
+    if refusal is Refusal.NOTHING_CHOSEN:
         context["error"] = "Choose at least one permission, or deny the request."
         return Page("consent", context, 400)
     if decision == "allow":  # a fresh second factor, when the admin has one
@@ -139,15 +134,13 @@ def _authorize(request: Request, oreq: StarletteOAuth2Request) -> Page:
         grant = srv.get_consent_grant(oreq, end_user=member)
         oreq.granted_scopes = chosen
         if decision == "deny":
-            srv.ctx.audit(srv.uow, srv.member_caller(member), "connection.denied",
-                          grant.request.client.app.id, tenant_id=member.tenant.id,
-                          outcome="failure", scopes=requested)
+            srv.steps.denied(srv.step, member, grant.request.client.app, requested)
         result: Result = srv.create_authorization_response(
             oreq, grant_user=member if decision == "allow" else None, grant=grant)
         return result
 
     try:
-        result = run(env, kp.ctx, connected_repos, decide, ip=ip, request_id=rid,
+        result = run(env, decide, ip=ip, request_id=rid,
                      user_agent=request.headers.get("user-agent"),
                      session_id=signed_in.session.id)
     except OAuth2Error as err:  # the request changed under us (e.g. the app was suspended)
@@ -203,28 +196,18 @@ async def _endpoint(request: Request,
     if wait is not None:
         return _slow_down(wait, kp.throttle.limit)
     result = await run_in_threadpool(
-        run, pages.env_of(request), kp.ctx, connected_repos, lambda srv: action(srv, oreq),
+        run, pages.env_of(request), lambda srv: action(srv, oreq),
         ip=str(ip) if ip else None, request_id=request_id,
         user_agent=request.headers.get("user-agent"))
     response = authlib_response(result)
     response.headers.update(NO_STORE)
-    if _guessing(response):
-        # RFC 7009 §5 / RFC 7662 §4: bad client credentials and unknown codes or refresh
-        # tokens count against the address like bad bearer keys do
+    error = result.body.get("error") if isinstance(result.body, dict) else None
+    if oauth_guess(result.status, error):
         wait = await run_in_threadpool(kp.throttle.failed, OAUTH_FAILURES, ip,
                                        request_id=request_id)
         if wait is not None:
             return _slow_down(wait, kp.throttle.limit)
     return response
-
-
-OAUTH_FAILURES = "oauth"  # the failure throttle's count for the client-authenticated endpoints
-
-
-def _guessing(response: Response) -> bool:
-    if response.status_code == 401:
-        return True
-    return response.status_code == 400 and b'"invalid_grant"' in bytes(response.body)
 
 
 def _slow_down(retry_after: int, limit: int) -> JSONResponse:
