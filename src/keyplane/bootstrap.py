@@ -14,6 +14,7 @@ from keyplane.cache.local import VerificationCache
 from keyplane.cache.ratelimit import FailureThrottle, KeyRateLimits, LimitStore
 from keyplane.cache.redis_bus import Propagation
 from keyplane.config import Settings
+from keyplane.core.changes import RESET, remote_delivery
 from keyplane.core.outage import DatabaseHealth
 from keyplane.core.ports import Clock, SystemClock
 from keyplane.core.tokens import Hasher, valid_prefix
@@ -28,7 +29,7 @@ from keyplane.services.audit import AuditService
 from keyplane.services.automations import AutomationService
 from keyplane.services.backup import BackupService
 from keyplane.services.catalogue import CatalogueService, load_toml
-from keyplane.services.changes import RESET, ChangeFeed, remote_delivery
+from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
 from keyplane.services.delivery import DeliveryWorker
 from keyplane.services.expiry import ExpiryReminders

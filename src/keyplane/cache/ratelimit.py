@@ -30,7 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import redis
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -42,6 +42,7 @@ from redis.retry import Retry
 
 from keyplane.core.decisions import Code, Denied
 from keyplane.core.policy import Address, Snapshot
+from keyplane.core.ports import QuotaStore
 from keyplane.core.rights import Caller, CredentialKind
 from keyplane.services.context import Context
 
@@ -130,10 +131,6 @@ class LimitStore:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.disconnect()
-
-
-class QuotaStore(Protocol):
-    def take(self, key_id: str) -> tuple[bool, int | None]: ...
 
 
 RATE_LIMITED = Denied(Code.RATE_LIMITED, "the key's rate limit is exhausted")

@@ -48,6 +48,7 @@ from keyplane.core.apps import (
     redirect_matches,
     scope_list,
 )
+from keyplane.core.changes import ChangeKind
 from keyplane.core.model import Principal, Role, Tenant
 from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller, CredentialKind
@@ -415,7 +416,7 @@ class AuthorizationServer(AuthlibServer):  # type: ignore[misc]
                                tenant_id=connection.tenant_id, app_id=connection.app_id,
                                authorised_by=connection.principal_id,
                                scopes=connection.scopes, tokens_revoked=ended)
-                self.ctx.changed(self.uow, "connection", connection.id)
+                self.ctx.changed(self.uow, ChangeKind.CONNECTION, connection.id)
             else:
                 connection = Connection(
                     id=ids.new_id("con"), tenant_id=record.tenant_id, app_id=record.app_id,

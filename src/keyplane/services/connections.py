@@ -26,6 +26,7 @@ from keyplane.core.apps import (
     TokenKind,
     effective_scopes,
 )
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import NotFound
 from keyplane.core.model import Page, Principal, Tenant
 from keyplane.core.policy import Snapshot, parse_networks
@@ -123,7 +124,7 @@ class ConnectionService:
         self.ctx.audit(uow, caller, "connection.revoked", c.id, tenant_id=c.tenant_id,
                        outcome=outcome, reason=reason, app_id=c.app_id, tokens_revoked=count,
                        last_used_at=c.last_used_at)
-        self.ctx.changed(uow, "connection", c.id)
+        self.ctx.changed(uow, ChangeKind.CONNECTION, c.id)
         return count
 
     def revoke_token_in(self, uow: UnitOfWork, repos: ConnectedRepos, token: OAuthToken,
@@ -140,7 +141,7 @@ class ConnectionService:
                        before={"id": token.id, "object": "oauth_token", "connection_id": c.id,
                                "app_id": c.app_id, "kind": token.kind.value,
                                "revoked_at": None})
-        self.ctx.changed(uow, "connection", c.id)
+        self.ctx.changed(uow, ChangeKind.CONNECTION, c.id)
 
     # -- tokens ---------------------------------------------------------------------------------
 
