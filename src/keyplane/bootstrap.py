@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -50,6 +51,7 @@ from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql.backup import backup_repo
 from keyplane.storage.sql.changefeed import SqlChangeSource
+from keyplane.storage.sql.drf import count_drf, read_drf
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine, watch
 from keyplane.storage.sql.events import events_repo
 from keyplane.storage.sql.hygiene import hygiene_repo
@@ -253,3 +255,25 @@ def _recovered(ctx: Context, feed: ChangeFeed) -> None:
     with remote_delivery():
         ctx.bus.publish(RESET, "*")
     feed.wake()
+
+
+# -- what the CLI needs of storage: the adapters reach it only through this module ----------------
+
+def schema_revision(kp: Keyplane) -> str | None:
+    """The migration the database is at."""
+    return migrate.current(kp.engine)
+
+
+def schema_head() -> str | None:
+    """The newest migration this version ships."""
+    return migrate.head()
+
+
+def drf_key_count(database_url: str) -> int:
+    """How many keys djangorestframework-api-key's table in that database holds."""
+    return count_drf(database_url)
+
+
+def drf_keys(database_url: str) -> Iterator[dict[str, Any]]:
+    """djangorestframework-api-key's rows, read in batches (``keyplane import drf-api-key``)."""
+    return read_drf(database_url)
