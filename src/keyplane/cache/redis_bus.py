@@ -34,7 +34,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from keyplane.cache.local import VerificationCache
-from keyplane.core.changes import RESET, ChangeKind, is_remote_delivery, remote_delivery
+from keyplane.core.changes import RESET, heard, is_remote_delivery, remote_delivery
 from keyplane.core.ports import ChangeBus, ChangeFollower
 
 log = logging.getLogger("keyplane.invalidation")
@@ -221,15 +221,15 @@ class RedisBus:
     def _deliver(self, data: Any) -> None:
         try:
             payload = json.loads(data)
-            origin, kind, ref = payload["o"], ChangeKind.of(payload["k"]), payload["r"]
+            origin, kind, ref = payload["o"], payload["k"], payload["r"]
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring a malformed message on %s", self.channel)
             return
-        if origin == self.origin or kind is None or not isinstance(ref, str):
+        if origin == self.origin or not isinstance(kind, str) or not isinstance(ref, str):
             return
         self.received += 1
         with remote_delivery():
-            self.bus.publish(kind, ref)
+            self.bus.publish(*heard(kind, ref))
         sent, observer = payload.get("t"), self.lag_observer
         if observer is not None and isinstance(sent, int | float):
             observer("redis", time.time() - sent)

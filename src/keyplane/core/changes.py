@@ -79,6 +79,12 @@ class Change:
         return {"position": self.position, "kind": self.kind.value, "ref": self.ref}
 
 
+def heard(kind: str, ref: str) -> tuple[ChangeKind, str]:
+    """A change as another process sent it: an unknown kind becomes a reset."""
+    known = ChangeKind.of(kind)
+    return (RESET, "*") if known is None else (known, ref)
+
+
 _remote = threading.local()
 
 
