@@ -139,7 +139,8 @@ class AuditRepo(Protocol):
 
 
 class ChangeRepo(Protocol):
-    """A durable, ordered log of what changed, for verifiers that poll instead of subscribing."""
+    """The durable, ordered log of what changed, written in the use case's transaction
+    (``Context.changed``); other processes read it through a :class:`ChangeSource`."""
 
     def append(self, kind: ChangeKind, ref: str) -> None: ...
     def head(self) -> int: ...
