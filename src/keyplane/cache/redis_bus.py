@@ -35,7 +35,7 @@ from redis.retry import Retry
 
 from keyplane.cache.local import VerificationCache
 from keyplane.core.changes import RESET, heard, is_remote_delivery, remote_delivery
-from keyplane.core.ports import ChangeBus, ChangeFollower
+from keyplane.core.ports import ChangeBus, ChangePoller
 
 log = logging.getLogger("keyplane.invalidation")
 
@@ -239,7 +239,7 @@ class Propagation:
     """Keeps this process's caches in step with every other process: the change-log poller
     always, Redis pub/sub when configured, and the switch between them when Redis fails."""
 
-    def __init__(self, bus: ChangeBus, cache: VerificationCache, feed: ChangeFollower, *,
+    def __init__(self, bus: ChangeBus, cache: VerificationCache, feed: ChangePoller, *,
                  redis_url: str | None, channel: str, redis_timeout: float,
                  poll_seconds: float, poll_redis_seconds: float,
                  degraded_ttl: float) -> None:

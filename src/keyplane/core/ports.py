@@ -209,7 +209,7 @@ class ChangeSource(Protocol):
     def read(self, after: int, limit: int) -> list[Change]: ...
 
 
-class ChangeFollower(Protocol):
+class ChangePoller(Protocol):
     """Keeps this process's caches in step by reading the change log every ``period`` seconds
     (``services/changes.py`` ``ChangeFeed``), as cross-process propagation drives it."""
 
