@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 serve: $(STAMP) ## Install, migrate SQLite, create a demo tenant (first run) and serve on :8080
 	KEYPLANE_LOG_FORMAT=$${KEYPLANE_LOG_FORMAT:-text} $(BIN)/keyplane serve --demo --host $(HOST) --port $(PORT)
 
-lint: $(STAMP) ## ruff and mypy (strict on the core)
+lint: $(STAMP) ## ruff, mypy (strict on the core) and the import contracts (.importlinter)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 TEST_WORKERS ?= auto
 test: $(STAMP) lint ## Install, lint, and run the whole suite (PostgreSQL/Redis too when they answer)
@@ -38,4 +39,4 @@ bench: $(STAMP) ## Performance ratios (see bench/; installs the djangorestframew
 	$(BIN)/keyplane bench
 
 clean: ## Remove the virtualenv and local data
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

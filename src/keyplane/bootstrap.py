@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -14,6 +15,7 @@ from keyplane.cache.local import VerificationCache
 from keyplane.cache.ratelimit import AttemptCounts, KeyRateLimits, LimitStore, parse_limit
 from keyplane.cache.redis_bus import Propagation
 from keyplane.config import Settings
+from keyplane.core.changes import RESET, remote_delivery
 from keyplane.core.outage import DatabaseHealth
 from keyplane.core.ports import Clock, SystemClock
 from keyplane.core.tokens import Hasher, valid_prefix
@@ -28,7 +30,7 @@ from keyplane.services.audit import AuditService
 from keyplane.services.automations import AutomationService
 from keyplane.services.backup import BackupService
 from keyplane.services.catalogue import CatalogueService, load_toml
-from keyplane.services.changes import RESET, ChangeFeed, remote_delivery
+from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import Context
 from keyplane.services.delivery import DeliveryWorker
 from keyplane.services.expiry import ExpiryReminders
@@ -50,6 +52,7 @@ from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql.backup import backup_repo
 from keyplane.storage.sql.changefeed import SqlChangeSource
+from keyplane.storage.sql.drf import count_drf, read_drf
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine, watch
 from keyplane.storage.sql.events import events_repo
 from keyplane.storage.sql.hygiene import hygiene_repo
@@ -256,3 +259,25 @@ def _recovered(ctx: Context, feed: ChangeFeed) -> None:
     with remote_delivery():
         ctx.bus.publish(RESET, "*")
     feed.wake()
+
+
+# -- what the CLI needs of storage: the adapters reach it only through this module ----------------
+
+def schema_revision(kp: Keyplane) -> str | None:
+    """The migration the database is at."""
+    return migrate.current(kp.engine)
+
+
+def schema_head() -> str | None:
+    """The newest migration this version ships."""
+    return migrate.head()
+
+
+def drf_key_count(database_url: str) -> int:
+    """How many keys djangorestframework-api-key's table in that database holds."""
+    return count_drf(database_url)
+
+
+def drf_keys(database_url: str) -> Iterator[dict[str, Any]]:
+    """djangorestframework-api-key's rows, read in batches (``keyplane import drf-api-key``)."""
+    return read_drf(database_url)

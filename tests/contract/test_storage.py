@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core import ids
+from keyplane.core.changes import ChangeKind
 from keyplane.core.model import (
     ApiKey,
     AuditEvent,
@@ -32,6 +33,7 @@ from keyplane.core.model import (
 from keyplane.core.ports import UnitOfWork
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql import tables as t
+from keyplane.storage.sql.changefeed import SqlChangeSource
 from keyplane.storage.sql.engine import make_engine
 
 T0 = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
@@ -467,7 +469,7 @@ def test_an_exception_rolls_everything_back(keyplane: Keyplane) -> None:
     with uow(keyplane, readonly=True) as u:
         assert u.tenants.get(tenant.id) is None
         assert u.principals.page(tenant.id, kind=None, limit=5, cursor=None).items == []
-        assert tenant.id not in [ref for _, _, ref in u.changes.since(0, 1000)]
+    assert tenant.id not in [c.ref for c in SqlChangeSource(keyplane.engine).read(0, 1000)]
 
 
 def test_leaving_without_commit_rolls_back(keyplane: Keyplane) -> None:
@@ -523,17 +525,19 @@ def test_changes_log_is_ordered(keyplane: Keyplane) -> None:
     with uow(keyplane) as u:  # rolled back: never logged
         u.changes.append("key", "key_rolled_back")
     with uow(keyplane, readonly=True) as u:
-        rows = u.changes.since(start, 100)
         head = u.changes.head()
-        assert [(k, r) for _, k, r in rows] == [("key", "key_1"), ("principal", "usr_1"),
-                                                ("tenant", "loc_1")]
-        positions = [p for p, _, _ in rows]
-        assert positions == sorted(positions) and len(set(positions)) == 3
-        assert positions[0] > start
-        assert head == positions[-1]
-        assert u.changes.since(start, 2) == rows[:2]
-        assert u.changes.since(positions[1], 100) == rows[2:]
-        assert u.changes.since(head, 100) == []
+    source = SqlChangeSource(keyplane.engine)  # what the change feed reads the log with
+    rows = source.read(start, 100)
+    assert [(c.kind, c.ref) for c in rows] == [(ChangeKind.KEY, "key_1"),
+                                               (ChangeKind.PRINCIPAL, "usr_1"),
+                                               (ChangeKind.TENANT, "loc_1")]
+    positions = [c.position for c in rows]
+    assert positions == sorted(positions) and len(set(positions)) == 3
+    assert positions[0] > start
+    assert head == positions[-1] == source.head()
+    assert source.read(start, 2) == rows[:2]
+    assert source.read(positions[1], 100) == rows[2:]
+    assert source.read(head, 100) == []
 
 
 # -- schema ----------------------------------------------------------------------------------
@@ -606,8 +610,6 @@ def test_the_migration_history_has_a_single_head() -> None:
 
 
 def test_pruning_the_change_log_keeps_the_newest_rows(keyplane: Keyplane) -> None:
-    from keyplane.storage.sql.changefeed import SqlChangeSource
-
     with keyplane.ctx.uow() as u:
         start = u.changes.head()
         for i in range(30):

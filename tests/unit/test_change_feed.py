@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from keyplane.services.changes import Change, ChangeFeed, is_remote_delivery
+from keyplane.core.changes import Change, is_remote_delivery
+from keyplane.services.changes import ChangeFeed
 from keyplane.services.context import LocalBus
 
 
@@ -17,7 +18,7 @@ class Log:
 
     def commit(self, position: int, kind: str = "key", ref: str | None = None,
                tenant_id: str | None = "t1") -> None:
-        self.rows[position] = Change(position, kind, ref or f"key_{position}", tenant_id)
+        self.rows[position] = Change.logged(position, kind, ref or f"key_{position}", tenant_id)
 
     def head(self) -> int:
         return max(self.rows, default=0)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 from keyplane.core.policy import Snapshot
+from keyplane.core.ports import MISSING, Memo
 
 T = TypeVar("T")
 CacheKey = Hashable  # the verifier uses a SHA-256 of the credential
@@ -133,10 +134,6 @@ def snapshot_tags(s: Snapshot) -> Iterator[tuple[str, str]]:
         yield ("app", app)
 
 
-class MISSING:
-    """A cached 'no such key' (digest unknown)."""
-
-
 class VerificationCache:
     """Snapshots by credential hash (``hits``), unknown credentials (``misses``), and answers
     computed from hits, remembered for exact repeats of a question: ``verdicts`` (the
@@ -180,11 +177,11 @@ class VerificationCache:
             if generation == self.generation:
                 self.misses.put(digest, MISSING, self.timer() + self.negative_ttl)
 
-    def remembered(self, store: LRU[T], question: CacheKey) -> T | None:
+    def remembered(self, store: Memo[T], question: CacheKey) -> T | None:
         """The answer ``store`` (``verdicts`` or ``answers``) remembers for ``question``."""
         return store.get(question, self.timer()) if store.size else None
 
-    def remember(self, store: LRU[T], question: CacheKey, answer: T, generation: int,
+    def remember(self, store: Memo[T], question: CacheKey, answer: T, generation: int,
                  depends_on: Iterable[CacheKey]) -> bool:
         """Remembers ``answer`` until the first of the ``depends_on`` hits expires (so it never
         outlives what it was computed from) or the next invalidation. Nothing is remembered if

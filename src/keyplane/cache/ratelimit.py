@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import redis
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
@@ -39,6 +39,7 @@ from redis.retry import Retry
 from keyplane.core.attempts import CountFault, Limit
 from keyplane.core.decisions import Code, Denied
 from keyplane.core.policy import Snapshot
+from keyplane.core.ports import QuotaStore
 
 log = logging.getLogger("keyplane.ratelimit")
 
@@ -125,10 +126,6 @@ class LimitStore:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.disconnect()
-
-
-class QuotaStore(Protocol):
-    def take(self, key_id: str) -> tuple[bool, int | None]: ...
 
 
 RATE_LIMITED = Denied(Code.RATE_LIMITED, "the key's rate limit is exhausted")

@@ -34,8 +34,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from keyplane.cache.local import VerificationCache
-from keyplane.services.changes import RESET, ChangeFeed, is_remote_delivery, remote_delivery
-from keyplane.services.context import LocalBus
+from keyplane.core.changes import RESET, heard, is_remote_delivery, remote_delivery
+from keyplane.core.ports import ChangeBus, ChangePoller
 
 log = logging.getLogger("keyplane.invalidation")
 
@@ -59,7 +59,7 @@ class RedisBus:
     SILENCE_SECONDS = 3.0  # no message and no pong for this long: the connection is dead
     MAX_BACKOFF = 5.0
 
-    def __init__(self, url: str, bus: LocalBus, *, channel: str, timeout: float = 0.5,
+    def __init__(self, url: str, bus: ChangeBus, *, channel: str, timeout: float = 0.5,
                  on_down: Any = None, on_up: Any = None) -> None:
         self.url = url
         self.bus = bus
@@ -229,7 +229,7 @@ class RedisBus:
             return
         self.received += 1
         with remote_delivery():
-            self.bus.publish(kind, ref)
+            self.bus.publish(*heard(kind, ref))
         sent, observer = payload.get("t"), self.lag_observer
         if observer is not None and isinstance(sent, int | float):
             observer("redis", time.time() - sent)
@@ -239,7 +239,7 @@ class Propagation:
     """Keeps this process's caches in step with every other process: the change-log poller
     always, Redis pub/sub when configured, and the switch between them when Redis fails."""
 
-    def __init__(self, bus: LocalBus, cache: VerificationCache, feed: ChangeFeed, *,
+    def __init__(self, bus: ChangeBus, cache: VerificationCache, feed: ChangePoller, *,
                  redis_url: str | None, channel: str, redis_timeout: float,
                  poll_seconds: float, poll_redis_seconds: float,
                  degraded_ttl: float) -> None:

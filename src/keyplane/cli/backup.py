@@ -23,8 +23,8 @@ def export(
     """Back up every record (or one tenant's) as JSON lines: digests and hashes, never secrets.
 
     The file is private (0600) and appears only once complete."""
+    from keyplane.bootstrap import schema_revision
     from keyplane.files import private_file
-    from keyplane.storage.sql import migrate
 
     output = output.resolve()
     partial = output.with_name(f".{output.name}.partial")
@@ -33,7 +33,7 @@ def export(
     kp = _keyplane()
     try:
         with partial.open("w", encoding="utf-8") as out:
-            report = kp.backup.export(out, tenant_id=tenant, revision=migrate.current(kp.engine))
+            report = kp.backup.export(out, tenant_id=tenant, revision=schema_revision(kp))
             out.flush()
             os.fsync(out.fileno())
         partial.replace(output)

@@ -147,10 +147,10 @@ def _http_protocol() -> Any:
 @handled
 def db_upgrade(json_out: JsonOpt = False) -> None:
     """Create or upgrade the schema to the newest migration."""
-    from keyplane.storage.sql import migrate
+    from keyplane.bootstrap import schema_revision
 
     kp = _keyplane(migrate_db=True)
-    rev = migrate.current(kp.engine)
+    rev = schema_revision(kp)
     kp.close()
     emit_json({"revision": rev}) if json_out else print(f"database at revision {rev}")
 
@@ -159,12 +159,11 @@ def db_upgrade(json_out: JsonOpt = False) -> None:
 @handled
 def db_current(json_out: JsonOpt = False) -> None:
     """Show the schema revision."""
-    from keyplane.bootstrap import build
+    from keyplane.bootstrap import build, schema_head, schema_revision
     from keyplane.config import Settings
-    from keyplane.storage.sql import migrate
 
     kp = build(Settings())
-    rev, head = migrate.current(kp.engine), migrate.head()
+    rev, head = schema_revision(kp), schema_head()
     kp.close()
     emit_json({"revision": rev, "head": head}) if json_out else print(f"{rev} (head {head})")
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from keyplane.core.audit_chain import ChainHead
+from keyplane.core.changes import Change, ChangeKind
 from keyplane.core.model import (
     ApiKey,
     AuditEvent,
+    Denial,
     Group,
     KeySecret,
     Page,
@@ -18,6 +20,7 @@ from keyplane.core.model import (
     Share,
     Tenant,
 )
+from keyplane.core.policy import Snapshot
 from keyplane.core.webhooks import Claimed, Delivery, DeliveryStatus, Outcome, Webhook
 
 
@@ -136,10 +139,10 @@ class AuditRepo(Protocol):
 
 
 class ChangeRepo(Protocol):
-    """A durable, ordered log of what changed, for verifiers that poll instead of subscribing."""
+    """The durable, ordered log of what changed, written in the use case's transaction
+    (``Context.changed``); other processes read it through a :class:`ChangeSource`."""
 
-    def append(self, kind: str, ref: str) -> None: ...
-    def since(self, position: int, limit: int) -> list[tuple[int, str, str]]: ...
+    def append(self, kind: ChangeKind, ref: str) -> None: ...
     def head(self) -> int: ...
 
 
@@ -184,13 +187,110 @@ class UnitOfWork(Protocol):
     def after_commit(self, callback: Callable[[], None]) -> None: ...
 
 
-UnitOfWorkFactory = Callable[[], UnitOfWork]
+# -- change propagation (core/changes.py) -------------------------------------------------------
+
+Listener = Callable[[ChangeKind, str], None]
 
 
-class Invalidator(Protocol):
-    """Tells every verifier (this process, other workers, SDKs) that something changed."""
+class ChangeBus(Protocol):
+    """Announces committed changes in this process (``services/context.py`` ``LocalBus``):
+    caches subscribe to drop what changed; cross-process fan-out (Redis, the change-log poller)
+    subscribes to send this process's changes out, and publishes other processes' changes
+    inside :func:`keyplane.core.changes.remote_delivery`."""
 
-    def publish(self, kind: str, ref: str) -> None: ...
+    def subscribe(self, listener: Listener) -> None: ...
+    def publish(self, kind: ChangeKind, ref: str) -> None: ...
+
+
+class ChangeSource(Protocol):
+    """Reads the durable change log (``storage/sql/changefeed.py``)."""
+
+    def head(self) -> int: ...
+    def read(self, after: int, limit: int) -> list[Change]: ...
+
+
+class ChangePoller(Protocol):
+    """Keeps this process's caches in step by reading the change log every ``period`` seconds
+    (``services/changes.py`` ``ChangeFeed``), as cross-process propagation drives it."""
+
+    period: float
+
+    @property
+    def started(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def refresh(self) -> int:
+        """Reads the log now; returns how many changes were new."""
+        ...
+
+
+# -- verification (services/verify.py) --------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class MISSING:
+    """A cached 'no such key' (the digest is unknown)."""
+
+
+class Memo(Protocol[T]):
+    """A bounded map with a deadline per entry (``cache/local.py`` ``LRU``); ``size`` 0 keeps
+    nothing."""
+
+    @property
+    def size(self) -> int: ...
+    def get(self, key: Hashable, now: float) -> T | None: ...
+    def put(self, key: Hashable, value: T, deadline: float) -> None: ...
+
+
+class VerificationCache(Protocol):
+    """Snapshots by credential hash, unknown credentials, and answers remembered for exact
+    repeats of a question (``cache/local.py``). ``generation`` moves on every invalidation:
+    read it before reading storage, and nothing read since an invalidation is kept."""
+
+    @property
+    def generation(self) -> int: ...
+    @property
+    def verdicts(self) -> Memo[Any]: ...
+    @property
+    def answers(self) -> Memo[Any]: ...
+    def get(self, digest: Hashable) -> Snapshot | type[MISSING] | None: ...
+    def put(self, digest: Hashable, snapshot: Snapshot, generation: int,
+            seconds_left: float | None) -> None: ...
+    def put_missing(self, digest: Hashable, generation: int) -> None: ...
+    def remembered(self, store: Memo[T], question: Hashable) -> T | None: ...
+    def remember(self, store: Memo[T], question: Hashable, answer: T, generation: int,
+                 depends_on: Iterable[Hashable]) -> bool: ...
+    def invalidate(self, kind: str, ref: str) -> None: ...
+
+
+class QuotaStore(Protocol):
+    """Usage quotas (``storage/sql/usage.py``): takes one use of a key's quota; returns whether
+    it was admitted and what is left (``None``: unlimited)."""
+
+    def take(self, key_id: str) -> tuple[bool, int | None]: ...
+
+
+# -- usage (services/usage.py) ------------------------------------------------------------------
+
+ScopeCounts = dict[tuple[str, str, datetime], int]  # (key id, scope, day) -> valid uses
+
+
+class UsageStore(Protocol):
+    """Where hourly counts go (``storage/sql/usage.py``); ``add`` adds, never overwrites."""
+
+    def add(self, uow: UnitOfWork, counts: Mapping[tuple[str, datetime, str], int]) -> None: ...
+    def series(self, uow: UnitOfWork, key_id: str, start: datetime,
+               end: datetime) -> list[tuple[datetime, str, int]]: ...
+    def add_denials(self, uow: UnitOfWork, denials: Mapping[str, list[Denial]],
+                    keep: int) -> None: ...
+    def denials(self, uow: UnitOfWork, key_id: str, limit: int) -> list[Denial]: ...
+
+
+class ScopeUsageStore(Protocol):
+    """Where per-scope daily counts go; ``add_scopes`` adds, never overwrites."""
+
+    def add_scopes(self, uow: UnitOfWork, counts: ScopeCounts) -> None: ...
 
 
 # -- webhooks (core/webhooks.py) ----------------------------------------------------------------

@@ -28,6 +28,7 @@ from keyplane.core.apps import (
     transition,
     web_uri,
 )
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.model import Page
 from keyplane.core.ports import UnitOfWork
@@ -143,7 +144,7 @@ class AppService:
             self.ctx.audit(uow, caller, f"app.{app.status.value}", app.id,
                            tenant_id=app.owner_tenant_id, reason=note, client_id=app.client_id)
             # tokens of every connection of this app are checked against the app's status
-            self.ctx.changed(uow, "app", app.id)
+            self.ctx.changed(uow, ChangeKind.APP, app.id)
             uow.commit()
         return app, raw
 

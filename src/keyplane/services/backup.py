@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.ports import BackupRepo, BackupRepos
 from keyplane.core.rights import SYSTEM
@@ -129,7 +130,7 @@ class BackupService:
                            tenant_id=None, counts=report.counts)
             if dry_run:
                 return report  # leaving the block rolls it all back
-            self.ctx.changed(uow, "all", "*")
+            self.ctx.changed(uow, ChangeKind.ALL, "*")
             uow.commit()
         return report
 

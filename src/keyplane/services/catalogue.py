@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from keyplane.core import scopes as sc
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.rights import Caller
 from keyplane.services import validate as v
@@ -38,7 +39,7 @@ class CatalogueService:
             for name, desc in missing.items():
                 uow.scopes.put(name, desc)
             if missing:
-                self.ctx.changed(uow, "catalogue", "*")
+                self.ctx.changed(uow, ChangeKind.CATALOGUE, "*")
             uow.commit()
 
     def list(self) -> dict[str, str]:
@@ -55,7 +56,7 @@ class CatalogueService:
         with self.ctx.uow() as uow:
             uow.scopes.put(name, desc)
             self.ctx.audit(uow, caller, "scope.saved", name, tenant_id=None)
-            self.ctx.changed(uow, "catalogue", name)
+            self.ctx.changed(uow, ChangeKind.CATALOGUE, name)
             uow.commit()
         return {"name": name, "description": desc}
 
@@ -69,5 +70,5 @@ class CatalogueService:
                 raise NotFound("no such scope")
             uow.scopes.delete(name)
             self.ctx.audit(uow, caller, "scope.deleted", name, tenant_id=None)
-            self.ctx.changed(uow, "catalogue", name)
+            self.ctx.changed(uow, ChangeKind.CATALOGUE, name)
             uow.commit()

@@ -24,70 +24,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
-from keyplane.services.context import LocalBus
+from keyplane.core.changes import Change, remote_delivery
+from keyplane.core.ports import ChangeBus, ChangeSource
 
 log = logging.getLogger("keyplane.changes")
-
-GENERIC_KINDS = frozenset({"catalogue", "all"})
-"""Changes that concern every tenant and name nothing of any tenant (the operator's scope
-catalogue, "drop everything"). An ``app`` is not one of them: its id is the registering tenant's
-own, so its changes go to the tenants it concerns (see :class:`Change`)."""
-
-RESET = "all"
-"""The kind of a synthetic change meaning "drop every cached verification"."""
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    position: int
-    kind: str
-    ref: str
-    tenant_id: str | None = None  # the tenant the change belongs to, when there is one
-    # other tenants it concerns: for an ``app``, those with a connection to it (their cached
-    # access tokens depend on the app's status)
-    also: frozenset[str] = frozenset()
-    at: datetime | None = None  # when it was written to the log (for the invalidation lag)
-
-    def visible_to(self, tenant_id: str | None) -> bool:
-        """Operator verifiers (``None``) see everything; a tenant's verifier sees its own
-        tenant's changes, the changes that concern it (``also``) and the generic ones, and
-        never a ref that belongs to another tenant only."""
-        return (tenant_id is None or self.kind in GENERIC_KINDS or self.tenant_id == tenant_id
-                or tenant_id in self.also)
-
-    def as_json(self) -> dict[str, object]:
-        return {"position": self.position, "kind": self.kind, "ref": self.ref}
-
-
-class ChangeSource(Protocol):
-    """Reads the durable change log (``storage/sql/changefeed.py``)."""
-
-    def head(self) -> int: ...
-    def read(self, after: int, limit: int) -> list[Change]: ...
-
-
-_remote = threading.local()
-
-
-@contextlib.contextmanager
-def remote_delivery() -> Iterator[None]:
-    """Marks bus publishes that came from another process (Redis, the poller), so that fan-out
-    does not send them back out."""
-    previous = getattr(_remote, "active", False)
-    _remote.active = True
-    try:
-        yield
-    finally:
-        _remote.active = previous
-
-
-def is_remote_delivery() -> bool:
-    return bool(getattr(_remote, "active", False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +45,7 @@ class ChangeFeed:
     KEEP = 20_000  # log rows kept by pruning: more than any stream is replayed (10,000)
     PRUNE_EVERY = 3600.0  # seconds between prunes of the durable log, per process
 
-    def __init__(self, source: ChangeSource, bus: LocalBus, *, period: float,
+    def __init__(self, source: ChangeSource, bus: ChangeBus, *, period: float,
                  gap_seconds: float = 5.0, buffer_size: int = 10_000,
                  timer: Callable[[], float] = time.monotonic) -> None:
         self.source = source

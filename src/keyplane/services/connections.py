@@ -35,6 +35,7 @@ from keyplane.core.apps import (
     TokenKind,
     effective_scopes,
 )
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import NotFound
 from keyplane.core.model import Page, Principal, Role, Tenant
 from keyplane.core.policy import Snapshot, parse_networks
@@ -143,7 +144,7 @@ class ConnectionService:
         self.ctx.audit(uow, caller, "connection.revoked", c.id, tenant_id=c.tenant_id,
                        outcome=outcome, reason=reason, app_id=c.app_id, tokens_revoked=count,
                        last_used_at=c.last_used_at)
-        self.ctx.changed(uow, "connection", c.id)
+        self.ctx.changed(uow, ChangeKind.CONNECTION, c.id)
         return count
 
     def revoke_token_in(self, uow: UnitOfWork, repos: ConnectedRepos, token: OAuthToken,
@@ -160,7 +161,7 @@ class ConnectionService:
                        before={"id": token.id, "object": "oauth_token", "connection_id": c.id,
                                "app_id": c.app_id, "kind": token.kind.value,
                                "revoked_at": None})
-        self.ctx.changed(uow, "connection", c.id)
+        self.ctx.changed(uow, ChangeKind.CONNECTION, c.id)
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -384,7 +385,7 @@ class ConnectionService:
                            tenant_id=found.tenant_id, app_id=found.app_id,
                            authorised_by=found.principal_id, scopes=found.scopes,
                            tokens_revoked=ended)
-            self.ctx.changed(step.uow, "connection", found.id)
+            self.ctx.changed(step.uow, ChangeKind.CONNECTION, found.id)
             return found
         connection = Connection(
             id=ids.new_id("con"), tenant_id=record.tenant_id, app_id=record.app_id,

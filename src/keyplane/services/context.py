@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keyplane.core import ids
+from keyplane.core.changes import GENERIC_KINDS, ChangeKind
 from keyplane.core.model import AuditEvent
 from keyplane.core.outage import DatabaseHealth
-from keyplane.core.ports import Clock, EventSink, Mailer, NoMailer, UnitOfWork
+from keyplane.core.ports import Clock, EventSink, Listener, Mailer, NoMailer, UnitOfWork
 from keyplane.core.rights import Caller
 from keyplane.core.scopes import Catalogue
 from keyplane.core.tokens import Hasher
 
-Listener = Callable[[str, str], None]
 log = logging.getLogger("keyplane.mail")
 
 
@@ -33,7 +33,7 @@ class LocalBus:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def publish(self, kind: str, ref: str) -> None:
+    def publish(self, kind: ChangeKind, ref: str) -> None:
         for listener in list(self._listeners):
             listener(kind, ref)
 
@@ -55,8 +55,8 @@ class Context:
     def __post_init__(self) -> None:
         self.bus.subscribe(self._on_change)
 
-    def _on_change(self, kind: str, ref: str) -> None:
-        if kind in ("catalogue", "all"):
+    def _on_change(self, kind: ChangeKind, ref: str) -> None:
+        if kind in GENERIC_KINDS:
             self._catalogue = None
 
     def catalogue(self) -> Catalogue:
@@ -67,7 +67,7 @@ class Context:
             self._catalogue = cat
         return cat
 
-    def changed(self, uow: UnitOfWork, kind: str, ref: str) -> None:
+    def changed(self, uow: UnitOfWork, kind: ChangeKind, ref: str) -> None:
         """Record a change durably in this transaction and publish it after commit."""
         uow.changes.append(kind, ref)
         uow.after_commit(lambda: self.bus.publish(kind, ref))

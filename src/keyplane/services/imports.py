@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from keyplane.core import ids, tokens
 from keyplane.core import legacy as lg
 from keyplane.core import scopes as sc
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import KeyplaneError, NotFound, ValidationError
 from keyplane.core.legacy import ImportRecord
 from keyplane.core.model import ApiKey, KeySecret, Principal
@@ -267,7 +268,7 @@ class ImportService:
                                  [p.secret for p in planned if p.secret is not None], records)
         self.ctx.audit(uow, SYSTEM, "keys.imported", source, tenant_id=tenant_id,
                        source=source, count=len(planned), key_ids=[p.key.id for p in planned])
-        self.ctx.changed(uow, "import", tenant_id)  # verifiers may now meet foreign keys
+        self.ctx.changed(uow, ChangeKind.IMPORT, tenant_id)  # verifiers may now meet foreign keys
 
     def _owner(self, uow: UnitOfWork, tenant_id: str, who: str,
                cache: dict[str, Principal | None]) -> Principal | None:

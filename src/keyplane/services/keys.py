@@ -9,6 +9,7 @@ from typing import Any
 
 from keyplane.core import ids, tokens
 from keyplane.core import scopes as sc
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import (
     Conflict,
     NotFound,
@@ -277,7 +278,7 @@ class KeyService:
             key = self._with_grace(uow, key)
             self.ctx.audit(uow, caller, action, key.id, tenant_id=tid, fields=sorted(body),
                            subject=key_view(key), before=before)
-            self.ctx.changed(uow, "key", key.id)
+            self.ctx.changed(uow, ChangeKind.KEY, key.id)
             uow.commit()
         return key
 
@@ -302,7 +303,7 @@ class KeyService:
         uow.keys.update(key)
         self.ctx.audit(uow, caller, "key.revoked", key.id, tenant_id=key.tenant_id,
                        reason=reason, subject=key_view(key), before=before, **details)
-        self.ctx.changed(uow, "key", key.id)
+        self.ctx.changed(uow, ChangeKind.KEY, key.id)
 
     def rotate(self, caller: Caller, tenant_id: str | None, key_id: str, body: dict[str, Any],
                *, operator: bool = False, if_match: Sequence[str] | None = None) -> IssuedKey:
@@ -355,7 +356,7 @@ class KeyService:
             key = self._with_grace(uow, key)
             self.ctx.audit(uow, caller, "key.rotated", key.id, tenant_id=tid,
                            grace_period_seconds=grace, subject=key_view(key), before=before)
-            self.ctx.changed(uow, "key", key.id)
+            self.ctx.changed(uow, ChangeKind.KEY, key.id)
             uow.commit()
         return IssuedKey(key=key, secret=raw)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from keyplane.core import legacy as lg
 from keyplane.core import tokens
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import Conflict, ValidationError
 from keyplane.core.model import ApiKey, KeyLeak, LeakAction, Role
 from keyplane.core.ports import SafetyRepos, UnitOfWork
@@ -177,7 +178,7 @@ class LeakService:
         key.updated_at = now
         uow.keys.update(key)
         self._record(uow, caller, key, report, action)
-        self.ctx.changed(uow, "key", key.id)
+        self.ctx.changed(uow, ChangeKind.KEY, key.id)
         return LeakOutcome(report, found=True, kind="key", id=key.id, tenant_id=key.tenant_id,
                            name=key.name, action=action)
 

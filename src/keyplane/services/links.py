@@ -20,6 +20,7 @@ from typing import Any
 
 from keyplane.core import ids
 from keyplane.core.attempts import Limit
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import Conflict, NotFound, RateLimited
 from keyplane.core.model import Principal, PrincipalKind, Role, Tenant
 from keyplane.core.ports import UnitOfWork
@@ -266,7 +267,7 @@ class LinkService:
             self._repos(uow).links.update(link)
             self.ctx.audit(uow, _anonymous(ip, member), "member.password_reset", member.id,
                            tenant_id=tenant.id, link_id=link.id, sessions_ended=ended)
-            self.ctx.changed(uow, "principal", member.id)
+            self.ctx.changed(uow, ChangeKind.PRINCIPAL, member.id)
             uow.commit()
         return member
 

@@ -7,6 +7,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from keyplane.core import ids
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.model import Group, Page, Principal, PrincipalKind, Role, TenantPolicy
 from keyplane.core.ports import UnitOfWork
@@ -250,7 +251,7 @@ class PrincipalService:
                 subject=principal_view(principal),
                 before=principal_view(before),
             )
-            self.ctx.changed(uow, "principal", principal.id)
+            self.ctx.changed(uow, ChangeKind.PRINCIPAL, principal.id)
             uow.commit()
         return principal
 
@@ -288,7 +289,7 @@ class PrincipalService:
                     revoked.append(key_id)
                     self.ctx.audit(uow, caller, "key.revoked", key_id, tenant_id=tid,
                                    reason="owner_deleted", subject=key_view(key))
-                    self.ctx.changed(uow, "key", key_id)
+                    self.ctx.changed(uow, ChangeKind.KEY, key_id)
             uow.principals.delete(tid, principal.id)
             self.ctx.audit(
                 uow,
@@ -299,7 +300,7 @@ class PrincipalService:
                 revoked_keys=revoked,
                 subject=principal_view(principal),
             )
-            self.ctx.changed(uow, "principal", principal.id)
+            self.ctx.changed(uow, ChangeKind.PRINCIPAL, principal.id)
             uow.commit()
 
 
@@ -381,7 +382,7 @@ class GroupService:
                 uow, caller, "group.updated", group.id, tenant_id=tid, fields=sorted(body),
                 subject=asdict(group), before=before,
             )
-            self.ctx.changed(uow, "tenant", tid)
+            self.ctx.changed(uow, ChangeKind.TENANT, tid)
             uow.commit()
         return group
 
@@ -396,7 +397,7 @@ class GroupService:
                 raise Conflict("the group still has members; remove them from it first")
             uow.groups.delete(tid, group_id)
             self.ctx.audit(uow, caller, "group.deleted", group_id, tenant_id=tid)
-            self.ctx.changed(uow, "tenant", tid)
+            self.ctx.changed(uow, ChangeKind.TENANT, tid)
             uow.commit()
 
     def members(self, caller: Caller, tenant_id: str | None,
@@ -453,7 +454,7 @@ class GroupService:
                 fields=["group_ids"], subject=principal_view(principal), before=before,
                 **change,
             )
-            self.ctx.changed(uow, "principal", principal.id)
+            self.ctx.changed(uow, ChangeKind.PRINCIPAL, principal.id)
             uow.commit()
         return principal
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from keyplane.core import hygiene as hy
 from keyplane.core import ids
+from keyplane.core.changes import ChangeKind
 from keyplane.core.errors import NotFound, ValidationError
 from keyplane.core.model import LeakAction, Page, Tenant, TenantPolicy
 from keyplane.core.rights import Caller
@@ -138,6 +139,6 @@ class TenantService:
             uow.tenants.update(tenant)
             self.ctx.audit(uow, caller, "tenant.updated", tid, tenant_id=tid,
                            fields=sorted(body), subject=_view(tenant), before=before)
-            self.ctx.changed(uow, "tenant", tid)
+            self.ctx.changed(uow, ChangeKind.TENANT, tid)
             uow.commit()
         return tenant

@@ -16,11 +16,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from keyplane.core.errors import ValidationError
 from keyplane.core.model import Denial
-from keyplane.core.ports import UnitOfWork
+from keyplane.core.ports import ScopeCounts, ScopeUsageStore, UnitOfWork, UsageStore
 from keyplane.core.rights import Caller
 from keyplane.core.tokens import redact_secrets
 from keyplane.services.context import Context
@@ -40,7 +40,6 @@ MAX_ADDRESSES_PER_KEY = 32
 
 HOUR = timedelta(hours=1)
 MAX_SCOPE_ENTRIES = 100_000  # (key, scope, day) counts held between flushes: bounded
-ScopeCounts = dict[tuple[str, str, datetime], int]  # (key id, scope, day) -> valid uses
 NO_SCOPES: frozenset[str] = frozenset()
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
 
@@ -48,23 +47,6 @@ Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outco
 DENIALS_KEPT = 20  # a key's newest refusals kept, in memory and in storage
 DENIAL_KEYS_HELD = 10_000  # keys whose refusals are held in memory between flushes
 MAX_REASON = 200
-
-
-class UsageStore(Protocol):
-    """Where hourly counts go (``storage/sql/usage.py``); ``add`` adds, never overwrites."""
-
-    def add(self, uow: UnitOfWork, counts: Mapping[tuple[str, datetime, str], int]) -> None: ...
-    def series(self, uow: UnitOfWork, key_id: str, start: datetime,
-               end: datetime) -> list[tuple[datetime, str, int]]: ...
-    def add_denials(self, uow: UnitOfWork, denials: Mapping[str, list[Denial]],
-                    keep: int) -> None: ...
-    def denials(self, uow: UnitOfWork, key_id: str, limit: int) -> list[Denial]: ...
-
-
-class ScopeUsageStore(Protocol):
-    """Where per-scope daily counts go; ``add_scopes`` adds, never overwrites."""
-
-    def add_scopes(self, uow: UnitOfWork, counts: ScopeCounts) -> None: ...
 
 
 def hour_of(at: datetime) -> datetime:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import NamedTuple
 
-from keyplane.cache.local import MISSING, VerificationCache
 from keyplane.core import legacy as lg
 from keyplane.core import scopes as sc
 from keyplane.core import tokens
@@ -31,7 +30,7 @@ from keyplane.core.policy import (
     parse_networks,
     standing,
 )
-from keyplane.core.ports import UnitOfWork
+from keyplane.core.ports import MISSING, UnitOfWork, VerificationCache
 from keyplane.core.rights import principal_rights, reaches_no_data
 from keyplane.services.context import Context
 from keyplane.services.legacy import LegacyKeys

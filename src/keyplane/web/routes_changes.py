@@ -53,8 +53,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from keyplane.bootstrap import Keyplane
+from keyplane.core.changes import RESET, Change
 from keyplane.services.auth import caller_from
-from keyplane.services.changes import RESET, Batch, Change, ChangeFeed
+from keyplane.services.changes import Batch, ChangeFeed
 from keyplane.web import net
 from keyplane.web.deps import CallerDep, KeyplaneDep, bearer
 

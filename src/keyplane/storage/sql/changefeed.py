@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from keyplane.services.changes import Change
+from keyplane.core.changes import Change
 from keyplane.storage.sql import tables as t
 from keyplane.storage.sql.oauth_tables import oauth_apps, oauth_connections
 
@@ -72,7 +72,7 @@ class SqlChangeSource:
             rows = conn.execute(self._query, {"after": after, "limit": limit}).all()
             apps = sorted({row.ref for row in rows if row.kind == "app"})
             connected = self._connected_tenants(conn, apps) if apps else {}
-        return [Change(int(i), kind, ref, tenant,
+        return [Change.logged(int(i), kind, ref, tenant,
                        connected.get(ref, frozenset()) if kind == "app" else frozenset(), at)
                 for i, kind, ref, tenant, at in rows]
 

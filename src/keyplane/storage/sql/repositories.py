@@ -405,11 +405,6 @@ class SqlChanges:
     def append(self, kind: str, ref: str) -> None:
         self.conn.execute(t.changes.insert().values(kind=kind, ref=ref, at=self._now()))
 
-    def since(self, position: int, limit: int) -> list[tuple[int, str, str]]:
-        c = t.changes.c
-        q = sa.select(c.id, c.kind, c.ref).where(c.id > position).order_by(c.id).limit(limit)
-        return [(i, k, r) for i, k, r in self.conn.execute(q)]
-
     def head(self) -> int:
         value = self.conn.execute(sa.select(sa.func.max(t.changes.c.id))).scalar()
         return int(value or 0)
