@@ -235,8 +235,8 @@ def sdk_cache_memory(n: int) -> float:
     """Bytes per entry of the SDK's verdict cache holding ``n`` distinct identities shaped as
     the middleware builds them from /v1/verify answers."""
     from keyplane.core import ids
-    from keyplane.sdk._cache import VerdictCache
     from keyplane.sdk import KeyplaneMiddleware
+    from keyplane.sdk._cache import VerdictCache
     from keyplane.sdk._verifier import digest as _digest
 
     token = fake_key("kp", random.Random())
