@@ -7,6 +7,7 @@ tests are skipped, except in CI (``KEYPLANE_TEST_REQUIRE_SERVICES=1``), where th
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -20,8 +21,6 @@ import pytest
 
 from tests.conftest import Tenant
 from tests.support import REQUIRE_SERVICES, RunningServer
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = ROOT / "packages" / "keyplane-sdk"
@@ -51,6 +50,24 @@ def _checked(done: subprocess.CompletedProcess[str], what: str) -> None:
     raise AssertionError(f"{what} failed:\n{output[-4000:]}")
 
 
+def test_the_sdk_imports_nothing_else_of_keyplane() -> None:
+    """Fast, and without an index: every import in the SDK's source (import-linter's contract
+    says the same in ``make lint``)."""
+    sdk = ROOT / "src" / "keyplane" / "sdk"
+    found: list[str] = []
+    for path in sorted(sdk.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path.name}: a relative import"
+                found.append(node.module or "")
+    assert "keyplane.sdk._protocol" in found  # the walk sees the SDK's own imports
+    outside = sorted({m for m in found if m.split(".")[0] == "keyplane"
+                      and not m.startswith("keyplane.sdk")})
+    assert outside == []
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     """The SDK's wheel, built from the repository, installed alone in a fresh environment
@@ -68,6 +85,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     yield Installed(wheel, python)
 
 
+@pytest.mark.slow
 def test_the_wheel_ships_only_the_sdk(installed: Installed) -> None:
     names = zipfile.ZipFile(installed.wheel).namelist()
     code = [n for n in names if not n.startswith("keyplane_sdk-")]
@@ -94,6 +112,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_it_imports_alone_and_depends_on_httpx2_only(installed: Installed) -> None:
     done = subprocess.run([str(installed.python), "-c", _INSPECT], capture_output=True,
                           text=True, timeout=60, check=False, cwd=installed.wheel.parent)
@@ -155,6 +174,7 @@ print(json.dumps(asyncio.run(main())))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # the SDK, not the database
 def test_the_installed_sdk_protects_an_app_with_a_real_keyplane(
         installed: Installed, server: RunningServer, verifier_key: str,

@@ -17,6 +17,13 @@ For each HTTP or WebSocket request it
 It fails closed: if Keyplane cannot be reached the request gets 503, never a pass.
 Keys with a rate limit or a usage quota (the answer's ``ratelimit`` is set, or ``cacheable`` is
 false) are verified on every request: Keyplane counts every use.
+
+This module only wires the parts and runs the per-request path. Each step has its own module:
+``_credentials`` (where the key is, and whether it is well-formed), ``_peer`` (client address
+and TLS behind trusted proxies), ``_verifier`` (the verdict cache, single flight, ``/v1/verify``
+and its answers), ``_lifespan`` (the HTTP client, change follower and usage reporter, started
+and stopped with the app) and ``_protocol`` (Keyplane's rules the SDK needs, checked against
+the server's by ``tests/sdk/test_protocol_contract.py``).
 """
 
 from __future__ import annotations
