@@ -207,3 +207,53 @@ def test_trusted_proxy_networks(value: str) -> None:
 
 def test_the_sdk_version_is_the_servers() -> None:
     assert _version.__version__ == keyplane.__version__
+
+
+# -- client address and TLS behind trusted proxies ----------------------------------------------
+
+PROXIES = ["10.0.0.0/8", "2001:db8::/32", "fe80::/10"]
+# (socket peer, headers, scheme, trusted proxies)
+REQUESTS: list[tuple[str | None, dict[str, str], str, list[str]]] = [
+    ("203.0.113.5", {}, "http", PROXIES),
+    ("203.0.113.5", {"x-forwarded-for": "198.51.100.7"}, "http", PROXIES),  # not a proxy
+    ("10.0.0.5", {"x-forwarded-for": "198.51.100.7"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-for": "198.51.100.7"}, "http", []),
+    ("10.0.0.5", {"x-forwarded-for": "192.0.2.1, 198.51.100.7, 10.1.1.1"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-for": "10.2.2.2, 10.1.1.1"}, "http", PROXIES),  # all proxies
+    ("10.0.0.5", {"x-forwarded-for": "nonsense, 10.1.1.1"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-for": "198.51.100.7:4431"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-for": "[2001:db8:1::1]"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-for": "fe80::1%eth0"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-for": " , "}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-for": ""}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-for": "::ffff:198.51.100.7"}, "http", PROXIES),
+    ("::ffff:10.0.0.5", {"x-forwarded-for": "198.51.100.7"}, "http", PROXIES),
+    ("fe80::1%eth0", {"x-forwarded-for": "198.51.100.7"}, "http", PROXIES),
+    ("2001:db8::5", {"x-forwarded-for": "2001:db8::9, 2a00:1450::1"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-proto": "https"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-proto": "HTTPS"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-proto": "https, http"}, "http", PROXIES),
+    ("10.0.0.5", {"x-forwarded-proto": "http"}, "https", PROXIES),
+    ("203.0.113.5", {"x-forwarded-proto": "https"}, "http", PROXIES),  # not a proxy
+    ("203.0.113.5", {}, "https", []),
+    ("not an address", {"x-forwarded-for": "198.51.100.7"}, "http", PROXIES),
+    (None, {"x-forwarded-for": "198.51.100.7"}, "http", PROXIES),
+]
+
+
+@pytest.mark.parametrize(("peer", "headers", "scheme", "trusted"), REQUESTS)
+def test_client_address_and_tls_as_the_server_resolves_them(
+        peer: str | None, headers: dict[str, str], scheme: str, trusted: list[str]) -> None:
+    from starlette.requests import HTTPConnection
+
+    from keyplane.sdk._peer import Peer
+    from keyplane.web import net
+
+    scope = {"type": "http", "scheme": scheme, "path": "/", "query_string": b"",
+             "client": (peer, 50000) if peer is not None else None,
+             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    networks = policy.parse_networks(trusted)
+    conn = HTTPConnection(scope)
+    address = net.client_address(conn, networks)
+    expected = (str(address) if address is not None else None, net.is_tls(conn, networks))
+    assert Peer(trusted).resolve(scope) == expected
