@@ -11,7 +11,7 @@
         kp.keys.create(name="zapier", scopes=["contacts:read"])
 
 The SDK depends on httpx2 only (Django only for Django views); it imports nothing else of
-Keyplane and installs on its own: ``pip install keyplane-sdk`` (``packages/keyplane-sdk``).
+Keyplane and installs on its own, as the ``keyplane-sdk`` distribution (``packages/keyplane-sdk``).
 """
 
 from keyplane.sdk._client import NOT_GIVEN, AsyncClient, Client
