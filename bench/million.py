@@ -235,8 +235,9 @@ def sdk_cache_memory(n: int) -> float:
     """Bytes per entry of the SDK's verdict cache holding ``n`` distinct identities shaped as
     the middleware builds them from /v1/verify answers."""
     from keyplane.core import ids
+    from keyplane.sdk import KeyplaneMiddleware
     from keyplane.sdk._cache import VerdictCache
-    from keyplane.sdk._middleware import KeyplaneMiddleware, _digest
+    from keyplane.sdk._verifier import digest as _digest
 
     token = fake_key("kp", random.Random())
     mw = KeyplaneMiddleware(lambda *a: None, url="http://k", token=token, changes="off")
@@ -254,7 +255,7 @@ def sdk_cache_memory(n: int) -> float:
     cache = VerdictCache(n + 10, 3600, 3600)
     cache.live = True
     for raw, answer in zip(raws, answers, strict=True):
-        result = mw._result(json.loads(answer))
+        result = mw.verifier.result(json.loads(answer))
         assert result.identity is not None
         cache.put(_digest(raw, "203.0.113.5", True), result.identity, expires_in=None,
                   generation=cache.generation)

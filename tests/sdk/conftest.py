@@ -65,10 +65,10 @@ def find_middleware(app: Any) -> KeyplaneMiddleware:
 
 def wait_live(server: RunningServer, middleware: KeyplaneMiddleware, timeout: float = 10) -> None:
     """Block until the middleware follows the change stream (runs on the app's loop)."""
-    loop = middleware._loop
+    loop = middleware.runtime.loop
     if loop is None:  # not started yet: the first request starts it
         httpx2.get(server.url + "/", timeout=5)
-        loop = middleware._loop
+        loop = middleware.runtime.loop
     assert loop is not None
     future = asyncio.run_coroutine_threadsafe(middleware.wait_live(timeout), loop)
     assert future.result(timeout + 5), "the change stream did not connect"

@@ -277,13 +277,13 @@ def test_uses_are_kept_while_keyplane_cannot_take_them(kp: Client, keyplane: Key
                             token=verifier_key, usage_report_seconds=0)
 
     async def report_to_nobody_then_to_keyplane() -> tuple[int, dict[str, int], int]:
-        mw._ensure_started()
+        mw.runtime.connect()
         mw.usage.pending[key["id"]] = 4
         lost = await mw.usage.flush()  # nobody listens there
         kept = dict(mw.usage.pending)
         await mw.aclose()
-        mw.url = server.url  # Keyplane is back
-        mw._ensure_started()
+        mw.runtime.url = server.url  # Keyplane is back
+        mw.runtime.connect()
         delivered = await mw.usage.flush()
         await mw.aclose()
         return lost, kept, delivered

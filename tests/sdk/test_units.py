@@ -18,8 +18,8 @@ from keyplane.core import tokens
 from keyplane.sdk import KeyplaneMiddleware, requires
 from keyplane.sdk._cache import VerdictCache
 from keyplane.sdk._changes import ChangeFollower
-from keyplane.sdk._middleware import expand_scopes
-from keyplane.sdk._net import Peer
+from keyplane.sdk._peer import Peer
+from keyplane.sdk._protocol import expand_scopes
 
 
 class Timer:

@@ -10,8 +10,8 @@
     with Client("http://127.0.0.1:8080", token=MANAGEMENT_KEY) as kp:
         kp.keys.create(name="zapier", scopes=["contacts:read"])
 
-The SDK depends on httpx2 only (and on Keyplane's pure core modules for offline checksum and
-address rules); it never imports the server.
+The SDK depends on httpx2 only (Django only for Django views); it imports nothing else of
+Keyplane and installs on its own, as the ``keyplane-sdk`` distribution (``packages/keyplane-sdk``).
 """
 
 from keyplane.sdk._client import NOT_GIVEN, AsyncClient, Client

@@ -16,10 +16,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from keyplane.sdk._protocol import CHANGE_FIELDS
+
 Identity = Mapping[str, Any]
-# which identity field a change of each kind names
-_FIELDS = {"key": "key_id", "principal": "owner_id", "tenant": "tenant_id",
-           "connection": "key_id", "app": "app_id"}
 
 
 class VerdictCache:
@@ -35,16 +34,18 @@ class VerdictCache:
         self.timer = timer
         self.generation = 0
         self.live = False
-        self._data: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        # digest -> (deadline, identity), least recently used first; one object for the
+        # cache's life (the verifier's hot path reads it directly, as ``get`` does)
+        self.entries: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
 
     def get(self, digest: bytes) -> Identity | None:
-        item = self._data.get(digest)
+        item = self.entries.get(digest)
         if item is None:
             return None
         if item[0] <= self.timer():
-            del self._data[digest]
+            del self.entries[digest]
             return None
-        self._data.move_to_end(digest)
+        self.entries.move_to_end(digest)
         return item[1]
 
     def put(self, digest: bytes, identity: Identity, *, expires_in: float | None,
@@ -58,7 +59,7 @@ class VerdictCache:
             ttl = min(ttl, expires_in)
         if ttl <= 0:
             return False
-        data = self._data
+        data = self.entries
         data[digest] = (self.timer() + ttl, identity)
         data.move_to_end(digest)
         while len(data) > self.size:
@@ -70,15 +71,15 @@ class VerdictCache:
         An access token's ``key_id`` is its connection's id; an ``app`` change drops that app's
         tokens (and any token whose app Keyplane did not name)."""
         self.generation += 1
-        field = _FIELDS.get(kind)
+        field = CHANGE_FIELDS.get(kind)
         if field is None:
-            dropped = len(self._data)
-            self._data.clear()
+            dropped = len(self.entries)
+            self.entries.clear()
             return dropped
-        doomed = [d for d, (_, ident) in self._data.items() if ident.get(field) == ref or (
+        doomed = [d for d, (_, ident) in self.entries.items() if ident.get(field) == ref or (
             kind == "app" and ident.get("kind") == "access_token" and not ident.get("app_id"))]
         for d in doomed:
-            del self._data[d]
+            del self.entries[d]
         return len(doomed)
 
     def set_live(self, live: bool) -> None:
@@ -89,13 +90,13 @@ class VerdictCache:
         if not live:
             self.generation += 1
             cutoff = self.timer() + self.degraded_ttl
-            for digest, (deadline, ident) in list(self._data.items()):
+            for digest, (deadline, ident) in list(self.entries.items()):
                 if deadline > cutoff:
-                    self._data[digest] = (cutoff, ident)
+                    self.entries[digest] = (cutoff, ident)
 
     def clear(self) -> None:
         self.generation += 1
-        self._data.clear()
+        self.entries.clear()
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self.entries)

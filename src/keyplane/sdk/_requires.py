@@ -20,11 +20,11 @@ handling).
 # no ``from __future__ import annotations`` here: FastAPI reads the dependency's annotations
 import functools
 import inspect
-import re
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, overload
 
 from keyplane.sdk._cache import Identity
+from keyplane.sdk._protocol import valid_scope
 from keyplane.sdk._responses import Denied, bearer_challenge
 
 try:  # only to tell FastAPI what to inject; the SDK itself does not need Starlette
@@ -35,7 +35,6 @@ except ImportError:  # pragma: no cover
 __all__ = ["requires"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_SCOPE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}:[a-z][a-z0-9_-]{0,19}$")
 
 
 def _missing_key(realm: str = "api") -> Denied:
@@ -70,7 +69,7 @@ class Requires:
 
     def __init__(self, scopes: tuple[str, ...]) -> None:
         for scope in scopes:
-            if not isinstance(scope, str) or not _SCOPE_RE.match(scope):
+            if not valid_scope(scope):
                 raise ValueError(f"requires(): {scope!r} is not an 'area:action' scope")
         self.scopes = frozenset(scopes)
         self._label = " ".join(sorted(self.scopes))

@@ -7,27 +7,12 @@ that is not itself a trusted proxy (ASVS 5.0 4.1.3), so a client cannot prepend 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-# the core's pure address rules (IPv4-mapped IPv6 becomes IPv4), memoised for the hot path
-from keyplane.core.policy import Address, Network, parse_address
+from keyplane.sdk._protocol import in_networks, parse_address, parse_networks
 
-
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    out: list[Network] = []
-    for value in values:
-        net = ipaddress.ip_network(value.strip(), strict=False)
-        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped:
-            mapped = net.network_address.ipv4_mapped
-            net = ipaddress.ip_network(f"{mapped}/{max(net.prefixlen - 96, 0)}", strict=False)
-        out.append(net)
-    return tuple(out)
-
-
-def _trusted(addr: Address, networks: tuple[Network, ...]) -> bool:
-    return any(addr.version == n.version and addr in n for n in networks)
+__all__ = ["Peer"]
 
 
 def _header(scope: Any, name: bytes) -> str | None:
@@ -52,7 +37,7 @@ class Peer:
         if known is None:
             addr = parse_address(host.partition("%")[0])  # a link-local peer's zone id
             known = (str(addr) if addr is not None else None,
-                     addr is not None and bool(self.trusted) and _trusted(addr, self.trusted))
+                     addr is not None and bool(self.trusted) and in_networks(addr, self.trusted))
             if len(self._hosts) >= self.MAX_REMEMBERED:
                 self._hosts.clear()
             self._hosts[host] = known
@@ -78,7 +63,7 @@ class Peer:
             addr = parse_address(hop)
             if addr is None:
                 return None, tls  # garbage in the chain: refuse to guess an address
-            if not _trusted(addr, self.trusted):
+            if not in_networks(addr, self.trusted):
                 return str(addr), tls
         first = parse_address(hops[0]) if hops else None
         return (str(first) if first is not None else peer), tls

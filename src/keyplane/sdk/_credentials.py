@@ -1,0 +1,59 @@
+"""Where a request carries its key, and whether it is worth asking Keyplane about.
+
+The key is read from ``Authorization: Bearer <key>``, ``Authorization: Bearer <name>:<key>``,
+``X-API-Key`` or one of the configured legacy headers, in that order. A key that is not
+well-formed (Keyplane's checksum, or an imported key's shape when those are accepted) is
+refused offline: Keyplane is never asked about a typo or a random string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from keyplane.sdk._protocol import foreign_shape, prefix_of
+
+__all__ = ["MAX_KEY_LENGTH", "Credentials"]
+
+MAX_KEY_LENGTH = 256  # longer is refused before anything is computed from it
+
+
+class Credentials:
+    """``legacy_headers``: other header names that may carry the key. ``key_prefixes``:
+    accepted prefixes (``None``: any well-formed). ``imported_keys``: also accept the shape of
+    keys imported in a foreign format."""
+
+    def __init__(self, legacy_headers: Iterable[str] = (),
+                 key_prefixes: Collection[str] | None = None,
+                 imported_keys: bool = False) -> None:
+        self.legacy = frozenset(h.strip().lower().encode("latin-1") for h in legacy_headers
+                                if h.strip())
+        self.prefixes = frozenset(key_prefixes) if key_prefixes is not None else None
+        self.imported = imported_keys
+
+    def extract(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """The key an ASGI request's headers carry, or ``None``."""
+        auth = api = legacy = None
+        for name, value in headers:
+            if name == b"authorization":
+                if auth is None:
+                    scheme, _, rest = value.partition(b" ")
+                    if scheme.lower() == b"bearer" and rest.strip():
+                        auth = rest
+            elif name == b"x-api-key":
+                if api is None and value.strip():
+                    api = value
+            elif legacy is None and name in self.legacy and value.strip():
+                legacy = value
+        found = auth or api or legacy
+        if found is None:
+            return None
+        # "<name>:<key>" is accepted too; a key never contains ':'
+        return found.decode("latin-1").rpartition(":")[2].strip()
+
+    def well_formed(self, raw: str) -> bool:
+        """Whether Keyplane may know ``raw``: its checksum (and an accepted prefix), or the
+        shape of an imported key when those are accepted."""
+        if len(raw) > MAX_KEY_LENGTH:
+            return False
+        return prefix_of(raw, self.prefixes) is not None or (
+            self.imported and foreign_shape(raw))
