@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 serve: $(STAMP) ## Install, migrate SQLite, create a demo tenant (first run) and serve on :8080
 	KEYPLANE_LOG_FORMAT=$${KEYPLANE_LOG_FORMAT:-text} $(BIN)/keyplane serve --demo --host $(HOST) --port $(PORT)
 
-lint: $(STAMP) ## ruff and mypy (strict on the core)
+lint: $(STAMP) ## ruff and mypy --strict
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
