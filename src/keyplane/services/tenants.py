@@ -74,7 +74,8 @@ def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
 
 def _view(tenant: Tenant) -> dict[str, Any]:
     """The tenant as its audit entries record it (a copy: later edits do not reach it)."""
-    return json.loads(json.dumps(asdict(tenant), default=str))  # type: ignore[no-any-return]
+    view: dict[str, Any] = json.loads(json.dumps(asdict(tenant), default=str))
+    return view
 
 
 class TenantService:

@@ -103,23 +103,23 @@ async def confirm_disable(request: Request, tenant_id: str) -> Response:
     return await account_page(request, OP, view)
 
 
-def _set_enabled(request: Request, tenant_id: str, enabled: bool) -> Any:
+async def _set_enabled(request: Request, tenant_id: str, enabled: bool) -> Response:
     def view(c: AccountConsole, form: FormData) -> Response:
         c.kp.tenants.update(c.caller, tenant_id, {"enabled": enabled})
         done = "enabled" if enabled else "disabled"
         return RedirectResponse(f"/operator/tenants?done={done}", status_code=303)
 
-    return account_action(request, OP, view)
+    return await account_action(request, OP, view)
 
 
 @router.post("/operator/tenants/{tenant_id}/disable")
 async def disable_tenant(request: Request, tenant_id: str) -> Response:
-    return await _set_enabled(request, tenant_id, False)  # type: ignore[no-any-return]
+    return await _set_enabled(request, tenant_id, False)
 
 
 @router.post("/operator/tenants/{tenant_id}/enable")
 async def enable_tenant(request: Request, tenant_id: str) -> Response:
-    return await _set_enabled(request, tenant_id, True)  # type: ignore[no-any-return]
+    return await _set_enabled(request, tenant_id, True)
 
 
 # -- partner apps ---------------------------------------------------------------------------
