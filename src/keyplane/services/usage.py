@@ -24,6 +24,7 @@ from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import Caller
 from keyplane.core.tokens import redact_secrets
 from keyplane.services.context import Context
+from keyplane.services.keys import KeyService
 
 log = logging.getLogger("keyplane.usage")
 
@@ -273,10 +274,10 @@ class UsageService:
     """Reading a key's usage series (``GET /v1/keys/{id}/usage``), and the uses verifiers
     answered from their own caches (``POST /v1/usage``)."""
 
-    def __init__(self, ctx: Context, keys: Any, store: UsageStore,
+    def __init__(self, ctx: Context, keys: KeyService, store: UsageStore,
                  recorder: UsageRecorder) -> None:
         self.ctx = ctx
-        self.keys = keys  # KeyService: it decides who may see the key
+        self.keys = keys  # it decides who may see the key
         self.store = store
         self.recorder = recorder
         self.owners: dict[str, OwnerLookup] = {"key_": _key_owner}
