@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
@@ -26,7 +26,12 @@ from keyplane.core.model import (
 from keyplane.storage.sql import tables as t
 
 
-def _page(rows: list[Any], limit: int, build: Any) -> Page:
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...  # the page's cursor
+
+
+def _page(rows: list[RowMapping], limit: int, build: Callable[[RowMapping], _Identified]) -> Page:
     items = [build(r) for r in rows[:limit]]
     next_cursor = items[-1].id if len(rows) > limit and items else None
     return Page(items=items, next_cursor=next_cursor)
@@ -398,7 +403,7 @@ class SqlScopes:
 
 
 class SqlChanges:
-    def __init__(self, conn: Connection, now: Any) -> None:
+    def __init__(self, conn: Connection, now: Callable[[], datetime]) -> None:
         self.conn = conn
         self._now = now
 

@@ -17,6 +17,8 @@ from keyplane.core.accounts import AccountKind
 from keyplane.core.apps import AppStatus
 from keyplane.core.errors import KeyplaneError, ValidationError
 from keyplane.oauth.wiring import connected
+from keyplane.services.accounts import Invitation
+from keyplane.services.keys import IssuedKey
 from keyplane.web.console import present
 from keyplane.web.console.accounts import AccountConsole, account_action, account_page, text
 from keyplane.web.console.base import sentence
@@ -221,7 +223,7 @@ KEY_SCOPES = {"keys:verify": "Verify keys (for your API servers and gateways)",
 
 
 def _keys(c: AccountConsole, *, values: dict[str, Any] | None = None,
-          errors: dict[str, str] | None = None, issued: Any = None,
+          errors: dict[str, str] | None = None, issued: IssuedKey | None = None,
           status: int = 200) -> Response:
     result = c.kp.keys.list(c.caller, None, operator=True, limit=200)
     return c.render("console/operator_keys.html", {
@@ -284,7 +286,7 @@ async def revoke_key(request: Request, key_id: str) -> Response:
 # -- partner developers -------------------------------------------------------------------------
 
 def _partners(c: AccountConsole, *, email: str = "", errors: dict[str, str] | None = None,
-              invitation: Any = None, status: int = 200) -> Response:
+              invitation: Invitation | None = None, status: int = 200) -> Response:
     result = connected(c.kp).accounts.list(c.caller, AccountKind.DEVELOPER, limit=PAGE_SIZE,
                                            cursor=c.cursor)
     env = connected(c.kp)
