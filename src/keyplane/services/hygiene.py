@@ -73,7 +73,7 @@ class HygieneService:
 
     def report(self, caller: Caller, tenant_id: str | None, *,
                thresholds: hy.Thresholds = hy.Thresholds(), reason: str | None = None,
-               limit: int = 50, cursor: str | None = None) -> Page:
+               limit: int = 50, cursor: str | None = None) -> Page[Flagged]:
         """The tenant's live keys with at least one reason (or ``reason``), newest first,
         paged by key id like ``GET /v1/keys``."""
         tid = caller.tenant_for(tenant_id)

@@ -110,7 +110,7 @@ class TenantService:
             raise NotFound("no such tenant")
         return tenant
 
-    def list(self, caller: Caller, *, limit: int, cursor: str | None) -> Page:
+    def list(self, caller: Caller, *, limit: int, cursor: str | None) -> Page[Tenant]:
         caller.require("platform:read")
         with self.ctx.uow(readonly=True) as uow:
             return uow.tenants.page(limit=limit, cursor=cursor)
