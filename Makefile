@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 serve: $(STAMP) ## Install, migrate SQLite, create a demo tenant (first run) and serve on :8080
 	KEYPLANE_LOG_FORMAT=$${KEYPLANE_LOG_FORMAT:-text} $(BIN)/keyplane serve --demo --host $(HOST) --port $(PORT)
 
-lint: $(STAMP) ## ruff, mypy (strict on the core) and the import contracts (.importlinter)
+lint: $(STAMP) ## ruff, mypy --strict and the import contracts (.importlinter)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 	$(BIN)/lint-imports

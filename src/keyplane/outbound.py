@@ -49,7 +49,8 @@ class GuardedBackend(httpcore2.SyncBackend):
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                     local_address: str | None = None,
-                    socket_options: Iterable[object] | None = None) -> httpcore2.NetworkStream:
+                    socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+                    ) -> httpcore2.NetworkStream:
         try:
             addresses = self.resolver.resolve(host, port)
         except OSError as exc:
@@ -60,7 +61,7 @@ class GuardedBackend(httpcore2.SyncBackend):
         for address in addresses:
             try:
                 return super().connect_tcp(address, port, timeout, local_address,
-                                           socket_options)  # type: ignore[arg-type]
+                                           socket_options)
             except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
                 last = exc
         raise last or httpcore2.ConnectError(f"{host} has no address")

@@ -156,6 +156,10 @@ class VerificationCache:
         # thread: Redis, the change poller) cannot slip between them and leave a stale entry
         self._generation_lock = threading.Lock()
 
+    @property
+    def entries(self) -> int:
+        return len(self.hits)
+
     def get(self, digest: CacheKey) -> Snapshot | type[MISSING] | None:
         now = self.timer()
         found = self.hits.get(digest, now)

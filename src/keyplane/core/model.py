@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 
 class Role(StrEnum):
@@ -201,9 +201,12 @@ class Share:
         return "ready"
 
 
+_T = TypeVar("_T")
+
+
 @dataclass(frozen=True)
-class Page:
-    items: list[Any]
+class Page(Generic[_T]):
+    items: list[_T]
     next_cursor: str | None
 
 

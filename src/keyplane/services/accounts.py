@@ -131,7 +131,7 @@ class AccountService:
         return account
 
     def list(self, caller: Caller, kind: AccountKind, *, limit: int = 50,
-             cursor: str | None = None) -> Page:
+             cursor: str | None = None) -> Page[Account]:
         caller.require("platform:read")
         with self.ctx.uow(readonly=True) as uow:
             return self.repos(uow).accounts.page(kind, limit=limit, cursor=cursor)

@@ -206,7 +206,7 @@ class AppService:
 
     # last in the class: defining `list` shadows the builtin in annotations below it
     def list(self, caller: Caller, tenant_id: str | None, *, status: str | None = None,
-             limit: int = 50, cursor: str | None = None) -> Page:
+             limit: int = 50, cursor: str | None = None) -> Page[App]:
         owner = self._owner_scope(caller, tenant_id, "read")
         if status is not None and status not in {s.value for s in AppStatus}:
             raise ValidationError("status must be one of pending, approved, rejected, "

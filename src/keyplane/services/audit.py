@@ -102,7 +102,7 @@ class AuditService:
         self.refusals.refused(caller, route, status, code, target)
 
     def list(self, caller: Caller, tenant_id: str | None, *, action: str | None = None,
-             limit: int, cursor: str | None, where: AuditFilter | None = None) -> Page:
+             limit: int, cursor: str | None, where: AuditFilter | None = None) -> Page[AuditEvent]:
         """Newest first, filtered; ``next_cursor`` is opaque and stable while entries are
         appended (a tenant's pages follow its chain's sequence numbers)."""
         if caller.is_operator and not tenant_id:

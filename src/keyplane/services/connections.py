@@ -457,7 +457,7 @@ class ConnectionService:
 
     # last in the class: defining `list` shadows the builtin in annotations below it
     def list(self, caller: Caller, tenant_id: str | None, *, limit: int = 50,
-             cursor: str | None = None) -> Page:
+             cursor: str | None = None) -> Page[ConnectionView]:
         tid = caller.tenant_for(tenant_id)
         caller.require("keys:read")
         with self.ctx.uow(readonly=True) as uow:

@@ -18,6 +18,7 @@ from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import SYSTEM, Caller
 from keyplane.core.views import key_view, ts
 from keyplane.services.context import Context
+from keyplane.services.keys import KeyService
 from keyplane.services.periodic import Timer, lease_owner
 
 log = logging.getLogger("keyplane.hygiene")
@@ -56,11 +57,11 @@ class PolicyRun:
 
 
 class HygieneService:
-    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], HygieneRepo], keys: Any, *,
-                 interval: timedelta = timedelta(hours=1)) -> None:
+    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], HygieneRepo],
+                 keys: KeyService, *, interval: timedelta = timedelta(hours=1)) -> None:
         self.ctx = ctx
         self.repos = repos
-        self.keys = keys  # KeyService: one way to revoke a key
+        self.keys = keys  # one way to revoke a key
         self.interval = interval
         self.owner = lease_owner()
         self.before_run: list[Callable[[], object]] = []  # e.g. flush this process's usage
@@ -72,7 +73,7 @@ class HygieneService:
 
     def report(self, caller: Caller, tenant_id: str | None, *,
                thresholds: hy.Thresholds = hy.Thresholds(), reason: str | None = None,
-               limit: int = 50, cursor: str | None = None) -> Page:
+               limit: int = 50, cursor: str | None = None) -> Page[Flagged]:
         """The tenant's live keys with at least one reason (or ``reason``), newest first,
         paged by key id like ``GET /v1/keys``."""
         tid = caller.tenant_for(tenant_id)

@@ -228,7 +228,7 @@ class KeyService:
 
     def list(self, caller: Caller, tenant_id: str | None, *, owner_id: str | None = None,
              enabled: bool | None = None, q: str | None = None, limit: int = 50,
-             cursor: str | None = None, operator: bool = False) -> Page:
+             cursor: str | None = None, operator: bool = False) -> Page[ApiKey]:
         tid = self._scope_of(caller, tenant_id, operator)
         caller.require("keys:read")
         with self.ctx.uow(readonly=True) as uow:

@@ -13,7 +13,7 @@ chat log, names raw secrets; each is looked up by digest and the tenant's policy
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -25,6 +25,7 @@ from keyplane.core.errors import Conflict, ValidationError
 from keyplane.core.model import ApiKey, KeyLeak, LeakAction, Role
 from keyplane.core.ports import SafetyRepos, UnitOfWork
 from keyplane.core.rights import Caller
+from keyplane.services.connections import ConnectionService
 from keyplane.services.context import Context
 
 MAX_REPORTS = 1000
@@ -95,9 +96,9 @@ def parse_reports(payload: Any) -> list[LeakReport]:
 
 
 class LeakService:
-    def __init__(self, ctx: Context, safety: Any, connections: Any | None = None) -> None:
-        """``safety``: unit of work → :class:`SafetyRepos`; ``connections``: the
-        connected-app service (OAuth tokens), when installed."""
+    def __init__(self, ctx: Context, safety: Callable[[UnitOfWork], SafetyRepos],
+                 connections: ConnectionService | None = None) -> None:
+        """``connections``: the connected-app service (OAuth tokens), when installed."""
         self.ctx = ctx
         self.safety = safety
         self.connections = connections
@@ -108,7 +109,7 @@ class LeakService:
         body) a body already accepted within the replay window is refused (409)."""
         with self.ctx.uow() as uow:
             if replay_digest is not None:
-                repos: SafetyRepos = self.safety(uow)
+                repos = self.safety(uow)
                 now = self.ctx.clock.now()
                 repos.reports.forget_before(now - REPLAY_WINDOW)
                 if not repos.reports.remember(replay_digest, now):
@@ -125,7 +126,7 @@ class LeakService:
         if parsed is None and not lg.foreign_shape(report.token):
             return LeakOutcome(report, found=False)  # no storage touched
         # (a foreign-format string may be an imported key: looked up by its keyed digest)
-        prefixes = getattr(self.connections, "prefixes", None)
+        prefixes = self.connections.prefixes if self.connections is not None else None
         if parsed is not None and prefixes is not None and parsed.prefix in (
                 prefixes.access_token, prefixes.refresh_token):
             return self._token(uow, caller, report)

@@ -193,7 +193,7 @@ class PrincipalService:
         kind: PrincipalKind | None,
         limit: int,
         cursor: str | None,
-    ) -> Page:
+    ) -> Page[Principal]:
         tid = caller.tenant_for(tenant_id)
         caller.require("members:read")
         with self.ctx.uow(readonly=True) as uow:

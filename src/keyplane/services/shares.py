@@ -9,6 +9,7 @@ so of two openings exactly one gets it. A link ends when opened, withdrawn or ex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -33,14 +34,12 @@ class ShareGone(Conflict):
 
 
 class ShareService:
-    def __init__(self, ctx: Context, repos: Any) -> None:
-        """``repos``: unit of work → :class:`SafetyRepos`."""
+    def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], SafetyRepos]) -> None:
         self.ctx = ctx
         self.repos = repos
 
     def _repos(self, uow: UnitOfWork) -> SafetyRepos:
-        out: SafetyRepos = self.repos(uow)
-        return out
+        return self.repos(uow)
 
     def create(self, caller: Caller, tenant_id: str | None, body: dict[str, Any], *,
                operator: bool = False) -> Share:

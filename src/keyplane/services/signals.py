@@ -28,6 +28,7 @@ from keyplane.core.ports import UnitOfWork
 from keyplane.core.rights import SYSTEM
 from keyplane.core.views import key_view, ts
 from keyplane.services.context import Context
+from keyplane.services.usage import Address
 
 log = logging.getLogger("keyplane.events")
 
@@ -67,7 +68,7 @@ class KeySignals:
         self._stored: dict[tuple[str, str], datetime] = {}  # written by us, and when
         self._next_prune = 0.0
 
-    def __call__(self, addresses: dict[str, dict[Any, datetime]],
+    def __call__(self, addresses: dict[str, dict[Address, datetime]],
                  by_outcome: Counter[tuple[str, str]]) -> None:
         """Runs after a usage flush; opens a transaction only when there is news to check."""
         if addresses:
@@ -86,7 +87,7 @@ class KeySignals:
 
     # -- new networks ----------------------------------------------------------------------------
 
-    def _addresses(self, addresses: dict[str, dict[Any, datetime]]) -> None:
+    def _addresses(self, addresses: dict[str, dict[Address, datetime]]) -> None:
         # what this process wrote within the hour needs no write: most flushes write nothing
         pending: dict[str, dict[str, tuple[str, datetime]]] = {}
         for key_id, seen in addresses.items():

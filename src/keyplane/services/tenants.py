@@ -75,7 +75,8 @@ def _apply_policy(policy: TenantPolicy, body: dict[str, Any]) -> None:
 
 def _view(tenant: Tenant) -> dict[str, Any]:
     """The tenant as its audit entries record it (a copy: later edits do not reach it)."""
-    return json.loads(json.dumps(asdict(tenant), default=str))  # type: ignore[no-any-return]
+    view: dict[str, Any] = json.loads(json.dumps(asdict(tenant), default=str))
+    return view
 
 
 class TenantService:
@@ -110,7 +111,7 @@ class TenantService:
             raise NotFound("no such tenant")
         return tenant
 
-    def list(self, caller: Caller, *, limit: int, cursor: str | None) -> Page:
+    def list(self, caller: Caller, *, limit: int, cursor: str | None) -> Page[Tenant]:
         caller.require("platform:read")
         with self.ctx.uow(readonly=True) as uow:
             return uow.tenants.page(limit=limit, cursor=cursor)

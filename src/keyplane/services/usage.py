@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from keyplane.core.errors import ValidationError
@@ -24,6 +25,7 @@ from keyplane.core.ports import ScopeCounts, ScopeUsageStore, UnitOfWork, UsageS
 from keyplane.core.rights import Caller
 from keyplane.core.tokens import redact_secrets
 from keyplane.services.context import Context
+from keyplane.services.keys import KeyService
 
 log = logging.getLogger("keyplane.usage")
 
@@ -31,10 +33,12 @@ log = logging.getLogger("keyplane.usage")
 # transaction, e.g. connected apps' last use and request counts
 UsageSink = Callable[[UnitOfWork, dict[str, datetime], Counter[tuple[str, str]]], None]
 
+Address = IPv4Address | IPv6Address
+
 # (addresses each key was used from since the last flush, request counts by (id, outcome)),
 # after the counts are written: what is learnt from uses, e.g. a key used from a new network
 # (services/signals.py); a watcher opens its own transaction when it has something to write
-UsageWatcher = Callable[[dict[str, dict[Any, datetime]], Counter[tuple[str, str]]], None]
+UsageWatcher = Callable[[dict[str, dict[Address, datetime]], Counter[tuple[str, str]]], None]
 MAX_ADDRESS_KEYS = 50_000  # keys whose addresses are kept between flushes (bounded memory)
 MAX_ADDRESSES_PER_KEY = 32
 
@@ -65,8 +69,8 @@ class UsageRecorder:
         self._needed: dict[tuple[str, frozenset[str]], int] = {}  # this hour, by scope set
         self.scopes_dropped = 0  # uses not counted per scope because the buffer was full
         self._last_used: dict[str, datetime] = {}
-        self._addresses: dict[str, dict[Any, datetime]] = {}  # key id -> address -> first use
-        self._last_ip: dict[str, Any] = {}  # key id -> the address of its last use
+        self._addresses: dict[str, dict[Address, datetime]] = {}  # key id -> address -> first use
+        self._last_ip: dict[str, Address] = {}  # key id -> the address of its last use
         self._counts: Counts = Counter()  # earlier hours
         # the hour being counted, by (key id, outcome): no datetime is hashed per request
         self._current: dict[tuple[str, str], int] = {}
@@ -81,7 +85,7 @@ class UsageRecorder:
         self.denials_dropped = 0  # refusals only counted: too many keys refused at once
 
     def record(self, key_id: str, at: datetime, outcome: str, count: int = 1,
-               scopes: frozenset[str] = NO_SCOPES, ip: Any = None,
+               scopes: frozenset[str] = NO_SCOPES, ip: Address | None = None,
                reason: str | None = None) -> None:
         """Counts ``count`` verifications. ``scopes``: what a valid use needed (per-scope
         usage, for the hygiene report's "broader than used"), counted by the set and spread per
@@ -255,10 +259,10 @@ class UsageService:
     """Reading a key's usage series (``GET /v1/keys/{id}/usage``), and the uses verifiers
     answered from their own caches (``POST /v1/usage``)."""
 
-    def __init__(self, ctx: Context, keys: Any, store: UsageStore,
+    def __init__(self, ctx: Context, keys: KeyService, store: UsageStore,
                  recorder: UsageRecorder) -> None:
         self.ctx = ctx
-        self.keys = keys  # KeyService: it decides who may see the key
+        self.keys = keys  # it decides who may see the key
         self.store = store
         self.recorder = recorder
         self.owners: dict[str, OwnerLookup] = {"key_": _key_owner}

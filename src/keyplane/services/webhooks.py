@@ -201,7 +201,7 @@ class WebhookService:
             return self._load(uow, tid, webhook_id)
 
     def list(self, caller: Caller, tenant_id: str | None, *, limit: int,
-             cursor: str | None) -> Page:
+             cursor: str | None) -> Page[Webhook]:
         tid = self._tenant(caller, tenant_id, write=False)
         with self.ctx.uow(readonly=True) as uow:
             return self.repos(uow).page(tid, limit=limit, cursor=cursor)
@@ -271,7 +271,7 @@ class WebhookService:
         return IssuedWebhook(w, raw)
 
     def deliveries(self, caller: Caller, tenant_id: str | None, webhook_id: str, *,
-                   status: str | None, limit: int, cursor: str | None) -> Page:
+                   status: str | None, limit: int, cursor: str | None) -> Page[Delivery]:
         tid = self._tenant(caller, tenant_id, write=False)
         if status is not None and status not in {s.value for s in DeliveryStatus}:
             raise ValidationError("status: one of pending, succeeded, failed", field="status")

@@ -155,7 +155,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
         schema["paths"][forwardauth.PATH] = forwardauth.path_item()
         return schema
 
-    app.openapi = with_forward_auth  # type: ignore[method-assign]
+    app.openapi = with_forward_auth  # type: ignore[method-assign]  # as FastAPI documents
     contract.install(app, scopes, webhook_url=url_pattern(
         allow_http=kp.settings.webhook_allow_private_targets))
     return app

@@ -9,7 +9,6 @@ import logging
 import random
 import re
 import time
-from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -137,7 +136,7 @@ def log_request(scope: Scope, status: int, started: float, request_id: str,
             row = metrics.row(scope.get("method"), getattr(found, "path", None) or UNMATCHED)
     if row is not None:
         observe(row, elapsed)
-    client: Any = scope.get("client") or ("-", 0)
+    client: tuple[str, int] = scope.get("client") or ("-", 0)
     writer = logs.access_writer
     if writer is not None:
         path = scope.get("path")

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.errors import Conflict, NotFound, RateLimited, ValidationError
@@ -37,7 +38,7 @@ def _page(request: Request, template: str, context: dict[str, Any], *,
     return response
 
 
-def _csrf_ok(request: Request, form: Any) -> bool:
+def _csrf_ok(request: Request, form: FormData) -> bool:
     binding = request.cookies.get(pages.csrf_cookie(request))
     return pages.env_of(request).sessions.csrf_ok(binding, form.get("csrf_token"))
 

@@ -3,7 +3,7 @@
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeAlias
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BeforeValidator
@@ -15,6 +15,7 @@ from keyplane.core.model import Principal, PrincipalKind
 from keyplane.services.audit import CURSOR_PATTERN, AuditFilter
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
 from keyplane.web.schemas import (
+    Body,
     GroupCreate,
     GroupPatch,
     MemberCreate,
@@ -69,12 +70,21 @@ def _with_note(kp: Keyplane, principal: Principal) -> dict[str, Any]:
     return out
 
 
-def _principal_routes(prefix: str, kind: PrincipalKind, create_model: type,
-                      patch_model: type, tag: str) -> None:
+def _principal_routes(prefix: str, kind: PrincipalKind, create_model: type[Body],
+                      patch_model: type[Body], tag: str) -> None:
+    # FastAPI reads each body's model from the annotation at run time, so the annotation must be
+    # the class passed in; mypy takes no variable as a type, and sees the common base instead.
+    if TYPE_CHECKING:
+        CreateBody: TypeAlias = Body
+        PatchBody: TypeAlias = Body
+    else:
+        CreateBody = create_model
+        PatchBody = patch_model
+
     @router.post(prefix, status_code=201, tags=[tag], summary=f"Create a {tag[:-1]}")
-    def create(body: create_model, caller: CallerDep, kp: KeyplaneDep,  # type: ignore[valid-type]
+    def create(body: CreateBody, caller: CallerDep, kp: KeyplaneDep,
                tenant_id: TenantParam = None) -> dict[str, Any]:
-        made = kp.principals.create(caller, tenant_id, kind, body.fields())  # type: ignore[attr-defined]
+        made = kp.principals.create(caller, tenant_id, kind, body.fields())
         return _with_note(kp, made)
 
     @router.get(prefix, tags=[tag], summary=f"List {tag}")
@@ -93,11 +103,11 @@ def _principal_routes(prefix: str, kind: PrincipalKind, create_model: type,
 
     @router.patch(prefix + "/{principal_id}", tags=[tag],
                   summary=f"Change a {tag[:-1]} (role, groups, enabled)")
-    def edit(principal_id: str, body: patch_model, caller: CallerDep,  # type: ignore[valid-type]
+    def edit(principal_id: str, body: PatchBody, caller: CallerDep,
              kp: KeyplaneDep, tenant_id: TenantParam = None) -> dict[str, Any]:
         show(principal_id, caller, kp, tenant_id)
         return _with_note(kp, kp.principals.update(caller, tenant_id, principal_id,
-                                                   body.fields()))  # type: ignore[attr-defined]
+                                                   body.fields()))
 
     @router.delete(prefix + "/{principal_id}", status_code=204, tags=[tag],
                    summary=f"Remove a {tag[:-1]} and revoke its keys")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Query
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["keys"])
 ReportDays = Annotated[int, Query(ge=1, le=hy.MAX_REPORT_DAYS)]
 ReasonName = Literal["never_used", "unused", "no_expiry", "expiring", "expired",
                      "owner_disabled", "write_scopes_unused", "scopes_unused"]
-assert set(ReasonName.__args__) == set(hy.REASONS)  # type: ignore[attr-defined]
+assert set(get_args(ReasonName)) == set(hy.REASONS)
 
 
 @router.get("/v1/reports/keys", summary="Keys that need attention, with the reasons")

@@ -60,7 +60,7 @@ class SqlAccounts:
         row.pop("id")
         self.conn.execute(accounts.update().where(accounts.c.id == account.id).values(**row))
 
-    def page(self, kind: AccountKind, *, limit: int, cursor: str | None) -> Page:
+    def page(self, kind: AccountKind, *, limit: int, cursor: str | None) -> Page[Account]:
         q = _newest_first(accounts.select().where(accounts.c.kind == kind.value),
                           accounts.c.id, cursor, limit)
         return _page(list(self.conn.execute(q).mappings()), limit, self._build)

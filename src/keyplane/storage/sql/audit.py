@@ -90,7 +90,7 @@ class SqlAudit:
 
     def page(self, tenant_id: str | None, *, action: str | None, limit: int,
              cursor: str | None, actor: str | None = None, target: str | None = None,
-             since: datetime | None = None, until: datetime | None = None) -> Page:
+             since: datetime | None = None, until: datetime | None = None) -> Page[AuditEvent]:
         """Newest first. In one tenant the order is the chain's (the cursor is a sequence
         number, so entries appended meanwhile never shift a page); across tenants, by id."""
         q = t.audit_events.select()

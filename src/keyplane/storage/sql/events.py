@@ -236,7 +236,7 @@ class SqlEvents:
         self.conn.execute(automations.delete().where(A.id == automation_id,
                                                      A.tenant_id == tenant_id))
 
-    def automations(self, tenant_id: str, *, limit: int, cursor: str | None) -> Page:
+    def automations(self, tenant_id: str, *, limit: int, cursor: str | None) -> Page[Automation]:
         q = _newest_first(automations.select().where(A.tenant_id == tenant_id), A.id, cursor,
                           limit)
         return _page(list(self.conn.execute(q).mappings()), limit, _automation)

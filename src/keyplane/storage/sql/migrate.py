@@ -44,8 +44,10 @@ def upgrade(engine: Engine, revision: str = "heads") -> None:
 
 def _sqlite_foreign_keys(conn: Connection, *, on: bool) -> None:
     # outside any transaction (SQLite ignores this pragma inside one), on the driver connection
-    conn.connection.driver_connection.execute(  # type: ignore[union-attr]
-        f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    driver = conn.connection.driver_connection
+    if driver is None:  # only an invalidated connection has none
+        raise RuntimeError("the SQLite connection is closed")
+    driver.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
 
 
 def current(engine: Engine) -> str | None:

@@ -79,7 +79,7 @@ class SqlApps:
         self.conn.execute(o.oauth_apps.update().where(o.oauth_apps.c.id == app.id).values(**row))
 
     def page(self, *, owner_tenant_id: str | None, status: str | None, limit: int,
-             cursor: str | None, developer_id: str | None = None) -> Page:
+             cursor: str | None, developer_id: str | None = None) -> Page[App]:
         c = o.oauth_apps.c
         q = o.oauth_apps.select()
         if owner_tenant_id is not None:
@@ -176,7 +176,7 @@ class SqlConnections:
         return self._build(r) if r else None
 
     def page(self, tenant_id: str, *, active_at: datetime | None, limit: int,
-             cursor: str | None) -> Page:
+             cursor: str | None) -> Page[Connection]:
         c = o.oauth_connections.c
         q = o.oauth_connections.select().where(c.tenant_id == tenant_id)
         if active_at is not None:

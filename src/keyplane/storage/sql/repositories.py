@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
@@ -26,7 +26,16 @@ from keyplane.core.model import (
 from keyplane.storage.sql import tables as t
 
 
-def _page(rows: list[Any], limit: int, build: Any) -> Page:
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...  # the page's cursor
+
+
+_Item = TypeVar("_Item", bound=_Identified)
+
+
+def _page(rows: list[RowMapping], limit: int, build: Callable[[RowMapping], _Item],
+          ) -> Page[_Item]:
     items = [build(r) for r in rows[:limit]]
     next_cursor = items[-1].id if len(rows) > limit and items else None
     return Page(items=items, next_cursor=next_cursor)
@@ -92,7 +101,7 @@ class SqlTenants:
         row.pop("id")
         self.conn.execute(t.tenants.update().where(t.tenants.c.id == tenant.id).values(**row))
 
-    def page(self, *, limit: int, cursor: str | None) -> Page:
+    def page(self, *, limit: int, cursor: str | None) -> Page[Tenant]:
         q = _newest_first(t.tenants.select(), t.tenants.c.id, cursor, limit)
         return _page(list(self.conn.execute(q).mappings()), limit, self._build)
 
@@ -179,7 +188,8 @@ class SqlPrincipals:
             )
         )
 
-    def page(self, tenant_id: str, *, kind: str | None, limit: int, cursor: str | None) -> Page:
+    def page(self, tenant_id: str, *, kind: str | None, limit: int,
+             cursor: str | None) -> Page[Principal]:
         q = t.principals.select().where(t.principals.c.tenant_id == tenant_id)
         if kind:
             q = q.where(t.principals.c.kind == kind)
@@ -309,7 +319,7 @@ class SqlKeys:
         self.conn.execute(t.api_keys.update().where(t.api_keys.c.id == key.id).values(**row))
 
     def page(self, tenant_id: str | None, *, owner_id: str | None, enabled: bool | None,
-             q: str | None, limit: int, cursor: str | None) -> Page:
+             q: str | None, limit: int, cursor: str | None) -> Page[ApiKey]:
         k = t.api_keys.c
         query = t.api_keys.select().where(self._tenant_clause(tenant_id), k.revoked_at.is_(None))
         if owner_id:
@@ -398,7 +408,7 @@ class SqlScopes:
 
 
 class SqlChanges:
-    def __init__(self, conn: Connection, now: Any) -> None:
+    def __init__(self, conn: Connection, now: Callable[[], datetime]) -> None:
         self.conn = conn
         self._now = now
 

@@ -79,7 +79,7 @@ class SqlWebhooks:
         self.conn.execute(webhook_deliveries.delete().where(D.webhook_id == webhook_id))
         self.conn.execute(webhooks.delete().where(W.id == webhook_id, W.tenant_id == tenant_id))
 
-    def page(self, tenant_id: str, *, limit: int, cursor: str | None) -> Page:
+    def page(self, tenant_id: str, *, limit: int, cursor: str | None) -> Page[Webhook]:
         q = _newest_first(webhooks.select().where(W.tenant_id == tenant_id), W.id, cursor, limit)
         return _page(list(self.conn.execute(q).mappings()), limit, _webhook)
 
@@ -108,7 +108,7 @@ class SqlWebhooks:
         return _delivery(row) if row else None
 
     def deliveries(self, webhook_id: str, *, status: str | None, limit: int,
-                   cursor: str | None) -> Page:
+                   cursor: str | None) -> Page[Delivery]:
         q = webhook_deliveries.select().where(D.webhook_id == webhook_id)
         if status is not None:
             q = q.where(D.status == status)

@@ -7,8 +7,9 @@ are managed with ``/v1/webhooks``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -17,7 +18,7 @@ from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.errors import NotFound, PermissionDenied, ValidationError
 from keyplane.core.events import Automation
-from keyplane.core.model import Principal, PrincipalKind
+from keyplane.core.model import Page, Principal, PrincipalKind
 from keyplane.core.webhooks import Webhook
 from keyplane.oauth.wiring import connected
 from keyplane.web.console import present
@@ -55,9 +56,12 @@ def _require_write(c: Console, what: str) -> None:
         raise PermissionDenied(f"your role lets you view automations, not {what}")
 
 
-def _all(fetch: Any) -> list[Any]:
+_T = TypeVar("_T")
+
+
+def _all(fetch: Callable[[str | None], Page[_T]]) -> list[_T]:
     """Every item of a paged service list, up to MAX_SHOWN."""
-    out: list[Any] = []
+    out: list[_T] = []
     cursor = None
     while len(out) < MAX_SHOWN:
         batch = fetch(cursor)

@@ -4,8 +4,8 @@ redirect or a cookie."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
@@ -13,7 +13,7 @@ from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.errors import NotFound, PermissionDenied, ValidationError
-from keyplane.core.model import ApiKey
+from keyplane.core.model import ApiKey, Principal
 from keyplane.core.scopes import is_management
 from keyplane.web import fresh, pages
 from keyplane.web.console import forms, present
@@ -40,8 +40,8 @@ class OneTime:
     note: str
 
 
-def principals_of(c: Console) -> list[Any]:
-    out: list[Any] = []
+def principals_of(c: Console) -> list[Principal]:
+    out: list[Principal] = []
     cursor = None
     while len(out) < MAX_PRINCIPALS:
         batch = c.kp.principals.list(c.caller, c.tenant_id, kind=None, limit=200, cursor=cursor)
@@ -262,7 +262,7 @@ async def duplicate_key(request: Request, key_id: str) -> Response:
     return await action(request, view)
 
 
-def _set_enabled(enabled: bool) -> Any:
+def _set_enabled(enabled: bool) -> Callable[[Request, str], Awaitable[Response]]:
     async def route(request: Request, key_id: str) -> Response:
         def view(c: Console, form: FormData) -> Response:
             c.kp.keys.update(c.caller, c.tenant_id, key_id, {"enabled": enabled},

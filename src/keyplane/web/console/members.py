@@ -11,8 +11,9 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
+from keyplane.core.apps import ConnectionView
 from keyplane.core.errors import Conflict, NotFound, PermissionDenied, ValidationError
-from keyplane.core.model import Principal, PrincipalKind
+from keyplane.core.model import ApiKey, Principal, PrincipalKind
 from keyplane.oauth.wiring import connected
 from keyplane.services.principals import LAST_ADMIN
 from keyplane.web.console import present
@@ -182,13 +183,14 @@ async def enable(request: Request, member_id: str) -> Response:
 
 # -- remove -----------------------------------------------------------------------------------
 
-def _affected(c: Console, member: Principal) -> tuple[list[Any], list[Any], bool]:
+def _affected(c: Console, member: Principal,
+              ) -> tuple[list[ApiKey], list[ConnectionView], bool]:
     """(live keys the member owns, active connections they authorised, more than shown)"""
     keys = c.kp.keys.list(c.caller, c.tenant_id, owner_id=member.id, limit=200)
     now = c.kp.ctx.clock.now()
     live = [k for k in keys.items if k.revoked_at is None and (
         k.expires_at is None or k.expires_at > now)]
-    apps: list[Any] = []
+    apps: list[ConnectionView] = []
     cursor = None
     for _ in range(20):
         batch = connected(c.kp).connections.list(c.caller, c.tenant_id, limit=200,

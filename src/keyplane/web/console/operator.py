@@ -17,6 +17,8 @@ from keyplane.core.accounts import AccountKind
 from keyplane.core.apps import AppStatus
 from keyplane.core.errors import KeyplaneError, ValidationError
 from keyplane.oauth.wiring import connected
+from keyplane.services.accounts import Invitation
+from keyplane.services.keys import IssuedKey
 from keyplane.web.console import present
 from keyplane.web.console.accounts import AccountConsole, account_action, account_page, text
 from keyplane.web.console.base import sentence
@@ -103,23 +105,23 @@ async def confirm_disable(request: Request, tenant_id: str) -> Response:
     return await account_page(request, OP, view)
 
 
-def _set_enabled(request: Request, tenant_id: str, enabled: bool) -> Any:
+async def _set_enabled(request: Request, tenant_id: str, enabled: bool) -> Response:
     def view(c: AccountConsole, form: FormData) -> Response:
         c.kp.tenants.update(c.caller, tenant_id, {"enabled": enabled})
         done = "enabled" if enabled else "disabled"
         return RedirectResponse(f"/operator/tenants?done={done}", status_code=303)
 
-    return account_action(request, OP, view)
+    return await account_action(request, OP, view)
 
 
 @router.post("/operator/tenants/{tenant_id}/disable")
 async def disable_tenant(request: Request, tenant_id: str) -> Response:
-    return await _set_enabled(request, tenant_id, False)  # type: ignore[no-any-return]
+    return await _set_enabled(request, tenant_id, False)
 
 
 @router.post("/operator/tenants/{tenant_id}/enable")
 async def enable_tenant(request: Request, tenant_id: str) -> Response:
-    return await _set_enabled(request, tenant_id, True)  # type: ignore[no-any-return]
+    return await _set_enabled(request, tenant_id, True)
 
 
 # -- partner apps ---------------------------------------------------------------------------
@@ -221,7 +223,7 @@ KEY_SCOPES = {"keys:verify": "Verify keys (for your API servers and gateways)",
 
 
 def _keys(c: AccountConsole, *, values: dict[str, Any] | None = None,
-          errors: dict[str, str] | None = None, issued: Any = None,
+          errors: dict[str, str] | None = None, issued: IssuedKey | None = None,
           status: int = 200) -> Response:
     result = c.kp.keys.list(c.caller, None, operator=True, limit=200)
     return c.render("console/operator_keys.html", {
@@ -284,7 +286,7 @@ async def revoke_key(request: Request, key_id: str) -> Response:
 # -- partner developers -------------------------------------------------------------------------
 
 def _partners(c: AccountConsole, *, email: str = "", errors: dict[str, str] | None = None,
-              invitation: Any = None, status: int = 200) -> Response:
+              invitation: Invitation | None = None, status: int = 200) -> Response:
     result = connected(c.kp).accounts.list(c.caller, AccountKind.DEVELOPER, limit=PAGE_SIZE,
                                            cursor=c.cursor)
     env = connected(c.kp)

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 
 from keyplane.core import scopes as sc
@@ -17,6 +18,7 @@ from keyplane.core.apps import AppStatus
 from keyplane.core.errors import AuthenticationError, KeyplaneError, RateLimited
 from keyplane.core.rights import SYSTEM
 from keyplane.oauth.wiring import connected
+from keyplane.services.apps import IssuedSecret
 from keyplane.web import pages
 from keyplane.web.console import present
 from keyplane.web.console.accounts import (
@@ -163,7 +165,7 @@ async def new_app(request: Request) -> Response:
 
 @router.post("/partners/apps")
 async def register(request: Request) -> Response:
-    def view(c: AccountConsole, form: Any) -> Response:
+    def view(c: AccountConsole, form: FormData) -> Response:
         values: dict[str, Any] = {k: text(form, k) for k in APP_FIELDS[:4]}
         # a ticked Edit asks for View too, so the app may request either in its flows
         values["scopes"] = sorted(sc.expand(
@@ -184,7 +186,8 @@ async def register(request: Request) -> Response:
     return await account_action(request, DEV, view)
 
 
-def _app_page(c: AccountConsole, app_id: str, *, issued: Any = None) -> Response:
+def _app_page(c: AccountConsole, app_id: str, *, issued: IssuedSecret | None = None,
+              ) -> Response:
     env = connected(c.kp)
     app = env.apps.get(c.caller, None, app_id)
     notice = {"registered": "Registered. The operator has been asked to approve it."}.get(
@@ -205,7 +208,7 @@ async def app_detail(request: Request, app_id: str) -> Response:
 
 @router.post("/partners/apps/{app_id}/rotate-secret")
 async def rotate_secret(request: Request, app_id: str) -> Response:
-    def view(c: AccountConsole, form: Any) -> Response:
+    def view(c: AccountConsole, form: FormData) -> Response:
         later = form.get("expire") == "later"
         days = text(form, "grace_days") or "7"
         grace = int(days) * 86400 if later and days.isdigit() and int(days) <= 30 else 0
