@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from keyplane.core.policy import parse_address
-from keyplane.metrics import registry_for
+from keyplane.web.collector import registry_for
 from keyplane.web.deps import caller, kp
 
 router = APIRouter()
