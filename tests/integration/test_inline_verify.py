@@ -171,6 +171,9 @@ def test_what_is_not_remembered_or_not_plain_reaches_the_app(
         many = {**auth(verifier), **{f"x-h{i}": "v" for i in range(120)}}
         r = http.post("/v1/verify", json={"key": secret}, headers=many)
         assert r.status_code == 431
+        r = http.post("/v1/verify", json={"key": secret},
+                      headers={**auth(verifier), "x-pad": "p" * 20_000})
+        assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large"
         # no credential, a wrong credential, a wrong key: the route's answers
         assert http.post("/v1/verify", json={"key": secret}).status_code == 401
         assert http.post("/v1/verify", json={"key": secret},
@@ -182,3 +185,28 @@ def test_what_is_not_remembered_or_not_plain_reaches_the_app(
                       headers={**auth(verifier), "Content-Type": "application/json"})
         assert r.status_code == 200 and r.json()["code"] == "VALID"
         assert counted.inline == inline
+
+
+def test_a_connection_idle_after_inline_answers_is_closed_at_the_keep_alive_timeout(
+        keyplane: Keyplane, tenant: Tenant) -> None:
+    counted = Counted(keyplane)
+    running = start_server(counted.app, http=BoundedHttpToolsProtocol, proxy_headers=False,
+                           timeout_keep_alive=1)
+    try:
+        verifier, secret, _ = issue(keyplane, tenant)
+        body = json.dumps({"key": secret}).encode()
+        host, port = running.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            for _ in range(3):  # a miss, a remembered answer, an inline one
+                sock.sendall(raw_request(body, verifier))
+                assert read_responses(sock, 1)[0][0] == b"HTTP/1.1 200 OK"
+            assert counted.inline == 1
+            time.sleep(0.6)  # still open within the timeout: one more inline answer
+            sock.sendall(raw_request(body, verifier))
+            assert read_responses(sock, 1)[0][0] == b"HTTP/1.1 200 OK"
+            assert counted.inline == 2
+            started = time.monotonic()
+            assert sock.recv(10) == b""  # then closed by the server, about 1 s later
+            assert 0.5 < time.monotonic() - started < 10
+    finally:
+        running.stop()

@@ -76,12 +76,13 @@ class KeyplaneAPI(FastAPI):
     def answer_inline(self, scope: dict[str, Any],
                       body: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         """The answer to a whole ``POST /v1/verify`` request if the verify fast path
-        remembers it (within every request limit), for a server that answers it without an
-        ASGI cycle (``keyplane.web.server``); else None, and the request takes the usual way.
+        remembers it, for a server that answers it without an ASGI cycle and has held its
+        head to ``RequestLimits``' head limits (``keyplane.web.server``); else None, and the
+        request takes the usual way.
         Nothing is answered here before the first request has built the layers."""
         fast, limits = self._fast, self._limits
-        if fast is None or limits is None or not limits.within(scope, len(body)):
-            return None
+        if fast is None or limits is None or len(body) > limits.max_body:
+            return None  # the protocol held the head to the limits
         return fast.answer_inline(scope, body)
 
 

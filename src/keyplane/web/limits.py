@@ -95,17 +95,6 @@ class RequestLimits:
                 break
         await self.app(scope, replay([b"".join(chunks)], receive), send)
 
-    def within(self, scope: Scope, length: int) -> bool:
-        """Whether a request with this head and a body of ``length`` bytes is within every
-        limit (what a server that answers inline checks: ``keyplane.web.server``)."""
-        headers = scope["headers"]
-        if len(headers) > self.max_headers or length > self.max_body:
-            return False
-        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-        for name, value in headers:
-            size += len(name) + len(value)
-        return size <= self.max_head
-
     async def too_large(self, scope: Scope, send: Send) -> None:
         await refuse(scope, send, 413, "payload_too_large",
                      f"the request body must be at most {self.max_body} bytes")

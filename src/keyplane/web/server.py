@@ -35,7 +35,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from keyplane.web.errors import error_body
-from keyplane.web.limits import MAX_HEAD_BYTES
+from keyplane.web.limits import MAX_HEAD_BYTES, MAX_HEADERS
 
 HEAD_BUFFER_BYTES = 4 * MAX_HEAD_BYTES  # 64 KiB
 INLINE_PATH = b"/v1/verify"
@@ -65,6 +65,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
     _inline: InlineAnswer | None = None
     _held: list[bytes] | None = None  # the body of a request the app may answer inline
+    _idle_since: float | None = None  # when the last inline answer left, until a new request
+    _idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -75,10 +77,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         self._held = None
+        self._idle_since = None
         self._in_head = True
         self._head_bytes = 0
         self._head_since = self.loop.time()
@@ -99,15 +105,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self.cycle is not None and not self.cycle.response_complete) or (
                 self.flow.write_paused) or self.parser.should_upgrade():
             return False
+        headers = self.headers
+        if len(headers) > MAX_HEADERS:
+            return False  # the app's limit refuses it
         length = None
-        for name, value in self.headers:
+        size = len(self.url)
+        for name, value in headers:
+            size += len(name) + len(value)
             if name == b"content-length":
                 if length is not None:
                     return False
                 length = value
             elif name == b"transfer-encoding":
                 return False
-        return length is not None and length.isdigit() and int(length) <= INLINE_BODY_BYTES
+        return size <= MAX_HEAD_BYTES and length is not None and length.isdigit() and (
+            int(length) <= INLINE_BODY_BYTES)
 
     def on_body(self, body: bytes) -> None:
         if self._held is not None:
@@ -151,9 +163,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             out.append(b"connection: close\r\n")
         out += (b"\r\n", content)
         self.transport.write(b"".join(out))
+        self.server_state.total_requests += 1
         if not keep_alive:
             self.transport.close()
-        self.on_response_complete()
+            return
+        # uvicorn's keep-alive deadline, without a timer armed and cancelled per request
+        self._idle_since = self.loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_later(self.timeout_keep_alive, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._idle_since is None or self.transport.is_closing():
+            return  # a request since: its own completion sees to the deadline
+        left = self._idle_since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self._idle_timer = self.loop.call_later(left, self._idle_check)
+        else:
+            self.timeout_keep_alive_handler()
 
     def _arm_head_timer(self, delay: float) -> None:
         if self._head_timer is None:
