@@ -58,16 +58,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def uvicorn(app: str, *, env: dict[str, str] | None = None, factory: bool = False,
-            health: str = "/", workdir: Path | None = None) -> Iterator[Server]:
-    """``app`` (``module:attr``) on one uvicorn worker on a loopback port, in a subprocess."""
-    port = free_port()
-    log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
-    cmd = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--log-level", "warning", "--no-access-log",
-           "--no-proxy-headers", "--no-server-header", "--app-dir", str(BENCH_DIR)]
-    if factory:
-        cmd.append("--factory")
+def spawn(name: str, cmd: list[str], port: int, *, env: dict[str, str] | None = None,
+          health: str = "/", workdir: Path | None = None,
+          output: Path | None = None) -> Iterator[Server]:
+    """``cmd`` (a server listening on ``port``) in a subprocess, until ``health`` answers.
+    Its output goes to ``output`` (kept) or to a temporary file (removed)."""
+    log = output or Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
     full_env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{BENCH_DIR}", **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
@@ -77,17 +73,115 @@ def uvicorn(app: str, *, env: dict[str, str] | None = None, factory: bool = Fals
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"{app} did not start:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")
             with contextlib.suppress(httpx2.HTTPError):
                 httpx2.get(server.url + health, timeout=2)
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{app} did not answer in time")
+                raise RuntimeError(f"{name} did not answer in time")
             time.sleep(0.1)
         yield server
     finally:
         server.stop()
-        log.unlink(missing_ok=True)
+        if output is None:
+            log.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def uvicorn(app: str, *, env: dict[str, str] | None = None, factory: bool = False,
+            health: str = "/", workdir: Path | None = None) -> Iterator[Server]:
+    """``app`` (``module:attr``) on one uvicorn worker (httptools, uvloop) on a loopback
+    port, in a subprocess."""
+    port = free_port()
+    cmd = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--log-level", "warning", "--no-access-log",
+           "--no-proxy-headers", "--no-server-header", "--app-dir", str(BENCH_DIR)]
+    if factory:
+        cmd.append("--factory")
+    with spawn(app, cmd, port, env=env, health=health, workdir=workdir) as server:
+        yield server
+
+
+def have_granian() -> bool:
+    try:
+        import granian  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def granian(app: str, *, interface: str = "asgi", env: dict[str, str] | None = None,
+            factory: bool = False, health: str = "/",
+            workdir: Path | None = None) -> Iterator[Server]:
+    """``app`` on one granian worker (its defaults: one runtime thread, the best event loop
+    installed), ``interface`` ``asgi`` or ``wsgi``, in a subprocess."""
+    port = free_port()
+    cmd = [PYTHON, "-m", "granian", "--interface", interface, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1", "--log-level", "warning",
+           "--no-access-log"]
+    if interface == "asgi":
+        cmd.append("--no-ws")
+    if factory:
+        cmd.append("--factory")
+    with spawn(f"granian {app}", [*cmd, app], port, env=env, health=health,
+               workdir=workdir) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def gunicorn(app: str, *, env: dict[str, str] | None = None, threads: int = 4,
+             health: str = "/") -> Iterator[Server]:
+    """A WSGI ``app`` on one gunicorn worker: ``gthread`` (gunicorn's worker that keeps
+    connections alive, as the load generator's are) with ``threads`` threads."""
+    port = free_port()
+    cmd = [PYTHON, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+           "--worker-class", "gthread", "--threads", str(threads), "--log-level", "warning",
+           "--chdir", str(BENCH_DIR), app]
+    with spawn(f"gunicorn {app}", cmd, port, env=env, health=health) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def keyplane_serve(env: dict[str, str], *, workers: int = 1) -> Iterator[Server]:
+    """Keyplane exactly as ``keyplane serve`` runs it by default (its server, its logging:
+    JSON lines at ``info`` with the access log, written to a file as a service manager
+    would), with only ``env``'s settings (the database and data directory) added."""
+    port = free_port()
+    settings = {k: v for k, v in env.items() if k not in ("KEYPLANE_LOG_LEVEL",
+                                                          "KEYPLANE_LOG_FORMAT",
+                                                          "KEYPLANE_ACCESS_LOG")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KEYPLANE_")}
+    output = Path(tempfile.mkstemp(prefix="bench-keyplane-", suffix=".log")[1])
+    cmd = [PYTHON, "-c", "from keyplane.cli.main import app; app()", "serve",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    try:
+        with spawn("keyplane serve", cmd, port, env={**clean, **settings}, health="/healthz",
+                   output=output) as server:
+            yield server
+    finally:
+        output.unlink(missing_ok=True)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of ``pid`` and its descendants (Linux ``/proc``), else None."""
+    total = 0
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError, AttributeError):
+        return None
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            if p == pid:
+                return None
+    return total / tick
 
 
 # -- load ------------------------------------------------------------------------------------
@@ -99,12 +193,19 @@ class Target:
     method: str = "GET"
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None  # the server's process: its CPU time per request is measured too
 
 
 @dataclass(frozen=True)
 class Measured:
     rps: float
     errors: int  # non-2xx answers or socket errors
+    requests: int = 0
+    cpu: float | None = None  # the server's CPU seconds (every thread and child) meanwhile
+
+    @property
+    def cpu_per_request(self) -> float | None:
+        return self.cpu / self.requests if self.cpu is not None and self.requests else None
 
 
 def tool_name(choice: str) -> str:
@@ -136,6 +237,7 @@ def _wrk(target: Target, duration: float, connections: int) -> Measured:
     finally:
         os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = 0
     m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if m:
@@ -147,7 +249,7 @@ def _wrk(target: Target, duration: float, connections: int) -> Measured:
         print(f"  {target.name}: " + "; ".join(
             line.strip() for line in out.splitlines()
             if "Socket errors" in line or "Non-2xx" in line), file=sys.stderr)
-    return Measured(rps, errors)
+    return Measured(rps, errors, done)
 
 
 def _python(target: Target, duration: float, connections: int) -> Measured:
@@ -158,11 +260,16 @@ def _python(target: Target, duration: float, connections: int) -> Measured:
     out = subprocess.run([PYTHON, str(BENCH_DIR / "_load.py"), spec], capture_output=True,
                          text=True, check=True, timeout=duration + 60).stdout
     data = json.loads(out)
-    return Measured(data["rps"], data["errors"])
+    return Measured(data["rps"], data["errors"], int(data.get("requests", 0)))
 
 
 def measure(tool: str, target: Target, duration: float, connections: int) -> Measured:
-    return (_wrk if tool == "wrk" else _python)(target, duration, connections)
+    before = cpu_seconds(target.pid) if target.pid is not None else None
+    m = (_wrk if tool == "wrk" else _python)(target, duration, connections)
+    after = cpu_seconds(target.pid) if target.pid is not None else None
+    if before is None or after is None:
+        return m
+    return Measured(m.rps, m.errors, m.requests, after - before)
 
 
 @dataclass
@@ -172,13 +279,35 @@ class Comparison:
     baseline: str
     rates: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # server CPU s per request
+    loads: list[float] = field(default_factory=list)  # 1-minute load average, each round
 
     def add(self, name: str, m: Measured) -> None:
         self.rates.setdefault(name, []).append(m.rps)
         self.errors[name] = self.errors.get(name, 0) + m.errors
+        if m.cpu_per_request is not None:
+            self.cpu.setdefault(name, []).append(m.cpu_per_request)
 
-    def ratios(self, name: str) -> list[float]:
-        return [a / b for a, b in zip(self.rates[name], self.rates[self.baseline], strict=True)]
+    def best_of(self, name: str, candidates: Sequence[str]) -> None:
+        """A target ``name`` whose rate in each round is the best of ``candidates``' in that
+        round (the baseline at its best: servers trade places from round to round)."""
+        self.rates[name] = [max(r) for r in zip(*(self.rates[c] for c in candidates),
+                                                strict=True)]
+        self.errors[name] = sum(self.errors[c] for c in candidates)
+        if all(c in self.cpu for c in candidates):
+            self.cpu[name] = [min(r) for r in zip(*(self.cpu[c] for c in candidates),
+                                                  strict=True)]
+
+    def ratios(self, name: str, baseline: str | None = None) -> list[float]:
+        base = self.rates[baseline or self.baseline]
+        return [a / b for a, b in zip(self.rates[name], base, strict=True)]
+
+    def cpu_ratios(self, name: str, baseline: str | None = None) -> list[float]:
+        """The baseline's server CPU time per request / ``name``'s, per round: what the rate
+        ratio would be if each server had a core of its own (steadier than rates on a loaded
+        machine, but blind to a server that spreads a request over several threads)."""
+        base = self.cpu.get(baseline or self.baseline, [])
+        return [b / a for a, b in zip(self.cpu.get(name, []), base, strict=True)]
 
 
 def compare(targets: Sequence[Target], baseline: str, *, tool: str, rounds: int,
@@ -188,6 +317,7 @@ def compare(targets: Sequence[Target], baseline: str, *, tool: str, rounds: int,
     for t in targets:  # warm caches, connections and the JIT-less interpreter alike
         measure(tool, t, warmup, connections)
     for r in range(rounds):
+        result.loads.append(os.getloadavg()[0])
         for t in targets:
             if progress:
                 progress(f"round {r + 1}/{rounds}: {t.name}")

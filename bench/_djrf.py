@@ -1,9 +1,11 @@
 """The djangorestframework-api-key baseline: a Django REST framework view behind ``HasAPIKey``,
-answering the same JSON as the Keyplane-protected route. Settings come from the environment
-(``BENCH_DJANGO_DIR`` holds the SQLite database).
+answering the same JSON as the Keyplane-protected route, set up the way its users deploy it:
+``DEBUG`` off, persistent database connections (``CONN_MAX_AGE``), served as WSGI. Settings
+come from the environment (``BENCH_DJANGO_DIR`` holds the SQLite database).
 
     python bench/_djrf.py setup      # migrate and print a new API key
-    uvicorn --app-dir bench _djrf:application
+    gunicorn --chdir bench -k gthread _djrf:wsgi   # or: granian --interface wsgi _djrf:wsgi
+    uvicorn --app-dir bench _djrf:application      # Django's ASGI handler (slower)
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ if not settings.configured:
                         "rest_framework", "rest_framework_api_key"],
         MIDDLEWARE=[],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3",
-                               "NAME": str(DATA / "djrf.sqlite3")}},
+                               "NAME": str(DATA / "djrf.sqlite3"),
+                               "CONN_MAX_AGE": None}},  # persistent connections
         REST_FRAMEWORK={"DEFAULT_AUTHENTICATION_CLASSES": [],
                         "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
                         "UNAUTHENTICATED_USER": None},
@@ -37,6 +40,7 @@ if not settings.configured:
     django.setup()
 
 from django.core.asgi import get_asgi_application  # noqa: E402
+from django.core.wsgi import get_wsgi_application  # noqa: E402
 from django.urls import path  # noqa: E402
 from rest_framework.permissions import BasePermission  # noqa: E402
 from rest_framework.request import Request  # noqa: E402
@@ -63,6 +67,7 @@ def health(request: Any) -> Any:
 urlpatterns = [path("contacts", Contacts.as_view()), path("", health)]
 
 application = get_asgi_application()
+wsgi = get_wsgi_application()
 
 
 def setup() -> str:

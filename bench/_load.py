@@ -45,7 +45,7 @@ async def run(spec: dict[str, object]) -> dict[str, float]:
         started = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(connections)])
         elapsed = time.perf_counter() - started
-    return {"rps": done / elapsed, "errors": errors}
+    return {"rps": done / elapsed, "errors": errors, "requests": done}
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""Keyplane vs djangorestframework-api-key's ``HasAPIKey``, on the same machine and server.
+"""Keyplane vs djangorestframework-api-key's ``HasAPIKey`` at its best, in the same run.
 
 Baseline: a Django REST framework view with ``permission_classes = [HasAPIKey]`` (SHA-512 key
-check against SQLite, one query per request), served by uvicorn (one worker) as Django's ASGI
-app. Against it, with the same load generator in interleaved rounds:
+check against SQLite, one query per request) deployed the way its users deploy it: ``DEBUG``
+off, persistent database connections (``CONN_MAX_AGE``), a WSGI server with one worker (as
+many as Keyplane's): gunicorn (``gthread``, which keeps connections alive) and granian (WSGI),
+both measured in every round; each round's baseline is the faster. Against it, with the same
+load generator in interleaved rounds:
 
+* ``POST /v1/verify`` on Keyplane exactly as ``keyplane serve`` runs it by default (one worker,
+  access log on): a verified request over Keyplane's HTTP API;
 * the same JSON route behind KeyplaneMiddleware (warm cache) on one uvicorn worker, which is
-  what a product developer compares (each request is a verified request);
-* ``POST /v1/verify`` on one Keyplane worker (a verified request over Keyplane's HTTP API).
+  what a product developer compares (each request is a verified request).
 
 Target: Keyplane's verified-request rate at least 20 times the baseline. Needs the ``bench``
 extra: ``pip install -e '.[bench]'``.
@@ -16,6 +20,7 @@ extra: ``pip install -e '.[bench]'``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -31,7 +36,10 @@ from _common import (
     Target,
     arguments,
     compare,
+    granian,
+    gunicorn,
     keyplane_fixture,
+    keyplane_serve,
     report,
     spread,
     tool_name,
@@ -43,14 +51,13 @@ TARGET = 20.0
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(__doc__ or "").parse_args(argv)
-    try:
-        import rest_framework_api_key  # noqa: F401
-    except ImportError:
+    if any(importlib.util.find_spec(m) is None
+           for m in ("granian", "gunicorn", "rest_framework_api_key")):
         print("needs the bench extra: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     tool = tool_name(args.tool)
-    rounds = args.rounds or (2 if args.quick else 4)
-    duration = args.duration or (3.0 if args.quick else 8.0)
+    rounds = args.rounds or (3 if args.quick else 5)
+    duration = args.duration or (3.0 if args.quick else 6.0)
     django_dir = Path(tempfile.mkdtemp(prefix="djrf-bench-"))
     env = {"BENCH_DJANGO_DIR": str(django_dir)}
     try:
@@ -58,19 +65,21 @@ def main(argv: list[str] | None = None) -> int:
                                   env={**os.environ, **env}, capture_output=True, text=True,
                                   check=True).stdout.strip()
         with keyplane_fixture() as fx, \
-                uvicorn("_djrf:application", env=env) as djrf, \
-                uvicorn("keyplane.web.asgi:app_factory", factory=True, env=fx.env,
-                        health="/healthz") as kp, \
+                gunicorn("_djrf:wsgi", env=env) as djrf_gunicorn, \
+                granian("_djrf:wsgi", interface="wsgi", env=env) as djrf_granian, \
+                keyplane_serve(fx.env) as kp, \
                 uvicorn("_apps:protected", factory=True,
                         env={"BENCH_KEYPLANE_URL": kp.url,
                              "BENCH_VERIFIER_KEY": fx.verifier_key}) as guarded:
             djrf_headers = {"Authorization": f"Api-Key {djrf_key}"}
-            if httpx2.get(djrf.url + "/contacts", headers=djrf_headers).status_code != 200:
-                print("the DRF view refuses its key", file=sys.stderr)
-                return 1
-            if httpx2.get(djrf.url + "/contacts").status_code not in (401, 403):
-                print("the DRF view lets a request without a key through", file=sys.stderr)
-                return 1
+            for djrf in (djrf_gunicorn, djrf_granian):
+                if httpx2.get(djrf.url + "/contacts", headers=djrf_headers).status_code != 200:
+                    print("the DRF view refuses its key", file=sys.stderr)
+                    return 1
+                if httpx2.get(djrf.url + "/contacts").status_code not in (401, 403):
+                    print("the DRF view lets a request without a key through",
+                          file=sys.stderr)
+                    return 1
             kp_headers = {"Authorization": f"Bearer {fx.data_key}"}
             if httpx2.get(guarded.url + "/contacts", headers=kp_headers).status_code != 200:
                 print("the Keyplane-protected route refuses its key", file=sys.stderr)
@@ -79,9 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             verify_headers = {"Authorization": f"Bearer {fx.verifier_key}",
                               "Content-Type": "application/json"}
             targets = [
-                Target("djrf", djrf.url + "/contacts", headers=djrf_headers),
+                Target("djrf gunicorn", djrf_gunicorn.url + "/contacts", headers=djrf_headers,
+                       pid=djrf_gunicorn.process.pid),
+                Target("djrf granian", djrf_granian.url + "/contacts", headers=djrf_headers,
+                       pid=djrf_granian.process.pid),
                 Target("middleware", guarded.url + "/contacts", headers=kp_headers),
-                Target("verify", kp.url + "/v1/verify", "POST", body, verify_headers),
+                Target("verify", kp.url + "/v1/verify", "POST", body, verify_headers,
+                       pid=kp.process.pid),
             ]
             result = compare(targets, "djrf", tool=tool, rounds=rounds, duration=duration,
                              connections=args.connections,
@@ -89,16 +102,26 @@ def main(argv: list[str] | None = None) -> int:
                                  " ", m, file=sys.stderr))
     finally:
         shutil.rmtree(django_dir, ignore_errors=True)
+    result.best_of("djrf", ["djrf gunicorn", "djrf granian"])
+    rates = {name: spread(r)["median"] for name, r in result.rates.items()}
+    load = spread(result.loads)
     rows = []
-    for name, label in (("middleware", "KeyplaneMiddleware route rps / DRF HasAPIKey rps"),
-                        ("verify", "POST /v1/verify rps / DRF HasAPIKey rps")):
+    cpu = {name: spread(c)["median"] * 1e6 for name, c in result.cpu.items()}
+    for name, label in (("middleware", "KeyplaneMiddleware route / DRF HasAPIKey (WSGI)"),
+                        ("verify", "POST /v1/verify (keyplane serve) / DRF HasAPIKey (WSGI)")):
         s = spread(result.ratios(name))
         rows.append({
             "metric": label, "ratio": s["median"], "min": s["min"], "max": s["max"],
             "target": f">= {TARGET:.0f}", "ok": s["median"] >= TARGET,
-            "detail": (f"{spread(result.rates[name])['median']:.0f} vs "
-                       f"{spread(result.rates['djrf'])['median']:.0f} req/s; tool {tool}, "
-                       f"{rounds}x{duration:.0f}s; errors {result.errors}"),
+            "detail": (f"{rates[name]:.0f} vs {rates['djrf']:.0f} req/s (gunicorn "
+                       f"{rates['djrf gunicorn']:.0f}, granian {rates['djrf granian']:.0f}); "
+                       f"tool {tool}, {rounds}x{duration:.0f}s, load average "
+                       f"{load['min']:.1f}-{load['max']:.1f}; errors {result.errors}"
+                       + (f"; server CPU per request {cpu[name]:.0f} us vs {cpu['djrf']:.0f} us "
+                          f"(gunicorn {cpu['djrf gunicorn']:.0f}, granian "
+                          f"{cpu['djrf granian']:.0f}): CPU ratio "
+                          f"{spread(result.cpu_ratios(name))['median']:.1f}"
+                          if name in cpu else "")),
         })
     report("djrf_compare", rows, as_json=args.json)
     return 0 if not any(result.errors.values()) else 1

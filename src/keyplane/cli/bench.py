@@ -21,7 +21,7 @@ from keyplane.cli.output import console, emit_json, err_console, fail
 
 QUICK = ["inprocess", "middleware", "verify_http", "djrf_compare", "metrics_cost"]
 FULL = [*QUICK, "million"]
-NEEDS_DJANGO = {"djrf_compare"}
+NEEDS_DJANGO = {"djrf_compare", "verify_http"}  # the bench extra: Django, granian, gunicorn
 
 
 def bench_dir() -> Path:
@@ -33,11 +33,10 @@ def bench_dir() -> Path:
 
 
 def _have_django() -> bool:
-    try:
-        import rest_framework_api_key  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from importlib.util import find_spec
+
+    return all(find_spec(m) is not None
+               for m in ("rest_framework_api_key", "granian", "gunicorn"))
 
 
 def _run(directory: Path, name: str, quick: bool, tool: str) -> dict[str, Any]:

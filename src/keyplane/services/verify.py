@@ -15,6 +15,7 @@ import hmac
 import logging
 from collections.abc import Callable
 from datetime import datetime
+from ipaddress import IPv4Address
 from typing import NamedTuple
 
 from keyplane.core import legacy as lg
@@ -159,13 +160,17 @@ class Verifier:
         Only strings that passed the checksum are ever remembered, so anything else is still
         refused by the checksum before a snapshot or storage is looked at."""
         cache = self.cache
-        key = cache_key(raw)  # what both caches know the credential by: never the secret
-        question = (key, required, ip, tls)
-        trusted = self.cache_trusted()
+        key = hashlib.sha256(raw.encode()).digest()  # cache_key(raw): never the secret
+        # an IPv4 address object hashes in Python (a microsecond): its int stands for it
+        question = (key, required, ip._ip if type(ip) is IPv4Address else ip,  # type: ignore[attr-defined]
+                    tls)
+        health = self.ctx.health
+        trusted = health is None or health.down_since is None or health.cache_trusted()
         if not trusted and not load:
             return None  # the caller asks storage (from a thread), which may fail closed
-        remembered: Remembered | None = cache.remembered(cache.verdicts, question) \
-            if trusted else None
+        verdicts = cache.verdicts
+        remembered: Remembered | None = verdicts.get(question, cache.timer()) \
+            if trusted and verdicts.size else None
         if remembered is not None:
             now = self.ctx.clock.now()
             if remembered.expires_at is None or now < remembered.expires_at:

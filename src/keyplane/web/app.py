@@ -57,6 +57,8 @@ class KeyplaneAPI(FastAPI):
 
     _front: ASGIApp | None = None
     _metrics: RequestMetrics | None = None
+    _limits: RequestLimits | None = None
+    _fast: VerifyFastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["keyplane.metrics"] = self._metrics  # where log_request counts the duration
@@ -64,12 +66,24 @@ class KeyplaneAPI(FastAPI):
         if front is None:
             kp = self.state.keyplane
             scope["keyplane.metrics"] = self._metrics = self.state.metrics
-            front = self._front = RequestLimits(ForwardAuth(
-                VerifyFastPath(RequestContext(AllowedMethods(
-                    JsonDepthLimit(super().__call__), self.router.routes)), kp,
-                    self.state.metrics),
-                kp, self.state.route_map), kp.settings.max_body_bytes)
+            fast = VerifyFastPath(RequestContext(AllowedMethods(
+                JsonDepthLimit(super().__call__), self.router.routes)), kp, self.state.metrics)
+            front = self._front = self._limits = RequestLimits(ForwardAuth(
+                fast, kp, self.state.route_map), kp.settings.max_body_bytes)
+            self._fast = fast
         await front(scope, receive, send)
+
+    def answer_inline(self, scope: dict[str, Any],
+                      body: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """The answer to a whole ``POST /v1/verify`` request if the verify fast path
+        remembers it, for a server that answers it without an ASGI cycle and has held its
+        head to ``RequestLimits``' head limits (``keyplane.web.server``); else None, and the
+        request takes the usual way.
+        Nothing is answered here before the first request has built the layers."""
+        fast, limits = self._fast, self._limits
+        if fast is None or limits is None or len(body) > limits.max_body:
+            return None  # the protocol held the head to the limits
+        return fast.answer_inline(scope, body)
 
 
 def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:

@@ -128,6 +128,31 @@ class VerifyFastPath:
         finally:
             log_request(scope, status, started, request_id, self._latency)
 
+    def answer_inline(self, scope: Scope,
+                      raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """The remembered answer to this whole request (body and headers), counted and
+        logged as ``__call__`` does, or None: for a server that answers without an ASGI
+        cycle (``keyplane.web.server``). Only exact repeats: the rest takes the usual way."""
+        if scope.get("query_string"):
+            return None
+        started = time.perf_counter()
+        try:
+            request, credential = _request_key(scope, raw, self.legacy)
+            if credential is None or _names_a_location(scope):
+                return None
+            body = self._remembered(request)
+        except Exception:  # never fail here: the route will answer, or report the error
+            log.exception("verify fast path failed; the route answers instead")
+            return None
+        if body is None:
+            return None
+        request_id = new_request_id()
+        scope["keyplane.request_id"] = request_id
+        log_request(scope, 200, started, request_id, self._latency)
+        return body, [(b"content-type", b"application/json"),
+                      (b"content-length", str(len(body)).encode()),
+                      *response_headers(request_id)]
+
     def _remembered(self, request: bytes) -> bytes | None:
         """The answer to this exact request if it was given before and still holds."""
         kp = self.kp
