@@ -24,6 +24,7 @@ from keyplane.core.model import (
     TenantPolicy,
 )
 from keyplane.storage.sql import tables as t
+from keyplane.storage.sql.notify import append_and_notify, sends_notifications
 
 
 def _page(rows: list[Any], limit: int, build: Any) -> Page:
@@ -403,7 +404,11 @@ class SqlChanges:
         self._now = now
 
     def append(self, kind: str, ref: str) -> None:
-        self.conn.execute(t.changes.insert().values(kind=kind, ref=ref, at=self._now()))
+        insert = t.changes.insert().values(kind=kind, ref=ref, at=self._now())
+        if sends_notifications(self.conn):  # PostgreSQL: announced to every worker at commit
+            append_and_notify(self.conn, insert, t.changes.c.id)
+        else:
+            self.conn.execute(insert)
 
     def since(self, position: int, limit: int) -> list[tuple[int, str, str]]:
         c = t.changes.c

@@ -1,0 +1,194 @@
+"""PostgreSQL ``LISTEN``/``NOTIFY`` for the change log: each committed change reaches every
+worker on every host in milliseconds, without Redis.
+
+**Sending.** The row written to the ``changes`` log and its notification are one statement in the
+use case's own transaction (:func:`append_and_notify`): PostgreSQL queues the notification and
+delivers it when, and only if, the transaction commits. Nothing is sent after commit, so a process
+that dies right after committing has still announced its change, a rolled-back change is never
+announced, and a CLI command announces its changes like a worker does.
+
+**Payload.** ``<position>:<schema>``, a few bytes (the limit is 8000). The listener does not act
+on the payload: it wakes the change feed, which reads the log from its own position (one indexed
+query) and so delivers each change once, in order, with its tenant, exactly as the poller does.
+The schema lets several Keyplane schemas share one database (the tests do) without waking each
+other.
+
+**Listening.** :class:`ChangeListener` holds one connection of its own (not from the pool) in
+autocommit, ``LISTEN``s, and checks the connection every second when nothing arrives. A failed
+check, a terminated backend or a connection that stops answering for a few seconds (TCP user
+timeout) is reported through ``on_down``; it reconnects with backoff and reports ``on_up`` once
+listening again. The connection must reach PostgreSQL directly or through a pooler in *session*
+mode (a transaction-mode pooler drops ``LISTEN``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("keyplane.invalidation")
+
+CHANNEL = "keyplane_changes"
+
+
+def sends_notifications(conn: Connection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+def append_and_notify(conn: Connection, insert: sa.Insert, position: sa.ColumnElement[Any]) -> int:
+    """Runs ``insert`` (one row of the change log) and queues its notification, in one round
+    trip; returns the row's position. Delivered by PostgreSQL at commit."""
+    row = insert.returning(position.label("position")).cte("appended")
+    payload = sa.cast(row.c.position, sa.Text) + ":" + sa.func.current_schema()
+    query = sa.select(row.c.position, sa.func.pg_notify(CHANNEL, payload))
+    return int(conn.execute(query).scalar_one())
+
+
+def parse(payload: str) -> tuple[int, str] | None:
+    """``(position, schema)`` from a notification's payload, or ``None`` if it is not ours."""
+    position, sep, schema = payload.partition(":")
+    if not sep or not position.isdigit():
+        return None
+    return int(position), schema
+
+
+def application_name(schema: str) -> str:
+    """The listening connection's ``application_name`` (at most 63 bytes are kept)."""
+    return f"keyplane listen {schema}"[:63]
+
+
+class ChangeListener:
+    """One thread listening for committed changes on its own PostgreSQL connection."""
+
+    PING_SECONDS = 1.0  # a check of the connection when nothing arrived for this long
+    SILENCE_SECONDS = 3.0  # unacknowledged data for this long: the connection is dead
+    MAX_BACKOFF = 5.0
+
+    def __init__(self, engine: Engine, *, on_change: Callable[[int], None],
+                 on_down: Callable[[], None], on_up: Callable[[], None]) -> None:
+        self.engine = engine
+        self.on_change = on_change
+        self.on_down = on_down
+        self.on_up = on_up
+        self.connected = threading.Event()
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: Any = None  # the psycopg connection while listening
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="keyplane-pg-listen",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The listening connection's server process (for tests and operators)."""
+        conn = self._conn
+        return int(conn.info.backend_pid) if conn is not None else None
+
+    def _run(self) -> None:
+        backoff = 0.1
+        down_logged = False
+        while not self._stop.is_set():
+            conn: Any = None
+            try:
+                conn = self._connect()
+                schema = str(conn.execute("SELECT current_schema()").fetchone()[0])
+                # how operators (and tests) find this connection in pg_stat_activity
+                conn.execute("SELECT set_config('application_name', %s, false)",
+                             (application_name(schema),))
+                conn.execute(f"LISTEN {CHANNEL}")
+                self._conn = conn
+                log.info("listening for changes on PostgreSQL channel %s", CHANNEL)
+                self.connected.set()
+                down_logged = False
+                backoff = 0.1
+                self.on_up()
+                self._listen(conn, schema)
+            except Exception as exc:  # connection errors, or the log unreadable in on_up
+                was_connected = self.connected.is_set()
+                self.connected.clear()
+                if was_connected or not down_logged:
+                    log.warning("PostgreSQL change notifications lost (%s); dropping the local "
+                                "cache and polling the change log until they are back",
+                                type(exc).__name__)
+                    down_logged = True
+                    self.on_down()
+            finally:
+                self._conn = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+            if self._stop.wait(backoff * (0.5 + random.random())):  # noqa: S311 - jitter
+                break
+            backoff = min(backoff * 2, self.MAX_BACKOFF)
+        self.connected.clear()
+
+    def _connect(self) -> Any:
+        """A connection made exactly as the pool makes them (URL, search path, timeouts), then
+        taken out of the pool for good."""
+        pooled = self.engine.raw_connection()
+        conn = pooled.driver_connection
+        pooled.detach()
+        if conn is None:
+            raise RuntimeError("the pool gave no connection")
+        try:
+            conn.rollback()  # the pool's ping may have left a transaction open
+            conn.autocommit = True
+            _bound_silence(conn.fileno(), self.SILENCE_SECONDS)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _listen(self, conn: Any, schema: str) -> None:
+        while not self._stop.is_set():
+            heard = False
+            for notice in conn.notifies(timeout=self.PING_SECONDS):
+                heard = True
+                found = parse(notice.payload) if notice.channel == CHANNEL else None
+                if found is None or found[1] != schema:
+                    continue  # another schema's log
+                self.received += 1
+                self.on_change(found[0])
+                if self._stop.is_set():
+                    return
+            if not heard:
+                conn.execute("SELECT 1")  # raises once the server or the network is gone
+
+
+def _bound_silence(fd: int, seconds: float) -> None:
+    """Makes the kernel drop the connection when data stays unacknowledged (or an idle
+    connection's keepalives go unanswered) for about ``seconds``, so a dead network surfaces as
+    an error instead of a check that blocks for many minutes."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # not a Unix socket
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for name, value in (("TCP_USER_TIMEOUT", int(seconds * 1000)),
+                                ("TCP_KEEPIDLE", max(1, int(seconds))),
+                                ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
+                option = getattr(socket, name, None)
+                if option is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    finally:
+        sock.close()
