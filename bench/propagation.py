@@ -9,7 +9,9 @@ once per way of hearing of changes:
 * ``notify``: no Redis, PostgreSQL ``LISTEN``/``NOTIFY`` (the default without Redis);
 * ``redis``: Redis pub/sub (``KEYPLANE_REDIS_URL`` set, a unique channel prefix).
 
-Everything else is the default configuration. It also times one read of the change log (what a
+Everything else is the default configuration. The three pairs run at once and take turns, one
+revocation each per round, so that a busy moment of a shared machine weighs on each alike. It
+also times one read of the change log (what a
 notified worker does before it drops the entry: the notification carries only the position).
 
     .venv/bin/python bench/propagation.py [--revocations 200] [--modes poll,notify,redis] [--json]
@@ -21,6 +23,7 @@ KEYPLANE_TEST_REDIS_URL (default redis://127.0.0.1:6379/15).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
 import statistics
@@ -28,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +72,20 @@ def serve(env: dict[str, str], log: Path, name: str) -> Any:
     return Served(env, log, name)
 
 
-def measure(mode: str, revocations: int, tmp: Path) -> dict[str, Any]:
+@dataclass
+class Pair:
+    """Two workers on one private schema, hearing of changes one way."""
+
+    mode: str
+    setup: Any
+    a: Any
+    b: Any
+    keys: list[Any]
+    times: list[float] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def pair(mode: str, revocations: int, tmp: Path) -> Iterator[Pair]:
     from tests.integration.procs import prepared_database, wait_until, worker_env
     from tests.support import REDIS_URL
 
@@ -88,38 +106,57 @@ def measure(mode: str, revocations: int, tmp: Path) -> dict[str, Any]:
             for w in (a, b):
                 w.spawn()
             for w in (a, b):
-                w.wait_ready()
+                w.wait_ready(60)
                 wait_until(lambda w=w: w.readiness()["invalidation"] == expected, 10)
-            manage = {"Authorization": f"Bearer {tenant.management_key}"}
-            check = {"Authorization": f"Bearer {setup.verifier}"}
-            times: list[float] = []
-            with httpx2.Client(timeout=10) as client:
-                def code(key: str) -> str:
-                    r = client.post(b.url + "/v1/verify", json={"key": key}, headers=check)
-                    assert r.status_code == 200, r.text
-                    return str(r.json()["code"])
-
-                for issued in keys:
-                    assert code(issued.secret) == "VALID"  # cached on b
-                    time.sleep(0.01)  # b idle, as between a product's requests
-                    r = client.delete(f"{a.url}/v1/keys/{issued.key.id}", headers=manage)
-                    assert r.status_code == 204, r.text
-                    start = time.perf_counter()
-                    while code(issued.secret) == "VALID":
-                        if time.perf_counter() - start > 10:
-                            raise RuntimeError(f"{mode}: b accepted a revoked key for 10 s")
-                    times.append((time.perf_counter() - start) * 1000)
-            reads = []
-            source, head = setup.kp.feed.source, setup.kp.feed.source.head()
-            for _ in range(200):
-                started = time.perf_counter()
-                source.read(head - 1, 1000)
-                reads.append((time.perf_counter() - started) * 1000)
+            yield Pair(mode, setup, a, b, keys)
         finally:
             for w in (a, b):
                 w.kill()
-    return {"mode": mode, **figures(times), "log_read_median_ms":
-            round(statistics.median(reads), 2)}
+
+
+def revoke_once(p: Pair, issued: Any, client: httpx2.Client) -> float:
+    """Milliseconds from a's answer to the revocation to b's first refusal."""
+    manage = {"Authorization": f"Bearer {p.setup.tenant.management_key}"}
+    check = {"Authorization": f"Bearer {p.setup.verifier}"}
+
+    def code() -> str:
+        r = client.post(p.b.url + "/v1/verify", json={"key": issued.secret}, headers=check)
+        assert r.status_code == 200, r.text
+        return str(r.json()["code"])
+
+    assert code() == "VALID"  # cached on b
+    time.sleep(0.01)  # b idle, as between a product's requests
+    r = client.delete(f"{p.a.url}/v1/keys/{issued.key.id}", headers=manage)
+    assert r.status_code == 204, r.text
+    start = time.perf_counter()
+    while code() == "VALID":
+        if time.perf_counter() - start > 10:
+            raise RuntimeError(f"{p.mode}: b accepted a revoked key for 10 s")
+    return (time.perf_counter() - start) * 1000
+
+
+def log_read_ms(p: Pair) -> float:
+    source = p.setup.kp.feed.source
+    head = source.head()
+    reads = []
+    for _ in range(200):
+        started = time.perf_counter()
+        source.read(head - 1, 1000)
+        reads.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(reads), 2)
+
+
+def run(modes: list[str], revocations: int) -> list[dict[str, Any]]:
+    """Every mode's pair runs at once and the revocations take turns (one per mode per round),
+    so that a busy moment of this shared machine weighs on every mode alike."""
+    tmp = Path(tempfile.mkdtemp(prefix="keyplane-propagation-"))
+    with contextlib.ExitStack() as stack, httpx2.Client(timeout=10) as client:
+        pairs = [stack.enter_context(pair(mode, revocations, tmp)) for mode in modes]
+        for i in range(revocations):
+            for p in pairs:
+                p.times.append(revoke_once(p, p.keys[i], client))
+        return [{"mode": p.mode, **figures(p.times), "log_read_median_ms": log_read_ms(p)}
+                for p in pairs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="poll,notify,redis")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="keyplane-propagation-"))
-    results = [measure(mode, args.revocations, tmp) for mode in args.modes.split(",")]
+    results = run(args.modes.split(","), args.revocations)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

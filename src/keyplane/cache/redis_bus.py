@@ -9,8 +9,11 @@ Bounds (from a committed change to every worker's cache dropping the entry):
   publish that could not reach Redis.
 * **No Redis, PostgreSQL**: each change's ``NOTIFY`` (sent in its transaction, delivered at
   commit: storage/sql/notify.py) wakes every worker's change-log reader. Milliseconds. The poll
-  runs every ``KEYPLANE_CHANGE_POLL_REDIS_SECONDS`` as the safety net, and losing the listening
-  connection degrades exactly as losing Redis does (below), until it listens again.
+  runs every ``KEYPLANE_CHANGE_POLL_REDIS_SECONDS`` as the safety net. Losing the listening
+  connection degrades as losing Redis does (below: short lifetime, fast poll, reconnecting),
+  except that the worker reads the log at once instead of dropping its whole cache (see
+  ``Propagation._listener_down``: the connection usually dies with the database, whose outage
+  grace a dropped cache would end).
 * **No Redis, SQLite** (or ``KEYPLANE_CHANGE_NOTIFY=false``): every worker polls the change log
   every ``KEYPLANE_CHANGE_POLL_SECONDS`` (0.5 s): that period (plus one query) is the bound.
 * **Redis lost**: Redis going away never opens the gate. The subscriber logs it, drops the
@@ -249,8 +252,8 @@ class Listener(Protocol):
 
 
 class ListenerFactory(Protocol):
-    def __call__(self, *, on_change: Callable[[int], None], on_down: Callable[[], None],
-                 on_up: Callable[[], None]) -> Listener: ...
+    def __call__(self, *, on_change: Callable[[int, str | None, str | None], None],
+                 on_down: Callable[[], None], on_up: Callable[[], None]) -> Listener: ...
 
 
 class Propagation:
@@ -275,10 +278,10 @@ class Propagation:
         self.listener: Listener | None = None
         if redis_url:
             self.redis = RedisBus(redis_url, bus, channel=channel, timeout=redis_timeout,
-                                  on_down=self._redis_down, on_up=self._redis_up)
+                                  on_down=self._redis_down, on_up=self._carrier_up)
         elif listener is not None:
-            self.listener = listener(on_change=self._heard, on_down=self._redis_down,
-                                     on_up=self._redis_up)
+            self.listener = listener(on_change=self._heard, on_down=self._listener_down,
+                                     on_up=self._carrier_up)
         self._carrier = "redis" if self.redis is not None else "notify"
 
     @property
@@ -302,9 +305,15 @@ class Propagation:
             carrier.stop()
         self.feed.stop()
 
-    def _heard(self, position: int) -> None:
-        if position > self.feed.stable_head:  # else the feed has read it already
-            self.feed.wake()
+    def _heard(self, position: int, kind: str | None, ref: str | None) -> None:
+        """A change committed by any process (this one too): drop its entries now, as a Redis
+        message does, and let the feed read the log (in order, for the change stream)."""
+        if position <= self.feed.stable_head:
+            return  # the feed has read it already
+        if kind is not None and ref is not None:
+            with remote_delivery():
+                self.bus.publish(kind, ref)
+        self.feed.wake()
 
     def _degrade(self) -> None:
         with self._lock:
@@ -317,7 +326,22 @@ class Propagation:
     def _redis_down(self) -> None:
         self._degrade()
 
-    def _redis_up(self) -> None:
+    def _listener_down(self) -> None:
+        """The database's notifications stopped: short cache lifetimes and the fast poll, as
+        when Redis is lost, but a read of the log instead of dropping the whole cache. The read
+        invalidates every change committed so far (any notification lost with the connection
+        included), which is all that dropping the cache would achieve; and when the read fails
+        the database itself is down, nothing can commit meanwhile, and dropping the cache would
+        end the outage grace (core/outage.py) the moment it begins."""
+        with self._lock:
+            self.degraded = True
+            self.cache.ttl = self.degraded_ttl
+            self.feed.period = self.poll_seconds
+        if self.feed.started:
+            with contextlib.suppress(Exception):  # the feed's own poll logs read failures
+                self.feed.refresh()
+
+    def _carrier_up(self) -> None:
         # anything published while we were away is in the log: read it before trusting Redis
         # (if that read fails, the subscriber treats it as a failed connection and retries)
         if self.feed.started:

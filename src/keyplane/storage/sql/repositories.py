@@ -406,7 +406,7 @@ class SqlChanges:
     def append(self, kind: str, ref: str) -> None:
         insert = t.changes.insert().values(kind=kind, ref=ref, at=self._now())
         if sends_notifications(self.conn):  # PostgreSQL: announced to every worker at commit
-            append_and_notify(self.conn, insert, t.changes.c.id)
+            append_and_notify(self.conn, insert, t.changes.c.id, kind, ref)
         else:
             self.conn.execute(insert)
 
