@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import random
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -112,20 +113,27 @@ class ChangeListener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn: Any = None  # the psycopg connection while listening
+        self._waker: tuple[socket.socket, socket.socket] | None = None
 
     def start(self) -> None:
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="keyplane-pg-listen",
-                                        daemon=True)
+        self._waker = socket.socketpair()  # stop() writes here: no wait for a timeout
+        self._thread = threading.Thread(target=self._run, args=(self._waker[0],),
+                                        name="keyplane-pg-listen", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if self._thread is not None and self._waker is not None:
+            with contextlib.suppress(OSError):
+                self._waker[1].send(b"x")
             self._thread.join(timeout=5)
             self._thread = None
+            for end in self._waker:
+                end.close()
+            self._waker = None
 
     @property
     def backend_pid(self) -> int | None:
@@ -133,7 +141,7 @@ class ChangeListener:
         conn = self._conn
         return int(conn.info.backend_pid) if conn is not None else None
 
-    def _run(self) -> None:
+    def _run(self, waker: socket.socket) -> None:
         backoff = 0.1
         down_logged = False
         while not self._stop.is_set():
@@ -151,7 +159,7 @@ class ChangeListener:
                 down_logged = False
                 backoff = 0.1
                 self.on_up()
-                self._listen(conn, schema)
+                self._listen(conn, schema, waker)
             except Exception as exc:  # connection errors, or the log unreadable in on_up
                 was_connected = self.connected.is_set()
                 self.connected.clear()
@@ -188,19 +196,18 @@ class ChangeListener:
             raise
         return conn
 
-    def _listen(self, conn: Any, schema: str) -> None:
+    def _listen(self, conn: Any, schema: str, waker: socket.socket) -> None:
         while not self._stop.is_set():
-            quiet = True
-            for notice in conn.notifies(timeout=self.PING_SECONDS):
-                quiet = False
+            # what is readable now, and what arrived during the last check (psycopg keeps it)
+            for notice in conn.notifies(timeout=0):
                 heard = parse(notice.payload) if notice.channel == CHANNEL else None
                 if heard is None or heard.schema != schema:
                     continue  # another schema's log
                 self.received += 1
                 self.on_change(heard.position, heard.kind, heard.ref)
-                if self._stop.is_set():
-                    return
-            if quiet:
+            ready, _, _ = select.select([conn.fileno(), waker], [], [],
+                                        self.PING_SECONDS)
+            if not ready:
                 conn.execute("SELECT 1")  # raises once the server or the network is gone
 
 
