@@ -106,7 +106,7 @@ def pair(mode: str, revocations: int, tmp: Path) -> Iterator[Pair]:
             for w in (a, b):
                 w.spawn()
             for w in (a, b):
-                w.wait_ready(60)
+                w.wait_ready(180)  # a busy shared machine: imports alone may take 20 s
                 wait_until(lambda w=w: w.readiness()["invalidation"] == expected, 10)
             yield Pair(mode, setup, a, b, keys)
         finally:
