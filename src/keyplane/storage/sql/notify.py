@@ -18,11 +18,13 @@ measured the position-only variant at a median of 33 ms against 17 ms under the 
 schema lets several Keyplane schemas share one database (the tests do) without waking each other.
 
 **Listening.** :class:`ChangeListener` holds one connection of its own (not from the pool) in
-autocommit, ``LISTEN``s, and checks the connection every second when nothing arrives. A failed
-check, a terminated backend or a connection that stops answering for a few seconds (TCP user
-timeout) is reported through ``on_down``; it reconnects with backoff and reports ``on_up`` once
-listening again. The connection must reach PostgreSQL directly or through a pooler in *session*
-mode (a transaction-mode pooler drops ``LISTEN``).
+autocommit, ``LISTEN``s, and proves the connection by hearing its own notification on a private
+channel: once before it reports ``on_up``, then every second when nothing arrives. A missing
+echo, a terminated backend or a connection that stops answering for a few seconds (TCP user
+timeout) is reported through ``on_down``; it reconnects with backoff. The connection must reach
+PostgreSQL directly or through a pooler in *session* mode: through a transaction-mode pooler
+(which does not support ``LISTEN``) the echo never comes back, so the worker stays on the fast
+poll instead of trusting a deaf listener.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ import json
 import logging
 import os
 import random
+import secrets
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +102,7 @@ class ChangeListener:
     """One thread listening for committed changes on its own PostgreSQL connection."""
 
     PING_SECONDS = 1.0  # a check of the connection when nothing arrived for this long
-    SILENCE_SECONDS = 3.0  # unacknowledged data for this long: the connection is dead
+    SILENCE_SECONDS = 3.0  # no echo (or data unacknowledged) this long: the connection is dead
     MAX_BACKOFF = 5.0
 
     def __init__(self, engine: Engine, *,
@@ -148,25 +152,16 @@ class ChangeListener:
             conn: Any = None
             try:
                 conn = self._connect()
-                schema = str(conn.execute("SELECT current_schema()").fetchone()[0])
-                # how operators (and tests) find this connection in pg_stat_activity
-                conn.execute("SELECT set_config('application_name', %s, false)",
-                             (application_name(schema),))
-                conn.execute(f"LISTEN {CHANNEL}")
                 self._conn = conn
-                log.info("listening for changes on PostgreSQL channel %s", CHANNEL)
-                self.connected.set()
-                down_logged = False
-                backoff = 0.1
-                self.on_up()
-                self._listen(conn, schema, waker)
+                self._listen(conn, waker)
             except Exception as exc:  # connection errors, or the log unreadable in on_up
                 was_connected = self.connected.is_set()
                 self.connected.clear()
-                if was_connected or not down_logged:
-                    log.warning("PostgreSQL change notifications lost (%s); dropping the local "
-                                "cache and polling the change log until they are back",
-                                type(exc).__name__)
+                if was_connected:
+                    backoff, down_logged = 0.1, False
+                if not down_logged:
+                    log.warning("PostgreSQL change notifications lost (%s); reading the change "
+                                "log, and polling it, until they are back", type(exc).__name__)
                     down_logged = True
                     self.on_down()
             finally:
@@ -196,19 +191,41 @@ class ChangeListener:
             raise
         return conn
 
-    def _listen(self, conn: Any, schema: str, waker: socket.socket) -> None:
+    def _listen(self, conn: Any, waker: socket.socket) -> None:
+        """Hands on each change of this schema. The connection proves itself by notifying its
+        own private channel (an echo) and hearing it back: first before it counts as listening,
+        then whenever nothing arrived for ``PING_SECONDS``. No echo within ``SILENCE_SECONDS``
+        means notifications do not reach it (a pooler in transaction mode, a dead network)."""
+        schema = str(conn.execute("SELECT current_schema()").fetchone()[0])
+        # how operators (and tests) find this connection in pg_stat_activity
+        conn.execute("SELECT set_config('application_name', %s, false)",
+                     (application_name(schema),))
+        echo = f"keyplane_echo_{secrets.token_hex(8)}"
+        conn.execute(f"LISTEN {CHANNEL}")
+        conn.execute(f"LISTEN {echo}")
+        conn.execute(f"NOTIFY {echo}")
+        awaiting: float | None = time.monotonic()  # when the unanswered echo was sent
         while not self._stop.is_set():
-            # what is readable now, and what arrived during the last check (psycopg keeps it)
+            # what is readable now, and what arrived during the last command (psycopg keeps it)
             for notice in conn.notifies(timeout=0):
+                if notice.channel == echo:
+                    awaiting = None
+                    if not self.connected.is_set():
+                        log.info("listening for changes on PostgreSQL channel %s", CHANNEL)
+                        self.connected.set()
+                        self.on_up()
+                    continue
                 heard = parse(notice.payload) if notice.channel == CHANNEL else None
                 if heard is None or heard.schema != schema:
                     continue  # another schema's log
                 self.received += 1
                 self.on_change(heard.position, heard.kind, heard.ref)
-            ready, _, _ = select.select([conn.fileno(), waker], [], [],
-                                        self.PING_SECONDS)
-            if not ready:
-                conn.execute("SELECT 1")  # raises once the server or the network is gone
+            if awaiting is not None and time.monotonic() - awaiting > self.SILENCE_SECONDS:
+                raise TimeoutError("PostgreSQL did not deliver this connection's own NOTIFY")
+            ready, _, _ = select.select([conn.fileno(), waker], [], [], self.PING_SECONDS)
+            if not ready and awaiting is None:
+                conn.execute(f"NOTIFY {echo}")  # raises once the server or network is gone
+                awaiting = time.monotonic()
 
 
 def _bound_silence(fd: int, seconds: float) -> None:
