@@ -8,7 +8,8 @@ Bounds (from a committed change to every worker's cache dropping the entry):
   poller still runs every ``KEYPLANE_CHANGE_POLL_REDIS_SECONDS`` (5 s) as a safety net for a
   publish that could not reach Redis.
 * **No Redis, PostgreSQL**: each change's ``NOTIFY`` (sent in its transaction, delivered at
-  commit: storage/sql/notify.py) wakes every worker's change-log reader. Milliseconds. The poll
+  commit: storage/sql/notify.py) names the change: every worker drops its entries at once and
+  wakes its change-log reader (for the change stream). Milliseconds. The poll
   runs every ``KEYPLANE_CHANGE_POLL_REDIS_SECONDS`` as the safety net. Losing the listening
   connection degrades as losing Redis does (below: short lifetime, fast poll, reconnecting),
   except that the worker reads the log at once instead of dropping its whole cache (see
@@ -307,13 +308,13 @@ class Propagation:
 
     def _heard(self, position: int, kind: str | None, ref: str | None) -> None:
         """A change committed by any process (this one too): drop its entries now, as a Redis
-        message does, and let the feed read the log (in order, for the change stream)."""
-        if position <= self.feed.stable_head:
-            return  # the feed has read it already
+        message does (even a change the feed has passed over: one that committed long after a
+        later position), and let the feed read the log (in order, for the change stream)."""
         if kind is not None and ref is not None:
             with remote_delivery():
                 self.bus.publish(kind, ref)
-        self.feed.wake()
+        if position > self.feed.stable_head:  # else the feed has read it already
+            self.feed.wake()
 
     def _degrade(self) -> None:
         with self._lock:
