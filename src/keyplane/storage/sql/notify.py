@@ -40,7 +40,7 @@ import logging
 import os
 import random
 import secrets
-import select
+import selectors
 import socket
 import threading
 import time
@@ -210,27 +210,34 @@ class ChangeListener:
         conn.execute(f"LISTEN {echo}")
         conn.execute(f"NOTIFY {echo}")
         awaiting: float | None = time.monotonic()  # when the unanswered echo was sent
-        while not self._stop.is_set():
-            # what is readable now, and what arrived during the last command (psycopg keeps it)
-            for notice in conn.notifies(timeout=0):
-                if notice.channel == echo:
-                    awaiting = None
-                    if not self.connected.is_set():
-                        log.info("listening for changes on PostgreSQL channel %s", CHANNEL)
-                        self.connected.set()
-                        self.on_up()
-                    continue
-                heard = parse(notice.payload) if notice.channel == CHANNEL else None
-                if heard is None or heard.schema != schema:
-                    continue  # another schema's log
-                self.received += 1
-                self.on_change(heard.position, heard.kind, heard.ref)
-            if awaiting is not None and time.monotonic() - awaiting > self.SILENCE_SECONDS:
-                raise TimeoutError("PostgreSQL did not deliver this connection's own NOTIFY")
-            ready, _, _ = select.select([conn.fileno(), waker], [], [], self.PING_SECONDS)
-            if not ready and awaiting is None:
-                conn.execute(f"NOTIFY {echo}")  # raises once the server or network is gone
-                awaiting = time.monotonic()
+        with selectors.DefaultSelector() as sockets:  # epoll: any fd number (select(): < 1024)
+            sockets.register(conn.fileno(), selectors.EVENT_READ)
+            sockets.register(waker, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                awaiting = self._hear(conn, schema, echo, awaiting)
+                if not sockets.select(self.PING_SECONDS) and awaiting is None:
+                    conn.execute(f"NOTIFY {echo}")  # raises once the server or network is gone
+                    awaiting = time.monotonic()
+
+    def _hear(self, conn: Any, schema: str, echo: str, awaiting: float | None) -> float | None:
+        """Handles what is readable now, and what arrived during the last command (psycopg
+        keeps it); returns when the echo still awaited was sent (``None``: it came back)."""
+        for notice in conn.notifies(timeout=0):
+            if notice.channel == echo:
+                awaiting = None
+                if not self.connected.is_set():
+                    log.info("listening for changes on PostgreSQL channel %s", CHANNEL)
+                    self.connected.set()
+                    self.on_up()
+                continue
+            heard = parse(notice.payload) if notice.channel == CHANNEL else None
+            if heard is None or heard.schema != schema:
+                continue  # another schema's log
+            self.received += 1
+            self.on_change(heard.position, heard.kind, heard.ref)
+        if awaiting is not None and time.monotonic() - awaiting > self.SILENCE_SECONDS:
+            raise TimeoutError("PostgreSQL did not deliver this connection's own NOTIFY")
+        return awaiting
 
 
 def _bound_silence(fd: int, seconds: float) -> None:
