@@ -57,6 +57,7 @@ from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine, watch
 from keyplane.storage.sql.events import events_repo
 from keyplane.storage.sql.hygiene import hygiene_repo
 from keyplane.storage.sql.imports import SqlScopeUsageStore, imports_repo
+from keyplane.storage.sql.notify import ChangeListener
 from keyplane.storage.sql.oauth_repositories import connected_repos
 from keyplane.storage.sql.safety import safety_repos
 from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
@@ -182,6 +183,8 @@ def build(
         poll_seconds=settings.change_poll_seconds,
         poll_redis_seconds=settings.change_poll_redis_seconds,
         degraded_ttl=settings.degraded_cache_ttl_seconds,
+        listener=partial(ChangeListener, engine)
+        if settings.change_notify and engine.dialect.name == "postgresql" else None,
     )
     limits = LimitStore(settings.redis_url, prefix=settings.redis_prefix,
                         timeout=settings.redis_timeout_seconds)

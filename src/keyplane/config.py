@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     change_poll_seconds: float = Field(default=0.5, gt=0)
     change_poll_redis_seconds: float = Field(default=5.0, gt=0)
     degraded_cache_ttl_seconds: float = Field(default=1.0, gt=0)
+    change_notify: bool = Field(
+        default=True, description="On PostgreSQL without Redis, hear of every committed change "
+        "through LISTEN/NOTIFY (milliseconds) instead of the change-log poll alone")
     failure_limit: int = Field(default=20, ge=1)
     failure_window_seconds: int = Field(default=60, ge=1, le=86400)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)

@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx2
 import pytest
+import sqlalchemy as sa
 
 from keyplane.core.rights import SYSTEM
+from keyplane.storage.sql.notify import application_name
 from tests.conftest import auth
 from tests.integration.procs import (
     Setup,
@@ -104,12 +106,51 @@ def test_revocation_reaches_the_other_worker_through_redis(setup: Setup,
 @pytest.mark.slow
 def test_revocation_reaches_the_other_worker_by_polling_without_redis(setup: Setup,
                                                                       tmp_path: Path) -> None:
-    env = worker_env(setup.url, setup.data_dir, change_poll_seconds=0.5)
+    env = worker_env(setup.url, setup.data_dir, change_poll_seconds=0.5, change_notify=False)
     with workers(env, tmp_path) as (a, b), httpx2.Client() as client:
         assert b.readiness()["invalidation"] == "polling"
         times = [propagation(a, b, setup, client) for _ in range(10)]
     report("revocation A -> B by polling every 0.5 s", times)
     assert max(times) < 1.0
+
+
+def listening(s: Setup) -> list[int]:
+    """The server processes of the workers' LISTEN connections on this test's schema."""
+    with s.kp.engine.connect() as conn:
+        name = application_name(conn.execute(sa.text("SELECT current_schema()")).scalar_one())
+        return list(conn.execute(sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
+            {"name": name}).scalars())
+
+
+@pytest.mark.slow
+def test_revocation_reaches_the_other_worker_by_notify_without_redis(setup: Setup,
+                                                                     tmp_path: Path) -> None:
+    """PostgreSQL LISTEN/NOTIFY, no Redis: with the poll at 5 s (a minute once listening) only
+    a notification explains a refusal within a second. Terminating the listening connections
+    degrades both workers (logged) and they listen again by themselves."""
+    env = worker_env(setup.url, setup.data_dir, change_poll_seconds=5,
+                     change_poll_redis_seconds=60)
+    with workers(env, tmp_path) as (a, b), httpx2.Client() as client:
+        for w in (a, b):
+            wait_until(lambda w=w: w.readiness()["invalidation"] == "notify", 10)
+        times = [propagation(a, b, setup, client, timeout=2.0) for _ in range(10)]
+        report("revocation A -> B by PostgreSQL NOTIFY (poll every 5 s)", times)
+        assert max(times) < 1.0
+
+        lost = listening(setup)
+        assert len(lost) == 2
+        with setup.kp.engine.connect() as conn:
+            for pid in lost:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        wait_until(lambda: all("PostgreSQL change notifications lost" in w.log()
+                               for w in (a, b)), 10)
+        wait_until(lambda: len(set(listening(setup)) - set(lost)) == 2, 15)
+        for w in (a, b):
+            wait_until(lambda w=w: w.readiness()["invalidation"] == "notify", 10)
+        times = [propagation(a, b, setup, client, timeout=2.0) for _ in range(3)]
+        report("revocation A -> B by NOTIFY after the listeners reconnected", times)
+        assert max(times) < 1.0
 
 
 @pytest.mark.redis

@@ -7,8 +7,16 @@ Bounds (from a committed change to every worker's cache dropping the entry):
   worker's subscriber thread feeds it into its in-process bus. Milliseconds. The change-log
   poller still runs every ``KEYPLANE_CHANGE_POLL_REDIS_SECONDS`` (5 s) as a safety net for a
   publish that could not reach Redis.
-* **No Redis**: every worker polls the change log every ``KEYPLANE_CHANGE_POLL_SECONDS``
-  (0.5 s): that period (plus one query) is the bound.
+* **No Redis, PostgreSQL**: each change's ``NOTIFY`` (sent in its transaction, delivered at
+  commit: storage/sql/notify.py) names the change: every worker drops its entries at once and
+  wakes its change-log reader (for the change stream). Milliseconds. The poll
+  runs every ``KEYPLANE_CHANGE_POLL_REDIS_SECONDS`` as the safety net. Losing the listening
+  connection degrades as losing Redis does (below: short lifetime, fast poll, reconnecting),
+  except that the worker reads the log at once instead of dropping its whole cache (see
+  ``Propagation._listener_down``: the connection usually dies with the database, whose outage
+  grace a dropped cache would end).
+* **No Redis, SQLite** (or ``KEYPLANE_CHANGE_NOTIFY=false``): every worker polls the change log
+  every ``KEYPLANE_CHANGE_POLL_SECONDS`` (0.5 s): that period (plus one query) is the bound.
 * **Redis lost**: Redis going away never opens the gate. The subscriber logs it, drops the
   whole local cache, shortens the cache lifetime to ``KEYPLANE_DEGRADED_CACHE_TTL_SECONDS``
   (1 s) and switches the poller to the fast period, reconnecting with backoff. Once subscribed
@@ -27,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
@@ -235,14 +243,29 @@ class RedisBus:
             observer("redis", time.time() - sent)
 
 
+class Listener(Protocol):
+    """A carrier of committed changes other than Redis (PostgreSQL ``LISTEN``)."""
+
+    connected: threading.Event
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class ListenerFactory(Protocol):
+    def __call__(self, *, on_change: Callable[[int, str | None, str | None], None],
+                 on_down: Callable[[], None], on_up: Callable[[], None]) -> Listener: ...
+
+
 class Propagation:
     """Keeps this process's caches in step with every other process: the change-log poller
-    always, Redis pub/sub when configured, and the switch between them when Redis fails."""
+    always, Redis pub/sub when configured (else the database's own notifications when it has
+    them), and the switch to fast polling when that carrier fails."""
 
     def __init__(self, bus: ChangeBus, cache: VerificationCache, feed: ChangePoller, *,
                  redis_url: str | None, channel: str, redis_timeout: float,
                  poll_seconds: float, poll_redis_seconds: float,
-                 degraded_ttl: float) -> None:
+                 degraded_ttl: float, listener: ListenerFactory | None = None) -> None:
         self.bus = bus
         self.cache = cache
         self.feed = feed
@@ -253,28 +276,45 @@ class Propagation:
         self.degraded = False
         self._lock = threading.Lock()
         self.redis: RedisBus | None = None
+        self.listener: Listener | None = None
         if redis_url:
             self.redis = RedisBus(redis_url, bus, channel=channel, timeout=redis_timeout,
-                                  on_down=self._redis_down, on_up=self._redis_up)
+                                  on_down=self._redis_down, on_up=self._carrier_up)
+        elif listener is not None:
+            self.listener = listener(on_change=self._heard, on_down=self._listener_down,
+                                     on_up=self._carrier_up)
+        self._carrier = "redis" if self.redis is not None else "notify"
 
     @property
     def mode(self) -> str:
-        if self.redis is None:
+        if self.redis is None and self.listener is None:
             return "polling"
-        return "degraded" if self.degraded else "redis"
+        return "degraded" if self.degraded else self._carrier
 
     def start(self) -> None:
-        if self.redis is not None:
+        carrier = self.redis or self.listener
+        if carrier is not None:
             self._degrade()  # until the first subscription is confirmed
         self.feed.period = self.poll_seconds
         self.feed.start()
-        if self.redis is not None:
-            self.redis.start()
+        if carrier is not None:
+            carrier.start()
 
     def stop(self) -> None:
-        if self.redis is not None:
-            self.redis.stop()
+        carrier = self.redis or self.listener
+        if carrier is not None:
+            carrier.stop()
         self.feed.stop()
+
+    def _heard(self, position: int, kind: str | None, ref: str | None) -> None:
+        """A change committed by any process (this one too): drop its entries now, as a Redis
+        message does (even a change the feed has passed over: one that committed long after a
+        later position), and let the feed read the log (in order, for the change stream)."""
+        if kind is not None and ref is not None:
+            with remote_delivery():
+                self.bus.publish(*heard(kind, ref))
+        if position > self.feed.stable_head:  # else the feed has read it already
+            self.feed.wake()
 
     def _degrade(self) -> None:
         with self._lock:
@@ -287,7 +327,22 @@ class Propagation:
     def _redis_down(self) -> None:
         self._degrade()
 
-    def _redis_up(self) -> None:
+    def _listener_down(self) -> None:
+        """The database's notifications stopped: short cache lifetimes and the fast poll, as
+        when Redis is lost, but a read of the log instead of dropping the whole cache. The read
+        invalidates every change committed so far (any notification lost with the connection
+        included), which is all that dropping the cache would achieve; and when the read fails
+        the database itself is down, nothing can commit meanwhile, and dropping the cache would
+        end the outage grace (core/outage.py) the moment it begins."""
+        with self._lock:
+            self.degraded = True
+            self.cache.ttl = self.degraded_ttl
+            self.feed.period = self.poll_seconds
+        if self.feed.started:
+            with contextlib.suppress(Exception):  # the feed's own poll logs read failures
+                self.feed.refresh()
+
+    def _carrier_up(self) -> None:
         # anything published while we were away is in the log: read it before trusting Redis
         # (if that read fails, the subscriber treats it as a failed connection and retries)
         if self.feed.started:
@@ -296,4 +351,4 @@ class Propagation:
             self.degraded = False
             self.cache.ttl = self.normal_ttl
             self.feed.period = self.poll_redis_seconds
-        log.info("Redis invalidation restored")
+        log.info("%s invalidation restored", "Redis" if self.redis is not None else "NOTIFY")

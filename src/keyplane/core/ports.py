@@ -222,6 +222,13 @@ class ChangePoller(Protocol):
     def refresh(self) -> int:
         """Reads the log now; returns how many changes were new."""
         ...
+    def wake(self) -> None:
+        """Read the log soon (a change was announced)."""
+        ...
+    @property
+    def stable_head(self) -> int:
+        """The position up to which every change has been read."""
+        ...
 
 
 # -- verification (services/verify.py) --------------------------------------------------------

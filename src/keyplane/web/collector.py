@@ -129,7 +129,7 @@ class KeyplaneCollector(Collector):
         mode = GaugeMetricFamily("keyplane_invalidation_mode",
                                  "How this worker hears of changes (1: the current way)",
                                  labels=["mode"])
-        for name in ("redis", "degraded", "polling"):
+        for name in ("redis", "notify", "degraded", "polling"):
             mode.add_metric([name], 1 if propagation.mode == name else 0)
         yield mode
 

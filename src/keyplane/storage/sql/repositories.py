@@ -24,6 +24,7 @@ from keyplane.core.model import (
     TenantPolicy,
 )
 from keyplane.storage.sql import tables as t
+from keyplane.storage.sql.notify import append_and_notify, sends_notifications
 
 
 class _Identified(Protocol):
@@ -413,7 +414,11 @@ class SqlChanges:
         self._now = now
 
     def append(self, kind: str, ref: str) -> None:
-        self.conn.execute(t.changes.insert().values(kind=kind, ref=ref, at=self._now()))
+        insert = t.changes.insert().values(kind=kind, ref=ref, at=self._now())
+        if sends_notifications(self.conn):  # PostgreSQL: announced to every worker at commit
+            append_and_notify(self.conn, insert, t.changes.c.id, kind, ref)
+        else:
+            self.conn.execute(insert)
 
     def head(self) -> int:
         value = self.conn.execute(sa.select(sa.func.max(t.changes.c.id))).scalar()
