@@ -276,10 +276,10 @@ def test_no_cache_keeps_a_secret_in_clear(http: httpx2.Client, keyplane: Keyplan
         assert s[3:20] not in held  # not even part of it
 
 
-def test_the_fast_path_gives_no_answer_to_a_verifier_address_blocked_for_guessing(
+def test_the_fast_path_refuses_a_verifier_address_blocked_for_guessing(
         keyplane: Keyplane, tenant: Tenant, verifier_key: str) -> None:
     """Guesses without ``ip`` count against the verifier's own address; once it is blocked,
-    even a cached valid key is left to the route (which answers RATE_LIMITED)."""
+    even a cached valid key is RATE_LIMITED (the service answers it without I/O)."""
     secret = keyplane.keys.create(SYSTEM, tenant.id, {"name": "zap",
                                                       "owner_id": tenant.admin_id}).secret
     inner = Inner()
@@ -294,6 +294,8 @@ def test_the_fast_path_gives_no_answer_to_a_verifier_address_blocked_for_guessin
     assert call(fast, guess, verifier_key)[0] == 418  # a guess is the route's to count
     for _ in range(keyplane.settings.failure_limit + 1):
         keyplane.throttle.failed(VERIFY_FAILURES, ip_address("127.0.0.1"))
-    assert call(fast, body, verifier_key)[0] == 418
+    status, out = call(fast, body, verifier_key)
+    assert status == 200 and json.loads(out)["code"] == "RATE_LIMITED"
+    assert json.loads(out)["key_id"] is None and len(inner.bodies) == 1
     with_ip = json.dumps({"key": secret, "tls": True, "ip": "198.51.100.1"}).encode()
     assert call(fast, with_ip, verifier_key)[0] == 200  # the end user's address is its own
