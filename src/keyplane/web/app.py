@@ -57,6 +57,7 @@ class KeyplaneAPI(FastAPI):
 
     _front: ASGIApp | None = None
     _metrics: RequestMetrics | None = None
+    fast_verify = True  # False: every /v1/verify reaches the route (the differential test)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["keyplane.metrics"] = self._metrics  # where log_request counts the duration
@@ -64,15 +65,17 @@ class KeyplaneAPI(FastAPI):
         if front is None:
             kp = self.state.keyplane
             scope["keyplane.metrics"] = self._metrics = self.state.metrics
-            front = self._front = RequestLimits(ForwardAuth(
-                VerifyFastPath(RequestContext(AllowedMethods(
-                    JsonDepthLimit(super().__call__), self.router.routes)), kp,
-                    self.state.metrics),
-                kp, self.state.route_map), kp.settings.max_body_bytes)
+            inner: ASGIApp = RequestContext(AllowedMethods(
+                JsonDepthLimit(super().__call__), self.router.routes))
+            if self.fast_verify:
+                inner = VerifyFastPath(inner, kp, self.state.metrics)
+            front = self._front = RequestLimits(ForwardAuth(inner, kp, self.state.route_map),
+                                                kp.settings.max_body_bytes)
         await front(scope, receive, send)
 
 
-def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
+def create_app(kp: Keyplane, *, manage_lifecycle: bool = True,
+               fast_verify: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -88,6 +91,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     install_redaction()  # no log record of this process holds a credential-shaped string
     app = KeyplaneAPI(title="Keyplane", version=__version__, description=DESCRIPTION,
                       lifespan=lifespan)
+    app.fast_verify = fast_verify
     app.state.keyplane = kp
     app.state.metrics = RequestMetrics()
     app.state.metrics_registry = None  # built on the first scrape
