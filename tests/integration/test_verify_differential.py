@@ -235,7 +235,7 @@ def test_the_fast_path_and_the_route_answer_alike(
 
     # no shrinking: both Keyplanes keep their state from one sequence to the next, so a
     # shorter sequence would not meet the same state; a failure names its requests instead
-    @settings(max_examples=100, deadline=None, database=None, phases=[Phase.generate],
+    @settings(max_examples=150, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(_requests(world))
     def check(requests: list[tuple[bytes, dict[str, str]]]) -> None:
