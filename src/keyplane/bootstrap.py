@@ -47,6 +47,7 @@ from keyplane.services.signals import KeySignals
 from keyplane.services.tenants import TenantService
 from keyplane.services.throttle import FailureThrottle
 from keyplane.services.usage import UsageRecorder, UsageService
+from keyplane.services.verification import VerifyService
 from keyplane.services.verify import Verifier
 from keyplane.services.webhooks import Outbox, WebhookService
 from keyplane.storage.sql import migrate
@@ -86,6 +87,7 @@ class Keyplane:
     propagation: Propagation  # other workers' changes reach this one's caches
     limits: LimitStore  # rate-limit counts: Redis or memory
     throttle: FailureThrottle  # the failed-attempt policy: credentials, sign-ins, codes
+    verification: VerifyService  # may this request pass: /v1/verify and every bearer caller
     shares: ShareService  # one-time share links
     leaks: LeakService  # leaked secrets: revoke or lock, record where
     scanning_keys: ScanningKeys  # the code host's public keys for signed leak reports
@@ -190,6 +192,11 @@ def build(
                         timeout=settings.redis_timeout_seconds)
     verifier.rate_check = KeyRateLimits(limits, SqlQuotaStore(engine))
     verifier.rate_check_blocking = limits.blocking
+    throttle = FailureThrottle(
+        ctx, AttemptCounts(limits), limit=settings.failure_limit,
+        window=settings.failure_window_seconds,
+        signin_per_account=parse_limit(settings.signin_limit_per_account),
+        signin_per_address=parse_limit(settings.signin_limit_per_ip))
     kp = Keyplane(
         settings=settings,
         engine=engine,
@@ -206,11 +213,8 @@ def build(
         feed=feed,
         propagation=propagation,
         limits=limits,
-        throttle=FailureThrottle(
-            ctx, AttemptCounts(limits), limit=settings.failure_limit,
-            window=settings.failure_window_seconds,
-            signin_per_account=parse_limit(settings.signin_limit_per_account),
-            signin_per_address=parse_limit(settings.signin_limit_per_ip)),
+        throttle=throttle,
+        verification=VerifyService(verifier, throttle),
         shares=ShareService(ctx, safety_repos),
         leaks=LeakService(ctx, safety_repos),
         scanning_keys=ScanningKeys(source_from(settings.secret_scanning_keys_file,

@@ -59,6 +59,7 @@ class KeyplaneAPI(FastAPI):
     _metrics: RequestMetrics | None = None
     _limits: RequestLimits | None = None
     _fast: VerifyFastPath | None = None
+    fast_verify = True  # False: every /v1/verify reaches the route (the differential test)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope["keyplane.metrics"] = self._metrics  # where log_request counts the duration
@@ -66,11 +67,12 @@ class KeyplaneAPI(FastAPI):
         if front is None:
             kp = self.state.keyplane
             scope["keyplane.metrics"] = self._metrics = self.state.metrics
-            fast = VerifyFastPath(RequestContext(AllowedMethods(
-                JsonDepthLimit(super().__call__), self.router.routes)), kp, self.state.metrics)
-            front = self._front = self._limits = RequestLimits(ForwardAuth(
-                fast, kp, self.state.route_map), kp.settings.max_body_bytes)
-            self._fast = fast
+            inner: ASGIApp = RequestContext(AllowedMethods(
+                JsonDepthLimit(super().__call__), self.router.routes))
+            if self.fast_verify:
+                inner = self._fast = VerifyFastPath(inner, kp, self.state.metrics)
+            front = self._front = self._limits = RequestLimits(
+                ForwardAuth(inner, kp, self.state.route_map), kp.settings.max_body_bytes)
         await front(scope, receive, send)
 
     def answer_inline(self, scope: dict[str, Any],
@@ -86,7 +88,8 @@ class KeyplaneAPI(FastAPI):
         return fast.answer_inline(scope, body)
 
 
-def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
+def create_app(kp: Keyplane, *, manage_lifecycle: bool = True,
+               fast_verify: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_lifecycle:
@@ -102,6 +105,7 @@ def create_app(kp: Keyplane, *, manage_lifecycle: bool = True) -> FastAPI:
     install_redaction()  # no log record of this process holds a credential-shaped string
     app = KeyplaneAPI(title="Keyplane", version=__version__, description=DESCRIPTION,
                       lifespan=lifespan)
+    app.fast_verify = fast_verify
     app.state.keyplane = kp
     app.state.metrics = RequestMetrics()
     app.state.metrics_registry = None  # built on the first scrape

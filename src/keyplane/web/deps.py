@@ -9,11 +9,13 @@ from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from keyplane.bootstrap import Keyplane
-from keyplane.core.decisions import Code
-from keyplane.core.errors import RateLimited, ValidationError
+from keyplane.core.errors import ValidationError
 from keyplane.core.model import Page
 from keyplane.core.rights import Caller
-from keyplane.services.auth import authenticate, caller_from
+from keyplane.services.throttle import AUTH_FAILURES as AUTH_FAILURES
+from keyplane.services.verification import GUESSES as GUESSES
+from keyplane.services.verification import Peer
+from keyplane.services.verification import too_many_failures as too_many_failures
 from keyplane.web import credentials, net
 
 
@@ -40,39 +42,31 @@ API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="apiKey",
 async def caller(request: Request, keyplane: Annotated[Keyplane, Depends(kp)],
                  _declared: Annotated[object, Depends(BEARER)] = None,
                  _api_key: Annotated[object, Depends(API_KEY)] = None) -> Caller:
-    """The authenticated credential; cache hits are answered on the event loop."""
-    trusted = request.app.state.trusted_proxies
+    """The authenticated credential (services/verification.py decides); cache hits are
+    answered on the event loop."""
     raw = bearer(request)
-    ip = net.client_address(request, trusted)
-    tls = net.is_tls(request, trusted)
-    request_id = request.scope.get("keyplane.request_id")
-    throttle = keyplane.throttle
-    wait = throttle.retry_after(AUTH_FAILURES, ip)
-    if wait is not None:
-        raise too_many_failures(wait, throttle.limit)
-    if not raw:
-        return authenticate(keyplane.verifier, raw, ip=ip, tls=tls)  # raises: no credential
-    verdict = keyplane.verifier.verify_cached(raw, ip=ip, tls=tls)
-    if verdict is None:
-        verdict = await run_in_threadpool(keyplane.verifier.verify, raw, ip=ip, tls=tls)
-    if verdict.decision.code in GUESSES:
-        wait = await run_in_threadpool(throttle.failed, AUTH_FAILURES, ip,
-                                       request_id=request_id)
-        if wait is not None:
-            raise too_many_failures(wait, throttle.limit)
-    found = caller_from(verdict, ip=ip, request_id=request_id,
-                        user_agent=request.headers.get("user-agent"))
+    peer = peer_of(request)
+    service = keyplane.verification
+    found = service.authenticate_if_cached(raw, peer)
+    if found is None:
+        found = await run_in_threadpool(service.authenticate, raw, peer)
     request.scope["keyplane.caller"] = found  # a refusal is audited as this caller's
     return found
 
 
-AUTH_FAILURES = "auth"  # the failure throttle's count for bearer credentials
-GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})  # what a guesser gets; counted per address
+def peer_of(request: Request) -> Peer:
+    """Who calls and from where: one per request (the verify fast path may have made it),
+    holding what the verification service already verified and counted for it."""
+    peer = request.scope.get(PEER)
+    if not isinstance(peer, Peer):
+        trusted = request.app.state.trusted_proxies
+        peer = request.scope[PEER] = Peer(
+            net.client_address(request, trusted), net.is_tls(request, trusted),
+            request.scope.get("keyplane.request_id"), request.headers.get("user-agent"))
+    return peer
 
 
-def too_many_failures(retry_after: int, limit: int) -> RateLimited:
-    return RateLimited("too many failed attempts from this address; try again later",
-                       retry_after=retry_after, limit=limit)
+PEER = "keyplane.peer"  # the request's Peer, in the ASGI scope
 
 
 CallerDep = Annotated[Caller, Depends(caller)]

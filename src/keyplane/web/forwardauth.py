@@ -47,11 +47,12 @@ from keyplane.core.decisions import Code
 from keyplane.core.errors import ValidationError
 from keyplane.core.policy import Address, address_allowed, parse_address, parse_networks
 from keyplane.core.routemap import RouteMap
+from keyplane.services.throttle import VERIFY_FAILURES
 from keyplane.services.verify import Verdict, cache_key
 from keyplane.web import credentials, net
 from keyplane.web.deps import GUESSES
 from keyplane.web.middleware import log_request, new_request_id, response_headers
-from keyplane.web.routes_verify import VERIFY_FAILURES, at_location
+from keyplane.web.routes_verify import at_location
 
 PATH = "/v1/forward-auth"
 _VALID = "VALID"  # what usage counts for a pass

@@ -24,6 +24,7 @@ from keyplane.core.events import (
 from keyplane.core.policy import parse_address
 from keyplane.core.views import ts
 from keyplane.services.automations import ID_PATTERN, Reported
+from keyplane.services.throttle import VERIFY_FAILURES
 from keyplane.web.credentials import key_in
 from keyplane.web.deps import (
     CallerDep,
@@ -34,7 +35,6 @@ from keyplane.web.deps import (
     page_out,
     too_many_failures,
 )
-from keyplane.web.routes_verify import VERIFY_FAILURES
 from keyplane.web.schemas import Absent, Body, Name, Text
 
 router = APIRouter(tags=["automations"])
