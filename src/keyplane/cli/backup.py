@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from keyplane.cli.main import JsonOpt, _keyplane, app, handled
+from keyplane.cli.main import JsonOpt, app, handled, opened
 from keyplane.cli.output import emit_json, table
 
 
@@ -30,15 +30,12 @@ def export(
     partial = output.with_name(f".{output.name}.partial")
     partial.unlink(missing_ok=True)
     private_file(partial)
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         with partial.open("w", encoding="utf-8") as out:
             report = kp.backup.export(out, tenant_id=tenant, revision=migrate.current(kp.engine))
             out.flush()
             os.fsync(out.fileno())
         partial.replace(output)
-    finally:
-        kp.close()
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     _show(report.as_dict(), json_out, f"exported to {output}")
@@ -55,12 +52,8 @@ def restore(
     """Restore a backup in one transaction, into a database without these records."""
     if not file.is_file():
         raise ValueError(f"no file {file}")
-    kp = _keyplane()
-    try:
-        with file.open(encoding="utf-8") as lines:
-            report = kp.backup.restore(lines, dry_run=dry_run)
-    finally:
-        kp.close()
+    with opened() as kp, file.open(encoding="utf-8") as lines:
+        report = kp.backup.restore(lines, dry_run=dry_run)
     _show(report.as_dict(), json_out,
           "dry run: the restore would succeed (nothing written)" if dry_run else "restored")
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from keyplane.cli.main import JsonOpt, TenantOpt, _keyplane, app, handled
+from keyplane.cli.main import JsonOpt, TenantOpt, app, handled, opened
 from keyplane.cli.output import console, emit_json, table
 
 import_app = typer.Typer(help="Bring existing keys in, so that the integrations built on them "
@@ -51,17 +51,13 @@ def _run(source: str, tenant: str, rows: Callable[[], Iterable[Any]], total: int
         TimeRemainingColumn,
     )
 
-    kp = _keyplane()
-    try:
-        with Progress(TextColumn("[bold]importing[/]"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console, transient=json_out,
-                      disable=json_out) as progress:
-            task = progress.add_task("import", total=total)
-            report = kp.imports.run(source, tenant, rows(), scope_map=scope_map, owner=owner,
-                                    dry_run=dry_run,
-                                    progress=lambda n: progress.advance(task, n))
-    finally:
-        kp.close()
+    progress = Progress(TextColumn("[bold]importing[/]"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console, transient=json_out,
+                        disable=json_out)
+    with opened() as kp, progress:
+        task = progress.add_task("import", total=total)
+        report = kp.imports.run(source, tenant, rows(), scope_map=scope_map, owner=owner,
+                                dry_run=dry_run, progress=lambda n: progress.advance(task, n))
     out = report.as_dict()
     if json_out:
         emit_json(out)

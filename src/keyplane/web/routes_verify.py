@@ -14,10 +14,11 @@ from keyplane.core.decisions import Code, Denied
 from keyplane.core.errors import ValidationError
 from keyplane.core.policy import parse_address
 from keyplane.core.rights import Caller
+from keyplane.core.views import ts
 from keyplane.services.verify import NOT_FOUND, Verdict
 from keyplane.web.credentials import key_in
 from keyplane.web.deps import GUESSES, CallerDep, KeyplaneDep
-from keyplane.web.schemas import Verify, ts
+from keyplane.web.schemas import Verify
 
 router = APIRouter(tags=["verify"])
 
