@@ -32,7 +32,7 @@ from keyplane.services.backup import BackupService
 from keyplane.services.catalogue import CatalogueService, load_toml
 from keyplane.services.changes import RESET, ChangeFeed, remote_delivery
 from keyplane.services.connections import CONNECTION_ID_PREFIX, ConnectionService, Lifetimes
-from keyplane.services.context import Context
+from keyplane.services.context import Context, LocalBus
 from keyplane.services.delivery import DeliveryWorker
 from keyplane.services.expiry import ExpiryReminders
 from keyplane.services.hygiene import HygieneService
@@ -156,9 +156,9 @@ def build(
     schema: str | None = None,
     migrate_db: bool = False,
 ) -> Keyplane:
-    """Builds every part in dependency order: storage and context, connected apps (whose
-    access tokens verify on the keys' path), verification and usage, then the services and
-    background jobs that use them."""
+    """Builds every part in dependency order: storage, the change feed and context; connected
+    apps (whose access tokens verify on the keys' path); verification and usage; then the
+    services and background jobs that use them. Each part gets its collaborators here."""
     if not valid_prefix(settings.key_prefix):
         raise ValueError("KEYPLANE_KEY_PREFIX must be 2-16 lowercase letters or digits")
     clock = clock or SystemClock()
@@ -166,7 +166,14 @@ def build(
     engine = make_engine(
         settings.resolved_database_url, pool_size=settings.db_pool_size, schema=schema
     )
-    health = DatabaseHealth(clock, settings.db_outage_grace_seconds)
+    bus = LocalBus()  # this process's changes, after commit, to its caches and the feed
+    lag = InvalidationLag()
+    feed = ChangeFeed(SqlChangeSource(engine), bus, period=settings.change_poll_seconds,
+                      lag_observer=lag.observe)
+    health = DatabaseHealth(
+        clock, settings.db_outage_grace_seconds,
+        on_lost=[partial(_lost, settings.db_outage_grace_seconds)],
+        on_recovered=[partial(_recovered, bus, feed)])
     watch(engine, health)
     if migrate_db:
         migrate.upgrade(engine)
@@ -183,6 +190,7 @@ def build(
         clock=clock,
         hasher=Hasher(peppers),
         key_prefix=settings.key_prefix,
+        bus=bus,
         events=outbox,
         mailer=mailer_from(settings.smtp_url.get_secret_value() if settings.smtp_url else None,
                            settings.mail_from),
@@ -230,21 +238,14 @@ def build(
         loaders={prefixes.access_token: connections.load_access_token},
         rate_check=KeyRateLimits(limits, SqlQuotaStore(engine)),
         rate_check_blocking=limits.blocking)
-    lag = InvalidationLag()
-    feed = ChangeFeed(SqlChangeSource(engine), ctx.bus, period=settings.change_poll_seconds,
-                      lag_observer=lag.observe)
     propagation = Propagation(
-        ctx.bus, cache, feed, redis_url=settings.redis_url,
+        bus, cache, feed, redis_url=settings.redis_url,
         channel=f"{settings.redis_prefix}:changes", redis_timeout=settings.redis_timeout_seconds,
         poll_seconds=settings.change_poll_seconds,
         poll_redis_seconds=settings.change_poll_redis_seconds,
         degraded_ttl=settings.degraded_cache_ttl_seconds,
         lag_observer=lag.observe,
     )
-    health.on_lost.append(lambda: log.warning(
-        "the database is unreachable: cached verifications are served for %gs, then "
-        "verification fails closed until it answers", settings.db_outage_grace_seconds))
-    health.on_recovered.append(partial(_recovered, ctx, feed))
     # -- the services that use them ----------------------------------------------------------
     audit = AuditService(ctx, RefusalRecorder(ctx, interval=settings.usage_flush_seconds))
     return Keyplane(
@@ -309,11 +310,16 @@ def build(
     )
 
 
-def _recovered(ctx: Context, feed: ChangeFeed) -> None:
+def _lost(grace_seconds: float) -> None:
+    log.warning("the database is unreachable: cached verifications are served for %gs, then "
+                "verification fails closed until it answers", grace_seconds)
+
+
+def _recovered(bus: LocalBus, feed: ChangeFeed) -> None:
     """The database answers again: a change may have been committed that this process never
     heard of (its publish lost with the connection), so drop every cached verification and
     read the change log soon."""
     log.warning("the database answers again")
     with remote_delivery():
-        ctx.bus.publish(RESET, "*")
+        bus.publish(RESET, "*")
     feed.wake()
