@@ -30,12 +30,13 @@ def export(
     partial = output.with_name(f".{output.name}.partial")
     partial.unlink(missing_ok=True)
     private_file(partial)
-    with opened() as kp:
-        with partial.open("w", encoding="utf-8") as out:
+    try:
+        with opened() as kp, partial.open("w", encoding="utf-8") as out:
             report = kp.backup.export(out, tenant_id=tenant, revision=migrate.current(kp.engine))
             out.flush()
             os.fsync(out.fileno())
         partial.replace(output)
+    finally:  # an export that failed leaves no partial file
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     _show(report.as_dict(), json_out, f"exported to {output}")
