@@ -56,6 +56,7 @@ from keyplane.storage.sql import migrate
 from keyplane.storage.sql.account_repositories import account_repos
 from keyplane.storage.sql.backup import backup_repo
 from keyplane.storage.sql.changefeed import SqlChangeSource
+from keyplane.storage.sql.drf import count_drf, read_drf
 from keyplane.storage.sql.engine import SqlUnitOfWork, make_engine, watch
 from keyplane.storage.sql.events import events_repo
 from keyplane.storage.sql.hygiene import hygiene_repo
@@ -67,6 +68,10 @@ from keyplane.storage.sql.usage import SqlQuotaStore, SqlUsageStore
 from keyplane.storage.sql.webhook_repositories import webhook_repo
 
 log = logging.getLogger("keyplane")
+
+# ``keyplane import drf-api-key``'s source: another project's database, read only (the CLI
+# reaches this storage adapter through the composition root, like every other)
+__all__ = ["Keyplane", "build", "count_drf", "read_drf"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,15 @@ class Keyplane:
         self.limits.close()
         self.sender.close()
         self.engine.dispose()
+
+    def schema_revision(self) -> str | None:
+        """The database's applied migration (``keyplane db current``, backups)."""
+        return migrate.current(self.engine)
+
+    @staticmethod
+    def schema_head() -> str | None:
+        """The newest migration this version ships."""
+        return migrate.head()
 
     def __enter__(self) -> Keyplane:
         return self

@@ -24,7 +24,6 @@ def export(
 
     The file is private (0600) and appears only once complete."""
     from keyplane.files import private_file
-    from keyplane.storage.sql import migrate
 
     output = output.resolve()
     partial = output.with_name(f".{output.name}.partial")
@@ -32,7 +31,7 @@ def export(
     private_file(partial)
     try:
         with opened() as kp, partial.open("w", encoding="utf-8") as out:
-            report = kp.backup.export(out, tenant_id=tenant, revision=migrate.current(kp.engine))
+            report = kp.backup.export(out, tenant_id=tenant, revision=kp.schema_revision())
             out.flush()
             os.fsync(out.fileno())
         partial.replace(output)

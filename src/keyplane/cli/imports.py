@@ -94,8 +94,8 @@ def drf(
 ) -> None:
     """djangorestframework-api-key's keys (prefix.secret): their digests are kept and
     upgraded to Keyplane's on each key's first use."""
+    from keyplane.bootstrap import count_drf, read_drf
     from keyplane.services.import_sources import drf_rows
-    from keyplane.storage.sql.drf import count_drf, read_drf
 
     total = count_drf(from_database)
     _run("drf-api-key", tenant, lambda: drf_rows(read_drf(from_database)), total,

@@ -131,10 +131,8 @@ def serve(
 @handled
 def db_upgrade(json_out: JsonOpt = False) -> None:
     """Create or upgrade the schema to the newest migration."""
-    from keyplane.storage.sql import migrate
-
     with opened(migrate_db=True) as kp:
-        rev = migrate.current(kp.engine)
+        rev = kp.schema_revision()
     emit_json({"revision": rev}) if json_out else print(f"database at revision {rev}")
 
 
@@ -142,10 +140,8 @@ def db_upgrade(json_out: JsonOpt = False) -> None:
 @handled
 def db_current(json_out: JsonOpt = False) -> None:
     """Show the schema revision."""
-    from keyplane.storage.sql import migrate
-
     with opened(migrate_db=False, seed=False) as kp:
-        rev, head = migrate.current(kp.engine), migrate.head()
+        rev, head = kp.schema_revision(), kp.schema_head()
     emit_json({"revision": rev, "head": head}) if json_out else print(f"{rev} (head {head})")
 
 
