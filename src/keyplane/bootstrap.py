@@ -186,7 +186,7 @@ def build(
                       lag_observer=lag.observe)
     health = DatabaseHealth(
         clock, settings.db_outage_grace_seconds,
-        on_lost=[partial(_lost, settings.db_outage_grace_seconds)],
+        on_lost=[partial(_lost, settings.db_outage_grace_seconds, feed)],
         on_recovered=[partial(_recovered, bus, feed)])
     watch(engine, health)
     if migrate_db:
@@ -324,9 +324,12 @@ def build(
     )
 
 
-def _lost(grace_seconds: float) -> None:
-    log.warning("the database is unreachable: cached verifications are served for %gs, then "
-                "verification fails closed until it answers", grace_seconds)
+def _lost(grace_seconds: float, feed: ChangeFeed) -> None:
+    """Said by a process that serves verifications (its change feed runs); a CLI command
+    reports the failed command instead."""
+    if feed.started:
+        log.warning("the database is unreachable: cached verifications are served for %gs, "
+                    "then verification fails closed until it answers", grace_seconds)
 
 
 def _recovered(bus: LocalBus, feed: ChangeFeed) -> None:
