@@ -6,7 +6,7 @@ format, half foreign ``sk_live_…`` keys), each with a name, two scopes, an exp
 email.
 
 Measured, in process (the service the CLI calls, without the progress bar): the first import
-(hash each key, decide each row, write in batches of 500, one transaction each) and a second
+(hash each key, decide each row, write in batches of 500, all in one transaction) and a second
 import of the same file (every row found "already present").
 
     .venv/bin/python bench/import_csv.py [--rows 100000] [--postgres] [--json]

@@ -1,7 +1,8 @@
 """Run as a script: creates keys with djangorestframework-api-key itself in a SQLite database
-(its own migrations, ``APIKey.objects.create_key``) and prints them as JSON. A subprocess,
-because Django's settings are configured once per process (tests/sdk/test_django.py has its
-own)."""
+(a path) or a PostgreSQL one (a ``postgresql://`` URL, its schema given as
+``?options=-csearch_path=…``) — its own migrations, ``APIKey.objects.create_key`` — and prints
+them as JSON. A subprocess, because Django's settings are configured once per process
+(tests/sdk/test_django.py has its own)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,26 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 
-def main(path: str) -> None:
+def database(target: str) -> dict[str, object]:
+    """Django's DATABASES entry for a SQLite path or a PostgreSQL URL."""
+    if not target.startswith("postgresql://"):
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": target}
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    url = urlsplit(target)
+    options = parse_qs(url.query).get("options", [""])[0]
+    return {"ENGINE": "django.db.backends.postgresql", "NAME": url.path.lstrip("/"),
+            "USER": unquote(url.username or ""), "PASSWORD": unquote(url.password or ""),
+            "HOST": url.hostname or "", "PORT": str(url.port or ""),
+            "OPTIONS": {"options": options} if options else {}}
+
+
+def main(target: str) -> None:
     import django
     from django.conf import settings
 
     settings.configure(
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}},
+        DATABASES={"default": database(target)},
         INSTALLED_APPS=["rest_framework_api_key"], USE_TZ=True,
         SECRET_KEY="test-only-" + "y" * 40)
     django.setup()

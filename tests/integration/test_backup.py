@@ -20,7 +20,6 @@ import pytest
 from keyplane.bootstrap import Keyplane, build
 from keyplane.core.errors import AuthenticationError
 from keyplane.core.rights import SYSTEM
-from keyplane.oauth.wiring import connected
 from tests.conftest import Tenant, make_settings, make_tenant, serving
 from tests.integration.oauth_support import approved_app, exchange, get_code, refresh
 from tests.support import postgres_schema, sqlite_url
@@ -107,7 +106,7 @@ def restore(source: Source, target: tuple[str, str | None], file: Path,
 
 def signs_in(kp: Keyplane, email: str, password: str) -> bool:
     try:
-        return isinstance(connected(kp).sessions.sign_in(email, password, ip=None), tuple)
+        return isinstance(kp.sessions.sign_in(email, password, ip=None), tuple)
     except AuthenticationError:
         return False
 

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 from keyplane.bootstrap import Keyplane
 from keyplane.core.accounts import AccountKind
 from keyplane.core.rights import SYSTEM
-from keyplane.oauth.wiring import connected
 from tests.conftest import Tenant, serving
 from tests.integration.console_support import secret_in
 from tests.integration.oauth_support import authorize_url, csrf, pkce, sign_in
@@ -28,12 +27,12 @@ REDIRECT = "https://partner.example/callback"
 
 
 def add_staff(kp: Keyplane, email: str = STAFF_EMAIL) -> str:
-    return connected(kp).accounts.create(SYSTEM, AccountKind.OPERATOR, {
+    return kp.accounts.create(SYSTEM, AccountKind.OPERATOR, {
         "email": email, "password": STAFF_PASSWORD, "name": "Olga"}).id
 
 
 def invitation(kp: Keyplane, email: str) -> str:
-    return connected(kp).accounts.invite(SYSTEM, email).token
+    return kp.accounts.invite(SYSTEM, email).token
 
 
 def sign_up(http: httpx2.Client, email: str, token: str | None = None) -> httpx2.Response:
@@ -64,7 +63,7 @@ def register_app(http: httpx2.Client, name: str = "Zap",
 
 
 def client_id_of(kp: Keyplane, app_id: str) -> str | None:
-    return connected(kp).apps.get(SYSTEM, None, app_id).client_id
+    return kp.apps.get(SYSTEM, None, app_id).client_id
 
 
 def test_operator_staff_sign_in_and_see_operator_pages_only(
@@ -186,7 +185,7 @@ def test_a_developer_registers_an_app_that_cannot_be_authorised_before_approval(
     # the developer holds no management right
     assert http.post(f"/operator/apps/{app_id}/approve",
                      data={"csrf_token": csrf(detail.text)}).status_code == 404
-    assert connected(keyplane).apps.get(SYSTEM, None, app_id).status.value == "pending"
+    assert keyplane.apps.get(SYSTEM, None, app_id).status.value == "pending"
 
 
 def test_another_developers_app_is_not_found(keyplane: Keyplane, tenant: Tenant,
@@ -329,7 +328,7 @@ def test_open_and_closed_signup(database: tuple[str, str | None], tmp_path: Path
                                                 "email": "b@zap.example",
                                                 "password": DEV_PASSWORD})
         assert r.status_code == 400
-        assert connected(kp).accounts.list(SYSTEM, AccountKind.DEVELOPER).items[0].email \
+        assert kp.accounts.list(SYSTEM, AccountKind.DEVELOPER).items[0].email \
             == "anyone@zap.example"
 
 
@@ -354,7 +353,7 @@ def test_cli_creates_operator_staff(keyplane: Keyplane, tmp_path: Path,
     r = runner.invoke(app, ["operators", "create", "--email", "short@operator.example",
                             "--password-stdin"], input="short\n")
     assert r.exit_code == 1 and "12" in r.output
-    found = connected(keyplane).accounts.list(SYSTEM, AccountKind.OPERATOR).items
+    found = keyplane.accounts.list(SYSTEM, AccountKind.OPERATOR).items
     assert [a.email for a in found] == ["ops@operator.example"]
     r = runner.invoke(app, ["operators", "list", "--json"])
     assert r.exit_code == 0 and "ops@operator.example" in r.output
@@ -364,7 +363,7 @@ def test_disabling_staff_ends_their_sessions(keyplane: Keyplane, http: httpx2.Cl
     add_staff(keyplane)
     sign_in(http, STAFF_EMAIL, STAFF_PASSWORD)
     assert http.get("/operator/apps").status_code == 200
-    connected(keyplane).accounts.set_enabled(SYSTEM, AccountKind.OPERATOR, STAFF_EMAIL, False)
+    keyplane.accounts.set_enabled(SYSTEM, AccountKind.OPERATOR, STAFF_EMAIL, False)
     assert http.get("/operator/apps").status_code == 303  # back to sign-in
     r = sign_in(http, STAFF_EMAIL, STAFF_PASSWORD)
     assert r.status_code == 401
@@ -380,6 +379,6 @@ def test_open_signup_makes_a_few_accounts_per_address_not_thousands(
         r = sign_up(http, "dev5@zap.example")
         assert r.status_code == 429
         assert "Too many sign-ups from your address" in r.text
-        emails = {a.email for a in connected(kp).accounts.list(
+        emails = {a.email for a in kp.accounts.list(
             SYSTEM, AccountKind.DEVELOPER).items}
         assert "dev5@zap.example" not in emails and len(emails) == 5

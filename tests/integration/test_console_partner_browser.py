@@ -54,7 +54,6 @@ def test_partner_registers_operator_approves_admin_connects(
     from playwright.sync_api import expect
 
     from keyplane.core.rights import SYSTEM
-    from keyplane.oauth.wiring import connected
 
     add_staff(keyplane)
     base = server.url
@@ -211,7 +210,7 @@ def test_partner_registers_operator_approves_admin_connects(
         expect(admin.get_by_role("row", name="Zap")).to_contain_text("Contacts Edit")
         expect(admin.get_by_role("link", name="Revoke Zap")).to_be_visible()
         accessible(admin)
-        views = connected(keyplane).connections.list(SYSTEM, tenant.id, limit=10)
+        views = keyplane.connections.list(SYSTEM, tenant.id, limit=10)
         assert [v.app.id for v in views.items] == [app_id]
     finally:
         staff_ctx.close()

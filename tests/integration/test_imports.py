@@ -28,6 +28,7 @@ from keyplane.services.leaks import LeakReport
 from keyplane.storage.sql.imports import key_imports
 from keyplane.storage.sql.tables import api_keys, key_secrets
 from tests.conftest import Tenant, auth
+from tests.integration.procs import postgres_database
 from tests.integration.test_backup import cli_env, run
 from tests.sdk.conftest import Protected, protect  # noqa: F401  (the fixture)
 from tests.support import sqlite_url, typo
@@ -163,6 +164,46 @@ def test_drf_api_keys_keep_working_and_their_digest_becomes_keyplanes_on_first_u
     # revoking an imported key works as for any key
     kp.keys.revoke(SYSTEM, tenant.id, ids["zapier"])
     assert verify(http, verifier_key, zapier)["code"] == "REVOKED"
+
+
+@pytest.mark.postgres
+def test_drf_api_keys_are_read_from_a_postgresql_database(
+        keyplane: Keyplane, tenant: Tenant, tmp_path: Path, http: httpx2.Client,
+        verifier_key: str, database: tuple[str, str | None]) -> None:
+    """The Django project's database is PostgreSQL: a schema holding the library's real table
+    (made by its own migrations and ``create_key``), read through ``--from-database
+    postgresql://…`` with the schema in the URL's options."""
+    kp = keyplane
+    allow_non_expiring(kp, tenant)
+    scope_map = tmp_path / "scopes.toml"
+    scope_map.write_text('default = ["contacts:read"]\n')
+    with postgres_database() as source:
+        done = subprocess.run([sys.executable, str(HERE / "drf_keys.py"), source],
+                              capture_output=True, text=True, timeout=120, check=True)
+        made = {k["name"]: k for k in json.loads(done.stdout)}
+        env = env_for(kp, database)
+        args = ("drf-api-key", "--from-database", source, "--tenant", tenant.id,
+                "--scope-map", str(scope_map), "--owner", tenant.admin_email)
+        code, dry = import_cli(env, *args, "--dry-run")
+        assert (dry["would_import"], dry["refused"]) == (3, 1)
+        code, first = import_cli(env, *args)
+        assert code == 2 and (first["imported"], first["present"], first["refused"]) == (3, 0, 1)
+        code, again = import_cli(env, *args)
+        assert (again["imported"], again["present"], again["refused"]) == (0, 3, 1)
+    ids = {r["name"].split(" (")[0]: r["key_id"] for r in first["rows"] if r["key_id"]}
+    assert set(ids) == {"billing sync", "zapier", "legacy pbkdf2"}
+    billing = kp.keys.get(SYSTEM, tenant.id, ids["billing sync"])
+    assert billing.start == made["billing sync"]["prefix"]
+    assert billing.created_at == datetime.fromisoformat(made["billing sync"]["created"])
+    assert billing.expires_at == datetime.fromisoformat(made["billing sync"]["expiry"])
+    assert import_row(kp, billing.id)["legacy_digest"].startswith("sha512$$")
+    assert import_row(kp, ids["legacy pbkdf2"])["legacy_digest"].startswith("pbkdf2_sha256$")
+    for name, key_id in ids.items():  # each verifies, and its digest becomes Keyplane's
+        out = verify(http, verifier_key, made[name]["key"])
+        assert out["valid"] is True and out["key_id"] == key_id, (name, out)
+        assert secrets_of(kp, key_id) == [kp.ctx.hasher.digest(made[name]["key"])]
+    assert verify(http, verifier_key, made["old cron"]["key"])["code"] == "NOT_FOUND"
+    assert verify(http, verifier_key, typo(made["zapier"]["key"]))["code"] == "NOT_FOUND"
 
 
 CSV_HEADER = "name,key,scopes,expires_at,created_at,owner,description,allowed_ips,require_tls\n"

@@ -20,7 +20,6 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core.errors import AuthenticationError, Conflict
 from keyplane.core.model import PrincipalKind
 from keyplane.core.rights import SYSTEM
-from keyplane.oauth.wiring import connected
 from keyplane.storage.sql.repositories import SqlPrincipals
 from tests.conftest import Tenant, auth
 from tests.integration.oauth_support import sign_in
@@ -93,7 +92,7 @@ def test_a_password_change_ends_the_members_sessions(
 def test_the_cli_password_reset_ends_the_members_sessions(
         keyplane: Keyplane, tenant: Tenant, database: tuple[str, str | None],
         tmp_path: Path) -> None:
-    sessions = connected(keyplane).sessions
+    sessions = keyplane.sessions
     outcome = sessions.sign_in(tenant.admin_email, tenant.admin_password, ip=None)
     assert isinstance(outcome, tuple)
     raw = outcome[0]

@@ -17,7 +17,6 @@ from alembic.runtime.migration import MigrationContext
 from keyplane.bootstrap import Keyplane
 from keyplane.core.model import PrincipalKind
 from keyplane.core.rights import SYSTEM
-from keyplane.oauth.wiring import connected
 from keyplane.storage.sql import migrate
 from keyplane.storage.sql.engine import make_engine
 from keyplane.storage.sql.tables import metadata
@@ -69,7 +68,7 @@ def choose(http: httpx2.Client, page: httpx2.Response | str, principal_id: str,
 
 
 def session_principal(keyplane: Keyplane, raw: str) -> str:
-    signed_in = connected(keyplane).sessions.resolve(raw)
+    signed_in = keyplane.sessions.resolve(raw)
     assert signed_in is not None
     return signed_in.principal.id
 

@@ -55,7 +55,7 @@ def test_a_revocation_in_one_instance_drops_the_others_cache(
     wait_until(lambda: two.verifier.verify(issued.secret, tls=True).decision.code.value ==
                "REVOKED", 1.0)
     assert two.propagation.redis is not None and two.propagation.redis.received > received
-    heard = two.extras["invalidation_lag"].rows["redis"]  # /metrics' invalidation lag
+    heard = two.invalidation_lag.rows["redis"]  # /metrics' invalidation lag
     assert sum(heard[:-1]) >= 1 and 0 <= heard[-1] < 5
     # one heard its own message on the channel and skipped it
     assert one.propagation.redis is not None and one.propagation.redis.received == sent_by_one

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from keyplane.bootstrap import Keyplane, build
 from keyplane.core.rights import SYSTEM
-from keyplane.web.schemas import ts
+from keyplane.core.views import ts
 from tests.conftest import Tenant, auth, make_settings, make_tenant
 from tests.integration.helpers import create_key, verify
 from tests.support import SettableClock

@@ -68,7 +68,8 @@ class RedisBus:
     MAX_BACKOFF = 5.0
 
     def __init__(self, url: str, bus: ChangeBus, *, channel: str, timeout: float = 0.5,
-                 on_down: Any = None, on_up: Any = None) -> None:
+                 on_down: Any = None, on_up: Any = None,
+                 lag_observer: Callable[[str, float], None] | None = None) -> None:
         self.url = url
         self.bus = bus
         self.channel = channel
@@ -79,7 +80,7 @@ class RedisBus:
         self.connected = threading.Event()
         self.received = 0
         # called with ("redis", seconds) for each change heard from another process
-        self.lag_observer: Callable[[str, float], None] | None = None
+        self.lag_observer = lag_observer
         self._outbox: queue.Queue[tuple[str, str, float] | None] = queue.Queue(_QUEUE_SIZE)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -265,7 +266,9 @@ class Propagation:
     def __init__(self, bus: ChangeBus, cache: VerificationCache, feed: ChangePoller, *,
                  redis_url: str | None, channel: str, redis_timeout: float,
                  poll_seconds: float, poll_redis_seconds: float,
-                 degraded_ttl: float, listener: ListenerFactory | None = None) -> None:
+                 degraded_ttl: float, listener: ListenerFactory | None = None,
+                 lag_observer: Callable[[str, float], None] | None = None) -> None:
+        """``lag_observer``: called with ("redis", seconds) for each change heard on Redis."""
         self.bus = bus
         self.cache = cache
         self.feed = feed
@@ -279,7 +282,8 @@ class Propagation:
         self.listener: Listener | None = None
         if redis_url:
             self.redis = RedisBus(redis_url, bus, channel=channel, timeout=redis_timeout,
-                                  on_down=self._redis_down, on_up=self._carrier_up)
+                                  on_down=self._redis_down, on_up=self._carrier_up,
+                                  lag_observer=lag_observer)
         elif listener is not None:
             self.listener = listener(on_change=self._heard, on_down=self._listener_down,
                                      on_up=self._carrier_up)

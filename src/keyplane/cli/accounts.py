@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from keyplane.cli.main import JsonOpt, _keyplane, app, handled
+from keyplane.cli.main import JsonOpt, app, handled, opened
 from keyplane.cli.output import console, emit_json, fail, fields, table
 from keyplane.core.rights import SYSTEM
 
@@ -38,30 +38,22 @@ def create(
     """Create an operator staff account. Staff sign in at /signin and act as the operator
     (tenants, partner apps, the scope catalogue, operator keys) without holding a key."""
     from keyplane.core.accounts import AccountKind
-    from keyplane.oauth.wiring import connected
 
     if not password_stdin:
         fail("give the password on stdin with --password-stdin", code=2)
     body: dict[str, Any] = {"email": email, "password": sys.stdin.readline().rstrip("\r\n")}
     if name:
         body["name"] = name
-    kp = _keyplane()
-    try:
-        out = account_out(connected(kp).accounts.create(SYSTEM, AccountKind.OPERATOR, body))
-    finally:
-        kp.close()
+    with opened() as kp:
+        out = account_out(kp.accounts.create(SYSTEM, AccountKind.OPERATOR, body))
     emit_json(out) if json_out else fields("operator staff", out)
 
 
 def _set_enabled(email: str, enabled: bool, json_out: bool) -> None:
     from keyplane.core.accounts import AccountKind
-    from keyplane.oauth.wiring import connected
 
-    kp = _keyplane()
-    try:
-        found = connected(kp).accounts.set_enabled(SYSTEM, AccountKind.OPERATOR, email, enabled)
-    finally:
-        kp.close()
+    with opened() as kp:
+        found = kp.accounts.set_enabled(SYSTEM, AccountKind.OPERATOR, email, enabled)
     out = account_out(found)
     emit_json(out) if json_out else fields("operator staff", out)
 
@@ -87,13 +79,9 @@ def enable(email: Annotated[str, typer.Option(help="Sign-in email")],
 def list_staff(json_out: JsonOpt = False) -> None:
     """Operator staff accounts, newest first."""
     from keyplane.core.accounts import AccountKind
-    from keyplane.oauth.wiring import connected
 
-    kp = _keyplane()
-    try:
-        page = connected(kp).accounts.list(SYSTEM, AccountKind.OPERATOR, limit=500)
-    finally:
-        kp.close()
+    with opened() as kp:
+        page = kp.accounts.list(SYSTEM, AccountKind.OPERATOR, limit=500)
     items = [account_out(a) for a in page.items]
     if json_out:
         emit_json({"items": items, "next_cursor": page.next_cursor})
@@ -108,15 +96,11 @@ def invite(email: Annotated[str, typer.Option(help="The developer's email")],
            json_out: JsonOpt = False) -> None:
     """A sign-up link for one partner developer (KEYPLANE_PARTNER_SIGNUP=invite or open);
     mailed when KEYPLANE_SMTP_URL is set, and printed here either way."""
-    from keyplane.oauth.wiring import connected
 
-    kp = _keyplane()
-    try:
-        env = connected(kp)
-        made = env.accounts.invite(SYSTEM, email)
-    finally:
-        kp.close()
-    link = f"{env.issuer}/partners/signup?invitation={made.token}"
+    with opened() as kp:
+        made = kp.accounts.invite(SYSTEM, email)
+        issuer = kp.issuer
+    link = f"{issuer}/partners/signup?invitation={made.token}"
     out = {"email": made.email, "link": link,
            "expires_at": made.expires_at.isoformat().replace("+00:00", "Z"),
            "mailed": made.mailed}

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 import typer
 
 from keyplane.cli.actor import CLI
-from keyplane.cli.main import JsonOpt, _keyplane, app, handled
+from keyplane.cli.main import JsonOpt, app, handled, opened
 from keyplane.cli.output import console, emit_json, fields, table
+from keyplane.core.views import app_out
 
 apps_app = typer.Typer(help="Partner apps (OAuth clients): approve, reject, suspend.",
                        no_args_is_help=True)
@@ -21,8 +22,6 @@ ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (kept in th
 
 
 def _out(found: Any, secret: str | None = None) -> dict[str, Any]:
-    from keyplane.web.routes_apps import app_out
-
     return app_out(found, secret)
 
 
@@ -41,13 +40,9 @@ def _show(out: dict[str, Any], json_out: bool, title: str) -> None:
 @handled
 def list_apps(status: StatusOpt = None, limit: int = 200, json_out: JsonOpt = False) -> None:
     """List partner apps, newest first (pending ones wait for your decision)."""
-    from keyplane.oauth.wiring import connected
 
-    kp = _keyplane()
-    try:
-        page = connected(kp).apps.list(CLI, None, status=status, limit=limit)
-    finally:
-        kp.close()
+    with opened() as kp:
+        page = kp.apps.list(CLI, None, status=status, limit=limit)
     items = [_out(a) for a in page.items]
     if json_out:
         emit_json({"items": items, "next_cursor": page.next_cursor})
@@ -61,24 +56,16 @@ def list_apps(status: StatusOpt = None, limit: int = 200, json_out: JsonOpt = Fa
 @handled
 def show(app_id: str, json_out: JsonOpt = False) -> None:
     """Show one partner app."""
-    from keyplane.oauth.wiring import connected
 
-    kp = _keyplane()
-    try:
-        out = _out(connected(kp).apps.get(CLI, None, app_id))
-    finally:
-        kp.close()
+    with opened() as kp:
+        out = _out(kp.apps.get(CLI, None, app_id))
     _show(out, json_out, "app")
 
 
 def _decide(app_id: str, action: str, reason: str | None, json_out: bool) -> None:
-    from keyplane.oauth.wiring import connected
 
-    kp = _keyplane()
-    try:
-        found, secret = connected(kp).apps.decide(CLI, app_id, action, reason)
-    finally:
-        kp.close()
+    with opened() as kp:
+        found, secret = kp.apps.decide(CLI, app_id, action, reason)
     _show(_out(found, secret), json_out, f"app {found.status.value}")
 
 
@@ -109,12 +96,8 @@ def rotate_secret(app_id: str, grace_period_seconds: Annotated[int, typer.Option
         help="How long the old secret keeps working (0 = it dies now)")] = 604800,
         json_out: JsonOpt = False) -> None:
     """Issue a new client secret (printed once); the old one works until the grace ends."""
-    from keyplane.oauth.wiring import connected
 
-    kp = _keyplane()
-    try:
-        issued = connected(kp).apps.rotate_secret(
+    with opened() as kp:
+        issued = kp.apps.rotate_secret(
             CLI, None, app_id, {"grace_period_seconds": grace_period_seconds})
-    finally:
-        kp.close()
     _show(_out(issued.app, issued.secret), json_out, "client secret rotated")

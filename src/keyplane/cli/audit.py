@@ -11,7 +11,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
-from keyplane.cli.main import JsonOpt, _keyplane, app, handled
+from keyplane.cli.main import JsonOpt, app, handled, opened
 from keyplane.cli.output import console, emit_json, err_console
 from keyplane.core.model import AuditEvent
 from keyplane.core.views import ts
@@ -42,11 +42,8 @@ def entry_json(e: AuditEvent) -> dict[str, Any]:
 def verify(tenant: TenantOpt = None, json_out: JsonOpt = False) -> None:
     """Recompute every entry's hash and link: an edited, removed or reordered entry is named
     (tenant, sequence number, entry id) and the command exits 1."""
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         result = kp.audit.verify(tenant)
-    finally:
-        kp.close()
     if json_out:
         emit_json({"ok": result.ok,
                    "chains": [{"tenant_id": c.tenant_id, "entries": c.entries,
@@ -80,9 +77,8 @@ def export(
 ) -> None:
     """Every entry still kept, chain by chain in sequence order, one JSON object per line
     (with its seq, prev_hash and hash, so the export can be checked on its own)."""
-    kp = _keyplane()
     count = 0
-    try:
+    with opened() as kp:
         if output is None:
             count = _write(kp.audit.export(tenant), sys.stdout)
         else:
@@ -94,8 +90,6 @@ def export(
             with partial.open("w", encoding="utf-8") as f:
                 count = _write(kp.audit.export(tenant), f)
             partial.replace(output)
-    finally:
-        kp.close()
     if output is not None:
         console.print(f"Exported {count} audit entries to {output}", highlight=False)
 
@@ -115,11 +109,8 @@ def prune(tenant: TenantOpt = None, json_out: JsonOpt = False) -> None:
     """Delete the entries older than each tenant's audit_retention_days (tenants without one
     keep everything). The chain keeps a checkpoint, so `keyplane audit verify` still checks
     the rest. The hygiene job does this too."""
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         deleted = kp.audit.prune(tenant)
-    finally:
-        kp.close()
     if json_out:
         emit_json({"deleted": deleted})
     elif not deleted:

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from keyplane.cli.main import JsonOpt, _keyplane, app, handled
+from keyplane.cli.main import JsonOpt, app, handled, opened
 from keyplane.cli.output import emit_json, table
 
 
@@ -23,22 +23,19 @@ def export(
     """Back up every record (or one tenant's) as JSON lines: digests and hashes, never secrets.
 
     The file is private (0600) and appears only once complete."""
-    from keyplane.bootstrap import schema_revision
     from keyplane.files import private_file
 
     output = output.resolve()
     partial = output.with_name(f".{output.name}.partial")
     partial.unlink(missing_ok=True)
     private_file(partial)
-    kp = _keyplane()
     try:
-        with partial.open("w", encoding="utf-8") as out:
-            report = kp.backup.export(out, tenant_id=tenant, revision=schema_revision(kp))
+        with opened() as kp, partial.open("w", encoding="utf-8") as out:
+            report = kp.backup.export(out, tenant_id=tenant, revision=kp.schema_revision())
             out.flush()
             os.fsync(out.fileno())
         partial.replace(output)
-    finally:
-        kp.close()
+    finally:  # an export that failed leaves no partial file
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     _show(report.as_dict(), json_out, f"exported to {output}")
@@ -55,12 +52,8 @@ def restore(
     """Restore a backup in one transaction, into a database without these records."""
     if not file.is_file():
         raise ValueError(f"no file {file}")
-    kp = _keyplane()
-    try:
-        with file.open(encoding="utf-8") as lines:
-            report = kp.backup.restore(lines, dry_run=dry_run)
-    finally:
-        kp.close()
+    with opened() as kp, file.open(encoding="utf-8") as lines:
+        report = kp.backup.restore(lines, dry_run=dry_run)
     _show(report.as_dict(), json_out,
           "dry run: the restore would succeed (nothing written)" if dry_run else "restored")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from keyplane.cli.actor import CLI
-from keyplane.cli.main import JsonOpt, _keyplane, app, handled, keys_app
+from keyplane.cli.main import JsonOpt, app, handled, keys_app, opened
 from keyplane.cli.output import console, emit_json, table
 from keyplane.core import hygiene as hy
 from keyplane.services.hygiene import PolicyRun, flagged_view
@@ -57,8 +57,7 @@ def report(
 ) -> None:
     """Keys that need attention (never used, unused, no expiry, expiring, expired, owner
     disabled, write scopes unused), each with its reasons; the same as GET /v1/reports/keys."""
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         ran = _run_out(kp.hygiene.run(force=force)) if apply_policy else None
         items: list[dict[str, Any]] = []
         cursor = None
@@ -70,8 +69,6 @@ def report(
             cursor = page.next_cursor
             if cursor is None:
                 break
-    finally:
-        kp.close()
     if json_out:
         emit_json({"items": items, **({"policy": ran} if ran is not None else {})})
         return
@@ -93,9 +90,6 @@ def _day(stamp: str | None) -> str | None:
 def run(force: ForceOpt = False, json_out: JsonOpt = False) -> None:
     """Run the unused-key policy once (for cron): warn owners of keys close to
     revoke_unused_after_days, revoke those past it that were warned."""
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         out = _run_out(kp.hygiene.run(force=force))
-    finally:
-        kp.close()
     emit_json(out) if json_out else _print_run(out)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from keyplane.cli.main import JsonOpt, TenantOpt, _keyplane, app, handled
+from keyplane.cli.main import JsonOpt, TenantOpt, app, handled, opened
 from keyplane.cli.output import console, emit_json, table
 
 import_app = typer.Typer(help="Bring existing keys in, so that the integrations built on them "
@@ -51,17 +51,13 @@ def _run(source: str, tenant: str, rows: Callable[[], Iterable[Any]], total: int
         TimeRemainingColumn,
     )
 
-    kp = _keyplane()
-    try:
-        with Progress(TextColumn("[bold]importing[/]"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), console=console, transient=json_out,
-                      disable=json_out) as progress:
-            task = progress.add_task("import", total=total)
-            report = kp.imports.run(source, tenant, rows(), scope_map=scope_map, owner=owner,
-                                    dry_run=dry_run,
-                                    progress=lambda n: progress.advance(task, n))
-    finally:
-        kp.close()
+    progress = Progress(TextColumn("[bold]importing[/]"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console, transient=json_out,
+                        disable=json_out)
+    with opened() as kp, progress:
+        task = progress.add_task("import", total=total)
+        report = kp.imports.run(source, tenant, rows(), scope_map=scope_map, owner=owner,
+                                dry_run=dry_run, progress=lambda n: progress.advance(task, n))
     out = report.as_dict()
     if json_out:
         emit_json(out)
@@ -98,11 +94,11 @@ def drf(
 ) -> None:
     """djangorestframework-api-key's keys (prefix.secret): their digests are kept and
     upgraded to Keyplane's on each key's first use."""
-    from keyplane.bootstrap import drf_key_count, drf_keys
+    from keyplane.bootstrap import count_drf, read_drf
     from keyplane.services.import_sources import drf_rows
 
-    total = drf_key_count(from_database)
-    _run("drf-api-key", tenant, lambda: drf_rows(drf_keys(from_database)), total,
+    total = count_drf(from_database)
+    _run("drf-api-key", tenant, lambda: drf_rows(read_drf(from_database)), total,
          _scope_map(scope_map), owner, dry_run, json_out)
 
 

@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from keyplane.cli.actor import CLI
-from keyplane.cli.main import JsonOpt, _keyplane, handled, keys_app
+from keyplane.cli.main import JsonOpt, handled, keys_app, opened
 from keyplane.cli.output import console, emit_json, fail, fields, secret_notice, table
 from keyplane.core import sealed
+from keyplane.core.views import key_out, ts
 from keyplane.services.leaks import LeakReport
-from keyplane.web.schemas import key_out, ts
 
 TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Tenant id (Location ID).")]
 OperatorOpt = Annotated[bool, typer.Option("--operator",
@@ -91,22 +91,12 @@ def create(
         body["expires_in_days"] = None
     elif expires_in_days is not None:
         body["expires_in_days"] = expires_in_days
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         if tid is not None and owner is None:
-            kp.tenants.get(CLI, tid)  # an unknown tenant says so, not "no admin"
-            admins = [p for p in kp.principals.list(CLI, tid, kind=None, limit=200,
-                                                     cursor=None).items
-                      if p.role.value == "admin" and p.enabled]
-            if not admins:
-                fail("--owner is required: the tenant has no enabled admin to own the key",
-                     code=2)
-            body["owner_id"] = admins[-1].id  # the oldest admin
+            body["owner_id"] = kp.keys.default_owner(CLI, tid)
         issued = kp.keys.create(CLI, tid, body, operator=operator)
         link = (_share(kp, tid, operator, issued.secret, share_expires_in,
                        f"key {issued.key.name}") if share else None)
-    finally:
-        kp.close()
     _show_issued(key_out(issued.key, issued.secret), json_out, "key created", link)
 
 
@@ -118,9 +108,8 @@ def list_keys(tenant: TenantOpt = None, operator: OperatorOpt = False,
               limit: int = 200, json_out: JsonOpt = False) -> None:
     """List keys (never their secrets)."""
     tid = _target(tenant, operator)
-    kp = _keyplane()
-    page = kp.keys.list(CLI, tid, owner_id=owner, q=q, limit=limit, operator=operator)
-    kp.close()
+    with opened() as kp:
+        page = kp.keys.list(CLI, tid, owner_id=owner, q=q, limit=limit, operator=operator)
     items = [key_out(k) for k in page.items]
     if json_out:
         emit_json({"items": items, "next_cursor": page.next_cursor})
@@ -136,9 +125,8 @@ def show(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
          json_out: JsonOpt = False) -> None:
     """Show one key."""
     tid = _target(tenant, operator)
-    kp = _keyplane()
-    out = key_out(kp.keys.get(CLI, tid, key_id, operator=operator))
-    kp.close()
+    with opened() as kp:
+        out = key_out(kp.keys.get(CLI, tid, key_id, operator=operator))
     emit_json(out) if json_out else fields("key", out)
 
 
@@ -151,15 +139,12 @@ def rotate(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
            json_out: JsonOpt = False) -> None:
     """Issue a new secret; the old one works until the grace period ends."""
     tid = _target(tenant, operator)
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         issued = kp.keys.rotate(CLI, tid, key_id,
                                 {"grace_period_seconds": grace_period_seconds},
                                 operator=operator)
         link = (_share(kp, tid, operator, issued.secret, share_expires_in,
                        f"key {issued.key.name} (rotated)") if share else None)
-    finally:
-        kp.close()
     _show_issued(key_out(issued.key, issued.secret), json_out, "key rotated", link)
 
 
@@ -169,9 +154,8 @@ def revoke(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
            json_out: JsonOpt = False) -> None:
     """Revoke a key: immediate and irreversible."""
     tid = _target(tenant, operator)
-    kp = _keyplane()
-    kp.keys.revoke(CLI, tid, key_id, operator=operator)
-    kp.close()
+    with opened() as kp:
+        kp.keys.revoke(CLI, tid, key_id, operator=operator)
     emit_json({"id": key_id, "revoked": True}) if json_out else print(f"revoked {key_id}")
 
 
@@ -183,9 +167,8 @@ def duplicate(key_id: str, name: Annotated[str | None, typer.Option()] = None,
     """A new key with the same settings and a new secret."""
     tid = _target(tenant, operator)
     body = {"name": name} if name else {}
-    kp = _keyplane()
-    issued = kp.keys.duplicate(CLI, tid, key_id, body, operator=operator)
-    kp.close()
+    with opened() as kp:
+        issued = kp.keys.duplicate(CLI, tid, key_id, body, operator=operator)
     _show_issued(key_out(issued.key, issued.secret), json_out, "key duplicated")
 
 
@@ -205,9 +188,8 @@ def edit(key_id: str, tenant: TenantOpt = None, operator: OperatorOpt = False,
         body["scopes"] = scope
     if enabled is not None:
         body["enabled"] = enabled
-    kp = _keyplane()
-    out = key_out(kp.keys.update(CLI, tid, key_id, body, operator=operator))
-    kp.close()
+    with opened() as kp:
+        out = key_out(kp.keys.update(CLI, tid, key_id, body, operator=operator))
     emit_json(out) if json_out else fields("key", out)
 
 
@@ -231,13 +213,10 @@ def report_leak(
     raw = sys.stdin.read().strip() if stdin else (key or "").strip()
     if not raw:
         fail("no secret given", code=2)
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         actor = replace(CLI, name="cli:report-leak")
         [outcome] = kp.leaks.handle(actor, [LeakReport(token=raw, type="manual", url=url,
                                                        source=source)])
-    finally:
-        kp.close()
     out = outcome.out()
     if json_out:
         emit_json(out)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +19,10 @@ from keyplane.cli.actor import CLI
 from keyplane.cli.output import console, emit_json, fail, fields, table
 from keyplane.core.errors import KeyplaneError
 from keyplane.core.model import PrincipalKind
+from keyplane.core.views import principal_out, tenant_out
+
+if TYPE_CHECKING:
+    from keyplane.bootstrap import Keyplane
 
 app = typer.Typer(help="Keyplane: API keys and connected apps for your product's API.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -39,15 +44,18 @@ TenantOpt = Annotated[str, typer.Option("--tenant", help="Tenant id (Location ID
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _keyplane(migrate_db: bool = True) -> Any:
-    """The container for one command; the schema is brought up to date first, so that the
-    first command on a fresh machine (``keyplane tenants create``) just works."""
+@contextmanager
+def opened(migrate_db: bool = True, *, seed: bool = True) -> Iterator[Keyplane]:
+    """The container for one command, closed when the command ends, also on an error; the
+    schema is brought up to date and the scope catalogue seeded first, so that the first
+    command on a fresh machine (``keyplane tenants create``) just works."""
     from keyplane.bootstrap import build
     from keyplane.config import Settings
 
-    kp = build(Settings(), migrate_db=migrate_db)
-    kp.catalogue.seed()
-    return kp
+    with build(Settings(), migrate_db=migrate_db) as kp:
+        if seed:
+            kp.catalogue.seed()
+        yield kp
 
 
 def handled(fn: F) -> F:
@@ -81,26 +89,18 @@ def serve(
 ) -> None:
     """Run the HTTP API (migrating the database first)."""
     import logging
-    import os
 
-    import uvicorn
-    import uvicorn.config
-
-    from keyplane.bootstrap import build
     from keyplane.config import Settings
     from keyplane.demo import ensure_demo
     from keyplane.logs import configure_logging
-    from keyplane.web.limits import MAX_HEAD_BYTES
+    from keyplane.serving import serve as run_server
 
     settings = Settings()
     host = host or settings.host
     port = port or settings.port
-    os.environ["KEYPLANE_HOST"], os.environ["KEYPLANE_PORT"] = host, str(port)
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
-    kp = build(settings, migrate_db=migrate)
-    kp.catalogue.seed()
-    creds = ensure_demo(kp) if demo else None
-    kp.close()
+    with opened(migrate_db=migrate) as kp:
+        creds = ensure_demo(kp) if demo else None
     base = f"http://{host}:{port}"
     if creds:
         console.print("\n[bold green]Keyplane demo tenant created[/]")
@@ -122,36 +122,17 @@ def serve(
     if settings.log_format == "json":  # every line of the process is a JSON object
         logging.getLogger("keyplane").info("Keyplane listening on %s  (API docs: %s/docs)",
                                            base, base)
-        log_config: Any = None  # uvicorn's loggers keep writing through ours
     else:
         print(f"Keyplane listening on {base}  (API docs: {base}/docs)", flush=True)
-        log_config = uvicorn.config.LOGGING_CONFIG
-    uvicorn.run("keyplane.web.asgi:app_factory", factory=True, host=host, port=port,
-                workers=workers, access_log=False, log_level=settings.log_level,
-                log_config=log_config,
-                proxy_headers=False, server_header=False, http=_http_protocol(),
-                h11_max_incomplete_event_size=MAX_HEAD_BYTES, timeout_keep_alive=5)
-
-
-def _http_protocol() -> Any:
-    """httptools with a bound on the request head (it has none of its own); h11 (which stops
-    at ``h11_max_incomplete_event_size``) where httptools is not installed."""
-    try:
-        from keyplane.web.server import BoundedHttpToolsProtocol
-    except ImportError:
-        return "h11"
-    return BoundedHttpToolsProtocol
+    run_server(settings, host=host, port=port, workers=workers)
 
 
 @db_app.command("upgrade")
 @handled
 def db_upgrade(json_out: JsonOpt = False) -> None:
     """Create or upgrade the schema to the newest migration."""
-    from keyplane.bootstrap import schema_revision
-
-    kp = _keyplane(migrate_db=True)
-    rev = schema_revision(kp)
-    kp.close()
+    with opened(migrate_db=True) as kp:
+        rev = kp.schema_revision()
     emit_json({"revision": rev}) if json_out else print(f"database at revision {rev}")
 
 
@@ -159,12 +140,8 @@ def db_upgrade(json_out: JsonOpt = False) -> None:
 @handled
 def db_current(json_out: JsonOpt = False) -> None:
     """Show the schema revision."""
-    from keyplane.bootstrap import build, schema_head, schema_revision
-    from keyplane.config import Settings
-
-    kp = build(Settings())
-    rev, head = schema_revision(kp), schema_head()
-    kp.close()
+    with opened(migrate_db=False, seed=False) as kp:
+        rev, head = kp.schema_revision(), kp.schema_head()
     emit_json({"revision": rev, "head": head}) if json_out else print(f"{rev} (head {head})")
 
 
@@ -174,11 +151,8 @@ def db_current(json_out: JsonOpt = False) -> None:
 @handled
 def tenants_create(name: str, json_out: JsonOpt = False) -> None:
     """Create a tenant; prints its id (the Location ID)."""
-    from keyplane.web.schemas import tenant_out
-
-    kp = _keyplane()
-    out = tenant_out(kp.tenants.create(CLI, {"name": name}))
-    kp.close()
+    with opened() as kp:
+        out = tenant_out(kp.tenants.create(CLI, {"name": name}))
     emit_json(out) if json_out else fields("tenant", out)
 
 
@@ -186,11 +160,8 @@ def tenants_create(name: str, json_out: JsonOpt = False) -> None:
 @handled
 def tenants_list(json_out: JsonOpt = False, limit: int = 200) -> None:
     """List tenants, newest first."""
-    from keyplane.web.schemas import tenant_out
-
-    kp = _keyplane()
-    items = [tenant_out(t) for t in kp.tenants.list(CLI, limit=limit, cursor=None).items]
-    kp.close()
+    with opened() as kp:
+        items = [tenant_out(t) for t in kp.tenants.list(CLI, limit=limit, cursor=None).items]
     if json_out:
         emit_json({"items": items})
     else:
@@ -212,16 +183,13 @@ def users_create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a member of a tenant."""
-    from keyplane.web.schemas import principal_out
-
     body: dict[str, Any] = {"email": email, "role": role}
     if name:
         body["name"] = name
     if password_stdin:
         body["password"] = sys.stdin.readline().rstrip("\r\n")
-    kp = _keyplane()
-    out = principal_out(kp.principals.create(CLI, tenant, PrincipalKind.MEMBER, body))
-    kp.close()
+    with opened() as kp:
+        out = principal_out(kp.principals.create(CLI, tenant, PrincipalKind.MEMBER, body))
     emit_json(out) if json_out else fields("member", out)
 
 
@@ -233,12 +201,9 @@ def users_set_password(
     json_out: JsonOpt = False,
 ) -> None:
     """Set a member's password, read from stdin; the member's sessions end."""
-    from keyplane.web.schemas import principal_out
-
     password = sys.stdin.readline().rstrip("\r\n")
-    kp = _keyplane()
-    out = principal_out(kp.principals.set_password(CLI, tenant, email, password))
-    kp.close()
+    with opened() as kp:
+        out = principal_out(kp.principals.set_password(CLI, tenant, email, password))
     emit_json(out) if json_out else fields("member", out)
 
 
@@ -252,16 +217,13 @@ def sa_create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create an API-only service account that can own keys."""
-    from keyplane.web.schemas import principal_out
-
-    kp = _keyplane()
-    made = kp.principals.create(
-        CLI, tenant, PrincipalKind.SERVICE_ACCOUNT,
-        {"name": name, "role": role, "group_ids": list(group or [])},
-    )
-    out = principal_out(made)
-    note = kp.principals.no_data_note(made)
-    kp.close()
+    with opened() as kp:
+        made = kp.principals.create(
+            CLI, tenant, PrincipalKind.SERVICE_ACCOUNT,
+            {"name": name, "role": role, "group_ids": list(group or [])},
+        )
+        out = principal_out(made)
+        note = kp.principals.no_data_note(made)
     if json_out:
         emit_json(out if note is None else {**out, "note": note})
         return

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from keyplane.cli.main import JsonOpt, _keyplane, app, handled
+from keyplane.cli.main import JsonOpt, app, handled, opened
 from keyplane.cli.output import console, emit_json
 
 
@@ -29,7 +29,6 @@ def worker(
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, settings.access_log)
-    kp = build(settings, migrate_db=migrate)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -37,15 +36,15 @@ def worker(
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        kp.deliveries.start()
-        if settings.expiry_interval_seconds > 0:
-            kp.expiry.start()
-        print(f"Keyplane webhook worker {kp.deliveries.owner} running", flush=True)
-        stop.wait()
+        with build(settings, migrate_db=migrate) as kp:
+            kp.deliveries.start()
+            if settings.expiry_interval_seconds > 0:
+                kp.expiry.start()
+            print(f"Keyplane webhook worker {kp.deliveries.owner} running", flush=True)
+            stop.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        kp.close()
 
 
 reminders_app = typer.Typer(help="Expiry reminders (key.expiring, key.expired).",
@@ -63,11 +62,8 @@ def reminders_run(
 ) -> None:
     """Send the expiry reminders that are due, once (for cron, or with
     KEYPLANE_EXPIRY_INTERVAL_SECONDS=0)."""
-    kp = _keyplane()
-    try:
+    with opened() as kp:
         sent = kp.expiry.run(force=force)
-    finally:
-        kp.close()
     out = {"ran": sent is not None,
            "sent": [{"key_id": r.key_id, "threshold_days": r.threshold_days,
                      "expires_at": r.expires_at.isoformat(), "emailed": r.emailed}

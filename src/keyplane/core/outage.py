@@ -13,20 +13,22 @@ this process never heard of).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from keyplane.core.ports import Clock
 
 
 class DatabaseHealth:
-    def __init__(self, clock: Clock, grace_seconds: float) -> None:
+    def __init__(self, clock: Clock, grace_seconds: float, *,
+                 on_lost: Sequence[Callable[[], None]] = (),
+                 on_recovered: Sequence[Callable[[], None]] = ()) -> None:
         self.clock = clock
         self.grace = timedelta(seconds=grace_seconds)
         self.down_since: datetime | None = None  # read without the lock on the hot path
         self.outages = 0  # how many began since start (for /metrics and logs)
-        self.on_lost: list[Callable[[], None]] = []
-        self.on_recovered: list[Callable[[], None]] = []
+        self.on_lost: list[Callable[[], None]] = list(on_lost)
+        self.on_recovered: list[Callable[[], None]] = list(on_recovered)
         self._lock = threading.Lock()
 
     def reachable(self) -> None:

@@ -47,7 +47,8 @@ class ChangeFeed:
 
     def __init__(self, source: ChangeSource, bus: ChangeBus, *, period: float,
                  gap_seconds: float = 5.0, buffer_size: int = 10_000,
-                 timer: Callable[[], float] = time.monotonic) -> None:
+                 timer: Callable[[], float] = time.monotonic,
+                 lag_observer: Callable[[str, float], None] | None = None) -> None:
         self.source = source
         self.bus = bus
         self._period = period
@@ -71,7 +72,7 @@ class ChangeFeed:
         self.started = False
         self.subscribers = 0  # open GET /v1/changes event streams (for /metrics)
         # called with ("log", seconds) for each change read, from its time in the log
-        self.lag_observer: Callable[[str, float], None] | None = None
+        self.lag_observer = lag_observer
         bus.subscribe(self._on_local)
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ takes a database lease first, so one instance among many runs it per interval.""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -58,14 +58,17 @@ class PolicyRun:
 
 class HygieneService:
     def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], HygieneRepo],
-                 keys: KeyService, *, interval: timedelta = timedelta(hours=1)) -> None:
+                 keys: KeyService, *,
+                 interval: timedelta = timedelta(hours=1),
+                 before_run: Sequence[Callable[[], object]] = (),
+                 after_run: Sequence[Callable[[], object]] = ()) -> None:
         self.ctx = ctx
         self.repos = repos
         self.keys = keys  # one way to revoke a key
         self.interval = interval
         self.owner = lease_owner()
-        self.before_run: list[Callable[[], object]] = []  # e.g. flush this process's usage
-        self.after_run: list[Callable[[], object]] = []  # e.g. the audit log's retention
+        self.before_run = tuple(before_run)  # e.g. flush this process's usage
+        self.after_run = tuple(after_run)  # e.g. the audit log's retention
         self._timer = Timer("keyplane-hygiene", interval, lambda: self.run(), log,
                             "unused-key policy run failed; will retry")
 

@@ -3,13 +3,17 @@ keep working.
 
 Every source (``services/import_sources.py``: djangorestframework-api-key's table, a CSV of
 plaintext keys, another Keyplane's export) yields :class:`Candidate` rows; this module decides
-each one and writes them in batches, one transaction per batch:
+each one and writes them in batches of :data:`BATCH` rows, all in ONE transaction: an import
+that stops part way (an error, a lost connection, SIGKILL) leaves none of its keys, never some:
 
 * a row already imported (same source id, same secret, same key id) is ``present``: running an
   import twice imports nothing the second time;
 * a row that cannot be imported is ``refused`` with the reason, naming the field, and nothing of
-  it is written; the other rows of its batch still are;
-* ``dry_run`` decides every row the same way and writes nothing.
+  it is written; the other rows are still imported;
+* ``dry_run`` decides every row the same way and writes nothing;
+* if the database refuses a write (another import of the same keys committed meanwhile), the
+  whole import is rolled back and answers 409: run it again, and the keys now present are
+  skipped.
 
 Imported keys keep their names, creation dates and expiry; their scopes come from the scope
 map. Plaintext keys (CSV) are hashed with the current pepper at once and never stored, logged
@@ -31,7 +35,7 @@ from keyplane.core import ids, tokens
 from keyplane.core import legacy as lg
 from keyplane.core import scopes as sc
 from keyplane.core.changes import ChangeKind
-from keyplane.core.errors import KeyplaneError, NotFound, ValidationError
+from keyplane.core.errors import Conflict, KeyplaneError, NotFound, ValidationError
 from keyplane.core.legacy import ImportRecord
 from keyplane.core.model import ApiKey, KeySecret, Principal
 from keyplane.core.ports import UnitOfWork
@@ -74,7 +78,8 @@ class ImportService:
             dry_run: bool = False,
             progress: Callable[[int], None] | None = None) -> ImportReport:
         """Imports ``rows`` into ``tenant_id``; ``owner`` (email or id) owns the keys whose row
-        names no owner. One transaction per batch of :data:`BATCH` rows."""
+        names no owner. Every row is decided and written in one transaction (read and written
+        :data:`BATCH` rows at a time): all the imported keys become visible together, or none."""
         if source not in SOURCES:
             raise ValidationError(f"source must be one of {', '.join(SOURCES)}", field="source")
         scope_map = scope_map or ScopeMap()
@@ -87,11 +92,21 @@ class ImportService:
                 raise NotFound(f"--owner: no member or service account {owner!r} in "
                                f"{tenant_id}", field="owner")
         state = _State(tenant.policy.allow_non_expiring, tenant.policy.require_tls_default)
-        for batch in _batches(iter(rows), BATCH):
-            outcomes = self._batch(source, tenant_id, batch, scope_map, owner, dry_run, state)
-            report.outcomes += outcomes
-            if progress is not None:
-                progress(len(batch))
+        with self.ctx.uow() as uow:
+            written = 0
+            for batch in _batches(iter(rows), BATCH):
+                planned, outcomes = self._batch(uow, source, tenant_id, batch, scope_map, owner,
+                                                dry_run, state)
+                if planned and not dry_run:
+                    self._write(uow, source, tenant_id, planned)
+                    written += len(planned)
+                report.outcomes += outcomes
+                if progress is not None:
+                    progress(len(batch))
+            if written:
+                # verifiers may meet foreign keys
+                self.ctx.changed(uow, ChangeKind.IMPORT, tenant_id)
+                self._commit(uow)
         log.info("import source=%s tenant=%s dry_run=%s imported=%d present=%d refused=%d",
                  source, tenant_id, dry_run, report.count("imported"), report.count("present"),
                  report.count("refused"))
@@ -99,8 +114,9 @@ class ImportService:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _batch(self, source: str, tenant_id: str, batch: list[Candidate], scope_map: ScopeMap,
-               owner: str | None, dry_run: bool, state: _State) -> list[Outcome]:
+    def _batch(self, uow: UnitOfWork, source: str, tenant_id: str, batch: list[Candidate],
+               scope_map: ScopeMap, owner: str | None, dry_run: bool,
+               state: _State) -> tuple[list[_Planned], list[Outcome]]:
         hasher = self.ctx.hasher
         for row in batch:  # the plaintext is hashed here and dropped
             if row.secret is not None:
@@ -110,39 +126,16 @@ class ImportService:
                 if row.refused is None:
                     row.digest, row.pepper_id = hasher.digest(raw), hasher.current.id
                     row.source_ref = row.digest
-        with self.ctx.uow() as uow:
-            planned, outcomes = self._plan(uow, source, tenant_id, batch, scope_map, owner,
-                                           dry_run, state)
-            if dry_run or not planned:
-                return outcomes
-            try:
-                self._write(uow, source, tenant_id, planned)
-                uow.commit()
-                return outcomes
-            except Exception as exc:  # a race with another writer: fall back to one by one
-                log.warning("import batch failed (%s); retrying its rows one by one",
-                            type(exc).__name__)
-        return self._one_by_one(source, tenant_id, planned, outcomes)
+        return self._plan(uow, source, tenant_id, batch, scope_map, owner, dry_run, state)
 
-    def _one_by_one(self, source: str, tenant_id: str, planned: list[_Planned],
-                    outcomes: list[Outcome]) -> list[Outcome]:
-        by_number = {p.row.number: p for p in planned}
-        out = []
-        for o in outcomes:
-            p = by_number.get(o.number)
-            if p is None or o.status != "imported":
-                out.append(o)
-                continue
-            try:
-                with self.ctx.uow() as uow:
-                    self._write(uow, source, tenant_id, [p])
-                    uow.commit()
-                out.append(o)
-            except Exception as exc:
-                out.append(Outcome(o.number, o.label, "refused",
-                                   f"the database refused the row ({type(exc).__name__}); "
-                                   "is another import of the same keys running?"))
-        return out
+    def _commit(self, uow: UnitOfWork) -> None:
+        try:
+            uow.commit()
+        except Exception as exc:
+            conflict = _conflict(exc)
+            if conflict is None:
+                raise
+            raise conflict from exc
 
     def _plan(self, uow: UnitOfWork, source: str, tenant_id: str, batch: list[Candidate],
               scope_map: ScopeMap, owner: str | None, dry_run: bool,
@@ -264,11 +257,18 @@ class ImportService:
                            if p.row.legacy_scheme and p.row.lookup_prefix else None),
             legacy_digest=p.row.legacy_digest if p.secret is None else None,
         ) for p in planned]
-        self.repos(uow).add_many([p.key for p in planned],
-                                 [p.secret for p in planned if p.secret is not None], records)
+        try:
+            self.repos(uow).add_many([p.key for p in planned],
+                                     [p.secret for p in planned if p.secret is not None],
+                                     records)
+        except Exception as exc:
+            conflict = _conflict(exc)
+            if conflict is None:
+                raise
+            raise conflict from exc
+        # one entry per batch written (at most BATCH key ids each), all in the one transaction
         self.ctx.audit(uow, SYSTEM, "keys.imported", source, tenant_id=tenant_id,
                        source=source, count=len(planned), key_ids=[p.key.id for p in planned])
-        self.ctx.changed(uow, ChangeKind.IMPORT, tenant_id)  # verifiers may now meet foreign keys
 
     def _owner(self, uow: UnitOfWork, tenant_id: str, who: str,
                cache: dict[str, Principal | None]) -> Principal | None:
@@ -290,6 +290,17 @@ class ImportService:
             return
         # a foreign key shows its first 4 characters in lists (a Keyplane key shows 8 of 38)
         row.prefix, row.start, row.foreign = FOREIGN_PREFIX, raw[:4], True
+
+
+def _conflict(exc: Exception) -> Conflict | None:
+    """A unique key refused (the same keys imported by another run meanwhile) becomes a 409
+    saying so; anything else (e.g. the database unreachable) is raised as it is."""
+    if type(exc).__name__ != "IntegrityError":  # the driver's error, named without importing it
+        return None
+    log.warning("import refused by the database (%s); nothing was imported", type(exc).__name__)
+    return Conflict("the database refused the import (is another import of the same keys "
+                    "running?); nothing was imported: run it again, and the keys already "
+                    "present are skipped", code="import_conflict")
 
 
 _NONE: Any = object()

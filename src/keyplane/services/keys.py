@@ -161,6 +161,33 @@ class KeyService:
 
     # -- use cases -------------------------------------------------------------------------
 
+    def default_owner(self, caller: Caller, tenant_id: str) -> str:
+        """Who owns a tenant key that an operator tool (``keyplane keys create`` without
+        ``--owner``) makes without naming an owner: the tenant's oldest enabled admin (member
+        or service account with the admin role). The API instead requires ``owner_id`` from
+        operator credentials."""
+        tid = caller.tenant_for(tenant_id)
+        caller.require("keys:write")
+        with self.ctx.uow(readonly=True) as uow:
+            if uow.tenants.get(tid) is None:
+                raise NotFound("no such tenant", field="tenant")
+            oldest = None
+            cursor: str | None = None
+            while True:
+                page = uow.principals.page(tid, kind=None, limit=500, cursor=cursor)
+                for p in page.items:
+                    if p.role.value == "admin" and p.enabled and (
+                            oldest is None or (p.created_at, p.id) < (oldest.created_at,
+                                                                      oldest.id)):
+                        oldest = p
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+        if oldest is None:
+            raise ValidationError("--owner is required: the tenant has no enabled admin to own "
+                                  "the key", field="owner_id")
+        return str(oldest.id)
+
     def create(self, caller: Caller, tenant_id: str | None, body: dict[str, Any], *,
                operator: bool = False) -> IssuedKey:
         tid = self._scope_of(caller, tenant_id, operator)

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -60,7 +60,11 @@ def hour_of(at: datetime) -> datetime:
 class UsageRecorder:
     def __init__(self, ctx: Context, interval: float = 5.0,
                  store: UsageStore | None = None,
-                 scope_store: ScopeUsageStore | None = None) -> None:
+                 scope_store: ScopeUsageStore | None = None, *,
+                 sinks: Sequence[UsageSink] = (),
+                 watchers: Sequence[UsageWatcher] = ()) -> None:
+        """``sinks``: other credentials' uses (e.g. connections'), written in each flush;
+        ``watchers``: run in the flush's transaction (e.g. the key signals)."""
         self.ctx = ctx
         self.interval = interval
         self.store = store
@@ -79,8 +83,8 @@ class UsageRecorder:
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.sinks: list[UsageSink] = []
-        self.watchers: list[UsageWatcher] = []
+        self.sinks: tuple[UsageSink, ...] = tuple(sinks)
+        self.watchers: tuple[UsageWatcher, ...] = tuple(watchers)
         self._denials: dict[str, deque[Denial]] = {}
         self.denials_dropped = 0  # refusals only counted: too many keys refused at once
 
@@ -260,12 +264,15 @@ class UsageService:
     answered from their own caches (``POST /v1/usage``)."""
 
     def __init__(self, ctx: Context, keys: KeyService, store: UsageStore,
-                 recorder: UsageRecorder) -> None:
+                 recorder: UsageRecorder, *,
+                 owners: Mapping[str, OwnerLookup] | None = None) -> None:
+        """``owners``: the tenant of another kind of credential's id, by its id prefix
+        (e.g. connections'); keys are built in."""
         self.ctx = ctx
         self.keys = keys  # it decides who may see the key
         self.store = store
         self.recorder = recorder
-        self.owners: dict[str, OwnerLookup] = {"key_": _key_owner}
+        self.owners: dict[str, OwnerLookup] = {"key_": _key_owner, **(owners or {})}
 
     def report(self, caller: Caller, uses: Mapping[str, int]) -> dict[str, int]:
         """Counts uses of keys (and connections) that a verifier such as the SDK middleware

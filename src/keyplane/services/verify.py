@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from ipaddress import IPv4Address
 from typing import NamedTuple
@@ -110,17 +110,23 @@ class Remembered(NamedTuple):
 
 class Verifier:
     def __init__(self, ctx: Context, cache: VerificationCache, usage: UsageRecorder,
-                 legacy: LegacyKeys | None = None) -> None:
+                 legacy: LegacyKeys | None = None, *,
+                 loaders: Mapping[str, Loader] | None = None,
+                 rate_check: RateCheck | None = None,
+                 rate_check_blocking: bool = False) -> None:
+        """``loaders``: other credential types on the same verify path, by prefix (e.g. OAuth
+        access tokens); ``rate_check``: the key's rate limit and quota (``rate_check_blocking``:
+        it may wait on the network, so never call it on an event loop)."""
         self.ctx = ctx
         self.cache = cache
         self.usage = usage
-        self.loaders: dict[str, Loader] = {ctx.key_prefix: self._load_key}
+        self.loaders: dict[str, Loader] = {ctx.key_prefix: self._load_key, **(loaders or {})}
         # imported keys that keep a foreign format: looked up only while some exist (None:
         # not known yet; an import or a restore makes it unknown again)
         self.legacy = legacy
         self._foreign: bool | None = None if legacy is not None else False
-        self.rate_check: RateCheck | None = None
-        self.rate_check_blocking = False  # it may wait on the network: never on an event loop
+        self.rate_check = rate_check
+        self.rate_check_blocking = rate_check_blocking
         # /metrics: credential checks answered from the cache, and those that read storage
         self.cache_hits = 0
         self.cache_misses = 0
@@ -137,10 +143,6 @@ class Verifier:
         storage, which answers 503 until the database is back (fail closed)."""
         health = self.ctx.health
         return health is None or health.down_since is None or health.cache_trusted()
-
-    def register(self, prefix: str, loader: Loader) -> None:
-        """Another credential type (e.g. OAuth access tokens) on the same verify path."""
-        self.loaders[prefix] = loader
 
     def verify(self, raw: str, *, required: frozenset[str] = frozenset(),
                ip: Address | None = None, tls: bool | None = None) -> Verdict:

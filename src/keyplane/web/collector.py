@@ -115,12 +115,11 @@ class KeyplaneCollector(Collector):
             "keyplane_invalidation_lag_seconds",
             "From a change's commit to its invalidation applied in this worker, by the way it "
             "arrived (redis: pub/sub; log: the change-log poller)", labels=["via"])
-        recorded = self.kp.extras.get("invalidation_lag")
-        if recorded is not None:
-            with recorded._lock:
-                rows = {via: list(row) for via, row in recorded.rows.items()}
-            for via, row in sorted(rows.items()):
-                _histogram(lag, [via], LAG_BUCKETS, row)
+        recorded = self.kp.invalidation_lag
+        with recorded._lock:
+            rows = {via: list(row) for via, row in recorded.rows.items()}
+        for via, row in sorted(rows.items()):
+            _histogram(lag, [via], LAG_BUCKETS, row)
         yield lag
         yield GaugeMetricFamily("keyplane_change_stream_subscribers",
                                 "Open GET /v1/changes event streams on this worker",

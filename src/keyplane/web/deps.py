@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Query, Request
 from fastapi.security import APIKeyHeader, HTTPBearer
@@ -17,6 +18,8 @@ from keyplane.services.verification import GUESSES as GUESSES
 from keyplane.services.verification import Peer
 from keyplane.services.verification import too_many_failures as too_many_failures
 from keyplane.web import credentials, net
+
+T = TypeVar("T")
 
 
 async def kp(request: Request) -> Keyplane:
@@ -78,8 +81,7 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[str | None, Query(max_length=64)]
 
 
-def page_out(page: Page, render: object) -> dict[str, object]:
-    assert callable(render)
+def page_out(page: Page[T], render: Callable[[T], object]) -> dict[str, object]:
     return {"items": [render(i) for i in page.items], "next_cursor": page.next_cursor}
 
 

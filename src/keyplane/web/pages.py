@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from keyplane.bootstrap import Keyplane
-from keyplane.oauth.wiring import ConnectedApps, connected
 from keyplane.services.sessions import SignedIn, new_binding
 from keyplane.web import net
 
@@ -40,8 +39,10 @@ def keyplane_of(request: Request) -> Keyplane:
     return kp
 
 
-def env_of(request: Request) -> ConnectedApps:
-    return connected(keyplane_of(request))
+def env_of(request: Request) -> Keyplane:
+    """The same container as :func:`keyplane_of`; the routes that read its connected-app
+    fields (sessions, accounts, links, two_factor, ...) name it so."""
+    return keyplane_of(request)
 
 
 def is_tls(request: Request) -> bool:

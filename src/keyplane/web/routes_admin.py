@@ -12,6 +12,7 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core import scopes as sc
 from keyplane.core.errors import NotFound
 from keyplane.core.model import Principal, PrincipalKind
+from keyplane.core.views import audit_out, group_out, principal_out, tenant_out
 from keyplane.services.audit import CURSOR_PATTERN, AuditFilter
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
 from keyplane.web.schemas import (
@@ -25,10 +26,6 @@ from keyplane.web.schemas import (
     ServiceAccountPatch,
     TenantCreate,
     TenantPatch,
-    audit_out,
-    group_out,
-    principal_out,
-    tenant_out,
 )
 
 router = APIRouter()

@@ -7,14 +7,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from keyplane.core.apps import MAX_REDIRECT_URIS, MAX_URI_LENGTH, App, ConnectionView
-from keyplane.oauth.wiring import ConnectedApps, connected
+from keyplane.bootstrap import Keyplane
+from keyplane.core.apps import MAX_REDIRECT_URIS, MAX_URI_LENGTH
+from keyplane.core.views import app_out, connection_out, ts
 from keyplane.services import validate as v
 from keyplane.web.deps import CallerDep, Cursor, Limit, TenantParam, page_out
-from keyplane.web.schemas import Body, DataScope, Name, Text, ts
+from keyplane.web.schemas import Body, DataScope, Name, Text
 
 router = APIRouter()
-SECRET_NOTE = "Copy the client secret now; it is shown only once."
 
 
 # what core.apps.web_uri accepts, as a pattern: https (http only on a loopback address), no
@@ -45,37 +45,9 @@ class SecretRotate(Body):
     grace_period_seconds: int = Field(default=604800, ge=0, le=v.MAX_GRACE_SECONDS)
 
 
-def app_out(app: App, secret: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "id": app.id, "object": "app", "name": app.name, "description": app.description,
-        "homepage": app.homepage, "redirect_uris": list(app.redirect_uris),
-        "scopes": list(app.scopes), "status": app.status.value,
-        "status_reason": app.status_reason, "owner_tenant_id": app.owner_tenant_id,
-        "client_id": app.client_id, "created_by": app.created_by,
-        "created_at": ts(app.created_at), "updated_at": ts(app.updated_at),
-        "approved_at": ts(app.approved_at),
-    }
-    if secret is not None:
-        out["client_secret"] = secret
-        out["client_secret_note"] = SECRET_NOTE
-    return out
-
-
-def connection_out(view: ConnectionView) -> dict[str, Any]:
-    c, app = view.connection, view.app
-    return {
-        "id": c.id, "object": "connection", "tenant_id": c.tenant_id,
-        "app": {"id": app.id, "name": app.name, "homepage": app.homepage,
-                "client_id": app.client_id, "status": app.status.value},
-        "authorized_by": view.authorised_by, "authorized_at": ts(c.created_at),
-        "scopes": list(c.scopes), "last_used_at": ts(c.last_used_at),
-        "requests": {"allowed": c.request_count, "denied": c.denied_count},
-        "expires_at": ts(c.expires_at), "revoked_at": ts(c.revoked_at),
-    }
-
-
-def _env(request: Request) -> ConnectedApps:
-    return connected(request.app.state.keyplane)
+def _env(request: Request) -> Keyplane:
+    kp: Keyplane = request.app.state.keyplane
+    return kp
 
 
 # -- partner apps ---------------------------------------------------------------------------

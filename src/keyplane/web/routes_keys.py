@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 
 from keyplane.core.model import ApiKey
+from keyplane.core.views import key_out
 from keyplane.web.deps import CallerDep, Cursor, KeyplaneDep, Limit, TenantParam, page_out
 from keyplane.web.schemas import (
     KeyCreate,
@@ -17,7 +18,6 @@ from keyplane.web.schemas import (
     KeyPatch,
     KeyRotate,
     OperatorKeyCreate,
-    key_out,
 )
 
 router = APIRouter(tags=["keys"])

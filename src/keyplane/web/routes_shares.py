@@ -16,12 +16,13 @@ from starlette.responses import HTMLResponse, JSONResponse
 
 from keyplane.core.errors import NotFound
 from keyplane.core.rights import Caller, CredentialKind
+from keyplane.core.views import share_out, ts
 from keyplane.services.shares import GONE, ShareGone
 from keyplane.web import net
 from keyplane.web.deps import CallerDep, KeyplaneDep, TenantParam
 from keyplane.web.errors import error_body
 from keyplane.web.pages import html
-from keyplane.web.schemas import ShareCreate, share_out, ts
+from keyplane.web.schemas import ShareCreate
 
 router = APIRouter()
 

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from keyplane.core.views import ts
 from keyplane.web.deps import CallerDep, KeyplaneDep, TenantParam
-from keyplane.web.schemas import UsageReport, ts
+from keyplane.web.schemas import UsageReport
 
 router = APIRouter(tags=["keys"])
 

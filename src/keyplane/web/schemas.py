@@ -1,4 +1,5 @@
-"""Request bodies (for OpenAPI and type checks) and response serialisers.
+"""Request bodies (for OpenAPI and type checks); the answers' serialisers are in
+``keyplane.core.views`` (shared with the CLI).
 
 Models are strict and forbid unknown fields; the services validate meaning (scopes exist,
 CIDRs parse, limits hold) and name the field on failure.
@@ -6,16 +7,12 @@ CIDRs parse, limits hold) and name the field on failure.
 
 from __future__ import annotations
 
-from datetime import datetime
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from keyplane.core.model import ApiKey, AuditEvent, Group, Principal, Share, Tenant
-from keyplane.core.views import key_view, principal_view
-from keyplane.core.views import ts as ts  # re-exported for the routes
 from keyplane.services import shares
 from keyplane.services import validate as v
 from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD
@@ -287,59 +284,3 @@ class ShareCreate(Body):
 
 class ScopePut(Body):
     description: ScopeDescription
-
-
-def key_out(key: ApiKey, secret: str | None = None) -> dict[str, Any]:
-    out = key_view(key)
-    if secret is not None:
-        out["key"] = secret
-        out["note"] = SECRET_NOTE
-    return out
-
-
-# the create, rotate and duplicate answers say it, as the CLI does
-SECRET_NOTE = "Copy this key now: it will not be shown again (Keyplane keeps only a digest)."
-
-
-def tenant_out(t: Tenant) -> dict[str, Any]:
-    p = t.policy
-    return {
-        "id": t.id, "object": "tenant", "name": t.name, "enabled": t.enabled,
-        "created_at": ts(t.created_at),
-        "policy": {
-            "default_expiry_days": p.default_expiry_days, "max_expiry_days": p.max_expiry_days,
-            "allow_non_expiring": p.allow_non_expiring, "allowed_ips": p.allowed_ips,
-            "require_tls_default": p.require_tls_default,
-            "leaked_key_action": p.leaked_key_action.value,
-            "revoke_unused_after_days": p.revoke_unused_after_days,
-            "api_users_need_group": p.api_users_need_group,
-            "audit_retention_days": p.audit_retention_days,
-            "require_admin_two_factor": p.require_admin_two_factor,
-        },
-    }
-
-
-def principal_out(p: Principal) -> dict[str, Any]:
-    return principal_view(p)
-
-
-def group_out(g: Group) -> dict[str, Any]:
-    return {"id": g.id, "object": "group", "tenant_id": g.tenant_id, "name": g.name,
-            "description": g.description, "scopes": g.scopes, "created_at": ts(g.created_at)}
-
-
-def share_out(s: Share, now: datetime) -> dict[str, Any]:
-    """A share link's metadata (never its ciphertext)."""
-    return {"id": s.id, "object": "share", "tenant_id": s.tenant_id, "note": s.note,
-            "created_by": s.created_by, "created_at": ts(s.created_at),
-            "expires_at": ts(s.expires_at), "opened_at": ts(s.opened_at),
-            "withdrawn": s.withdrawn_at is not None, "withdrawn_at": ts(s.withdrawn_at),
-            "state": s.state(now)}
-
-
-def audit_out(a: AuditEvent) -> dict[str, Any]:
-    return {"id": a.id, "object": "audit_event", "at": ts(a.at), "tenant_id": a.tenant_id,
-            "actor": a.actor, "credential": a.credential, "action": a.action,
-            "target": a.target, "outcome": a.outcome, "ip": a.ip, "user_agent": a.user_agent,
-            "request_id": a.request_id, "details": a.details, "changes": a.changes,
-            "seq": a.seq, "prev_hash": a.prev_hash, "hash": a.hash}

@@ -20,7 +20,6 @@ from keyplane.core.errors import NotFound, PermissionDenied, ValidationError
 from keyplane.core.events import Automation
 from keyplane.core.model import Page, Principal, PrincipalKind
 from keyplane.core.webhooks import Webhook
-from keyplane.oauth.wiring import connected
 from keyplane.web.console import present
 from keyplane.web.console.base import Console, action, page, sentence
 from keyplane.web.console.forms import KeyForm
@@ -128,7 +127,7 @@ class Names:
 
 def _names(c: Console) -> Names:
     keys = _all(lambda cur: c.kp.keys.list(c.caller, c.tenant_id, limit=BATCH, cursor=cur))
-    views = _all(lambda cur: connected(c.kp).connections.list(c.caller, c.tenant_id,
+    views = _all(lambda cur: c.kp.connections.list(c.caller, c.tenant_id,
                                                               limit=BATCH, cursor=cur))
     hooks = _all(lambda cur: c.kp.webhooks.list(c.caller, c.tenant_id, limit=BATCH,
                                                 cursor=cur))

@@ -12,7 +12,6 @@ from starlette.responses import RedirectResponse, Response
 
 from keyplane.core.apps import ConnectionView
 from keyplane.core.errors import PermissionDenied
-from keyplane.oauth.wiring import connected
 from keyplane.web.console import present
 from keyplane.web.console.base import Console, action, page
 
@@ -38,7 +37,7 @@ def _revoke_refused(c: Console) -> None:
 async def list_connections(request: Request) -> Response:
     def view(c: Console) -> Response:
         cursor = c.cursor
-        result = connected(c.kp).connections.list(c.caller, c.tenant_id, limit=PAGE_SIZE,
+        result = c.kp.connections.list(c.caller, c.tenant_id, limit=PAGE_SIZE,
                                                   cursor=cursor)
         now = c.kp.ctx.clock.now()
         rows = [{"view": v, "by": _authorised_by(v), "scopes": present.shown_scopes(
@@ -58,7 +57,7 @@ async def list_connections(request: Request) -> Response:
 @router.get("/connections/{connection_id}/revoke")
 async def confirm_revoke(request: Request, connection_id: str) -> Response:
     def view(c: Console) -> Response:
-        found = connected(c.kp).connections.get(c.caller, c.tenant_id, connection_id)
+        found = c.kp.connections.get(c.caller, c.tenant_id, connection_id)
         if found.connection.revoked_at is not None:
             return RedirectResponse("/connections?done=revoked", status_code=303)
         _revoke_refused(c)
@@ -75,7 +74,7 @@ async def confirm_revoke(request: Request, connection_id: str) -> Response:
 @router.post("/connections/{connection_id}/revoke")
 async def revoke(request: Request, connection_id: str) -> Response:
     def view(c: Console, form: FormData) -> Response:
-        connected(c.kp).connections.revoke(c.caller, c.tenant_id, connection_id)
+        c.kp.connections.revoke(c.caller, c.tenant_id, connection_id)
         return RedirectResponse("/connections?done=revoked", status_code=303)
 
     return await action(request, view)

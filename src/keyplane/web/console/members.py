@@ -14,7 +14,6 @@ from starlette.responses import RedirectResponse, Response
 from keyplane.core.apps import ConnectionView
 from keyplane.core.errors import Conflict, NotFound, PermissionDenied, ValidationError
 from keyplane.core.model import ApiKey, Principal, PrincipalKind
-from keyplane.oauth.wiring import connected
 from keyplane.services.principals import LAST_ADMIN
 from keyplane.web.console import present
 from keyplane.web.console.base import Console, action, page
@@ -69,7 +68,7 @@ async def list_members(request: Request) -> Response:
             "members": result.items, "paged": cursor is not None,
             "next_url": f"/members?cursor={result.next_cursor}" if result.next_cursor else None,
             "can_write": c.can("members:write"), "role_title": role_title,
-            "invitations": connected(c.kp).links.invitations(c.caller, c.tenant_id),
+            "invitations": c.kp.links.invitations(c.caller, c.tenant_id),
             "times": present.Times(c.kp.ctx.clock.now()), "nav": "members",
             "notice": NOTICES.get(c.request.query_params.get("done", ""), ""),
         }, title="Members")
@@ -193,7 +192,7 @@ def _affected(c: Console, member: Principal,
     apps: list[ConnectionView] = []
     cursor = None
     for _ in range(20):
-        batch = connected(c.kp).connections.list(c.caller, c.tenant_id, limit=200,
+        batch = c.kp.connections.list(c.caller, c.tenant_id, limit=200,
                                                  cursor=cursor)
         apps.extend(v for v in batch.items if v.connection.principal_id == member.id)
         cursor = batch.next_cursor

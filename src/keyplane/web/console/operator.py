@@ -16,7 +16,6 @@ from keyplane.core import scopes as sc
 from keyplane.core.accounts import AccountKind
 from keyplane.core.apps import AppStatus
 from keyplane.core.errors import KeyplaneError, ValidationError
-from keyplane.oauth.wiring import connected
 from keyplane.services.accounts import Invitation
 from keyplane.services.keys import IssuedKey
 from keyplane.web.console import present
@@ -132,7 +131,7 @@ async def apps(request: Request) -> Response:
         status = c.request.query_params.get("status") or "pending"
         status = status if status in {s.value for s in AppStatus} | {"all"} else "pending"
         cursor = c.cursor
-        result = connected(c.kp).apps.list(c.caller, None, limit=PAGE_SIZE, cursor=cursor,
+        result = c.kp.apps.list(c.caller, None, limit=PAGE_SIZE, cursor=cursor,
                                            status=None if status == "all" else status)
         next_url = ("/operator/apps?" + urlencode({"status": status,
                                                    "cursor": result.next_cursor})
@@ -148,10 +147,10 @@ async def apps(request: Request) -> Response:
 
 
 def _app_context(c: AccountConsole, app_id: str) -> dict[str, Any]:
-    found = connected(c.kp).apps.get(c.caller, None, app_id)
+    found = c.kp.apps.get(c.caller, None, app_id)
     developer = None
     if found.developer_id:
-        developer = connected(c.kp).accounts.get(c.caller, found.developer_id)
+        developer = c.kp.accounts.get(c.caller, found.developer_id)
     return {"app": found, "developer": developer, "scopes": present.shown_scopes(found.scopes),
             "times": present.Times(c.kp.ctx.clock.now()), "nav": "apps",
             "decisions": {a: DECISIONS[a] for a in DECISIONS
@@ -193,7 +192,7 @@ async def decide(request: Request, app_id: str, decision: str) -> Response:
             return c.error(404, "Not found", "There is nothing here.")
         # the client secret an approval issues is not shown here: the developer creates
         # its own from its app's page, so the operator's staff never see it
-        connected(c.kp).apps.decide(c.caller, app_id, decision, text(form, "reason") or None)
+        c.kp.apps.decide(c.caller, app_id, decision, text(form, "reason") or None)
         return RedirectResponse(f"/operator/apps/{app_id}?done={decision}", status_code=303)
 
     return await account_action(request, OP, view)
@@ -287,9 +286,9 @@ async def revoke_key(request: Request, key_id: str) -> Response:
 
 def _partners(c: AccountConsole, *, email: str = "", errors: dict[str, str] | None = None,
               invitation: Invitation | None = None, status: int = 200) -> Response:
-    result = connected(c.kp).accounts.list(c.caller, AccountKind.DEVELOPER, limit=PAGE_SIZE,
+    result = c.kp.accounts.list(c.caller, AccountKind.DEVELOPER, limit=PAGE_SIZE,
                                            cursor=c.cursor)
-    env = connected(c.kp)
+    env = c.kp
     return c.render("console/operator_partners.html", {
         "developers": result.items, "email": email, "errors": errors or {},
         "invitation": invitation, "signup": env.accounts.signup.value,
@@ -309,7 +308,7 @@ async def invite(request: Request) -> Response:
     def view(c: AccountConsole, form: FormData) -> Response:
         email = text(form, "email")
         try:
-            made = connected(c.kp).accounts.invite(c.caller, email)
+            made = c.kp.accounts.invite(c.caller, email)
         except KeyplaneError as exc:
             if exc.field != "email" and not isinstance(exc, ValidationError):
                 raise

@@ -17,7 +17,6 @@ from keyplane.core.accounts import AccountKind, PartnerSignup
 from keyplane.core.apps import AppStatus
 from keyplane.core.errors import AuthenticationError, KeyplaneError, RateLimited
 from keyplane.core.rights import SYSTEM
-from keyplane.oauth.wiring import connected
 from keyplane.services.apps import IssuedSecret
 from keyplane.web import pages
 from keyplane.web.console import present
@@ -135,7 +134,7 @@ async def signup(request: Request) -> Response:
 @router.get("/partners")
 async def home(request: Request) -> Response:
     def view(c: AccountConsole) -> Response:
-        result = connected(c.kp).apps.list(c.caller, None, limit=200)
+        result = c.kp.apps.list(c.caller, None, limit=200)
         return c.render("console/partner_apps.html", {
             "apps": result.items, "notes": STATUS_NOTES, "nav": "apps",
             "times": present.Times(c.kp.ctx.clock.now()),
@@ -176,7 +175,7 @@ async def register(request: Request) -> Response:
                                   if u.strip()],
                 "scopes": values["scopes"]}
         try:
-            app = connected(c.kp).apps.register(c.caller, None, body)
+            app = c.kp.apps.register(c.caller, None, body)
         except KeyplaneError as exc:
             if exc.field is None:
                 raise
@@ -186,9 +185,8 @@ async def register(request: Request) -> Response:
     return await account_action(request, DEV, view)
 
 
-def _app_page(c: AccountConsole, app_id: str, *, issued: IssuedSecret | None = None,
-              ) -> Response:
-    env = connected(c.kp)
+def _app_page(c: AccountConsole, app_id: str, *, issued: IssuedSecret | None = None) -> Response:
+    env = c.kp
     app = env.apps.get(c.caller, None, app_id)
     notice = {"registered": "Registered. The operator has been asked to approve it."}.get(
         c.request.query_params.get("done", ""), "")
@@ -212,7 +210,7 @@ async def rotate_secret(request: Request, app_id: str) -> Response:
         later = form.get("expire") == "later"
         days = text(form, "grace_days") or "7"
         grace = int(days) * 86400 if later and days.isdigit() and int(days) <= 30 else 0
-        issued = connected(c.kp).apps.rotate_secret(c.caller, None, app_id,
+        issued = c.kp.apps.rotate_secret(c.caller, None, app_id,
                                                     {"grace_period_seconds": grace})
         return _app_page(c, app_id, issued=issued)
 
@@ -223,6 +221,6 @@ async def rotate_secret(request: Request, app_id: str) -> Response:
 async def guide(request: Request) -> Response:
     def view(c: AccountConsole) -> Response:
         return c.render("console/partner_guide.html", {
-            "issuer": connected(c.kp).issuer, "nav": "guide"}, title="OAuth guide")
+            "issuer": c.kp.issuer, "nav": "guide"}, title="OAuth guide")
 
     return await account_page(request, DEV, view)
