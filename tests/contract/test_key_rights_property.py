@@ -14,8 +14,8 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core import scopes as sc
 from keyplane.core.errors import PermissionDenied, ValidationError
 from keyplane.core.rights import SYSTEM
-from keyplane.services.verification import Peer
 from keyplane.services.keys import IssuedKey
+from keyplane.services.verification import Peer
 from tests.conftest import Tenant
 
 POOL = ["keys:read", "keys:write", "members:read", "members:write", "tenant:write",

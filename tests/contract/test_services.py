@@ -24,8 +24,8 @@ from keyplane.core.model import ApiKey, AuditEvent, PrincipalKind
 from keyplane.core.policy import parse_address
 from keyplane.core.rights import SYSTEM, Caller
 from keyplane.core.tokens import Hasher, Pepper
-from keyplane.services.verification import Peer
 from keyplane.services.keys import IssuedKey
+from keyplane.services.verification import Peer
 from tests.conftest import data_writes
 from tests.support import SettableClock
 

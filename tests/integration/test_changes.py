@@ -7,8 +7,8 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from ipaddress import ip_address
 from contextlib import contextmanager
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 

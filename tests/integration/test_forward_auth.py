@@ -240,7 +240,7 @@ def test_forward_auth_agrees_with_verify(proxied: tuple[Keyplane, httpx2.Client]
         r = http.post("/v1/verify", json=body, headers={"Authorization": f"Bearer {verifier}"})
         assert r.status_code == 200, r.text
         verified = r.json()
-        assert code is None and verified["code"] in ("MALFORMED", "NOT_FOUND") or \
+        assert (code is None and verified["code"] in ("MALFORMED", "NOT_FOUND")) or \
             verified["code"] == code, (body, verified)
         headers = {**NGINX, "X-API-Key": secret, "X-Forwarded-For": ip}
         if https:

@@ -177,15 +177,15 @@ class ForwardAuth:
             return _denied(401, "missing_key", "an API key is required: send 'Authorization: "
                            "Bearer <key>' or 'X-API-Key: <key>'", [_challenge()])
         # the client, as the trusted proxy reports it, uses the key
-        peer = Peer(net.client_address(conn, self.trusted), net.is_tls(conn, self.trusted),
-                    request_id)
+        client = Peer(net.client_address(conn, self.trusted), net.is_tls(conn, self.trusted),
+                      request_id)
         location = headers.get("x-location-id")
         question = VerifyRequest(raw, route.scopes,
                                  tenant_id=location.strip() if location is not None else None)
         service = self.service
-        answer = service.answer_proxy_if_cached(peer, question)
+        answer = service.answer_proxy_if_cached(client, question)
         if answer is None:
-            answer = await run_in_threadpool(service.answer_proxy, peer, question)
+            answer = await run_in_threadpool(service.answer_proxy, client, question)
         if answer.retry_after is not None:  # the address is over the failure limit
             return (*_throttled(answer.retry_after, service.throttle.limit), answer)
         return (*_answer(answer.verdict), answer)
