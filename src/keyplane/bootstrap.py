@@ -271,6 +271,7 @@ def build(
     )
     # -- the services that use them ----------------------------------------------------------
     audit = AuditService(ctx, RefusalRecorder(ctx, interval=settings.usage_flush_seconds))
+    verification = VerifyService(verifier, throttle)
     return Keyplane(
         settings=settings,
         engine=engine,
@@ -289,7 +290,7 @@ def build(
         propagation=propagation,
         limits=limits,
         throttle=throttle,
-        verification=VerifyService(verifier, throttle),
+        verification=verification,
         shares=ShareService(ctx, safety_repos),
         # a leaked OAuth token ends its connection
         leaks=LeakService(ctx, safety_repos, connections),
@@ -314,7 +315,7 @@ def build(
             ctx, events_repo, base_url=settings.base_url,
             interval=timedelta(seconds=settings.expiry_interval_seconds or 900)),
         automations=AutomationService(ctx, events_repo, webhook_repo, outbox,
-                                      verifier.identify),
+                                      verification.identify),
         imports=ImportService(ctx, imports_repo),
         invalidation_lag=lag,
         prefixes=prefixes,

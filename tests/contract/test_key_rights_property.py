@@ -14,8 +14,8 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core import scopes as sc
 from keyplane.core.errors import PermissionDenied, ValidationError
 from keyplane.core.rights import SYSTEM
-from keyplane.services.auth import authenticate
 from keyplane.services.keys import IssuedKey
+from keyplane.services.verification import Peer
 from tests.conftest import Tenant
 
 POOL = ["keys:read", "keys:write", "members:read", "members:write", "tenant:write",
@@ -42,7 +42,7 @@ def test_no_credential_reaches_beyond_its_own_scopes(
         return kp.keys.create(SYSTEM, tid, {"name": "k", "owner_id": tenant.admin_id,
                                             "scopes": scopes})
 
-    caller = authenticate(kp.verifier, key(caller_scopes).secret, ip=None, tls=True)
+    caller = kp.verification.authenticate(key(caller_scopes).secret, Peer(None, True))
     target = key(target_scopes).key
     if locked:
         kp.keys.update(SYSTEM, tid, target.id, {"enabled": False})

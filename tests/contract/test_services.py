@@ -24,8 +24,8 @@ from keyplane.core.model import ApiKey, AuditEvent, PrincipalKind
 from keyplane.core.policy import parse_address
 from keyplane.core.rights import SYSTEM, Caller
 from keyplane.core.tokens import Hasher, Pepper
-from keyplane.services.auth import authenticate
 from keyplane.services.keys import IssuedKey
+from keyplane.services.verification import Peer
 from tests.conftest import data_writes
 from tests.support import SettableClock
 
@@ -69,7 +69,7 @@ def make_env(kp: Keyplane, name: str = "Acme") -> Env:
     issued = kp.keys.create(SYSTEM, tenant.id, {
         "name": "ops", "owner_id": admin.id,
         "scopes": ["keys:write", "members:write", "tenant:write", *data_writes(kp)]})
-    caller = authenticate(kp.verifier, issued.secret, ip=None, tls=True)
+    caller = kp.verification.authenticate(issued.secret, Peer(None, True))
     return Env(kp, tenant.id, admin.id, caller, issued.secret)
 
 

@@ -240,3 +240,30 @@ def test_another_tenants_rules_and_webhooks_never_fire_and_cannot_be_named(
     assert receivers[1].snapshot() == []
     r = http.get(f"/v1/webhooks/{theirs}/deliveries", headers=auth(other.management_key))
     assert r.status_code == 200 and r.json()["items"] == []
+
+
+def test_unknown_keys_are_guesses_slowed_per_address(database: tuple[str, str | None],
+                                                     tmp_path: Path,
+                                                     clock: SettableClock) -> None:
+    """Naming an unknown key, or another tenant's, is a guess: counted against the caller's
+    address in /v1/verify's count, and answered 429 over the limit, whatever key comes next."""
+    url, schema = database
+    with serving(url, schema, tmp_path, clock, failure_limit=3) as (kp, http):
+        tenant, other = make_tenant(kp), make_tenant(kp, name="Other")
+        verifier = kp.keys.create(SYSTEM, tenant.id, {
+            "name": "gateway", "owner_id": tenant.admin_id, "scopes": ["keys:verify"],
+            "require_tls": False}).secret
+        ours = create_key(http, tenant.management_key, name="ours", scopes=["contacts:write"])
+        theirs = create_key(http, other.management_key, name="theirs",
+                            scopes=["contacts:write"])
+        r = report(http, verifier, type="contact.created", key=ours["key"])
+        assert r.status_code == 202, r.text
+        codes = [report(http, verifier, type="contact.created", key=k).status_code
+                 for k in ("kp_not_a_real_key_at_all", theirs["key"], "kp_nor_this_one",
+                           "kp_nor_that_one")]
+        assert codes == [404, 404, 404, 429]  # failure_limit=3
+        r = report(http, verifier, type="contact.created", key=ours["key"])
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
+        # the same count as /v1/verify's guesses: that address is refused there too
+        r = http.post("/v1/verify", json={"key": ours["key"]}, headers=auth(verifier))
+        assert r.status_code == 200 and r.json()["code"] == "RATE_LIMITED", r.text

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
+from keyplane.services.throttle import AUTH_FAILURES
 from tests.conftest import Tenant, auth, make_tenant, serving
 from tests.integration.procs import (
     Setup,
@@ -197,6 +199,25 @@ def test_the_stream_keeps_alive_and_ends_when_its_credential_is_revoked(
         rest = list(items)
         assert ("comment", "keepalive") not in rest
         assert [data(v)["ref"] for kind, v in rest if kind == "event"] == [issued.key.id]
+
+
+def test_the_stream_ends_when_its_address_is_refused_for_failed_credentials(
+        quick_keepalive: tuple[Keyplane, str]) -> None:
+    """The re-check is the verification service's authentication (step 1): an address over
+    the failed-credentials limit is refused there, and so its open streams end."""
+    kp, url = quick_keepalive
+    tenant = make_tenant(kp)
+    issued = kp.keys.create(SYSTEM, tenant.id, {"name": "gw", "owner_id": tenant.admin_id,
+                                                "scopes": ["keys:verify"], "require_tls": False})
+    with stream(url + "/v1/changes", issued.secret) as (_, items):
+        next_item(items)  # position
+        assert next_item(items, "comment") == "keepalive"
+        loopback = ip_address("127.0.0.1")
+        assert not any(kp.throttle.failed(AUTH_FAILURES, loopback)
+                       for _ in range(kp.throttle.limit))
+        assert kp.throttle.failed(AUTH_FAILURES, loopback) is not None  # now refused
+        rest = list(items)  # a stream that went on would fail here with a read timeout
+        assert ("comment", "keepalive") not in rest
 
 
 @pytest.mark.postgres

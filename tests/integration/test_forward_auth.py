@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from keyplane.bootstrap import Keyplane
 from keyplane.core.errors import ValidationError
 from keyplane.core.rights import SYSTEM
+from keyplane.sdk._protocol import refusal
 from tests.conftest import make_tenant
 from tests.integration.forward_support import NGINX, ROUTES, TRAEFIK, key, proxied, serving
 
@@ -193,3 +195,83 @@ def test_repeats_are_remembered_counted_and_follow_every_change(
     for i in range(4):
         http.get("/v1/forward-auth", headers={**guesser, "X-API-Key": f"kp_nope{i}"})
     assert http.get("/v1/forward-auth", headers=guesser).status_code == 429
+
+
+def test_forward_auth_agrees_with_verify(proxied: tuple[Keyplane, httpx2.Client]) -> None:
+    """The same question asked both ways (the key, the route map's scopes, the client's address
+    and TLS, a Location ID) gets the same answer: forward-auth's status and error code are
+    /v1/verify's code through the SDK's table, a pass names the same key, and both uses are
+    counted alike (one service answers both)."""
+    kp, http = proxied
+    mine, theirs = make_tenant(kp, "Mine"), make_tenant(kp, "Theirs")
+    verifier = kp.keys.create(SYSTEM, None, {"name": "gateway", "scopes": ["keys:verify"],
+                                             "require_tls": False}, operator=True).secret
+
+    def made(**fields: Any) -> str:
+        return key(kp, mine.id, mine.admin_id, **fields)
+
+    revoked, locked = made(scopes=["contacts:read"]), made(scopes=["contacts:read"])
+    kp.keys.revoke(SYSTEM, mine.id, kp.verifier.verify(revoked).snapshot.key_id)  # type: ignore[union-attr]
+    kp.keys.update(SYSTEM, mine.id, kp.verifier.verify(locked).snapshot.key_id,  # type: ignore[union-attr]
+                   {"enabled": False})
+    valid = made(scopes=["contacts:write"])
+    listed = made(scopes=["contacts:read"], allowed_ips=["203.0.113.0/24"])
+    tls_only = made(scopes=["contacts:read"], require_tls=True)
+    # (key, client address, https, Location ID, the code /v1/verify must give)
+    cases = [
+        (valid, "192.0.2.1", False, None, "VALID"),
+        (valid, "192.0.2.2", False, mine.id, "VALID"),
+        (valid, "192.0.2.3", False, theirs.id, "NOT_FOUND"),
+        (made(scopes=["payments:read"]), "192.0.2.4", False, None, "INSUFFICIENT_SCOPE"),
+        (revoked, "192.0.2.5", False, None, "REVOKED"),
+        (locked, "192.0.2.6", False, None, "DISABLED"),
+        (listed, "203.0.113.7", False, None, "VALID"),
+        (listed, "192.0.2.8", False, None, "IP_NOT_ALLOWED"),
+        (tls_only, "192.0.2.9", False, None, "TLS_REQUIRED"),
+        (tls_only, "192.0.2.10", True, None, "VALID"),
+        (valid[:-2] + ("xx" if not valid.endswith("xx") else "yy"), "192.0.2.11", False, None,
+         None),  # a bad checksum (MALFORMED or NOT_FOUND: both unknown)
+    ]
+    for secret, ip, https, location, code in cases:
+        body: dict[str, Any] = {"key": secret, "scopes": ["contacts:read"], "ip": ip,
+                                "tls": https}
+        if location is not None:
+            body["tenant_id"] = location
+        r = http.post("/v1/verify", json=body, headers={"Authorization": f"Bearer {verifier}"})
+        assert r.status_code == 200, r.text
+        verified = r.json()
+        assert (code is None and verified["code"] in ("MALFORMED", "NOT_FOUND")) or \
+            verified["code"] == code, (body, verified)
+        headers = {**NGINX, "X-API-Key": secret, "X-Forwarded-For": ip}
+        if https:
+            headers["X-Forwarded-Proto"] = "https"
+        if location is not None:
+            headers["X-Location-Id"] = location
+        for _ in range(2):  # the second may be a remembered answer: the same again
+            fwd = http.get("/v1/forward-auth", headers=headers)
+            if verified["valid"]:
+                assert fwd.status_code == 200, (body, fwd.text)
+                assert fwd.json() == {k: verified[k] for k in (
+                    "valid", "key_id", "tenant_id", "owner_id", "scopes")}
+                assert fwd.headers["x-keyplane-key-id"] == verified["key_id"]
+            else:
+                assert (fwd.status_code, fwd.json()["error"]["code"]) == \
+                    refusal(verified["code"]), (body, fwd.text)
+    # every use of each key counted alike: once by /v1/verify, twice by forward-auth (a key
+    # beside another tenant's Location ID is answered NOT_FOUND, and its use counted VALID)
+    kp.usage.flush()
+    expected: dict[str, dict[str, int]] = {}
+    for secret, _ip, _https, location, code in cases:
+        snap = kp.verifier.identify(secret).snapshot
+        if code in (None, "REVOKED") or snap is None:  # a revoked key's usage is not shown
+            continue
+        counted = "VALID" if location == theirs.id else code
+        outcomes = expected.setdefault(snap.key_id, {})
+        outcomes[counted] = outcomes.get(counted, 0) + 3
+    assert len(expected) == 5
+    for key_id, outcomes in expected.items():
+        series = kp.usage_reports.series(SYSTEM, mine.id, key_id, start=None, end=None)
+        totals: dict[str, int] = {}
+        for item in series["items"]:
+            totals[item["outcome"]] = totals.get(item["outcome"], 0) + item["count"]
+        assert {o: totals.get(o, 0) for o in outcomes} == outcomes, (key_id, totals)

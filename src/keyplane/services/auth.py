@@ -1,4 +1,7 @@
-"""Authenticating management calls: a bearer key becomes a Caller, or an error says why."""
+"""What a verified credential stands for: a Caller, or the error that refuses it.
+
+Authenticating a call (the failure throttle, guesses counted, each request's credential
+verified once) is ``VerifyService.authenticate`` (services/verification.py)."""
 
 from __future__ import annotations
 
@@ -9,17 +12,9 @@ from keyplane.core.decisions import Code
 from keyplane.core.errors import AuthenticationError, PermissionDenied, RateLimited
 from keyplane.core.policy import Address
 from keyplane.core.rights import Caller, CredentialKind
-from keyplane.services.verify import Verdict, Verifier
+from keyplane.services.verify import Verdict
 
 _FORBIDDEN = {Code.IP_NOT_ALLOWED, Code.TLS_REQUIRED}
-
-
-def authenticate(verifier: Verifier, raw: str | None, *, ip: Address | None, tls: bool,
-                 request_id: str | None = None, user_agent: str | None = None) -> Caller:
-    if not raw:
-        raise AuthenticationError("a bearer credential is required", code="unauthenticated")
-    return caller_from(verifier.verify(raw, ip=ip, tls=tls), ip=ip, request_id=request_id,
-                       user_agent=user_agent)
 
 
 def rate_limited(verdict: Verdict) -> RateLimited:

@@ -72,12 +72,14 @@ class Reported:
 class AutomationService:
     def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], AutomationRepo],
                  webhooks: WebhookRepos, outbox: Outbox,
-                 identify: Callable[[str], Verdict]) -> None:
+                 identify: Callable[[Caller, str], Verdict]) -> None:
         self.ctx = ctx
         self.repos = repos
         self.webhooks = webhooks
         self.outbox = outbox
-        self.identify = identify  # Verifier.identify: whose key, and is it live
+        # VerifyService.identify: whose key, is it live, may the caller know it (another
+        # tenant's key is unknown), and the guess throttle (429 for an address over it)
+        self.identify = identify
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -203,13 +205,9 @@ class AutomationService:
         if not isinstance(raw, str) or not raw:
             raise ValidationError("key: the key or access token the API call was made with",
                                   field="key")
-        verdict = self.identify(raw)
+        verdict = self.identify(caller, raw)
         snap = verdict.snapshot
-        if snap is not None and caller.tenant_id is not None and (
-                snap.tenant_id != caller.tenant_id):
-            snap, code = None, Code.NOT_FOUND
-        else:
-            code = verdict.decision.code
+        code = verdict.decision.code
         if snap is None or code in (Code.MALFORMED, Code.NOT_FOUND):
             raise NotFound("key: no such key or access token", field="key",
                            code="key_not_found")

@@ -20,6 +20,15 @@ other call. Its steps, in order:
    credential) or is a guess; a repeat is refused past either credential's expiry, after any
    change to either, or for an address the throttle now blocks, and still counts both uses.
 
+The other questions of the same kind go through the same steps:
+
+- ``answer_proxy`` (``/v1/forward-auth``): a trusted reverse proxy asks about its client's key;
+  the proxy stands where ``/v1/verify``'s caller does (it is trusted by its address, so step 1
+  is the adapter's), the key is used from the client's address and TLS. Steps 3-7.
+- ``identify`` (``POST /v1/events``): whose live key does a request name? Steps 3, 5 and 6,
+  counted like a guess at ``/v1/verify``.
+- ``still_allowed`` (an open ``/v1/changes`` stream): step 1 again, and ``keys:verify``.
+
 ``answer_if_cached`` and ``authenticate_if_cached`` never block (no database, no Redis): they
 return ``None`` when a step needs I/O, and ``answer`` / ``authenticate`` (from a thread) finish
 the request. A ``Peer`` is made once per HTTP request and remembers what was already verified
@@ -79,7 +88,7 @@ class VerifyRequest(NamedTuple):
 class Reuse(NamedTuple):
     """What a repeat of an answer must still do, and until when it may be given."""
 
-    caller_key_id: str
+    caller_key_id: str | None  # None: a proxy's question (no caller credential)
     key_id: str
     code: str  # the answer's code: what the key's use is counted as
     expires_at: datetime | None  # the earlier of both credentials' expiries
@@ -89,12 +98,13 @@ class Reuse(NamedTuple):
     scopes: frozenset[str]  # what a valid answer needed: counted per scope
     reason: str | None  # a refusal's reason, kept for the key's page
     generation: int  # the cache's generation before either credential was read
-    depends: tuple[bytes, bytes]  # the cache keys of both credentials
+    depends: tuple[bytes, ...]  # the cache keys of both credentials (the key alone: a proxy)
 
 
 class Answer(NamedTuple):
     verdict: Verdict
     reuse: Reuse | None = None  # set when this answer may be given again (``remember``)
+    retry_after: int | None = None  # set when the failure throttle refuses the address
 
     @property
     def code(self) -> str:
@@ -108,10 +118,13 @@ class Answer(NamedTuple):
 
 
 class Remembered(NamedTuple):
-    """An encoded answer (the adapter's bytes) and what a repeat of it must do."""
+    """An encoded answer (the adapter's bytes, and its status and headers if it has any) and
+    what a repeat of it must do."""
 
     body: bytes
     reuse: Reuse
+    status: int = 200
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
 class Peer:
@@ -160,6 +173,9 @@ class VerifyService:
     def __init__(self, verifier: Verifier, throttle: FailureThrottle) -> None:
         self.verifier = verifier
         self.throttle = throttle
+
+    def _throttled(self, wait: int) -> Answer:
+        return Answer(throttled(self.throttle.limit, wait), None, wait)
 
     # -- 1. the caller ----------------------------------------------------------------------
 
@@ -228,72 +244,149 @@ class VerifyService:
         assert found is not None
         return found
 
-    def _answer(self, caller: Caller, credential: str | None, peer: Peer,
+    def answer_proxy_if_cached(self, peer: Peer, request: VerifyRequest) -> Answer | None:
+        """A trusted proxy's question (``/v1/forward-auth``): may its client, at ``peer.ip``
+        and ``peer.tls``, use ``request.key`` for a request needing ``request.scopes``? The
+        proxy was trusted by its address (the adapter's check): steps 3-7, as ``answer``.
+        Without I/O; ``None``: call ``answer_proxy`` (from a thread)."""
+        return self._answer(None, None, self._proxied(peer, request), request, False)
+
+    def answer_proxy(self, peer: Peer, request: VerifyRequest) -> Answer:
+        found = self._answer(None, None, self._proxied(peer, request), request, True)
+        assert found is not None
+        return found
+
+    def _proxied(self, peer: Peer, request: VerifyRequest) -> Peer:
+        if request.ip is not None or request.tls is not None:
+            raise ValueError("a proxy's client is the peer: its address and TLS")
+        if peer._key is None:  # nothing read yet: the generation before anything is
+            peer._generation = self.verifier.cache.generation
+        return peer
+
+    def _answer(self, caller: Caller | None, credential: str | None, peer: Peer,
                 request: VerifyRequest, load: bool) -> Answer | None:
-        caller.require("keys:verify")
-        ip = None
-        if request.ip is not None:
-            ip = parse_address(request.ip)
-            if ip is None:
-                raise ValidationError("ip is not an IPv4 or IPv6 address", field="ip")
+        ip: Address | None
+        tls: bool | None
+        if caller is not None:
+            caller.require("keys:verify")
+            ip = None
+            tls = request.tls
+            if request.ip is not None:
+                ip = parse_address(request.ip)
+                if ip is None:
+                    raise ValidationError("ip is not an IPv4 or IPv6 address", field="ip")
+        else:  # a proxy's client: the peer itself
+            ip, tls = peer.ip, peer.tls
         subject = ip if ip is not None else peer.ip
         throttle = self.throttle
         wait = throttle.retry_after(VERIFY_FAILURES, subject)
         if wait is not None:
-            return Answer(throttled(throttle.limit, wait))
+            return self._throttled(wait)
         done = peer._key
         if done is not None and done[0] == request:
             verdict = done[1]
         else:
             verifier = self.verifier
             verdict_or_none = verifier.verify_cached(request.key, required=request.scopes,
-                                                     ip=ip, tls=request.tls)
+                                                     ip=ip, tls=tls)
             if verdict_or_none is None:
                 if not load:
                     return None
                 verdict_or_none = verifier.verify(request.key, required=request.scopes,
-                                                  ip=ip, tls=request.tls)
-            verdict = at_location(as_seen_by(caller, verdict_or_none), request.tenant_id)
+                                                  ip=ip, tls=tls)
+            if caller is not None:
+                verdict_or_none = as_seen_by(caller, verdict_or_none)
+            verdict = at_location(verdict_or_none, request.tenant_id)
             peer._key = (request, verdict)
         decision = verdict.decision
         if decision.code in GUESSES:
             if not load:
                 return None
-            wait = throttle.failed(VERIFY_FAILURES, subject, request_id=caller.request_id)
+            wait = throttle.failed(VERIFY_FAILURES, subject, request_id=peer.request_id
+                                   if caller is None else caller.request_id)
             if wait is not None:
-                return Answer(throttled(throttle.limit, wait))
+                return self._throttled(wait)
             return Answer(verdict)
         # may the same request be answered again without these steps? Not when either
         # credential moves a counter (rate limit, usage quota), and never past an expiry
-        seen = peer._verdict
         snap = verdict.snapshot
-        if seen is None or credential is None or snap is None or snap.counted:
+        if snap is None or snap.counted:
             return Answer(verdict)
-        mine = seen.snapshot
-        if mine is None or mine.counted:
-            return Answer(verdict)
-        expires_at = mine.expires_at
-        if snap.expires_at is not None and (expires_at is None or snap.expires_at < expires_at):
-            expires_at = snap.expires_at
+        expires_at = snap.expires_at
+        caller_key_id: str | None = None
+        caller_ip: Address | None = None
+        depends: tuple[bytes, ...]
+        if caller is None:
+            depends = (cache_key(request.key),)
+        else:
+            seen = peer._verdict
+            if seen is None or credential is None:
+                return Answer(verdict)
+            mine = seen.snapshot
+            if mine is None or mine.counted:
+                return Answer(verdict)
+            if mine.expires_at is not None and (expires_at is None
+                                                or mine.expires_at < expires_at):
+                expires_at = mine.expires_at
+            caller_key_id, caller_ip = mine.key_id, peer.ip
+            depends = (cache_key(credential), cache_key(request.key))
         # an answer given after an expiry would be wrong before it (clocks can step back)
         if expires_at is not None and self.verifier.ctx.clock.now() >= expires_at:
             return Answer(verdict)
         valid = decision.valid
         return Answer(verdict, Reuse(
-            mine.key_id, snap.key_id, decision.code.value, expires_at, peer.ip, subject, ip,
+            caller_key_id, snap.key_id, decision.code.value, expires_at, caller_ip, subject, ip,
             request.scopes if valid else NO_SCOPES, None if valid else decision.reason,
-            peer._generation, (cache_key(credential), cache_key(request.key))))
+            peer._generation, depends))
+
+    # -- a key named in another request (POST /v1/events) -----------------------------------
+
+    def identify(self, caller: Caller, raw: str) -> Verdict:
+        """Whose key ``raw`` is and whether it is live, as ``caller`` may learn it: another
+        tenant's key is unknown (step 5), and an unknown key is a guess, counted against the
+        caller's address like a guess at /v1/verify (steps 3 and 6: over the limit, 429). May
+        do I/O: call it from a thread."""
+        subject = parse_address(caller.ip)
+        throttle = self.throttle
+        wait = throttle.retry_after(VERIFY_FAILURES, subject)
+        if wait is not None:
+            raise too_many_failures(wait, throttle.limit)
+        verdict = as_seen_by(caller, self.verifier.identify(raw))
+        if verdict.snapshot is None or verdict.decision.code in GUESSES:
+            wait = throttle.failed(VERIFY_FAILURES, subject, request_id=caller.request_id)
+            if wait is not None:
+                raise too_many_failures(wait, throttle.limit)
+        return verdict
+
+    # -- the credential of an open stream (GET /v1/changes) ---------------------------------
+
+    def still_allowed_if_cached(self, credential: str | None, peer: Peer) -> bool | None:
+        """Whether the credential that opened a stream still authenticates (step 1, on a new
+        ``Peer``: nothing of the opening request is taken for granted) and still holds
+        ``keys:verify``; without I/O (``None``: call ``still_allowed`` from a thread)."""
+        try:
+            found = self._authenticate(credential, peer, False)
+        except KeyplaneError:
+            return False
+        return None if found is None else found.holds("keys:verify")
+
+    def still_allowed(self, credential: str | None, peer: Peer) -> bool:
+        try:
+            return self.authenticate(credential, peer).holds("keys:verify")
+        except KeyplaneError:
+            return False
 
     # -- 7. reuse ---------------------------------------------------------------------------
 
-    def remember(self, request: bytes, body: bytes, answer: Answer) -> None:
-        """Keeps ``body`` (the encoded ``answer``) for the request known by the digest
-        ``request``, if the answer may be reused."""
+    def remember(self, request: bytes, body: bytes, answer: Answer, status: int = 200,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+        """Keeps ``body`` (the encoded ``answer``, with its status and headers) for the request
+        known by the digest ``request``, if the answer may be reused."""
         reuse = answer.reuse
         if reuse is not None:
             cache = self.verifier.cache
-            cache.remember(cache.answers, request, Remembered(body, reuse), reuse.generation,
-                           reuse.depends)
+            cache.remember(cache.answers, request, Remembered(body, reuse, status, headers),
+                           reuse.generation, reuse.depends)
 
     def remembered(self, request: bytes) -> Remembered | None:
         """The answer kept for this request, if it may be given now; both uses are counted."""
@@ -313,7 +406,9 @@ class VerifyService:
                 throttle.retry_after(VERIFY_FAILURES, reuse.subject) is not None:
             return None
         record = verifier.usage.record
-        record(reuse.caller_key_id, now, _VALID, ip=reuse.caller_ip)
+        if reuse.caller_key_id is not None:
+            record(reuse.caller_key_id, now, _VALID, ip=reuse.caller_ip)
+            verifier.cache_hits += 1
         record(reuse.key_id, now, reuse.code, 1, reuse.scopes, ip=reuse.ip, reason=reuse.reason)
-        verifier.cache_hits += 2  # both credentials, answered from the cache
+        verifier.cache_hits += 1  # each credential answered from the cache
         return found

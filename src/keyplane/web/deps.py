@@ -13,10 +13,7 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core.errors import ValidationError
 from keyplane.core.model import Page
 from keyplane.core.rights import Caller
-from keyplane.services.throttle import AUTH_FAILURES as AUTH_FAILURES
-from keyplane.services.verification import GUESSES as GUESSES
 from keyplane.services.verification import Peer
-from keyplane.services.verification import too_many_failures as too_many_failures
 from keyplane.web import credentials, net
 
 T = TypeVar("T")
@@ -62,11 +59,15 @@ def peer_of(request: Request) -> Peer:
     holding what the verification service already verified and counted for it."""
     peer = request.scope.get(PEER)
     if not isinstance(peer, Peer):
-        trusted = request.app.state.trusted_proxies
-        peer = request.scope[PEER] = Peer(
-            net.client_address(request, trusted), net.is_tls(request, trusted),
-            request.scope.get("keyplane.request_id"), request.headers.get("user-agent"))
+        peer = request.scope[PEER] = new_peer(request)
     return peer
+
+
+def new_peer(request: Request) -> Peer:
+    """A Peer that has verified nothing yet (``peer_of`` keeps one per request)."""
+    trusted = request.app.state.trusted_proxies
+    return Peer(net.client_address(request, trusted), net.is_tls(request, trusted),
+                request.scope.get("keyplane.request_id"), request.headers.get("user-agent"))
 
 
 PEER = "keyplane.peer"  # the request's Peer, in the ASGI scope

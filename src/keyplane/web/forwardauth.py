@@ -16,8 +16,10 @@ A pure-ASGI layer, like the verify fast path: no body, every method, its input i
   ``X-API-Key``, then the legacy headers (web/credentials.py).
 - The scopes: the route map (core/routemap.py); an unmapped route is refused with 403.
 - An optional ``X-Location-Id``: a key of another tenant is then unknown (401).
-- The same verifier, caches, usage counting and guess throttle as ``/v1/verify``: guesses are
-  counted per client address in the same count (``verify``).
+- The same rules as ``/v1/verify``, from the same service (``VerifyService.answer_proxy``,
+  services/verification.py): verifier, caches, usage counting, the one rule for reusing an
+  answer, and the guess throttle (guesses are counted per client address in the same count,
+  ``verify``). This layer parses the proxy's headers, asks, and encodes the answer.
 
 200 carries ``X-Keyplane-Key-Id``, ``-Tenant-Id``, ``-Owner-Id`` (when set), ``-Scopes``
 (space-separated) and ``-Kind``; a refusal is 401 / 403 / 429 with the SDK's bodies and
@@ -34,9 +36,8 @@ import math
 import struct
 import time
 import tomllib
-from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -45,35 +46,24 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from keyplane.bootstrap import Keyplane
 from keyplane.core.decisions import Code
 from keyplane.core.errors import ValidationError
-from keyplane.core.policy import Address, address_allowed, parse_address, parse_networks
+from keyplane.core.policy import address_allowed, parse_address, parse_networks
 from keyplane.core.routemap import RouteMap
-from keyplane.services.throttle import VERIFY_FAILURES
-from keyplane.services.verify import Verdict, cache_key
+from keyplane.services.verification import Answer, Peer, VerifyRequest
+from keyplane.services.verify import Verdict
 from keyplane.web import credentials, net
-from keyplane.web.deps import GUESSES
 from keyplane.web.middleware import log_request, new_request_id, response_headers
-from keyplane.web.routes_verify import at_location
 
 PATH = "/v1/forward-auth"
-_VALID = "VALID"  # what usage counts for a pass
 REALM = "api"
 Headers = list[tuple[bytes, bytes]]
-# a pass, and what remembering it needs: the verdict, the credential, the cache generation read
-# before the snapshot, and the client address (the failure throttle's subject)
-Passed = tuple[Verdict, str, int, Address | None]
-Decided = tuple[int, Headers, object, Passed | None]
+# the status, headers and body, and the service's answer when it gave one (it may be reused)
+Decided = tuple[int, Headers, object, Answer | None]
 # what an answer depends on besides the caches (with the legacy headers and the peer)
 RELEVANT = frozenset({b"authorization", b"x-api-key", b"x-forwarded-for", b"x-forwarded-proto",
                       b"x-forwarded-method", b"x-forwarded-uri", b"x-original-method",
                       b"x-original-uri", b"x-location-id"})
 
 
-class RememberedPass(NamedTuple):
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes
-    key_id: str
-    expires_at: datetime | None
-    ip: Address | None
 _INVALID = frozenset({Code.MALFORMED, Code.NOT_FOUND, Code.EXPIRED, Code.REVOKED,
                       Code.DISABLED})
 
@@ -100,6 +90,7 @@ class ForwardAuth:
     def __init__(self, app: ASGIApp, keyplane: Keyplane, routes: RouteMap) -> None:
         self.app = app
         self.kp = keyplane
+        self.service = keyplane.verification
         self.routes = routes
         self.trusted = parse_networks(keyplane.settings.trusted_proxies, "trusted_proxies")
         self.legacy = credentials.legacy_names(keyplane.settings.legacy_headers)
@@ -115,17 +106,17 @@ class ForwardAuth:
         status = 500
         try:
             question = self._request_key(scope)
-            found = self._remembered(question)
+            found = self.service.remembered(question)
             if found is not None:
-                status, headers, out = found
+                status, headers, out = found.status, list(found.headers), found.body
             else:
-                status, headers, body, passed = await self._decide(scope, request_id)
+                status, headers, body, answer = await self._decide(scope, request_id)
                 out = json.dumps(body, separators=(",", ":")).encode()
                 headers += [(b"x-keyplane-status", str(status).encode())]
                 if status != 200:
                     headers.append((b"x-keyplane-error-body", out))
-                elif passed is not None:
-                    self._remember(question, passed, headers, out)
+                elif answer is not None:  # a pass, kept if the service says it may be reused
+                    self.service.remember(question, out, answer, status, tuple(headers))
             await send({"type": "http.response.start", "status": status, "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(out)).encode()),
@@ -135,10 +126,12 @@ class ForwardAuth:
             log_request(scope, status, started, request_id)
 
     # An exact repeat of a request that passed (same peer, method, path and the headers the
-    # answer depends on) is answered from the verification cache's ``answers``, as the verify
-    # fast path does: until any invalidation, never past the key's expiry or its snapshot's, and
-    # never for a key whose every use is counted (rate limit, quota). A repeat still counts the
-    # key's use and still honours the failure throttle.
+    # answer depends on) is answered from the verification cache's ``answers`` when the
+    # service says it may be (VerifyService.remember / remembered), as the verify fast path
+    # is: until any invalidation, never past the key's expiry, never for a key whose every use
+    # is counted (rate limit, quota), and never once the database is away past its grace. A
+    # repeat still counts the key's use and still honours the failure throttle. Refusals are
+    # worked out each time.
 
     def _request_key(self, scope: Scope) -> bytes:
         """A SHA-256 of everything the answer depends on (no secret is kept as a key)."""
@@ -152,36 +145,7 @@ class ForwardAuth:
         return hashlib.sha256(b"".join(
             struct.pack("!I", len(p)) + p for p in parts)).digest()
 
-    def _remembered(self, question: bytes) -> tuple[int, Headers, bytes] | None:
-        kp = self.kp
-        cache = kp.verifier.cache
-        found: RememberedPass | None = cache.remembered(cache.answers, question)
-        if found is None:
-            return None
-        now = kp.ctx.clock.now()
-        if found.expires_at is not None and now >= found.expires_at:
-            return None
-        if kp.throttle.retry_after(VERIFY_FAILURES, found.ip) is not None:
-            return None
-        kp.usage.record(found.key_id, now, _VALID)
-        return 200, list(found.headers), found.body
-
-    def _remember(self, question: bytes, passed: Passed, headers: Headers,
-                  body: bytes) -> None:
-        verdict, raw, generation, ip = passed
-        snap = verdict.snapshot
-        if snap is None or snap.counted or verdict.ratelimit or not verdict.valid:
-            return
-        if snap.expires_at is not None and self.kp.ctx.clock.now() >= snap.expires_at:
-            return
-        cache = self.kp.verifier.cache
-        cache.remember(cache.answers, question,
-                       RememberedPass(tuple(headers), body, snap.key_id, snap.expires_at, ip),
-                       generation, (cache_key(raw),))
-
     async def _decide(self, scope: Scope, request_id: str) -> Decided:
-        kp = self.kp
-        generation = kp.verifier.cache.generation  # before anything is read from it
         if scope["path"] == PATH and scope["method"].lower() not in METHODS:
             return _denied(405, "method_not_allowed", "forward-auth answers GET, HEAD, POST, "
                            "PUT, PATCH, DELETE, OPTIONS and TRACE (the original method goes in "
@@ -212,25 +176,19 @@ class ForwardAuth:
         if not raw:
             return _denied(401, "missing_key", "an API key is required: send 'Authorization: "
                            "Bearer <key>' or 'X-API-Key: <key>'", [_challenge()])
-        ip = net.client_address(conn, self.trusted)
-        tls = net.is_tls(conn, self.trusted)
-        throttle = kp.throttle
-        wait = throttle.retry_after(VERIFY_FAILURES, ip)
-        if wait is not None:
-            return (*_throttled(wait, throttle.limit), None)
-        verdict = kp.verifier.verify_cached(raw, required=route.scopes, ip=ip, tls=tls)
-        if verdict is None:
-            verdict = await run_in_threadpool(kp.verifier.verify, raw, required=route.scopes,
-                                              ip=ip, tls=tls)
+        # the client, as the trusted proxy reports it, uses the key
+        client = Peer(net.client_address(conn, self.trusted), net.is_tls(conn, self.trusted),
+                      request_id)
         location = headers.get("x-location-id")
-        verdict = at_location(verdict, location.strip() if location is not None else None)
-        code = verdict.decision.code
-        if code in GUESSES:
-            wait = await run_in_threadpool(throttle.failed, VERIFY_FAILURES, ip,
-                                           request_id=request_id)
-            if wait is not None:
-                return (*_throttled(wait, throttle.limit), None)
-        return (*_answer(verdict), (verdict, raw, generation, ip))
+        question = VerifyRequest(raw, route.scopes,
+                                 tenant_id=location.strip() if location is not None else None)
+        service = self.service
+        answer = service.answer_proxy_if_cached(client, question)
+        if answer is None:
+            answer = await run_in_threadpool(service.answer_proxy, client, question)
+        if answer.retry_after is not None:  # the address is over the failure limit
+            return (*_throttled(answer.retry_after, service.throttle.limit), answer)
+        return (*_answer(answer.verdict), answer)
 
 
 def _answer(verdict: Verdict) -> tuple[int, Headers, object]:

@@ -54,10 +54,8 @@ from starlette.responses import StreamingResponse
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core.changes import RESET, Change
-from keyplane.services.auth import caller_from
 from keyplane.services.changes import Batch, ChangeFeed
-from keyplane.web import net
-from keyplane.web.deps import CallerDep, KeyplaneDep, bearer
+from keyplane.web.deps import CallerDep, KeyplaneDep, bearer, new_peer
 
 router = APIRouter(tags=["verify"])
 
@@ -153,19 +151,16 @@ async def _events(request: Request, kp: Keyplane, tenant_id: str | None,
 
 
 async def _still_allowed(request: Request, kp: Keyplane) -> bool:
-    """The stream's credential is still valid and still holds keys:verify."""
-    trusted = request.app.state.trusted_proxies
-    raw = bearer(request)
-    if not raw:
-        return False
-    ip, tls = net.client_address(request, trusted), net.is_tls(request, trusted)
-    verdict = kp.verifier.verify_cached(raw, ip=ip, tls=tls)
-    if verdict is None:
-        verdict = await run_in_threadpool(kp.verifier.verify, raw, ip=ip, tls=tls)
+    """The stream's credential is still valid and still holds keys:verify (the verification
+    service decides, on a new Peer: the opening request's verdict is not reused)."""
+    raw, peer, service = bearer(request), new_peer(request), kp.verification
     try:
-        return caller_from(verdict, ip=ip, request_id=None).holds("keys:verify")
-    except Exception:
-        return False
+        allowed = service.still_allowed_if_cached(raw, peer)
+        if allowed is None:
+            allowed = await run_in_threadpool(service.still_allowed, raw, peer)
+    except Exception:  # e.g. the database away past its grace: the stream ends (clients
+        return False  # reconnect, and are answered as any request is)
+    return allowed
 
 
 def end_streams_on_signal(feed: ChangeFeed) -> Callable[[], None]:

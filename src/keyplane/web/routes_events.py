@@ -14,17 +14,14 @@ from fastapi import APIRouter, Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from keyplane.core.errors import NotFound
 from keyplane.core.events import (
     EVENT_TYPE_PATTERN,
     MAX_RULE_WEBHOOKS,
     RULE_EVENT_PATTERN,
     Automation,
 )
-from keyplane.core.policy import parse_address
 from keyplane.core.views import ts
 from keyplane.services.automations import ID_PATTERN, Reported
-from keyplane.services.throttle import VERIFY_FAILURES
 from keyplane.web.credentials import key_in
 from keyplane.web.deps import (
     CallerDep,
@@ -33,7 +30,6 @@ from keyplane.web.deps import (
     Limit,
     TenantParam,
     page_out,
-    too_many_failures,
 )
 from keyplane.web.schemas import Absent, Body, Name, Text
 
@@ -104,21 +100,11 @@ def reported_view(r: Reported) -> dict[str, Any]:
 @router.post("/v1/events", status_code=202,
              summary="Report what the product's API did (fires the tenant's automations)")
 async def report_event(body: EventReport, caller: CallerDep, kp: KeyplaneDep) -> dict[str, Any]:
-    # an unknown key is a guess, slowed per address like a guess at /v1/verify
-    subject = parse_address(caller.ip)
-    wait = kp.throttle.retry_after(VERIFY_FAILURES, subject)
-    if wait is not None:
-        raise too_many_failures(wait, kp.throttle.limit)
+    # the key is looked up by VerifyService.identify: an unknown key is a guess, slowed per
+    # address like a guess at /v1/verify
     fields = body.fields()
     fields["key"] = key_in(body.key)  # "<name>:<key>" and "Bearer …" too, as /v1/verify
-    try:
-        done = await run_in_threadpool(kp.automations.report, caller, fields)
-    except NotFound:
-        wait = await run_in_threadpool(kp.throttle.failed, VERIFY_FAILURES, subject,
-                                       request_id=caller.request_id)
-        if wait is not None:
-            raise too_many_failures(wait, kp.throttle.limit) from None
-        raise
+    done = await run_in_threadpool(kp.automations.report, caller, fields)
     return reported_view(done)
 
 

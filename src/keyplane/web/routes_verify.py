@@ -10,9 +10,7 @@ from fastapi import APIRouter, Header, Request
 from starlette.concurrency import run_in_threadpool
 
 from keyplane.core.views import ts
-from keyplane.services.throttle import VERIFY_FAILURES as VERIFY_FAILURES
 from keyplane.services.verification import Answer, VerifyRequest
-from keyplane.services.verification import at_location as at_location
 from keyplane.web.credentials import key_in
 from keyplane.web.deps import CallerDep, KeyplaneDep, bearer, peer_of
 from keyplane.web.schemas import Verify
