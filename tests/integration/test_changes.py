@@ -17,6 +17,7 @@ import pytest
 
 from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
+from keyplane.services.keys import IssuedKey
 from keyplane.services.throttle import AUTH_FAILURES
 from tests.conftest import Tenant, auth, make_tenant, serving
 from tests.integration.procs import (
@@ -183,12 +184,18 @@ def quick_keepalive(database: tuple[str, str | None], tmp_path: Path,
         yield kp, str(http.base_url).rstrip("/")
 
 
-def test_the_stream_keeps_alive_and_ends_when_its_credential_is_revoked(
-        quick_keepalive: tuple[Keyplane, str]) -> None:
-    kp, url = quick_keepalive
+def tenant_verifier(kp: Keyplane) -> tuple[Tenant, IssuedKey]:
+    """A new tenant and a `keys:verify` key of its admin's."""
     tenant = make_tenant(kp)
     issued = kp.keys.create(SYSTEM, tenant.id, {"name": "gw", "owner_id": tenant.admin_id,
                                                 "scopes": ["keys:verify"], "require_tls": False})
+    return tenant, issued
+
+
+def test_the_stream_keeps_alive_and_ends_when_its_credential_is_revoked(
+        quick_keepalive: tuple[Keyplane, str]) -> None:
+    kp, url = quick_keepalive
+    tenant, issued = tenant_verifier(kp)
     with stream(url + "/v1/changes", issued.secret) as (_, items):
         next_item(items)  # position
         assert next_item(items, "comment") == "keepalive"
@@ -206,9 +213,7 @@ def test_the_stream_ends_when_its_address_is_refused_for_failed_credentials(
     """The re-check is the verification service's authentication (step 1): an address over
     the failed-credentials limit is refused there, and so its open streams end."""
     kp, url = quick_keepalive
-    tenant = make_tenant(kp)
-    issued = kp.keys.create(SYSTEM, tenant.id, {"name": "gw", "owner_id": tenant.admin_id,
-                                                "scopes": ["keys:verify"], "require_tls": False})
+    _, issued = tenant_verifier(kp)
     with stream(url + "/v1/changes", issued.secret) as (_, items):
         next_item(items)  # position
         assert next_item(items, "comment") == "keepalive"
