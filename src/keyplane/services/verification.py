@@ -41,38 +41,24 @@ from __future__ import annotations
 import math
 import time
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from keyplane.core.decisions import Code, Denied
 from keyplane.core.errors import AuthenticationError, KeyplaneError, RateLimited, ValidationError
 from keyplane.core.policy import Address, parse_address
 from keyplane.core.rights import Caller
 from keyplane.services.auth import caller_from
-from keyplane.services.throttle import AUTH_FAILURES, VERIFY_FAILURES
+from keyplane.services.throttle import AUTH_FAILURES, VERIFY_FAILURES, FailureThrottle
 from keyplane.services.usage import NO_SCOPES
 from keyplane.services.verify import NOT_FOUND, Verdict, Verifier, cache_key
 
 GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})  # what a guesser gets; counted per address
 _VALID = Code.VALID.value
-_THROTTLED = "too many failed attempts from this address; try again later"
-
-
-class FailureThrottle(Protocol):
-    """Slows an address that keeps failing (cache/ratelimit.py)."""
-
-    @property
-    def limit(self) -> int: ...
-
-    def retry_after(self, kind: str, address: Address | None, /) -> int | None:
-        """Seconds the address must still wait, if it is blocked (no I/O)."""
-
-    def failed(self, kind: str, address: Address | None, /, *,
-               request_id: str | None = None) -> int | None:
-        """Counts one failure (may do I/O); the seconds to wait if now over the limit."""
+THROTTLED = "too many failed attempts from this address; try again later"
 
 
 def too_many_failures(retry_after: int, limit: int) -> RateLimited:
-    return RateLimited(_THROTTLED, retry_after=retry_after, limit=limit)
+    return RateLimited(THROTTLED, retry_after=retry_after, limit=limit)
 
 
 class VerifyRequest(NamedTuple):
@@ -165,7 +151,7 @@ def at_location(verdict: Verdict, tenant_id: str | None) -> Verdict:
 
 def throttled(limit: int, wait: int) -> Verdict:
     """RATE_LIMITED for an address over the failure limit, whatever key it presents now."""
-    return Verdict(Denied(Code.RATE_LIMITED, _THROTTLED), None,
+    return Verdict(Denied(Code.RATE_LIMITED, THROTTLED), None,
                    {"limit": limit, "remaining": 0, "reset_at": math.ceil(time.time()) + wait})
 
 

@@ -48,7 +48,7 @@ from keyplane.core.decisions import Code
 from keyplane.core.errors import ValidationError
 from keyplane.core.policy import address_allowed, parse_address, parse_networks
 from keyplane.core.routemap import RouteMap
-from keyplane.services.verification import Answer, Peer, VerifyRequest
+from keyplane.services.verification import THROTTLED, Answer, Peer, VerifyRequest
 from keyplane.services.verify import Verdict
 from keyplane.web import credentials, net
 from keyplane.web.middleware import log_request, new_request_id, response_headers
@@ -232,11 +232,9 @@ def _answer(verdict: Verdict) -> tuple[int, Headers, object]:
 
 
 def _throttled(wait: int, limit: int) -> tuple[int, Headers, object]:
-    return _refuse(429, "rate_limited", "too many failed attempts from this address; try "
-                   "again later", [(b"retry-after", str(wait).encode()),
-                                   (b"ratelimit-limit", str(limit).encode()),
-                                   (b"ratelimit-remaining", b"0"),
-                                   (b"ratelimit-reset", str(wait).encode())])
+    return _refuse(429, "rate_limited", THROTTLED, [
+        (b"retry-after", str(wait).encode()), (b"ratelimit-limit", str(limit).encode()),
+        (b"ratelimit-remaining", b"0"), (b"ratelimit-reset", str(wait).encode())])
 
 
 def _denied(status: int, code: str, message: str, headers: Headers | None = None) -> Decided:
