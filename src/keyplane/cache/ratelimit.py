@@ -223,10 +223,6 @@ class AttemptCounts:
         self.faults = Faults()
         self._items: dict[Limit, RateLimitItem] = {}
 
-    @property
-    def blocking(self) -> bool:
-        return self.store.blocking
-
     def _item(self, limit: Limit) -> RateLimitItem:
         item = self._items.get(limit)
         if item is None:

@@ -34,11 +34,6 @@ class AttemptCounter(Protocol):
     adapter's business (it counts in this process meanwhile); a count it cannot make raises
     :class:`CountFault`."""
 
-    @property
-    def blocking(self) -> bool:
-        """Calls may wait on the network (keep them off an event loop)."""
-        ...
-
     def hit(self, limit: Limit, *ident: str) -> int | None:
         """Count one attempt. ``None`` when it is within the limit; otherwise it was not
         counted and the answer is the seconds (at least 1) until one more would be."""

@@ -103,11 +103,6 @@ class FailureThrottle:
         now = time.monotonic()
         return [k for k, until in list(self._blocked.items()) if until > now]
 
-    @property
-    def blocking(self) -> bool:
-        """Whether this process knows of any blocked address at all (the hot path's check)."""
-        return bool(self._blocked)
-
     def retry_after(self, kind: str, ip: Address | None) -> int | None:
         """Seconds this address must wait, if this process knows it is refused (no I/O)."""
         if not self._blocked or ip is None:
