@@ -53,6 +53,9 @@ class SettableClock:
     def now(self) -> datetime:
         return self.current
 
+    def timestamp(self) -> float:
+        return self.current.timestamp()
+
     def advance(self, **delta: float) -> datetime:
         with self._lock:
             self.current = self.current + timedelta(**delta)

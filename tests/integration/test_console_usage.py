@@ -155,7 +155,7 @@ def test_refusals_of_too_many_keys_at_once_are_only_counted(
 
     monkeypatch.setattr(usage_module, "DENIAL_KEYS_HELD", 3)
     recorder = keyplane.usage
-    now = clock.now()
+    now = clock.timestamp()
     for i in range(5):
         recorder.record(f"key_{i}", now, "INSUFFICIENT_SCOPE", reason="missing scope: forms:read",
                         ip="203.0.113.9")

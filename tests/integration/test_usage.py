@@ -101,8 +101,8 @@ def test_flushes_from_several_processes_add_up(
             recorder = recorders[i]
             for _round in range(5):
                 for _ in range(10 + i):
-                    recorder.record(key.key.id, clock.now(), "VALID")
-                recorder.record(key.key.id, clock.now(), "REVOKED")
+                    recorder.record(key.key.id, clock.timestamp(), "VALID")
+                recorder.record(key.key.id, clock.timestamp(), "REVOKED")
                 start.wait(10)  # every process flushes the same rows at the same moment
                 recorder.flush()
 
@@ -123,7 +123,7 @@ def test_a_failed_flush_keeps_the_counts_for_the_next_one(
     key = keyplane.keys.create(SYSTEM, tenant.id, {"name": "k", "owner_id": tenant.admin_id})
     keyplane.usage.stop()  # no timer: this test flushes by hand
     for _ in range(4):
-        keyplane.usage.record(key.key.id, clock.now(), "VALID")
+        keyplane.usage.record(key.key.id, clock.timestamp(), "VALID")
     with keyplane.engine.begin() as conn:  # the table goes away for a moment
         conn.execute(sa.text("ALTER TABLE key_usage RENAME TO key_usage_away"))
     try:
@@ -132,7 +132,7 @@ def test_a_failed_flush_keeps_the_counts_for_the_next_one(
     finally:
         with keyplane.engine.begin() as conn:
             conn.execute(sa.text("ALTER TABLE key_usage_away RENAME TO key_usage"))
-    keyplane.usage.record(key.key.id, clock.now(), "VALID")
+    keyplane.usage.record(key.key.id, clock.timestamp(), "VALID")
     assert keyplane.usage.flush() == 5
     assert counts(keyplane, tenant, key.key.id) == {"VALID": 5}
 

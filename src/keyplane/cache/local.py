@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from keyplane.core.policy import Snapshot
@@ -37,6 +37,12 @@ class LRU(Generic[T]):
         self._lock = threading.Lock()
         self._tags = tags
         self._index: dict[tuple[str, str], CacheKey | set[CacheKey]] = {}
+
+    @property
+    def table(self) -> Mapping[CacheKey, tuple[float, T]]:
+        """The entries, ``key -> (deadline, value)``, read-only: for a hot path that cannot
+        afford :meth:`get`'s call (the caller checks the deadline; recency is not updated)."""
+        return self._data
 
     def get(self, key: CacheKey, now: float) -> T | None:
         item = self._data.get(key)
@@ -180,6 +186,11 @@ class VerificationCache:
         with self._generation_lock:
             if generation == self.generation:
                 self.misses.put(digest, MISSING, self.timer() + self.negative_ttl)
+
+    def seconds_left(self, digest: CacheKey) -> float | None:
+        """How long the snapshot cached for ``digest`` may still be used (None: none is)."""
+        deadline = self.hits.deadline(digest)
+        return None if deadline is None else deadline - self.timer()
 
     def remembered(self, store: Memo[T], question: CacheKey) -> T | None:
         """The answer ``store`` (``verdicts`` or ``answers``) remembers for ``question``."""

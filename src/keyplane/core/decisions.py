@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import ClassVar
 
 
 class Code(StrEnum):
@@ -23,20 +24,14 @@ class Code(StrEnum):
 class Denied:
     code: Code
     reason: str
-
-    @property
-    def valid(self) -> bool:
-        return False
+    valid: ClassVar[bool] = False  # a class attribute: read on every request, no call
 
 
 @dataclass(frozen=True, slots=True)
 class Allowed:
     code: Code = Code.VALID
     reason: str = "the key is valid"
-
-    @property
-    def valid(self) -> bool:
-        return True
+    valid: ClassVar[bool] = True
 
 
 Decision = Allowed | Denied

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
@@ -25,7 +26,12 @@ from keyplane.core.webhooks import Claimed, Delivery, DeliveryStatus, Outcome, W
 
 
 class Clock(Protocol):
+    """Wall-clock time in UTC. ``timestamp()`` is the same instant as POSIX seconds: what the
+    verification hot path compares and counts by (building a datetime costs more than the rest
+    of a cached verification)."""
+
     def now(self) -> datetime: ...
+    def timestamp(self) -> float: ...
 
 
 class Mailer(Protocol):
@@ -51,6 +57,8 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    timestamp = staticmethod(time.time)  # a C function: no Python frame per call
 
 
 class TenantRepo(Protocol):
@@ -246,6 +254,8 @@ class Memo(Protocol[T]):
 
     @property
     def size(self) -> int: ...
+    @property
+    def table(self) -> Mapping[Hashable, tuple[float, T]]: ...  # key -> (deadline, value)
     def get(self, key: Hashable, now: float) -> T | None: ...
     def put(self, key: Hashable, value: T, deadline: float) -> None: ...
 
@@ -269,6 +279,7 @@ class VerificationCache(Protocol):
     def put(self, digest: Hashable, snapshot: Snapshot, generation: int,
             seconds_left: float | None) -> None: ...
     def put_missing(self, digest: Hashable, generation: int) -> None: ...
+    def seconds_left(self, digest: Hashable) -> float | None: ...  # of a cached snapshot
     def remembered(self, store: Memo[T], question: Hashable) -> T | None: ...
     def remember(self, store: Memo[T], question: Hashable, answer: T, generation: int,
                  depends_on: Iterable[Hashable]) -> bool: ...

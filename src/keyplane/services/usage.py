@@ -10,6 +10,7 @@ refusals are only counted)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ MAX_ADDRESS_KEYS = 50_000  # keys whose addresses are kept between flushes (boun
 MAX_ADDRESSES_PER_KEY = 32
 
 HOUR = timedelta(hours=1)
+HOUR_SECONDS = 3600.0  # uses are counted per UTC hour, by POSIX time
 MAX_SCOPE_ENTRIES = 100_000  # (key, scope, day) counts held between flushes: bounded
 NO_SCOPES: frozenset[str] = frozenset()
 Counts = Counter[tuple[str, datetime, str]]  # (key id, start of the hour, outcome) -> requests
@@ -53,8 +55,49 @@ DENIAL_KEYS_HELD = 10_000  # keys whose refusals are held in memory between flus
 MAX_REASON = 200
 
 
+class Tally:
+    """The uses of one remembered VALID verdict (a key, the scopes it needed, an address),
+    counted without the recorder's lock: the verifier's repeat of a question is a few hundred
+    nanoseconds, and a locked dict update would be most of them.
+
+    A use at the POSIX time ``at`` is counted here only if ``since <= at < until`` (the
+    recorder's current hour while it holds the tally; empty when it does not):
+
+        next(tally.uses); tally.last = at
+
+    ``uses`` is an ``itertools.count``: one C call, atomic under the GIL, so no use is lost
+    between threads. The recorder takes the count at every fold (each flush, each new hour) into
+    the same counts :meth:`UsageRecorder.record` keeps. Outside the window the caller records
+    the use the ordinary way and calls :meth:`UsageRecorder.adopt`. A tally without uses since
+    the last fold is closed (its window emptied), and let go one fold later, so that a use that
+    saw the window open just before is still taken: verdicts come and go with every change, and
+    the recorder holds only the tallies in use."""
+
+    __slots__ = ("_read", "ip", "key_id", "last", "scopes", "since", "until", "uses")
+
+    def __init__(self, key_id: str, scopes: frozenset[str], ip: Address | None) -> None:
+        self.key_id = key_id
+        self.scopes = scopes
+        self.ip = ip
+        self.last = 0.0  # POSIX time of the latest use
+        self.since = self.until = 0.0  # empty: not held by the recorder
+        self.uses = itertools.count()
+        self._read = 0
+
+    def take(self) -> int:
+        """The uses since the last take (reading the counter advances it once)."""
+        read = next(self.uses)
+        uses = read - self._read
+        self._read = read + 1
+        return uses
+
+
 def hour_of(at: datetime) -> datetime:
     return at.replace(minute=0, second=0, microsecond=0)
+
+
+def utc(at: float) -> datetime:
+    return datetime.fromtimestamp(at, UTC)
 
 
 class UsageRecorder:
@@ -72,13 +115,14 @@ class UsageRecorder:
         self._scopes: ScopeCounts = {}
         self._needed: dict[tuple[str, frozenset[str]], int] = {}  # this hour, by scope set
         self.scopes_dropped = 0  # uses not counted per scope because the buffer was full
-        self._last_used: dict[str, datetime] = {}
+        self._last_used: dict[str, float] = {}  # key id -> POSIX time of its last valid use
         self._addresses: dict[str, dict[Address, datetime]] = {}  # key id -> address -> first use
         self._last_ip: dict[str, Address] = {}  # key id -> the address of its last use
         self._counts: Counts = Counter()  # earlier hours
         # the hour being counted, by (key id, outcome): no datetime is hashed per request
         self._current: dict[tuple[str, str], int] = {}
-        self._hour = self._hour_end = datetime.min.replace(tzinfo=UTC)
+        self.hour = self.hour_end = 0.0  # the hour being counted, in POSIX seconds
+        self._tallies: set[Tally] = set()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -88,47 +132,69 @@ class UsageRecorder:
         self._denials: dict[str, deque[Denial]] = {}
         self.denials_dropped = 0  # refusals only counted: too many keys refused at once
 
-    def record(self, key_id: str, at: datetime, outcome: str, count: int = 1,
+    def record(self, key_id: str, at: float, outcome: str, count: int = 1,
                scopes: frozenset[str] = NO_SCOPES, ip: Address | None = None,
                reason: str | None = None) -> None:
-        """Counts ``count`` verifications. ``scopes``: what a valid use needed (per-scope
+        """Counts ``count`` verifications at the POSIX time ``at`` (``ctx.clock.timestamp()``:
+        the hot path builds no datetime). ``scopes``: what a valid use needed (per-scope
         usage, for the hygiene report's "broader than used"), counted by the set and spread per
         scope and day when folded. ``ip`` (an address object), when known, is where the key
         was used: a few distinct addresses per key are kept from valid uses until the next
         flush; a refusal's ``reason`` (never for VALID) is remembered with its address for the
         key's page."""
-        # two dict updates (three with scopes or an address); the lock keeps flush consistent
-        with self._lock:
-            if not self._hour <= at < self._hour_end:
+        # the lock keeps flush consistent (taken by hand: ``with`` costs twice as much, and
+        # nothing below raises)
+        lock = self._lock
+        lock.acquire()
+        try:
+            if not self.hour <= at < self.hour_end:
                 self._fold()
-                self._hour = hour_of(at)
-                self._hour_end = self._hour + HOUR
-            if outcome == "VALID":
-                self._last_used[key_id] = at
-                # an address object hashes slowly (in Python): a repeat of the key's last
-                # address (the same memoised object) costs one lookup
-                if ip is not None and self._last_ip.get(key_id) is not ip:
-                    self._last_ip[key_id] = ip
-                    seen = self._addresses.get(key_id)
-                    if seen is None and len(self._addresses) < MAX_ADDRESS_KEYS:
-                        seen = self._addresses[key_id] = {}
-                    if seen is not None and ip not in seen and (
-                            len(seen) < MAX_ADDRESSES_PER_KEY):
-                        seen[ip] = at
-            current, k = self._current, (key_id, outcome)
-            current[k] = current.get(k, 0) + count
+                self.hour = at - at % HOUR_SECONDS
+                self.hour_end = self.hour + HOUR_SECONDS
+                for tally in self._tallies:
+                    if tally.until:
+                        tally.since, tally.until = self.hour, self.hour_end
+            self._count(key_id, at, outcome, count, scopes, ip)
             if reason is not None:
-                self._remember_denial(key_id, Denial(at, outcome, reason,
+                self._remember_denial(key_id, Denial(utc(at), outcome, reason,
                                                      None if ip is None else str(ip)))
-            if scopes:
-                needed, sk = self._needed, (key_id, scopes)
-                n = needed.get(sk)
-                if n is not None:
-                    needed[sk] = n + count
-                elif len(needed) < MAX_SCOPE_ENTRIES:
-                    needed[sk] = count
-                else:
-                    self.scopes_dropped += count
+        finally:
+            lock.release()
+
+    def adopt(self, tally: Tally) -> None:
+        """Counts ``tally``'s uses in the current hour (again, if it was closed; call it after
+        :meth:`record`, which starts the hour)."""
+        with self._lock:
+            tally.since, tally.until = self.hour, self.hour_end
+            self._tallies.add(tally)
+
+    def _count(self, key_id: str, at: float, outcome: str, count: int,
+               scopes: frozenset[str], ip: Address | None) -> None:
+        """Two dict updates (three with scopes or an address); the caller holds the lock."""
+        if outcome == "VALID":
+            if self._last_used.get(key_id, 0.0) < at:
+                self._last_used[key_id] = at
+            # an address object hashes slowly (in Python): a repeat of the key's last
+            # address (the same memoised object) costs one lookup
+            if ip is not None and self._last_ip.get(key_id) is not ip:
+                self._last_ip[key_id] = ip
+                seen = self._addresses.get(key_id)
+                if seen is None and len(self._addresses) < MAX_ADDRESS_KEYS:
+                    seen = self._addresses[key_id] = {}
+                if seen is not None and ip not in seen and (
+                        len(seen) < MAX_ADDRESSES_PER_KEY):
+                    seen[ip] = utc(at)
+        current, k = self._current, (key_id, outcome)
+        current[k] = current.get(k, 0) + count
+        if scopes:
+            needed, sk = self._needed, (key_id, scopes)
+            n = needed.get(sk)
+            if n is not None:
+                needed[sk] = n + count
+            elif len(needed) < MAX_SCOPE_ENTRIES:
+                needed[sk] = count
+            else:
+                self.scopes_dropped += count
 
     def _remember_denial(self, key_id: str, denial: Denial) -> None:
         """The caller holds the lock."""
@@ -140,10 +206,28 @@ class UsageRecorder:
             held = self._denials[key_id] = deque(maxlen=DENIALS_KEPT)
         held.append(denial)
 
+    def _take_tallies(self, close: bool = True) -> None:
+        """Counts the tallies' uses into the current hour; closes those without any since the
+        last take and lets go of those closed a take ago. The caller holds the lock."""
+        done = []
+        for tally in self._tallies:
+            uses = tally.take()
+            if uses:
+                self._count(tally.key_id, tally.last, "VALID", uses, tally.scopes, tally.ip)
+            elif not close:
+                continue
+            elif tally.until:
+                tally.since = tally.until = 0.0  # idle: a use is recorded and re-adopts it
+            else:
+                done.append(tally)
+        self._tallies.difference_update(done)
+
     def _fold(self) -> None:
         """Moves the current hour's counts into ``_counts`` (and its per-scope counts into
         ``_scopes``, by day); the caller holds the lock."""
-        hour, counts = self._hour, self._counts
+        if self._tallies:
+            self._take_tallies()
+        hour, counts = utc(self.hour), self._counts
         for (key_id, outcome), n in self._current.items():
             counts[(key_id, hour, outcome)] += n
         self._current = {}
@@ -163,6 +247,7 @@ class UsageRecorder:
     def pending(self) -> int:
         """Requests counted in memory and not yet flushed."""
         with self._lock:
+            self._take_tallies(close=False)
             return (sum(self._counts.values()) + sum(self._current.values())
                     + len(self._scopes) + len(self._needed))
 
@@ -175,14 +260,15 @@ class UsageRecorder:
         with self._flush_lock:
             with self._lock:
                 self._fold()
-                last_used, self._last_used = self._last_used, {}
+                used, self._last_used = self._last_used, {}
                 counts, self._counts = self._counts, Counter()
                 addresses, self._addresses = self._addresses, {}
                 self._last_ip = {}
                 scopes, self._scopes = self._scopes, {}
                 denials, self._denials = self._denials, {}
-            if not last_used and not counts and not scopes:
+            if not used and not counts and not scopes:
                 return 0
+            last_used = {key_id: utc(at) for key_id, at in used.items()}
             by_outcome: Counter[tuple[str, str]] = Counter()
             for (key_id, _hour, outcome), n in counts.items():
                 by_outcome[(key_id, outcome)] += n
@@ -204,9 +290,9 @@ class UsageRecorder:
             except Exception:
                 log.exception("usage flush failed; will retry")
                 with self._lock:
-                    for k, at in last_used.items():
-                        if k not in self._last_used or self._last_used[k] < at:
-                            self._last_used[k] = at
+                    for k, when in used.items():
+                        if k not in self._last_used or self._last_used[k] < when:
+                            self._last_used[k] = when
                     self._counts.update(counts)
                     for k, seen in addresses.items():
                         mine = self._addresses.setdefault(k, {})
@@ -294,7 +380,7 @@ class UsageService:
                                      and owner[0] != caller.tenant_id):
                     continue
                 accepted[key_id] = count
-        now = self.ctx.clock.now()
+        now = self.ctx.clock.timestamp()
         for key_id, count in accepted.items():
             self.recorder.record(key_id, now, "VALID", count)
         return {"accepted": len(accepted), "ignored": len(uses) - len(accepted)}

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime
 from typing import NamedTuple
 
 from keyplane.core.decisions import Code, Denied
@@ -50,7 +49,7 @@ from keyplane.core.rights import Caller
 from keyplane.services.auth import caller_from
 from keyplane.services.throttle import AUTH_FAILURES, VERIFY_FAILURES, FailureThrottle
 from keyplane.services.usage import NO_SCOPES
-from keyplane.services.verify import NOT_FOUND, Verdict, Verifier, cache_key
+from keyplane.services.verify import INFINITY, NOT_FOUND, Verdict, Verifier, cache_key
 
 GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})  # what a guesser gets; counted per address
 _VALID = Code.VALID.value
@@ -77,7 +76,7 @@ class Reuse(NamedTuple):
     caller_key_id: str | None  # None: a proxy's question (no caller credential)
     key_id: str
     code: str  # the answer's code: what the key's use is counted as
-    expires_at: datetime | None  # the earlier of both credentials' expiries
+    expires: float  # the earlier of both credentials' expiries, POSIX time (inf: none)
     caller_ip: Address | None
     subject: Address | None  # whose guesses VERIFY_FAILURES counts
     ip: Address | None  # the end user's address (where the key was used)
@@ -321,7 +320,8 @@ class VerifyService:
             return Answer(verdict)
         valid = decision.valid
         return Answer(verdict, Reuse(
-            caller_key_id, snap.key_id, decision.code.value, expires_at, caller_ip, subject, ip,
+            caller_key_id, snap.key_id, decision.code.value,
+            INFINITY if expires_at is None else expires_at.timestamp(), caller_ip, subject, ip,
             request.scopes if valid else NO_SCOPES, None if valid else decision.reason,
             peer._generation, depends))
 
@@ -384,8 +384,8 @@ class VerifyService:
         if found is None:
             return None
         reuse = found.reuse
-        now = verifier.ctx.clock.now()
-        if reuse.expires_at is not None and now >= reuse.expires_at:
+        now = verifier.ctx.clock.timestamp()
+        if now >= reuse.expires:
             return None
         throttle = self.throttle
         if throttle.retry_after(AUTH_FAILURES, reuse.caller_ip) is not None or \

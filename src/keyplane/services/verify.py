@@ -35,18 +35,22 @@ from keyplane.core.ports import MISSING, UnitOfWork, VerificationCache
 from keyplane.core.rights import principal_rights, reaches_no_data
 from keyplane.services.context import Context
 from keyplane.services.legacy import LegacyKeys
-from keyplane.services.usage import NO_SCOPES, UsageRecorder
+from keyplane.services.usage import NO_SCOPES, Tally, UsageRecorder
 
 log = logging.getLogger("keyplane.verify")
 
 FOREIGN = "\x00foreign"  # what the loaders know an imported key in a foreign format by
 MALFORMED = Denied(Code.MALFORMED, "the key is not in Keyplane's format")
 NOT_FOUND = Denied(Code.NOT_FOUND, "no such key")
+INFINITY = float("inf")
 
 Loader = Callable[[UnitOfWork, str], Snapshot | None]
 # (denial or None, the "ratelimit" object of the answer): per-key rate limits and usage quotas,
 # called for snapshots with a ratelimit or with meta["quota"] (cache/ratelimit.py)
 RateCheck = Callable[[Snapshot], tuple[Denied | None, dict[str, int] | None]]
+
+
+_sha256 = hashlib.sha256
 
 
 def cache_key(raw: str) -> bytes:
@@ -88,24 +92,39 @@ def shared_scopes(scopes: frozenset[str]) -> frozenset[str]:
     return found
 
 
-class Verdict(NamedTuple):  # immutable, and the cheapest object to build on the hot path
-    decision: Decision
-    snapshot: Snapshot | None = None
-    ratelimit: dict[str, int] | None = None
+class Verdict:
+    """The answer to one verification: the decision, the key's snapshot when one was found, and
+    its rate-limit state. Never changed once built (remembered verdicts are shared);
+    ``valid`` is a slot, not a property: every caller reads it."""
 
-    @property
-    def valid(self) -> bool:
-        return self.decision.valid
+    __slots__ = ("decision", "ratelimit", "snapshot", "valid")
+
+    def __init__(self, decision: Decision, snapshot: Snapshot | None = None,
+                 ratelimit: dict[str, int] | None = None) -> None:
+        self.decision = decision
+        self.snapshot = snapshot
+        self.ratelimit = ratelimit
+        self.valid: bool = decision.valid
+
+    def __repr__(self) -> str:
+        return f"Verdict({self.decision!r}, {self.snapshot!r}, {self.ratelimit!r})"
 
 
 class Remembered(NamedTuple):
-    """A verdict the verifier gave before, and what a repeat must still do."""
+    """A verdict the verifier gave before, and what a repeat must still do (unpacked whole on
+    the hot path: cheaper than three attribute reads)."""
 
     verdict: Verdict
+    # given again while ``since <= clock.timestamp() < until``: from when it was decided until
+    # the first of the key's expiry and the end of its snapshot's time in the cache (a clock
+    # stepping back ends it too: it never outlives the snapshot's TTL by more than such a step)
+    since: float
+    until: float
+    tally: Tally | None  # where a valid repeat is counted (usage.py)
     key_id: str
     outcome: str  # what usage counts
-    expires_at: datetime | None
     scopes: frozenset[str]  # what a valid use needed: counted per scope
+    reason: str | None  # a refusal's reason, remembered for the key's page
 
 
 class Verifier:
@@ -130,6 +149,10 @@ class Verifier:
         # /metrics: credential checks answered from the cache, and those that read storage
         self.cache_hits = 0
         self.cache_misses = 0
+        # the hot path's steps, bound once
+        self._timestamp = ctx.clock.timestamp
+        self._health = ctx.health
+        self._verdicts = cache.verdicts.table
         ctx.bus.subscribe(cache.invalidate)
         ctx.bus.subscribe(self._on_change)
 
@@ -161,27 +184,31 @@ class Verifier:
         cached snapshot expires, and never past the key's expiry; its use is still counted.
         Only strings that passed the checksum are ever remembered, so anything else is still
         refused by the checksum before a snapshot or storage is looked at."""
-        cache = self.cache
-        key = hashlib.sha256(raw.encode()).digest()  # cache_key(raw): never the secret
+        key = _sha256(raw.encode()).digest()  # cache_key(raw): never the secret
         # an IPv4 address object hashes in Python (a microsecond): its int stands for it
         question = (key, required, ip._ip if type(ip) is IPv4Address else ip,  # type: ignore[attr-defined]
                     tls)
-        health = self.ctx.health
+        health = self._health
         trusted = health is None or health.down_since is None or health.cache_trusted()
-        if not trusted and not load:
+        if trusted:
+            # the repeat of a question: written out (no call) since this is the whole work
+            item = self._verdicts.get(question)
+            if item is not None:
+                verdict, since, until, tally, key_id, outcome, scopes, reason = item[1]
+                at = self._timestamp()
+                if since <= at < until:
+                    if tally is not None and tally.since <= at < tally.until:
+                        next(tally.uses)  # counted (usage.py's Tally)
+                        tally.last = at
+                    else:
+                        self.usage.record(key_id, at, outcome, 1, scopes, ip, reason)
+                        if tally is not None:
+                            self.usage.adopt(tally)
+                    self.cache_hits += 1
+                    return verdict  # type: ignore[no-any-return]
+        elif not load:
             return None  # the caller asks storage (from a thread), which may fail closed
-        verdicts = cache.verdicts
-        remembered: Remembered | None = verdicts.get(question, cache.timer()) \
-            if trusted and verdicts.size else None
-        if remembered is not None:
-            now = self.ctx.clock.now()
-            if remembered.expires_at is None or now < remembered.expires_at:
-                decided = remembered.verdict.decision
-                self.usage.record(remembered.key_id, now, remembered.outcome, 1,
-                                  remembered.scopes, ip=ip,
-                                  reason=None if decided.valid else decided.reason)
-                self.cache_hits += 1
-                return remembered.verdict
+        cache = self.cache
         generation = cache.generation  # before the snapshot is read
         prefix = tokens.prefix_of(raw, self.loaders)
         if prefix is None:  # Keyplane's format refused before storage; imported keys aside
@@ -216,16 +243,23 @@ class Verifier:
                 decision = denial
         outcome = _OUTCOMES[decision.code]
         needed = required if required and decision.valid else NO_SCOPES
-        self.usage.record(snapshot.key_id, now, outcome, 1, needed, ip=ip,
-                          reason=None if decision.valid else decision.reason)
+        reason = None if decision.valid else decision.reason
+        at = now.timestamp()
+        self.usage.record(snapshot.key_id, at, outcome, 1, needed, ip, reason)
         verdict = Verdict(decision, snapshot, limits)
-        expires_at = snapshot.expires_at
-        # a verdict that moves a counter is never repeated; one given after the expiry would
-        # be wrong before it (clocks can step back)
-        if not counted and (expires_at is None or now < expires_at):
-            cache.remember(cache.verdicts, question,
-                           Remembered(verdict, snapshot.key_id, outcome, expires_at, needed),
-                           generation, (key,))
+        # a verdict that moves a counter is never repeated; nor past the key's expiry, nor once
+        # its snapshot leaves the cache
+        left = None if counted else cache.seconds_left(key)
+        if left is not None and left > 0:
+            expires_at = snapshot.expires_at
+            until = at + left if expires_at is None else min(at + left, expires_at.timestamp())
+            tally = Tally(snapshot.key_id, needed, ip) if reason is None else None
+            if at < until and cache.remember(
+                    cache.verdicts, question,
+                    Remembered(verdict, at, until, tally, snapshot.key_id, outcome, needed,
+                               reason),
+                    generation, (key,)) and tally is not None:
+                self.usage.adopt(tally)
         return verdict
 
     def identify(self, raw: str) -> Verdict:
