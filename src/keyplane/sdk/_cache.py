@@ -1,10 +1,11 @@
 """The middleware's verdict cache: a bounded LRU of VALID verdicts only.
 
 Entries are keyed by a SHA-256 of the key together with the client address and TLS flag the
-verdict was given for (so an IP allowlist or a TLS requirement is never answered from a verdict
-for another address). An entry lives at most ``ttl`` seconds and never past the key's
-``expires_at``. While the change stream is down (``live`` is false) new entries get the short
-``degraded_ttl`` and existing ones are cut to it, since changes may be missed meanwhile.
+verdict was given for (``_verifier.digest``), so an IP allowlist or a TLS requirement is never
+answered from a verdict for another address. An entry lives at most ``ttl`` seconds and never
+past the key's ``expires_at``. While the change stream is down (``live`` is false) new entries
+get the short ``degraded_ttl`` and existing ones are cut to it, since changes may be missed
+meanwhile.
 A change arriving while a verification is in flight bumps ``generation``, so the answer that
 was computed before the change is not cached.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from keyplane.sdk._protocol import CHANGE_FIELDS
@@ -34,11 +35,11 @@ class VerdictCache:
         self.timer = timer
         self.generation = 0
         self.live = False
-        # digest -> (deadline, identity), least recently used first; one object for the
-        # cache's life (the verifier's hot path reads it directly, as ``get`` does)
-        self.entries: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
+        # digest -> (deadline, identity, its key id), least recently used first; one object
+        # for the cache's life (the verifier's hot path reads it directly, as ``get`` does)
+        self.entries: OrderedDict[Hashable, tuple[float, Identity, str]] = OrderedDict()
 
-    def get(self, digest: bytes) -> Identity | None:
+    def get(self, digest: Hashable) -> Identity | None:
         item = self.entries.get(digest)
         if item is None:
             return None
@@ -48,7 +49,7 @@ class VerdictCache:
         self.entries.move_to_end(digest)
         return item[1]
 
-    def put(self, digest: bytes, identity: Identity, *, expires_in: float | None,
+    def put(self, digest: Hashable, identity: Identity, *, expires_in: float | None,
             generation: int) -> bool:
         """Cache a VALID verdict; ``False`` when it must not be (a change arrived meanwhile,
         or the key expires too soon to be worth it)."""
@@ -60,7 +61,7 @@ class VerdictCache:
         if ttl <= 0:
             return False
         data = self.entries
-        data[digest] = (self.timer() + ttl, identity)
+        data[digest] = (self.timer() + ttl, identity, identity["key_id"])
         data.move_to_end(digest)
         while len(data) > self.size:
             data.popitem(last=False)
@@ -76,7 +77,7 @@ class VerdictCache:
             dropped = len(self.entries)
             self.entries.clear()
             return dropped
-        doomed = [d for d, (_, ident) in self.entries.items() if ident.get(field) == ref or (
+        doomed = [d for d, (_, ident, _) in self.entries.items() if ident.get(field) == ref or (
             kind == "app" and ident.get("kind") == "access_token" and not ident.get("app_id"))]
         for d in doomed:
             del self.entries[d]
@@ -90,9 +91,9 @@ class VerdictCache:
         if not live:
             self.generation += 1
             cutoff = self.timer() + self.degraded_ttl
-            for digest, (deadline, ident) in list(self.entries.items()):
+            for digest, (deadline, ident, key_id) in list(self.entries.items()):
                 if deadline > cutoff:
-                    self.entries[digest] = (cutoff, ident)
+                    self.entries[digest] = (cutoff, ident, key_id)
 
     def clear(self) -> None:
         self.generation += 1

@@ -150,11 +150,13 @@ class KeyplaneMiddleware:
                                     and path.startswith(self._exempt_prefixes)):
             scope["keyplane"] = None
         else:
-            try:
-                identity, extra = await self._authenticate(scope)
-            except Denied as denied:
-                await denied.send(scope, send)
-                return
+            identity = self._cached(scope)  # a hit: no coroutine, no await
+            if identity is None:
+                try:
+                    identity, extra = await self._authenticate(scope)
+                except Denied as denied:
+                    await denied.send(scope, send)
+                    return
             scope["keyplane"] = identity
             state = scope.get("state")
             scope["state"] = {**state, "keyplane": identity} if state else {
@@ -166,6 +168,15 @@ class KeyplaneMiddleware:
         except Denied as denied:
             # from ``requires`` in a dependency: it runs before the endpoint answers anything
             await denied.send(scope, send)
+
+    def _cached(self, scope: Any) -> Identity | None:
+        """The hit path: the identity of a cached verdict for this request's key, client
+        address and TLS, or ``None`` (then :meth:`_authenticate` decides)."""
+        raw = self._extract(scope["headers"])
+        if not raw or len(raw) > MAX_KEY_LENGTH:
+            return None
+        ip, tls = self._resolve(scope)
+        return self.verify_cached(raw, ip, tls)
 
     async def _authenticate(self, scope: Any) -> tuple[Identity, tuple[Header, ...]]:
         # refusals are shared instances: each raise starts a fresh traceback (re-raising one

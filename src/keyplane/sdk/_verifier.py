@@ -43,10 +43,10 @@ _MESSAGES = {
 }
 
 
-def digest(raw: str, ip: str | None, tls: bool) -> bytes:
-    """The cache key: SHA-256 of the key with the address and TLS flag it was verified for
+def digest(raw: str, ip: str | None, tls: bool) -> tuple[bytes, str | None, bool]:
+    """The cache key: a SHA-256 of the key, with the address and TLS flag it was verified for
     (the secret itself is never kept)."""
-    return _sha256(f"{raw}|{ip}|{'s' if tls else 'p'}".encode()).digest()
+    return (_sha256(raw.encode()).digest(), ip, tls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,7 @@ class Verifier:
         self.usage = usage
         self._connect = connect
         self._realm = realm
-        self._inflight: dict[bytes, asyncio.Future[Result]] = {}
+        self._inflight: dict[tuple[bytes, str | None, bool], asyncio.Future[Result]] = {}
         self._interned = _Interned()
         self._last_error_log = 0.0
         # one body for malformed, unknown, expired, revoked and locked keys: no state oracle
@@ -132,17 +132,17 @@ class Verifier:
         The hot path, in one frame: :func:`digest` and ``VerdictCache.get`` are written out
         here rather than called (a verdict cached under :func:`digest` is found here: the
         caching tests fail otherwise)."""
-        key = _sha256(f"{raw}|{ip}|{'s' if tls else 'p'}".encode()).digest()
+        key = (_sha256(raw.encode()).digest(), ip, tls)
         entries = self._entries
         item = entries.get(key)
         if item is None:
             return None
-        if item[0] <= self._timer():
+        deadline, identity, key_id = item
+        if deadline <= self._timer():
             del entries[key]
             return None
         entries.move_to_end(key)
-        identity = item[1]
-        self.usage.pending[identity["key_id"]] += 1
+        self.usage.pending[key_id] += 1
         return identity
 
     async def verify(self, raw: str, ip: str | None, tls: bool) -> Result:
