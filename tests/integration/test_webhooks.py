@@ -113,6 +113,9 @@ def test_every_key_lifecycle_action_reaches_the_receiver_signed(
     assert not any(s in everything or s[3:] in everything for s in secrets_seen)
     assert len(receiver.ids()) == 7  # a distinct webhook-id per event
 
+    # the receiver has the last request before Keyplane has recorded its answer: wait for that
+    wait_until(lambda: all(d["status"] == "succeeded"
+                           for d in deliveries(http, tenant, hook["id"])), 10)
     listed = deliveries(http, tenant, hook["id"])
     assert len(listed) == 7
     assert all(d["status"] == "succeeded" and d["response_status"] == 200 and d["attempts"] == 1

@@ -142,8 +142,7 @@ class UsageRecorder:
         was used: a few distinct addresses per key are kept from valid uses until the next
         flush; a refusal's ``reason`` (never for VALID) is remembered with its address for the
         key's page."""
-        # the lock keeps flush consistent (taken by hand: ``with`` costs twice as much, and
-        # nothing below raises)
+        # the lock keeps flush consistent (taken by hand: ``with`` costs twice as much)
         lock = self._lock
         lock.acquire()
         try:
