@@ -49,7 +49,7 @@ from keyplane.core.rights import Caller
 from keyplane.services.auth import caller_from
 from keyplane.services.throttle import AUTH_FAILURES, VERIFY_FAILURES, FailureThrottle
 from keyplane.services.usage import NO_SCOPES
-from keyplane.services.verify import INFINITY, NOT_FOUND, Verdict, Verifier, cache_key
+from keyplane.services.verify import NOT_FOUND, Verdict, Verifier, cache_key
 
 GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})  # what a guesser gets; counted per address
 _VALID = Code.VALID.value
@@ -321,7 +321,7 @@ class VerifyService:
         valid = decision.valid
         return Answer(verdict, Reuse(
             caller_key_id, snap.key_id, decision.code.value,
-            INFINITY if expires_at is None else expires_at.timestamp(), caller_ip, subject, ip,
+            math.inf if expires_at is None else expires_at.timestamp(), caller_ip, subject, ip,
             request.scopes if valid else NO_SCOPES, None if valid else decision.reason,
             peer._generation, depends))
 

@@ -42,7 +42,6 @@ log = logging.getLogger("keyplane.verify")
 FOREIGN = "\x00foreign"  # what the loaders know an imported key in a foreign format by
 MALFORMED = Denied(Code.MALFORMED, "the key is not in Keyplane's format")
 NOT_FOUND = Denied(Code.NOT_FOUND, "no such key")
-INFINITY = float("inf")
 
 Loader = Callable[[UnitOfWork, str], Snapshot | None]
 # (denial or None, the "ratelimit" object of the answer): per-key rate limits and usage quotas,
