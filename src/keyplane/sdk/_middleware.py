@@ -179,6 +179,8 @@ class KeyplaneMiddleware:
         return self.verify_cached(raw, ip, tls)
 
     async def _authenticate(self, scope: Any) -> tuple[Identity, tuple[Header, ...]]:
+        """After :meth:`_cached` missed (nothing awaited in between, so the cache is as it
+        was): refuse offline, or ask Keyplane."""
         # refusals are shared instances: each raise starts a fresh traceback (re-raising one
         # instance would otherwise chain every traceback onto it, without bound)
         raw = self._extract(scope["headers"])
@@ -187,9 +189,6 @@ class KeyplaneMiddleware:
         if len(raw) > MAX_KEY_LENGTH:
             raise self._invalid.with_traceback(None)
         ip, tls = self._resolve(scope)
-        identity = self.verify_cached(raw, ip, tls)
-        if identity is not None:
-            return identity, ()
         # a cache hit is a string that passed the checksum before; everything else is
         # checked before Keyplane is asked
         if not self._well_formed(raw):
