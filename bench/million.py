@@ -257,7 +257,7 @@ def sdk_cache_memory(n: int) -> float:
     for raw, answer in zip(raws, answers, strict=True):
         result = mw.verifier.result(json.loads(answer))
         assert result.identity is not None
-        cache.put(_digest(raw, "203.0.113.5", True), result.identity, expires_in=None,
+        cache.put(_digest(raw.encode(), "203.0.113.5", True), result.identity, expires_in=None,
                   generation=cache.generation)
     gc.collect()
     per = (tracemalloc.get_traced_memory()[0] - before) / n

@@ -18,6 +18,7 @@ from keyplane.core import tokens
 from keyplane.sdk import KeyplaneMiddleware, requires
 from keyplane.sdk._cache import VerdictCache
 from keyplane.sdk._changes import ChangeFollower
+from keyplane.sdk._credentials import Credentials
 from keyplane.sdk._peer import Peer
 from keyplane.sdk._protocol import expand_scopes
 
@@ -105,6 +106,36 @@ def test_stream_down_shortens_the_ttl() -> None:
     cache.put(b"again", ident(), expires_in=None, generation=cache.generation)
     timer.now += 29
     assert cache.get(b"again") is not None
+
+
+# -- where the key is --------------------------------------------------------------------------
+
+A, B, L = "kp_aaaa", "kp_bbbb", "kp_llll"
+
+
+@pytest.mark.parametrize(("headers", "legacy", "expected"), [
+    ([("Authorization", f"Bearer {A}")], False, A),
+    ([("Authorization", f"bearer {A}")], False, A),  # the scheme is case-insensitive
+    ([("Authorization", f"BEARER   {A}  ")], False, A),
+    ([("Authorization", f"Bearer svc:{A}")], False, A),  # "<name>:<key>"
+    ([("Authorization", "Basic dXNlcjpwYXNz"), ("Authorization", f"Bearer {A}")], False, A),
+    ([("Authorization", f"Bearer {A}"), ("Authorization", f"Bearer {B}")], False, A),
+    ([("X-API-Key", B), ("Authorization", f"Bearer {A}")], False, A),  # bearer first
+    ([("X-API-Key", " "), ("X-API-Key", B), ("X-API-Key", A)], False, B),
+    ([("Authorization", "Bearer"), ("X-API-Key", B)], False, B),
+    ([("Authorization", "Bearer    "), ("Authorization", f"Bearerx {A}")], False, None),
+    ([("Authorization", f"Token {A}")], False, None),
+    ([("X-Legacy-Key", L)], False, None),  # only when configured
+    ([("X-Legacy-Key", L)], True, L),
+    ([("X-Legacy-Key", L), ("X-API-Key", B)], True, B),
+    ([("Host", "api.example"), ("X-Legacy-Key", ""), ("X-Legacy-Key", L)], True, L),
+    ([], False, None),
+])
+def test_the_key_is_read_from_the_first_header_that_carries_one_in_precedence_order(
+        headers: list[tuple[str, str]], legacy: bool, expected: str | None) -> None:
+    found = Credentials(["X-Legacy-Key"] if legacy else []).extract(
+        [(name.lower().encode(), value.encode()) for name, value in headers])
+    assert found == (expected.encode() if expected is not None else None)
 
 
 # -- client address and TLS -------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The middleware's verdict cache: a bounded LRU of VALID verdicts only.
 
-Entries are keyed by a SHA-256 of the key together with the client address and TLS flag the
+Entries are keyed by a BLAKE2s of the key together with the client address and TLS flag the
 verdict was given for (``_verifier.digest``), so an IP allowlist or a TLS requirement is never
 answered from a verdict for another address. An entry lives at most ``ttl`` seconds and never
 past the key's ``expires_at``. While the change stream is down (``live`` is false) new entries

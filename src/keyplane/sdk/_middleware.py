@@ -74,9 +74,9 @@ class KeyplaneMiddleware:
     """
 
     #: The cache hit path, ``verify_cached(raw, ip, tls)``: the identity of a cached VALID
-    #: verdict for this key, client address and TLS, or ``None``. A hit counts as a use of the
-    #: key (reported to Keyplane). The verifier's own method: no call in between.
-    verify_cached: Callable[[str, str | None, bool], Identity | None]
+    #: verdict for this key (its bytes), client address and TLS, or ``None``. A hit counts as
+    #: a use of the key (reported to Keyplane). The verifier's own method: no call in between.
+    verify_cached: Callable[[bytes, str | None, bool], Identity | None]
 
     def __init__(
         self,
@@ -150,8 +150,14 @@ class KeyplaneMiddleware:
                                     and path.startswith(self._exempt_prefixes)):
             scope["keyplane"] = None
         else:
-            identity = self._cached(scope)  # a hit: no coroutine, no await
-            if identity is None:
+            # the hit path, written out here (each call or frame is paid on every request):
+            # the identity of a cached verdict for this key, client address and TLS
+            raw = self._extract(scope["headers"])
+            identity = None
+            if raw and len(raw) <= MAX_KEY_LENGTH:
+                ip, tls = self._resolve(scope)
+                identity = self.verify_cached(raw, ip, tls)
+            if identity is None:  # a miss: refused offline, or Keyplane is asked
                 try:
                     identity, extra = await self._authenticate(scope)
                 except Denied as denied:
@@ -169,18 +175,9 @@ class KeyplaneMiddleware:
             # from ``requires`` in a dependency: it runs before the endpoint answers anything
             await denied.send(scope, send)
 
-    def _cached(self, scope: Any) -> Identity | None:
-        """The hit path: the identity of a cached verdict for this request's key, client
-        address and TLS, or ``None`` (then :meth:`_authenticate` decides)."""
-        raw = self._extract(scope["headers"])
-        if not raw or len(raw) > MAX_KEY_LENGTH:
-            return None
-        ip, tls = self._resolve(scope)
-        return self.verify_cached(raw, ip, tls)
-
     async def _authenticate(self, scope: Any) -> tuple[Identity, tuple[Header, ...]]:
-        """After :meth:`_cached` missed (nothing awaited in between, so the cache is as it
-        was): refuse offline, or ask Keyplane."""
+        """After the cache missed (nothing awaited in between, so the cache is as it was):
+        refuse offline, or ask Keyplane."""
         # refusals are shared instances: each raise starts a fresh traceback (re-raising one
         # instance would otherwise chain every traceback onto it, without bound)
         raw = self._extract(scope["headers"])
@@ -191,7 +188,7 @@ class KeyplaneMiddleware:
         ip, tls = self._resolve(scope)
         # a cache hit is a string that passed the checksum before; everything else is
         # checked before Keyplane is asked
-        if not self._well_formed(raw):
+        if not self._well_formed(raw.decode("latin-1")):
             raise self._invalid.with_traceback(None)
         result = await self._verify(raw, ip, tls)
         if result.denied is not None:

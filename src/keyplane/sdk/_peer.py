@@ -49,7 +49,8 @@ class Peer:
         client = scope.get("client")
         if not client:
             return None, tls
-        peer, trusted = self._host(client[0])
+        # most requests come from a host seen before: one lookup, no call
+        peer, trusted = self._hosts.get(client[0]) or self._host(client[0])
         if not trusted:
             return peer, tls
         proto = _header(scope, b"x-forwarded-proto")

@@ -1,6 +1,6 @@
 """Asking Keyplane whether a key may pass, and remembering the answers that may be reused.
 
-- The cache (:class:`VerdictCache`) holds VALID verdicts only, keyed by a SHA-256 of the key
+- The cache (:class:`VerdictCache`) holds VALID verdicts only, keyed by a BLAKE2s of the key
   with the client address and TLS flag it was given for; a hit counts as a use of the key
   (reported to Keyplane by the :class:`UsageReporter`).
 - Single flight: concurrent requests with the same key, address and TLS wait for one
@@ -34,7 +34,9 @@ from keyplane.sdk._usage import UsageReporter
 __all__ = ["Result", "Verifier", "digest"]
 
 log = logging.getLogger("keyplane.sdk")
-_sha256 = hashlib.sha256
+# BLAKE2s-256 (the standard library's own, not OpenSSL's): the same strength as SHA-256 for
+# a cache key, and about a third cheaper for a key's length, on every request
+_hash = hashlib.blake2s
 
 _MESSAGES = {
     "ip_not_allowed": "this key may not be used from this address",
@@ -43,10 +45,10 @@ _MESSAGES = {
 }
 
 
-def digest(raw: str, ip: str | None, tls: bool) -> tuple[bytes, str | None, bool]:
-    """The cache key: a SHA-256 of the key, with the address and TLS flag it was verified for
-    (the secret itself is never kept)."""
-    return (_sha256(raw.encode()).digest(), ip, tls)
+def digest(raw: bytes, ip: str | None, tls: bool) -> tuple[bytes, str | None, bool]:
+    """The cache key: a BLAKE2s-256 of the key, with the address and TLS flag it was verified
+    for (the secret itself is never kept)."""
+    return (_hash(raw).digest(), ip, tls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,14 +127,14 @@ class Verifier:
         self.invalid = Denied(401, "invalid_key", "the API key is not valid",
                               [bearer_challenge(realm, "invalid_token")])
 
-    def verify_cached(self, raw: str, ip: str | None, tls: bool) -> Identity | None:
+    def verify_cached(self, raw: bytes, ip: str | None, tls: bool) -> Identity | None:
         """The identity of a cached VALID verdict for ``raw`` from ``ip`` over ``tls``, or
         ``None``. A hit counts as a use of the key (Keyplane did not see it).
 
         The hot path, in one frame: :func:`digest` and ``VerdictCache.get`` are written out
         here rather than called (a verdict cached under :func:`digest` is found here: the
         caching tests fail otherwise)."""
-        key = (_sha256(raw.encode()).digest(), ip, tls)
+        key = (_hash(raw).digest(), ip, tls)
         entries = self._entries
         item = entries.get(key)
         if item is None:
@@ -145,7 +147,7 @@ class Verifier:
         self.usage.pending[key_id] += 1
         return identity
 
-    async def verify(self, raw: str, ip: str | None, tls: bool) -> Result:
+    async def verify(self, raw: bytes, ip: str | None, tls: bool) -> Result:
         """Keyplane's answer for ``raw`` from ``ip`` over ``tls``, shared with the requests
         waiting on the same key; a VALID verdict that may be reused is cached."""
         key = digest(raw, ip, tls)
@@ -176,11 +178,12 @@ class Verifier:
         finally:
             del self._inflight[key]
 
-    async def ask(self, raw: str, ip: str | None, tls: bool) -> Result:
+    async def ask(self, raw: bytes, ip: str | None, tls: bool) -> Result:
         """``POST /v1/verify``, never cached nor shared."""
         http = self._connect()
         try:
-            response = await http.post("/v1/verify", json={"key": raw, "ip": ip, "tls": tls})
+            body = {"key": raw.decode("latin-1"), "ip": ip, "tls": tls}
+            response = await http.post("/v1/verify", json=body)
         except httpx2.HTTPError as exc:
             return self._unavailable(f"Keyplane is unreachable ({type(exc).__name__})")
         if response.status_code != 200:
