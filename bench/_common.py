@@ -225,7 +225,34 @@ def _lua(target: Target) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wrk(target: Target, duration: float, connections: int) -> Measured:
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """``(the load generator's CPUs, the measured server's CPU)``: the last CPU this process
+    may use for the server, the others for the load; ``None`` with fewer than two CPUs or no
+    CPU affinity (then nothing is pinned)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return set(cpus[:-1]), {cpus[-1]}
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def _on(cpus: set[int] | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that runs the load generator on ``cpus``."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def _wrk(target: Target, duration: float, connections: int,
+         cpus: set[int] | None = None) -> Measured:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_lua(target))
     try:
@@ -233,6 +260,7 @@ def _wrk(target: Target, duration: float, connections: int) -> Measured:
             ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
              "-s", script.name, target.url],
             capture_output=True, text=True, check=True, timeout=duration + 60,
+            preexec_fn=_on(cpus),
         ).stdout
     finally:
         os.unlink(script.name)
@@ -252,20 +280,25 @@ def _wrk(target: Target, duration: float, connections: int) -> Measured:
     return Measured(rps, errors, done)
 
 
-def _python(target: Target, duration: float, connections: int) -> Measured:
+def _python(target: Target, duration: float, connections: int,
+            cpus: set[int] | None = None) -> Measured:
     spec = json.dumps({"url": target.url, "method": target.method,
                        "body": target.body.decode() if target.body is not None else None,
                        "headers": target.headers, "duration": duration,
                        "connections": connections})
     out = subprocess.run([PYTHON, str(BENCH_DIR / "_load.py"), spec], capture_output=True,
-                         text=True, check=True, timeout=duration + 60).stdout
+                         text=True, check=True, timeout=duration + 60,
+                         preexec_fn=_on(cpus)).stdout
     data = json.loads(out)
     return Measured(data["rps"], data["errors"], int(data.get("requests", 0)))
 
 
-def measure(tool: str, target: Target, duration: float, connections: int) -> Measured:
+def measure(tool: str, target: Target, duration: float, connections: int,
+            load_cpus: set[int] | None = None) -> Measured:
+    """``target`` under load for ``duration`` seconds (the load generator on ``load_cpus``,
+    when given)."""
     before = cpu_seconds(target.pid) if target.pid is not None else None
-    m = (_wrk if tool == "wrk" else _python)(target, duration, connections)
+    m = (_wrk if tool == "wrk" else _python)(target, duration, connections, load_cpus)
     after = cpu_seconds(target.pid) if target.pid is not None else None
     if before is None or after is None:
         return m
@@ -312,16 +345,19 @@ class Comparison:
 
 def compare(targets: Sequence[Target], baseline: str, *, tool: str, rounds: int,
             duration: float, connections: int, warmup: float = 1.0,
-            progress: Callable[[str], None] | None = None) -> Comparison:
+            progress: Callable[[str], None] | None = None,
+            load_cpus: set[int] | None = None) -> Comparison:
+    """Each target in turn, ``rounds`` times; the load generator on ``load_cpus`` if given
+    (the targets are then expected on the other CPUs: see :func:`split_cpus`)."""
     result = Comparison(baseline)
     for t in targets:  # warm caches, connections and the JIT-less interpreter alike
-        measure(tool, t, warmup, connections)
+        measure(tool, t, warmup, connections, load_cpus)
     for r in range(rounds):
         result.loads.append(os.getloadavg()[0])
         for t in targets:
             if progress:
                 progress(f"round {r + 1}/{rounds}: {t.name}")
-            result.add(t.name, measure(tool, t, duration, connections))
+            result.add(t.name, measure(tool, t, duration, connections, load_cpus))
     return result
 
 

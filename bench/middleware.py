@@ -8,6 +8,12 @@ by request rates; the servers' CPU time per request is printed too (the ratio of
 route's to the protected one's: what the middleware costs, less sensitive to how the load
 generator shares the machine).
 
+With two CPUs or more, the measured server runs on a CPU of its own (the last one; each copy
+in turn, the same CPU for both) and the load generator and Keyplane on the others, as a
+product's API server and its clients would be: on a two-core machine, unpinned, the server
+and wrk meet on one core in some rounds and not in others, and the rounds' ratios spread
+over 0.7-1.0. ``--no-pin`` measures unpinned.
+
     .venv/bin/python bench/middleware.py [--quick] [--json] [--tool wrk|python]
 """
 
@@ -21,7 +27,9 @@ from _common import (
     arguments,
     compare,
     keyplane_fixture,
+    pin,
     report,
+    split_cpus,
     spread,
     tool_name,
     uvicorn,
@@ -31,7 +39,11 @@ TARGET = 0.85
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arguments(__doc__ or "").parse_args(argv)
+    parser = arguments(__doc__ or "")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave the servers and the load generator on any CPU")
+    args = parser.parse_args(argv)
+    cpus = None if args.no_pin else split_cpus()
     tool = tool_name(args.tool)
     rounds = args.rounds or (2 if args.quick else 5)
     duration = args.duration or (3.0 if args.quick else 8.0)
@@ -43,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                     env={"BENCH_KEYPLANE_URL": kp.url,
                          "BENCH_VERIFIER_KEY": fx.verifier_key}) as guarded:
         headers = {"Authorization": f"Bearer {fx.data_key}"}
+        if cpus is not None:
+            load_cpus, server_cpu = cpus
+            pin(kp.process.pid, load_cpus)
+            for server in (plain, guarded):
+                pin(server.process.pid, server_cpu)
         for server in (plain, guarded):
             r = httpx2.get(server.url + "/contacts", headers=headers)
             if r.status_code != 200:
@@ -56,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
              Target("protected", guarded.url + "/contacts", headers=headers,
                     pid=guarded.process.pid)],
             "plain", tool=tool, rounds=rounds, duration=duration,
-            connections=args.connections,
+            connections=args.connections, load_cpus=cpus[0] if cpus else None,
             progress=None if args.json else lambda m: print(" ", m, file=sys.stderr))
     s = spread(result.ratios("protected"))
     cpu = spread(result.cpu_ratios("protected")) if result.cpu_ratios("protected") else None
@@ -67,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         "ok": s["median"] >= TARGET,
         "detail": (f"protected {spread(result.rates['protected'])['median']:.0f} req/s, plain "
                    f"{spread(result.rates['plain'])['median']:.0f} req/s; tool {tool}, "
-                   f"{rounds}x{duration:.0f}s; errors {result.errors}"
+                   f"{rounds}x{duration:.0f}s; "
+                   f"{'server pinned to CPU ' + str(min(cpus[1])) if cpus else 'unpinned'}; "
+                   f"errors {result.errors}"
                    + (f"; server CPU per request {per_request['protected']:.1f} vs "
                       f"{per_request['plain']:.1f} us: CPU ratio {cpu['median']:.2f} "
                       f"({cpu['min']:.2f}-{cpu['max']:.2f})" if cpu else "")),

@@ -43,7 +43,8 @@ class Credentials:
         for name, value in headers:
             if name == b"authorization":
                 # "Bearer <key>": the scheme is case-insensitive, the rest must not be blank
-                if value[:7].lower() == b"bearer " and value[7:].strip():
+                if (value.startswith(b"Bearer ") or value[:7].lower() == b"bearer ") \
+                        and value[7:].strip():
                     found = value[7:]
                     break
             elif name == b"x-api-key":
@@ -56,7 +57,7 @@ class Credentials:
             if found is None:
                 return None
         # "<name>:<key>" is accepted too; a key never contains ':'
-        return found.rpartition(b":")[2].strip()
+        return (found.rpartition(b":")[2] if b":" in found else found).strip()
 
     def well_formed(self, raw: str) -> bool:
         """Whether Keyplane may know ``raw``: its checksum (and an accepted prefix), or the

@@ -145,7 +145,6 @@ class KeyplaneMiddleware:
                 await self.app(scope, receive, send)
             return
         path = scope["path"]
-        extra: tuple[Header, ...] = ()
         if path in self._exempt or (self._exempt_prefixes
                                     and path.startswith(self._exempt_prefixes)):
             scope["keyplane"] = None
@@ -153,22 +152,23 @@ class KeyplaneMiddleware:
             # the hit path, written out here (each call or frame is paid on every request):
             # the identity of a cached verdict for this key, client address and TLS
             raw = self._extract(scope["headers"])
-            identity = None
             if raw and len(raw) <= MAX_KEY_LENGTH:
                 ip, tls = self._resolve(scope)
                 identity = self.verify_cached(raw, ip, tls)
+            else:
+                identity = None
             if identity is None:  # a miss: refused offline, or Keyplane is asked
                 try:
                     identity, extra = await self._authenticate(scope)
                 except Denied as denied:
                     await denied.send(scope, send)
                     return
+                if extra:  # a rate-limited key's RateLimit-* headers
+                    send = _adding_headers(send, extra)
             scope["keyplane"] = identity
             state = scope.get("state")
             scope["state"] = {**state, "keyplane": identity} if state else {
                 "keyplane": identity}
-            if extra:
-                send = _adding_headers(send, extra)
         try:  # the app itself, not a helper: one coroutine frame less under every request
             await self.app(scope, receive, send)
         except Denied as denied:
