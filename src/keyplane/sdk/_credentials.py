@@ -43,9 +43,8 @@ class Credentials:
         for name, value in headers:
             if name == b"authorization":
                 # "Bearer <key>": the scheme is case-insensitive, the rest must not be blank
-                if (value.startswith(b"Bearer ") or value[:7].lower() == b"bearer ") \
-                        and value[7:].strip():
-                    found = value[7:]
+                if value[:7].lower() == b"bearer " and (rest := value[7:]).strip():
+                    found = rest
                     break
             elif name == b"x-api-key":
                 if api is None and value.strip():
@@ -56,8 +55,9 @@ class Credentials:
             found = api or legacy
             if found is None:
                 return None
-        # "<name>:<key>" is accepted too; a key never contains ':'
-        return (found.rpartition(b":")[2] if b":" in found else found).strip()
+        # "<name>:<key>" is accepted too; a key never contains ':' (not `b":" in found`: for
+        # bytes, `in` first tries its operand as an integer and formats a TypeError)
+        return found.rpartition(b":")[2].strip()
 
     def well_formed(self, raw: str) -> bool:
         """Whether Keyplane may know ``raw``: its checksum (and an accepted prefix), or the

@@ -195,7 +195,9 @@ def _names_a_location(scope: Scope) -> bool:
 
 def _body(raw: bytes) -> dict[str, Any] | None:
     """The request body if it is exactly what the route's strict model accepts, else None."""
-    if b"\\ud" in raw or b"\\uD" in raw:
+    # (``find``, not ``in``: for bytes, ``in`` first tries its operand as an integer and
+    # formats a TypeError on every call)
+    if raw.find(b"\\ud") >= 0 or raw.find(b"\\uD") >= 0:
         return None  # maybe an unpaired surrogate, which no text can hold: the route refuses it
     try:
         body = json.loads(raw)
