@@ -168,7 +168,9 @@ def test_an_admin_creates_changes_rotates_and_deletes_a_key(
         # the one-time dialog: modal, focus inside, Continue only once the key is stored
         dialog = page.get_by_role("dialog", name="Your new API key")
         expect(dialog).to_be_visible()
-        assert page.evaluate("document.activeElement.closest('dialog') !== null")
+        # focus moves in when the dialog opens: wait for it (up to 5 s), as expect() would
+        page.wait_for_function("document.activeElement?.closest('dialog') != null",
+                               timeout=5000)
         secret = page.locator("#new-secret").inner_text().strip()
         assert secret.startswith("kp_")
         assert secret not in page.url
