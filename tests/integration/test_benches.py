@@ -30,7 +30,7 @@ def test_the_in_process_bench_times_the_server_and_sdk_hit_paths() -> None:
     rows = {row["metric"]: row for row in out["results"]}
     assert len(rows) == 3, rows
     for row in rows.values():
-        assert row["ratio"] > 1, row  # each path does at least the baseline's hash and lookup
+        assert row["ratio"] > 1, row  # each path hashes and looks up, and does more
         assert row["min"] <= row["ratio"] <= row["max"], row
 
 
