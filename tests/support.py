@@ -81,10 +81,44 @@ def postgres_schema() -> Iterator[tuple[str, str]]:
         engine.dispose()
 
 
+def _port_slice() -> range:
+    """The ports this test process hands out: below the kernel's ephemeral range (which
+    ``bind(0)`` and every outgoing connection draw from), one slice per xdist worker."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    start = max(1024, low - 12_000)
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) % count if worker[2:].isdigit() else 0
+    size = (low - start) // count
+    return range(start + index * size, start + (index + 1) * size)
+
+
+_PORTS = _port_slice()
+_next_port = 0
+_port_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port no other test process will be given. ``bind(0)`` alone is not enough
+    under xdist: the kernel may hand the same port to another worker (or to an outgoing
+    connection) between our close and the server's bind, and a test then talks to another
+    test's server."""
+    global _next_port
+    with _port_lock:
+        for _ in range(len(_PORTS)):
+            port = _PORTS[_next_port % len(_PORTS)]
+            _next_port += 1
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # in use, or in TIME_WAIT from an earlier run
+                return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 @dataclass
