@@ -48,7 +48,7 @@ from keyplane.core.policy import Address, parse_address
 from keyplane.core.rights import Caller
 from keyplane.services.auth import caller_from
 from keyplane.services.throttle import AUTH_FAILURES, VERIFY_FAILURES, FailureThrottle
-from keyplane.services.usage import NO_SCOPES
+from keyplane.services.usage import NO_SCOPES, Tally
 from keyplane.services.verify import NOT_FOUND, Verdict, Verifier, cache_key
 
 GUESSES = frozenset({Code.MALFORMED, Code.NOT_FOUND})  # what a guesser gets; counted per address
@@ -84,6 +84,10 @@ class Reuse(NamedTuple):
     reason: str | None  # a refusal's reason, kept for the key's page
     generation: int  # the cache's generation before either credential was read
     depends: tuple[bytes, ...]  # the cache keys of both credentials (the key alone: a proxy)
+    # where a repeat's valid uses are counted without the recorder's lock (usage.py's Tally),
+    # once the answer is remembered: the caller's credential, and the key when it is valid
+    caller_tally: Tally | None = None
+    tally: Tally | None = None
 
 
 class Answer(NamedTuple):
@@ -319,11 +323,13 @@ class VerifyService:
         if expires_at is not None and self.verifier.ctx.clock.now() >= expires_at:
             return Answer(verdict)
         valid = decision.valid
+        scopes = request.scopes if valid else NO_SCOPES
         return Answer(verdict, Reuse(
             caller_key_id, snap.key_id, decision.code.value,
             math.inf if expires_at is None else expires_at.timestamp(), caller_ip, subject, ip,
-            request.scopes if valid else NO_SCOPES, None if valid else decision.reason,
-            peer._generation, depends))
+            scopes, None if valid else decision.reason, peer._generation, depends,
+            None if caller_key_id is None else Tally(caller_key_id, NO_SCOPES, caller_ip),
+            Tally(snap.key_id, scopes, ip) if valid else None))
 
     # -- a key named in another request (POST /v1/events) -----------------------------------
 
@@ -370,9 +376,13 @@ class VerifyService:
         known by the digest ``request``, if the answer may be reused."""
         reuse = answer.reuse
         if reuse is not None:
-            cache = self.verifier.cache
-            cache.remember(cache.answers, request, Remembered(body, reuse, status, headers),
-                           reuse.generation, reuse.depends)
+            verifier = self.verifier
+            cache = verifier.cache
+            if cache.remember(cache.answers, request, Remembered(body, reuse, status, headers),
+                              reuse.generation, reuse.depends):
+                for tally in (reuse.caller_tally, reuse.tally):
+                    if tally is not None:
+                        verifier.usage.adopt(tally)
 
     def remembered(self, request: bytes) -> Remembered | None:
         """The answer kept for this request, if it may be given now; both uses are counted."""
@@ -391,10 +401,25 @@ class VerifyService:
         if throttle.retry_after(AUTH_FAILURES, reuse.caller_ip) is not None or \
                 throttle.retry_after(VERIFY_FAILURES, reuse.subject) is not None:
             return None
-        record = verifier.usage.record
-        if reuse.caller_key_id is not None:
-            record(reuse.caller_key_id, now, _VALID, ip=reuse.caller_ip)
+        # each use counted: on the repeat's tally while the recorder holds it (one C call),
+        # else recorded the ordinary way and the tally handed back to the recorder
+        tally = reuse.caller_tally
+        if tally is not None:
+            if tally.since <= now < tally.until:
+                next(tally.uses)
+                tally.last = now
+            else:
+                verifier.usage.record(tally.key_id, now, _VALID, ip=tally.ip)
+                verifier.usage.adopt(tally)
             verifier.cache_hits += 1
-        record(reuse.key_id, now, reuse.code, 1, reuse.scopes, ip=reuse.ip, reason=reuse.reason)
+        tally = reuse.tally
+        if tally is not None and tally.since <= now < tally.until:
+            next(tally.uses)
+            tally.last = now
+        else:
+            verifier.usage.record(reuse.key_id, now, reuse.code, 1, reuse.scopes, ip=reuse.ip,
+                                  reason=reuse.reason)
+            if tally is not None:
+                verifier.usage.adopt(tally)
         verifier.cache_hits += 1  # each credential answered from the cache
         return found

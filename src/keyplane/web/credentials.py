@@ -23,8 +23,12 @@ def key_in(value: str) -> str:
     return value.rpartition(":")[2].strip()
 
 
-def from_headers(headers: Iterable[tuple[bytes, bytes]], legacy: frozenset[bytes]) -> str | None:
-    """The key a request presents in its headers, or None."""
+Presented = tuple[bytes | None, bytes | None, bytes | None]
+
+
+def presented(headers: Iterable[tuple[bytes, bytes]], legacy: frozenset[bytes]) -> Presented:
+    """The first ``Authorization``, ``X-API-Key`` and legacy header, as sent (or None): all
+    that decides the credential a request presents (:func:`credential_in`)."""
     auth = api = other = None
     for name, value in headers:
         if name == b"authorization":
@@ -35,11 +39,22 @@ def from_headers(headers: Iterable[tuple[bytes, bytes]], legacy: frozenset[bytes
                 api = value
         elif other is None and name in legacy:
             other = value
+    return auth, api, other
+
+
+def credential_in(found: Presented) -> str | None:
+    """The key in the headers :func:`presented` found, or None."""
+    auth, api, other = found
     if auth is not None:
         scheme, _, rest = auth.partition(b" ")
         if scheme.lower() == b"bearer" and rest.strip():
             return key_in(rest.decode("latin-1")) or None
-    for found in (api, other):
-        if found is not None and found.strip():
-            return key_in(found.decode("latin-1")) or None
+    for value in (api, other):
+        if value is not None and value.strip():
+            return key_in(value.decode("latin-1")) or None
     return None
+
+
+def from_headers(headers: Iterable[tuple[bytes, bytes]], legacy: frozenset[bytes]) -> str | None:
+    """The key a request presents in its headers, or None."""
+    return credential_in(presented(headers, legacy))

@@ -8,10 +8,10 @@ error, a step that needs the database or Redis) goes on to the route, with the r
 ``Peer``, so that the route continues where the service stopped and counts nothing twice.
 
 An API gateway asks about the same key, from the same end-user address, with the same scopes,
-over and over. So the encoded answer to one exact request (the body, the caller's credential
-and what decides its address and TLS, known only by their SHA-256) is kept whenever the
+over and over. So the encoded answer to one exact request (the body, the headers that decide the
+caller's credential, its address and TLS, known only by their SHA-256) is kept whenever the
 service says it may be reused, and given again when the service says it still may be
-(``VerifyService.remember`` / ``remembered``).
+(``VerifyService.remember`` / ``remembered``): a repeat reads no credential out of its headers.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from keyplane.core.policy import parse_networks
 from keyplane.metrics import RequestMetrics
 from keyplane.services.verification import Peer, VerifyRequest
 from keyplane.web import credentials, net
-from keyplane.web.credentials import key_in
+from keyplane.web.credentials import Presented, key_in
 from keyplane.web.deps import PEER
 from keyplane.web.middleware import log_request, new_request_id, response_headers
 from keyplane.web.routes_verify import answer_out
@@ -44,7 +44,7 @@ PATH = "/v1/verify"
 MAX_BODY = 16_384
 _FIELDS = frozenset({"key", "scopes", "ip", "tls", "tenant_id"})
 _TENANT_ID = re.compile(r"[A-Za-z0-9_]{1,64}")
-_LENGTHS = struct.Struct("!5I")  # the length of each part of a request's digest
+_LENGTHS = struct.Struct("!7I")  # the length of each part of a request's digest
 
 
 class VerifyFastPath:
@@ -85,13 +85,14 @@ class VerifyFastPath:
         if not more:
             raw = chunk if len(chunks) == 1 else b"".join(chunks)  # one chunk, usually
             try:
-                request, credential, agent = _request_key(scope, raw, self.legacy)
-                if credential is not None and not _names_a_location(scope):
+                keyed = _request_key(scope, raw, self.legacy)
+                if keyed is not None:
+                    request, presented, agent = keyed
                     found = self.service.remembered(request)
                     if found is not None:
                         body = found.body
                         self.metrics.verified(found.reuse.code)
-                    else:
+                    elif (credential := credentials.credential_in(presented)) is not None:
                         body = self._answer(scope, raw, request, credential, agent)
             except Exception:  # never fail here: the route will answer, or report the error
                 log.exception("verify fast path failed; the route answers instead")
@@ -119,10 +120,10 @@ class VerifyFastPath:
             return None
         started = time.perf_counter()
         try:
-            request, credential, _agent = _request_key(scope, raw, self.legacy)
-            if credential is None or _names_a_location(scope):
+            keyed = _request_key(scope, raw, self.legacy)
+            if keyed is None:
                 return None
-            found = self.service.remembered(request)
+            found = self.service.remembered(keyed[0])
         except Exception:  # never fail here: the route will answer, or report the error
             log.exception("verify fast path failed; the route answers instead")
             return None
@@ -163,34 +164,35 @@ class VerifyFastPath:
 
 
 def _request_key(scope: Scope, raw_body: bytes,
-                 legacy: frozenset[bytes]) -> tuple[bytes, str | None, bytes]:
-    """A SHA-256 of everything an answer depends on besides the caches (the body, the caller's
-    credential, and what decides the caller's address and TLS: the first of each header, as
-    Starlette reads them), so that no secret is kept as a key, the caller's credential (read
-    as the route reads it: web/credentials.py) and its first ``User-Agent``. Each part's length
-    goes first: no two different requests share a digest."""
+                 legacy: frozenset[bytes]) -> tuple[bytes, Presented, bytes] | None:
+    """A SHA-256 of everything an answer depends on besides the caches, so that no secret is
+    kept as a key: the body, the headers that decide the caller's credential (as sent: the
+    same headers give the same credential, web/credentials.py) and its address and TLS (the
+    first of each, as Starlette reads them); with those headers and the first ``User-Agent``.
+    Each part's length goes first: no two different requests share a digest. None for a
+    request with an ``X-Location-Id`` header: the route reads and checks it (never answered
+    here)."""
     forwarded = proto = agent = b""
-    for name, value in scope["headers"]:
+    headers = scope["headers"]
+    for name, value in headers:
         if name == b"x-forwarded-for":
             forwarded = forwarded or value
         elif name == b"x-forwarded-proto":
             proto = proto or value
         elif name == b"user-agent":
             agent = agent or value
-    credential = credentials.from_headers(scope["headers"], legacy)
-    auth = credential.encode() if credential is not None else b""
+        elif name == b"x-location-id":
+            return None
+    found = credentials.presented(headers, legacy)
+    auth, api, other = found[0] or b"", found[1] or b"", found[2] or b""
     client = scope.get("client")
     host = client[0].encode() if client else b""
     scheme = (scope.get("scheme") or "").encode()
-    lengths = _LENGTHS.pack(len(auth), len(forwarded), len(proto), len(host), len(scheme))
-    return hashlib.sha256(
-        b"".join((lengths, auth, forwarded, proto, host, scheme, raw_body))).digest(), \
-        credential, agent
-
-
-def _names_a_location(scope: Scope) -> bool:
-    """An ``X-Location-Id`` header: the route reads and checks it (never answered here)."""
-    return any(name == b"x-location-id" for name, _ in scope["headers"])
+    lengths = _LENGTHS.pack(len(auth), len(api), len(other), len(forwarded), len(proto),
+                            len(host), len(scheme))
+    return hashlib.sha256(b"".join(
+        (lengths, auth, api, other, forwarded, proto, host, scheme, raw_body))).digest(), \
+        found, agent
 
 
 def _body(raw: bytes) -> dict[str, Any] | None:
