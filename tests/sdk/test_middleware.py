@@ -169,6 +169,16 @@ def test_exempt_paths_pass_without_a_key_but_requires_still_guards(
     assert app.http.get("/whoami").status_code == 401  # not exempt
 
 
+def test_many_exempt_paths_are_matched_exactly(protect: Callable[..., Protected]) -> None:
+    # more than a handful of exact paths are kept in a set, a few in a tuple: the same answers
+    many = [f"/status/{i}" for i in range(12)]
+    app = protect(product_app(), exempt_paths=[*many, "/healthz", "/healthz"])
+    assert app.http.get("/healthz").text == "ok"
+    r = app.http.get("/healthz/")  # only the exact path is exempt
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_key"
+    assert app.http.get("/whoami").status_code == 401
+
+
 def test_unreachable_keyplane_fails_closed_with_503(protect: Callable[..., Protected],
                                                     kp: Client) -> None:
     key = data_key(kp, "contacts:read")["key"]

@@ -42,8 +42,10 @@ class Credentials:
         names = self.legacy
         for name, value in headers:
             if name == b"authorization":
-                # "Bearer <key>": the scheme is case-insensitive, the rest must not be blank
-                if value[:7].lower() == b"bearer " and (rest := value[7:]).strip():
+                # "Bearer <key>": the scheme is case-insensitive (as sent, usually: no copy),
+                # the rest must not be blank
+                if (value.startswith(b"Bearer ") or value[:7].lower() == b"bearer ") and (
+                        rest := value[7:]).strip():
                     found = rest
                     break
             elif name == b"x-api-key":
@@ -57,7 +59,9 @@ class Credentials:
                 return None
         # "<name>:<key>" is accepted too; a key never contains ':' (not `b":" in found`: for
         # bytes, `in` first tries its operand as an integer and formats a TypeError)
-        return found.rpartition(b":")[2].strip()
+        if found.find(b":") >= 0:
+            found = found.rpartition(b":")[2]
+        return found.strip()
 
     def well_formed(self, raw: str) -> bool:
         """Whether Keyplane may know ``raw``: its checksum (and an accepted prefix), or the
