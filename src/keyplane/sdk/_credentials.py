@@ -42,9 +42,9 @@ class Credentials:
         names = self.legacy
         for name, value in headers:
             if name == b"authorization":
-                # "Bearer <key>": the scheme is case-insensitive (as sent, usually: no copy),
-                # the rest must not be blank
-                if (value.startswith(b"Bearer ") or value[:7].lower() == b"bearer ") and (
+                # "Bearer <key>": the scheme is case-insensitive (lower-cased only when it is
+                # not sent as usual), the rest must not be blank
+                if ((scheme := value[:7]) == b"Bearer " or scheme.lower() == b"bearer ") and (
                         rest := value[7:]).strip():
                     found = rest
                     break
@@ -59,9 +59,7 @@ class Credentials:
                 return None
         # "<name>:<key>" is accepted too; a key never contains ':' (not `b":" in found`: for
         # bytes, `in` first tries its operand as an integer and formats a TypeError)
-        if found.find(b":") >= 0:
-            found = found.rpartition(b":")[2]
-        return found.strip()
+        return found.rpartition(b":")[2].strip()
 
     def well_formed(self, raw: str) -> bool:
         """Whether Keyplane may know ``raw``: its checksum (and an accepted prefix), or the

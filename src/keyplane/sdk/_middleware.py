@@ -116,10 +116,7 @@ class KeyplaneMiddleware:
         self.verifier = Verifier(self.cache, self.usage, self.runtime.connect, realm)
         credentials = Credentials(legacy_headers, key_prefixes, imported_keys)
         exempt = [p.strip() for p in exempt_paths if p.strip()]
-        exact = tuple(dict.fromkeys(p for p in exempt if not p.endswith("*")))
-        # a few paths are compared (no hash of each request's path); many are hashed
-        self._exempt: tuple[str, ...] | frozenset[str] = exact if len(exact) <= 8 \
-            else frozenset(exact)
+        self._exempt = frozenset(p for p in exempt if not p.endswith("*"))
         self._exempt_prefixes = tuple(p[:-1] for p in exempt if p.endswith("*"))
         # the hot path's steps, bound once
         self._extract = credentials.extract
@@ -148,8 +145,8 @@ class KeyplaneMiddleware:
                 await self.app(scope, receive, send)
             return
         path = scope["path"]
-        exempt, prefixes = self._exempt, self._exempt_prefixes
-        if (exempt and path in exempt) or (prefixes and path.startswith(prefixes)):
+        if path in self._exempt or (self._exempt_prefixes
+                                    and path.startswith(self._exempt_prefixes)):
             scope["keyplane"] = None
         else:
             # the hit path, written out here (each call or frame is paid on every request):
