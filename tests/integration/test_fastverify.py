@@ -159,6 +159,39 @@ def test_a_remembered_answer_ends_with_the_verifier_credential(
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_credential"
 
 
+def test_a_remembered_answer_is_given_only_to_the_same_credential_headers(
+        http: httpx2.Client, keyplane: Keyplane, tenant: Tenant, verifier_key: str) -> None:
+    # the request's digest covers the headers that carry the caller's credential as sent: any
+    # other header set is verified afresh, by the route's rule for which header counts
+    secret = keyplane.keys.create(SYSTEM, tenant.id, {
+        "name": "zap", "owner_id": tenant.admin_id}).secret
+    body = {"key": secret, "tls": True}
+    for _ in range(3):
+        r = http.post("/v1/verify", json=body, headers=auth(verifier_key))
+        assert r.status_code == 200 and r.json()["code"] == "VALID"
+    assert remembered(keyplane) == 1
+    wrong = tokens.generate("kp")  # well-formed, unknown
+    cases: list[tuple[list[tuple[str, str]], int]] = [
+        ([("x-api-key", verifier_key)], 200),  # the same credential in another header
+        ([("authorization", "Basic Zm9vOmJhcg=="), ("x-api-key", verifier_key)], 200),
+        ([("authorization", f"Bearer {wrong}")], 401),
+        # the first Authorization header is the one read: a valid one after it does not count
+        ([("authorization", f"Bearer {wrong}"), ("authorization", f"Bearer {verifier_key}")],
+         401),
+        ([("authorization", f"Bearer {wrong}"), ("x-api-key", verifier_key)], 401),
+        ([], 401),
+    ]
+    for _ in range(2):  # the second time, whatever was remembered the first time
+        for headers, status in cases:
+            r = http.post("/v1/verify", json=body, headers=headers)
+            assert r.status_code == status, (headers, r.text)
+            if status == 200:
+                assert r.json()["code"] == "VALID"
+            else:
+                assert r.json()["error"]["code"] == (
+                    "invalid_credential" if headers else "unauthenticated")
+
+
 def test_remembered_answers_count_every_use_of_both_keys(
         http: httpx2.Client, keyplane: Keyplane, tenant: Tenant) -> None:
     verifier = keyplane.keys.create(SYSTEM, tenant.id, {
