@@ -160,6 +160,19 @@ class UsageRecorder:
         finally:
             lock.release()
 
+    def count_repeat(self, tally: Tally | None, key_id: str, at: float, outcome: str,
+                     scopes: frozenset[str] = NO_SCOPES, ip: Address | None = None,
+                     reason: str | None = None) -> None:
+        """One use of a remembered answer: on its ``tally`` (one C call) while this recorder
+        holds the tally's hour, else recorded as :meth:`record` does and the tally adopted."""
+        if tally is not None and tally.since <= at < tally.until:
+            next(tally.uses)
+            tally.last = at
+            return
+        self.record(key_id, at, outcome, 1, scopes, ip, reason)
+        if tally is not None:
+            self.adopt(tally)
+
     def adopt(self, tally: Tally) -> None:
         """Counts ``tally``'s uses in the current hour (again, if it was closed; call it after
         :meth:`record`, which starts the hour)."""

@@ -401,25 +401,12 @@ class VerifyService:
         if throttle.retry_after(AUTH_FAILURES, reuse.caller_ip) is not None or \
                 throttle.retry_after(VERIFY_FAILURES, reuse.subject) is not None:
             return None
-        # each use counted: on the repeat's tally while the recorder holds it (one C call),
-        # else recorded the ordinary way and the tally handed back to the recorder
-        tally = reuse.caller_tally
-        if tally is not None:
-            if tally.since <= now < tally.until:
-                next(tally.uses)
-                tally.last = now
-            else:
-                verifier.usage.record(tally.key_id, now, _VALID, ip=tally.ip)
-                verifier.usage.adopt(tally)
+        usage = verifier.usage
+        if reuse.caller_key_id is not None:
+            usage.count_repeat(reuse.caller_tally, reuse.caller_key_id, now, _VALID,
+                               ip=reuse.caller_ip)
             verifier.cache_hits += 1
-        tally = reuse.tally
-        if tally is not None and tally.since <= now < tally.until:
-            next(tally.uses)
-            tally.last = now
-        else:
-            verifier.usage.record(reuse.key_id, now, reuse.code, 1, reuse.scopes, ip=reuse.ip,
-                                  reason=reuse.reason)
-            if tally is not None:
-                verifier.usage.adopt(tally)
+        usage.count_repeat(reuse.tally, reuse.key_id, now, reuse.code, reuse.scopes, reuse.ip,
+                           reuse.reason)
         verifier.cache_hits += 1  # each credential answered from the cache
         return found
