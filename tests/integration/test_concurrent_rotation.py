@@ -70,17 +70,38 @@ class KeyLock:
             self.pg.close()
 
 
-def waiting_connections(kp: Keyplane) -> int:
-    """Connections the server has checked out of its pool (each waiting rotation holds one)."""
-    return int(kp.engine.pool.checkedout())  # type: ignore[attr-defined]
+class WriteStarts:
+    """Counts the write transactions the server's request threads begin (``BEGIN IMMEDIATE``,
+    SQLite). A rotation reads the key's version first, then begins its write transaction, which
+    waits for the lock: a begun write means the rotation has read. (Counting the connections
+    the server's pool has checked out was not enough: a background flush holds one too, and the
+    test then went on before the rotation had read, once in a full run.)"""
+
+    def __init__(self, kp: Keyplane) -> None:
+        self.engine = kp.engine
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def _seen(self, _conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("BEGIN IMMEDIATE") and \
+                threading.current_thread().name.startswith("AnyIO worker"):
+            with self._lock:
+                self.count += 1
+
+    def __enter__(self) -> WriteStarts:
+        sa.event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._seen)
 
 
-def rotations_waiting(lock: KeyLock, kp: Keyplane) -> int:
+def rotations_waiting(lock: KeyLock, starts: WriteStarts) -> int:
     """How many requests wait behind the key's lock: on PostgreSQL exactly (the backends it
     blocks; the pool also holds the LISTEN connection and background flushes), on SQLite the
-    connections the server has checked out."""
+    write transactions the server's request threads have begun."""
     waiting = lock.waiting()
-    return waiting if waiting is not None else waiting_connections(kp)
+    return waiting if waiting is not None else starts.count
 
 
 def live_secrets(kp: Keyplane, key_id: str) -> int:
@@ -107,13 +128,13 @@ def test_of_concurrent_rotations_without_if_match_exactly_one_wins(
             return client.post(f"/v1/keys/{key['id']}/rotate", json={}, headers=mk)
 
     url, schema = database
-    with ThreadPoolExecutor(max_workers=N) as pool:
+    with ThreadPoolExecutor(max_workers=N) as pool, WriteStarts(keyplane) as starts:
         with KeyLock(url, schema, key["id"]) as lock:
             futures: list[Future[httpx2.Response]] = [pool.submit(rotate) for _ in range(N)]
             deadline = time.monotonic() + 30
-            # every rotation has read the key and waits for the lock, holding a connection
-            # (SQLite cannot say who waits for its lock: the server's pool can)
-            while rotations_waiting(lock, keyplane) < N:
+            # every rotation has read the key and waits for the lock (SQLite cannot say who
+            # waits for its lock: the server's begun write transactions can)
+            while rotations_waiting(lock, starts) < N:
                 assert time.monotonic() < deadline, "the rotations never queued up"
                 time.sleep(0.05)
             assert not any(f.done() for f in futures)  # all of them wait for the lock
@@ -169,11 +190,11 @@ def test_a_rotation_racing_an_edit_loses_with_409(
             out["rotate"] = client.post(f"/v1/keys/{key['id']}/rotate", json={}, headers=mk)
 
     url, schema = database
-    with KeyLock(url, schema, key["id"]) as lock:
+    with WriteStarts(keyplane) as starts, KeyLock(url, schema, key["id"]) as lock:
         thread = threading.Thread(target=rotate)
         thread.start()
         deadline = time.monotonic() + 30
-        while rotations_waiting(lock, keyplane) < 1:
+        while rotations_waiting(lock, starts) < 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         if lock.pg is not None:  # the edit commits while the rotation waits behind the lock
