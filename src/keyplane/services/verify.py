@@ -196,13 +196,12 @@ class Verifier:
                 verdict, since, until, tally, key_id, outcome, scopes, reason = item[1]
                 at = self._timestamp()
                 if since <= at < until:
+                    # UsageRecorder.count_repeat, its common case written out (no call)
                     if tally is not None and tally.since <= at < tally.until:
-                        next(tally.uses)  # counted (usage.py's Tally)
+                        next(tally.uses)
                         tally.last = at
                     else:
-                        self.usage.record(key_id, at, outcome, 1, scopes, ip, reason)
-                        if tally is not None:
-                            self.usage.adopt(tally)
+                        self.usage.count_repeat(tally, key_id, at, outcome, scopes, ip, reason)
                     self.cache_hits += 1
                     return verdict  # type: ignore[no-any-return]
         elif not load:
