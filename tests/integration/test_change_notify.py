@@ -95,6 +95,9 @@ def test_losing_the_listening_connection_degrades_and_it_listens_again(
             original = two.propagation._listener_down
 
             def down() -> None:
+                # handled slowly, as under load: meanwhile the broken connection (whose pid libpq
+                # then reports as 0) must not pass for a new one
+                time.sleep(0.3)
                 original()
                 ttls.append(two.verifier.cache.ttl)
             listener.on_down = down  # record the degraded state as it is entered

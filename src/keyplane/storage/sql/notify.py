@@ -146,9 +146,12 @@ class ChangeListener:
 
     @property
     def backend_pid(self) -> int | None:
-        """The listening connection's server process (for tests and operators)."""
+        """The listening connection's server process (for tests and operators); ``None`` while
+        there is none, including once libpq has found the connection broken (it then reports
+        pid 0, before this thread has handled the failure)."""
         conn = self._conn
-        return int(conn.info.backend_pid) if conn is not None else None
+        pid = int(conn.info.backend_pid) if conn is not None else 0
+        return pid or None
 
     def _run(self, waker: socket.socket) -> None:
         backoff = 0.1
