@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import keyplane
 import keyplane.core
@@ -257,3 +259,67 @@ def test_client_address_and_tls_as_the_server_resolves_them(
     address = net.client_address(conn, networks)
     expected = (str(address) if address is not None else None, net.is_tls(conn, networks))
     assert Peer(trusted).resolve(scope) == expected
+
+
+# -- where a request carries its key ------------------------------------------------------------
+
+LEGACY = ["X-Legacy-Key"]
+HEADERS: list[list[tuple[str, str]]] = [
+    [("Authorization", f"Bearer {GOOD}")],
+    [("Authorization", f"bearer {GOOD}")],
+    [("Authorization", f"BEARER   svc:{GOOD}  ")],
+    [("Authorization", "Bearer svc:")],
+    [("Authorization", f"Bearer Bearer {GOOD}")],
+    [("Authorization", "Basic dXNlcjpwYXNz"), ("Authorization", f"Bearer {GOOD}")],
+    [("Authorization", "Basic dXNlcjpwYXNz"), ("X-API-Key", GOOD)],
+    [("Authorization", "Bearer "), ("X-API-Key", GOOD)],
+    [("Authorization", "Bearer"), ("X-API-Key", GOOD)],
+    [("Authorization", f"Bearer\t{GOOD}")],
+    [("Authorization", f"Bearer {GOOD}\xa0")],  # not ASCII whitespace: kept, then malformed
+    [("X-API-Key", f"  {GOOD}  ")],
+    [("X-API-Key", f"Bearer svc:{GOOD}")],
+    [("X-API-Key", " "), ("X-API-Key", GOOD)],
+    [("X-API-Key", ""), ("X-Legacy-Key", GOOD)],
+    [("X-Legacy-Key", GOOD), ("X-API-Key", "other")],
+    [("X-Other", GOOD)],
+    [],
+]
+
+
+def _as_asgi(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def _both(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    from keyplane.sdk._credentials import Credentials
+    from keyplane.web import credentials
+
+    found = Credentials(LEGACY).extract(headers)
+    return (found.decode("latin-1") or None if found is not None else None,
+            credentials.from_headers(headers, credentials.legacy_names(LEGACY)))
+
+
+@pytest.mark.parametrize("headers", HEADERS)
+def test_the_key_a_request_presents_as_the_server_reads_it(
+        headers: list[tuple[str, str]]) -> None:
+    sdk_key, server_key = _both(_as_asgi(headers))
+    assert sdk_key == server_key
+
+
+def test_the_header_cases_cover_keys_and_no_key() -> None:
+    found = [_both(_as_asgi(h))[1] for h in HEADERS]
+    assert GOOD in found and None in found and len(set(found)) >= 3
+
+
+_NAMES = st.sampled_from([b"authorization", b"x-api-key", b"x-legacy-key", b"host"])
+_VALUES = st.lists(st.sampled_from(
+    [b"Bearer ", b"bearer ", b"Basic ", b" ", b"\t", b"svc:", b":", b"kp_a", b"kp_b", b"\xa0",
+     b"Bearer", b"x"]), max_size=5).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=6))
+def test_any_headers_give_the_sdk_and_the_server_the_same_key(
+        headers: list[tuple[bytes, bytes]]) -> None:
+    sdk_key, server_key = _both(headers)
+    assert sdk_key == server_key

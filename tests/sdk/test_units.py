@@ -118,17 +118,22 @@ A, B, L = "kp_aaaa", "kp_bbbb", "kp_llll"
     ([("Authorization", f"bearer {A}")], False, A),  # the scheme is case-insensitive
     ([("Authorization", f"BEARER   {A}  ")], False, A),
     ([("Authorization", f"Bearer svc:{A}")], False, A),  # "<name>:<key>"
-    ([("Authorization", "Basic dXNlcjpwYXNz"), ("Authorization", f"Bearer {A}")], False, A),
+    # the first Authorization decides: another scheme first, and no later one counts
+    ([("Authorization", "Basic dXNlcjpwYXNz"), ("Authorization", f"Bearer {A}")], False, None),
+    ([("Authorization", "Basic dXNlcjpwYXNz"), ("X-API-Key", B)], False, B),
     ([("Authorization", f"Bearer {A}"), ("Authorization", f"Bearer {B}")], False, A),
     ([("X-API-Key", B), ("Authorization", f"Bearer {A}")], False, A),  # bearer first
-    ([("X-API-Key", " "), ("X-API-Key", B), ("X-API-Key", A)], False, B),
+    ([("X-API-Key", B), ("X-API-Key", A)], False, B),
+    ([("X-API-Key", " "), ("X-API-Key", B)], False, None),  # the first one, blank
+    ([("X-API-Key", f"Bearer svc:{B}")], False, B),
     ([("Authorization", "Bearer"), ("X-API-Key", B)], False, B),
     ([("Authorization", "Bearer    "), ("Authorization", f"Bearerx {A}")], False, None),
     ([("Authorization", f"Token {A}")], False, None),
     ([("X-Legacy-Key", L)], False, None),  # only when configured
     ([("X-Legacy-Key", L)], True, L),
     ([("X-Legacy-Key", L), ("X-API-Key", B)], True, B),
-    ([("Host", "api.example"), ("X-Legacy-Key", ""), ("X-Legacy-Key", L)], True, L),
+    ([("Host", "api.example"), ("X-Legacy-Key", L), ("X-Legacy-Key", B)], True, L),
+    ([("X-API-Key", ""), ("X-Legacy-Key", L)], True, L),
     ([], False, None),
 ])
 def test_the_key_is_read_from_the_first_header_that_carries_one_in_precedence_order(

@@ -1,7 +1,17 @@
 """Where a request carries its key, and whether it is worth asking Keyplane about.
 
 The key is read from ``Authorization: Bearer <key>``, ``Authorization: Bearer <name>:<key>``,
-``X-API-Key`` or one of the configured legacy headers, in that order. A key that is not
+``X-API-Key`` or one of the configured legacy headers, in that order; the rule is the server's
+(``keyplane.web.credentials``), checked against it by ``tests/sdk/test_protocol_contract.py``:
+
+- the first ``Authorization`` header decides when it is ``Bearer <credential>`` (the scheme in
+  any case, the credential not blank); when the first one is anything else, no later
+  ``Authorization`` header counts;
+- otherwise the first ``X-API-Key`` when it is not blank, else the first legacy header when it
+  is not blank; their value may also be ``Bearer <credential>``;
+- a credential is ``<key>`` or ``<name>:<key>``.
+
+A key that is not
 well-formed (Keyplane's checksum, or an imported key's shape when those are accepted) is
 refused offline: Keyplane is never asked about a typo or a random string.
 """
@@ -32,11 +42,10 @@ class Credentials:
 
     def extract(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
         """The key an ASGI request's headers carry (its bytes, as sent: a key is ASCII), or
-        ``None``.
+        ``None`` (or empty: ``<name>:`` carries none).
 
-        The first ``Authorization: Bearer`` header wins over everything, so the scan stops
-        there; otherwise the first ``X-API-Key``, then the first legacy header. (On the hot
-        path of every request: each step here is paid per header.)"""
+        On the hot path of every request: each step here is paid per header, so the usual
+        case (the first ``Authorization`` is ``Bearer …``) ends the scan there."""
         found: bytes | None
         api = legacy = None
         names = self.legacy
@@ -48,18 +57,41 @@ class Credentials:
                         rest := value[7:]).strip():
                     found = rest
                     break
-            elif name == b"x-api-key":
-                if api is None and value.strip():
+                # the first Authorization is not a Bearer credential: no later one counts
+                return self._without_bearer(headers)
+            if name == b"x-api-key":
+                if api is None:
                     api = value
-            elif names and legacy is None and name in names and value.strip():
+            elif names and legacy is None and name in names:
                 legacy = value
         else:
-            found = api or legacy
-            if found is None:
-                return None
+            return self._named(api, legacy)
         # "<name>:<key>" is accepted too; a key never contains ':' (not `b":" in found`: for
         # bytes, `in` first tries its operand as an integer and formats a TypeError)
         return found.rpartition(b":")[2].strip()
+
+    def _without_bearer(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+        """The key in the first ``X-API-Key`` or legacy header."""
+        api = legacy = None
+        names = self.legacy
+        for name, value in headers:
+            if name == b"x-api-key":
+                if api is None:
+                    api = value
+            elif names and legacy is None and name in names:
+                legacy = value
+        return self._named(api, legacy)
+
+    @staticmethod
+    def _named(api: bytes | None, legacy: bytes | None) -> bytes | None:
+        """The key in ``X-API-Key``'s value when it is not blank, else in the legacy header's:
+        ``[Bearer ]<key>`` or ``[Bearer ]<name>:<key>``."""
+        for value in (api, legacy):
+            if value is not None and (value := value.strip()):
+                if value[:7].lower() == b"bearer ":
+                    value = value[7:]
+                return value.rpartition(b":")[2].strip()
+        return None
 
     def well_formed(self, raw: str) -> bool:
         """Whether Keyplane may know ``raw``: its checksum (and an accepted prefix), or the

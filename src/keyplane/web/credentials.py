@@ -1,6 +1,14 @@
-"""Where a credential is read from: ``Authorization: Bearer <key>`` or ``Bearer <name>:<key>``,
-then ``X-API-Key``, then the configured legacy headers (``KEYPLANE_LEGACY_HEADERS``), the first
-of each, in that order — the same rule as the SDK's middleware, for every route that reads one.
+"""Where a credential is read from, for every route that reads one (the SDK's middleware keeps
+the same rule in ``keyplane.sdk._credentials``; ``tests/sdk/test_protocol_contract.py`` runs
+both on the same headers):
+
+- the first ``Authorization`` header decides when it is ``Bearer <credential>`` (the scheme in
+  any case, the credential not blank); when the first one is anything else, no later
+  ``Authorization`` header counts;
+- otherwise the first ``X-API-Key`` when it is not blank, else the first of the configured
+  legacy headers (``KEYPLANE_LEGACY_HEADERS``) when it is not blank; their value may also be
+  ``Bearer <credential>``;
+- a credential is ``<key>`` or ``<name>:<key>``.
 """
 
 from __future__ import annotations
@@ -43,16 +51,23 @@ def presented(headers: Iterable[tuple[bytes, bytes]], legacy: frozenset[bytes]) 
 
 
 def credential_in(found: Presented) -> str | None:
-    """The key in the headers :func:`presented` found, or None."""
+    """The key in the headers :func:`presented` found, or None. (Bytes throughout, as the SDK
+    reads them: only ASCII whitespace is blank or stripped.)"""
     auth, api, other = found
     if auth is not None:
         scheme, _, rest = auth.partition(b" ")
         if scheme.lower() == b"bearer" and rest.strip():
-            return key_in(rest.decode("latin-1")) or None
+            return _unnamed(rest)
     for value in (api, other):
-        if value is not None and value.strip():
-            return key_in(value.decode("latin-1")) or None
+        if value is not None and (value := value.strip()):
+            scheme, space, rest = value.partition(b" ")
+            return _unnamed(rest if space and scheme.lower() == b"bearer" else value)
     return None
+
+
+def _unnamed(credential: bytes) -> str | None:
+    """The key in ``<key>`` or ``<name>:<key>`` (None when that is blank)."""
+    return credential.rpartition(b":")[2].strip().decode("latin-1") or None
 
 
 def from_headers(headers: Iterable[tuple[bytes, bytes]], legacy: frozenset[bytes]) -> str | None:
