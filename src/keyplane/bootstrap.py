@@ -315,7 +315,7 @@ def build(
             ctx, events_repo, base_url=settings.base_url,
             interval=timedelta(seconds=settings.expiry_interval_seconds or 900)),
         automations=AutomationService(ctx, events_repo, webhook_repo, outbox,
-                                      verification.identify),
+                                      verification.identify, connected_repos),
         imports=ImportService(ctx, imports_repo),
         invalidation_lag=lag,
         prefixes=prefixes,

@@ -267,3 +267,26 @@ def test_unknown_keys_are_guesses_slowed_per_address(database: tuple[str, str | 
         # the same count as /v1/verify's guesses: that address is refused there too
         r = http.post("/v1/verify", json={"key": ours["key"]}, headers=auth(verifier))
         assert r.status_code == 200 and r.json()["code"] == "RATE_LIMITED", r.text
+
+
+def test_a_rule_names_only_a_registered_app(site: Site, receivers: list[Receiver]) -> None:
+    kp, http, tenant, _verifier = site
+    hook = webhook(http, tenant, receivers[0])
+    body = {"name": "via Zap", "event": "contact.created", "webhook_ids": [hook]}
+    r = http.post("/v1/automations", json={**body, "app_id": "app_nothere"},
+                  headers=auth(tenant.management_key))
+    assert r.status_code == 404, r.text  # a typo would otherwise be a rule that never fires
+    assert r.json()["error"]["field"] == "app_id"
+    assert http.get("/v1/automations", headers=auth(tenant.management_key)).json()["items"] == []
+    # any tenant's registered app may be named, connected or not yet
+    other = make_tenant(kp, name="Partner")
+    r = http.post("/v1/apps", json={"name": "Zap", "redirect_uris": ["https://zap.example/cb"],
+                                    "homepage": "https://zap.example",
+                                    "scopes": ["contacts:read"]},
+                  headers=auth(other.management_key))
+    assert r.status_code == 201, r.text
+    made = rule(http, tenant, **body, app_id=r.json()["id"])
+    assert made["app_id"] == r.json()["id"]
+    r = http.patch(f"/v1/automations/{made['id']}", json={"app_id": "app_gone"},
+                   headers=auth(tenant.management_key))
+    assert r.status_code == 404 and r.json()["error"]["field"] == "app_id", r.text

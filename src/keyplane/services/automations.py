@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from keyplane.core import ids
+from keyplane.core.apps import ConnectedRepos
 from keyplane.core.decisions import Code
 from keyplane.core.errors import Conflict, NotFound, ValidationError
 from keyplane.core.events import (
@@ -72,10 +73,12 @@ class Reported:
 class AutomationService:
     def __init__(self, ctx: Context, repos: Callable[[UnitOfWork], AutomationRepo],
                  webhooks: WebhookRepos, outbox: Outbox,
-                 identify: Callable[[Caller, str], Verdict]) -> None:
+                 identify: Callable[[Caller, str], Verdict],
+                 apps: Callable[[UnitOfWork], ConnectedRepos]) -> None:
         self.ctx = ctx
         self.repos = repos
         self.webhooks = webhooks
+        self.apps = apps  # a rule's app_id must name a registered partner app
         self.outbox = outbox
         # VerifyService.identify: whose key, is it live, may the caller know it (another
         # tenant's key is unknown), and the guess throttle (429 for an address over it)
@@ -105,7 +108,8 @@ class AutomationService:
 
     def _apply(self, uow: UnitOfWork, tid: str, a: Automation, body: dict[str, Any]) -> None:
         """Validates and sets the fields in ``body``; ids must name the tenant's own objects
-        (another tenant's do not exist: 404)."""
+        (another tenant's do not exist: 404), and ``app_id`` a registered partner app (any
+        tenant may connect one: a rule may name an app before it is connected)."""
         if "name" in body:
             a.name = v.text(body["name"], "name", max_len=v.MAX_NAME)
         if "description" in body:
@@ -126,6 +130,8 @@ class AutomationService:
                                f"{a.principal_id}", field="principal_id")
         if "app_id" in body:
             a.app_id = self._id(body["app_id"], "app_id")
+            if a.app_id is not None and self.apps(uow).apps.get(a.app_id) is None:
+                raise NotFound(f"app_id: no such app {a.app_id}", field="app_id")
         if "webhook_ids" in body:
             value = body["webhook_ids"]
             if not isinstance(value, list) or not value or len(value) > MAX_RULE_WEBHOOKS:
