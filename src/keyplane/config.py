@@ -153,7 +153,8 @@ class Settings(BaseSettings):
     # partner developers (console accounts that register OAuth apps for operator approval)
     partner_signup: Literal["open", "invite", "closed"] = Field(
         default="invite", description="Who may create a partner developer account: anyone "
-        "(open), only with a link the operator's staff made (invite), or nobody (closed)")
+        "with a link mailed to their address (open: needs KEYPLANE_SMTP_URL), only with a "
+        "link the operator's staff made (invite), or nobody (closed)")
     partner_invite_days: int = Field(default=7, ge=1, le=90,
                                      description="How long a partner invitation link works")
     db_pool_size: int = 10
@@ -192,6 +193,14 @@ class Settings(BaseSettings):
             if not HEADER_NAME.match(name):
                 raise ValueError(f"KEYPLANE_LEGACY_HEADERS: {name!r} is not an HTTP header name")
         return value
+
+    @model_validator(mode="after")
+    def _open_signup_mails_links(self) -> Settings:
+        if self.partner_signup == "open" and self.smtp_url is None:
+            raise ValueError("KEYPLANE_PARTNER_SIGNUP=open needs KEYPLANE_SMTP_URL: open "
+                             "sign-up mails a link to prove the address (use invite without "
+                             "a mail server)")
+        return self
 
     @model_validator(mode="after")
     def _lease_outlives_attempt(self) -> Settings:

@@ -5,6 +5,7 @@ ids answer 404, an unapproved app cannot be authorised, and the CLI that creates
 from __future__ import annotations
 
 import re
+import time
 from html import unescape
 from pathlib import Path
 from urllib.parse import urlencode
@@ -19,6 +20,7 @@ from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, serving
 from tests.integration.console_support import secret_in
 from tests.integration.oauth_support import authorize_url, csrf, pkce, sign_in
+from tests.smtp_server import MailServer
 
 STAFF_EMAIL = "staff@operator.example"
 STAFF_PASSWORD = "operator staff password"
@@ -313,11 +315,59 @@ def test_sign_out_ends_the_staff_session(keyplane: Keyplane, http: httpx2.Client
     assert http.get("/operator/apps").status_code == 303
 
 
-def test_open_and_closed_signup(database: tuple[str, str | None], tmp_path: Path) -> None:
+def ask_for_link(http: httpx2.Client, email: str) -> httpx2.Response:
+    page = http.get("/partners/signup")
+    assert page.status_code == 200 and 'name="password"' not in page.text, page.text
+    return http.post("/partners/signup", data={"csrf_token": csrf(page.text), "email": email})
+
+
+def mailed_link(mail: MailServer, address: str, n: int) -> str:
+    mail.inbox.wait(n)
+    found = re.search(r"/partners/signup\?invitation=(\S+)",
+                      mail.inbox.body(mail.inbox.to(address)[-1]))
+    assert found is not None
+    return found.group(1)
+
+
+def _page_of(response: httpx2.Response) -> str:
+    """The page, without what differs on every request (its CSRF token)."""
+    return re.sub(r'name="csrf_token" value="[^"]*"', "", response.text)
+
+
+def test_open_signup_proves_the_address_and_never_says_whether_it_has_an_account(
+        database: tuple[str, str | None], tmp_path: Path, mail_server: MailServer) -> None:
     url, schema = database
-    with serving(url, schema, tmp_path, partner_signup="open") as (_kp, http):
-        r = sign_up(http, "anyone@zap.example")
-        assert r.status_code == 303
+    with serving(url, schema, tmp_path, partner_signup="open",
+                 smtp_url=mail_server.url) as (kp, http):
+        # no account without a mailed link: the whole form with a forged one is refused
+        page = http.get("/partners/signup")
+        assert "Email me a sign-up link" in page.text
+        r = http.post("/partners/signup", data={
+            "csrf_token": csrf(page.text), "email": "mallory@zap.example",
+            "password": DEV_PASSWORD, "name": "M", "invitation": "1.bm9wZQ.forged"})
+        assert r.status_code == 400 and "not valid or has expired" in unescape(r.text)
+        assert kp.accounts.list(SYSTEM, AccountKind.DEVELOPER).items == []
+
+        first = ask_for_link(http, "anyone@zap.example")
+        assert first.status_code == 200 and "Check your email" in first.text
+        token = mailed_link(mail_server, "anyone@zap.example", 1)
+        assert sign_up(http, "anyone@zap.example", token).status_code == 303
+        http.cookies.clear()
+        # the same address, now with an account: the same answer, and a mail to sign in
+        again = ask_for_link(http, "anyone@zap.example")
+        assert again.status_code == 200 and _page_of(again) == _page_of(first)
+        mail_server.inbox.wait(2)
+        note = mail_server.inbox.body(mail_server.inbox.to("anyone@zap.example")[-1])
+        assert "has an account already" in note and "invitation=" not in note
+        # a link is for its own address only
+        assert sign_up(http, "other@zap.example", token).status_code == 400
+        assert [a.email for a in kp.accounts.list(SYSTEM, AccountKind.DEVELOPER).items] == [
+            "anyone@zap.example"]
+
+
+def test_closed_signup_makes_no_account(database: tuple[str, str | None],
+                                        tmp_path: Path) -> None:
+    url, schema = database
     with serving(url, schema, tmp_path, partner_signup="closed") as (kp, http):
         page = http.get("/partners/signup")
         assert "closed" in page.text and 'name="password"' not in page.text
@@ -328,8 +378,17 @@ def test_open_and_closed_signup(database: tuple[str, str | None], tmp_path: Path
                                                 "email": "b@zap.example",
                                                 "password": DEV_PASSWORD})
         assert r.status_code == 400
-        assert kp.accounts.list(SYSTEM, AccountKind.DEVELOPER).items[0].email \
-            == "anyone@zap.example"
+        assert kp.accounts.list(SYSTEM, AccountKind.DEVELOPER).items == []
+
+
+def test_open_signup_needs_a_mail_server(tmp_path: Path) -> None:
+    from pydantic import ValidationError as SettingsError
+
+    from keyplane.config import Settings
+
+    with pytest.raises(SettingsError, match="KEYPLANE_PARTNER_SIGNUP=open needs "
+                                            "KEYPLANE_SMTP_URL"):
+        Settings(data_dir=tmp_path, partner_signup="open")
 
 
 def test_cli_creates_operator_staff(keyplane: Keyplane, tmp_path: Path,
@@ -369,16 +428,21 @@ def test_disabling_staff_ends_their_sessions(keyplane: Keyplane, http: httpx2.Cl
     assert r.status_code == 401
 
 
-def test_open_signup_makes_a_few_accounts_per_address_not_thousands(
-        database: tuple[str, str | None], tmp_path: Path) -> None:
+def test_open_signup_mails_a_few_links_per_address_not_thousands(
+        database: tuple[str, str | None], tmp_path: Path, mail_server: MailServer) -> None:
     url, schema = database
-    with serving(url, schema, tmp_path, partner_signup="open") as (kp, http):
-        for n in range(5):
-            assert sign_up(http, f"dev{n}@zap.example").status_code == 303
-            http.cookies.clear()
-        r = sign_up(http, "dev5@zap.example")
+    with serving(url, schema, tmp_path, partner_signup="open",
+                 smtp_url=mail_server.url) as (_kp, http):
+        for _ in range(3):  # one inbox: three links an hour
+            assert ask_for_link(http, "victim@zap.example").status_code == 200
+        r = ask_for_link(http, "victim@zap.example")
+        assert r.status_code == 429 and "Too many sign-up requests" in r.text
+        assert int(r.headers["retry-after"]) > 0
+        for n in range(2):  # one client address: five an hour, whatever the inbox
+            assert ask_for_link(http, f"dev{n}@zap.example").status_code == 200
+        r = ask_for_link(http, "dev9@zap.example")
         assert r.status_code == 429
-        assert "Too many sign-ups from your address" in r.text
-        emails = {a.email for a in kp.accounts.list(
-            SYSTEM, AccountKind.DEVELOPER).items}
-        assert "dev5@zap.example" not in emails and len(emails) == 5
+        mail_server.inbox.wait(5)
+        time.sleep(0.3)
+        assert len(mail_server.inbox.messages) == 5
+        assert mail_server.inbox.to("dev9@zap.example") == []

@@ -4,8 +4,11 @@
   act as the operator (``CredentialKind.OPERATOR_SESSION`` with ``platform:write``) through the
   same services as the operator's key, and no key is minted for them.
 * Partner developers sign up at ``/partners/signup`` as ``KEYPLANE_PARTNER_SIGNUP`` allows:
-  ``open`` (anyone), ``invite`` (the default: only with a link the operator's staff made; the
-  link is signed, expires, and is spent once an account with its email exists) or ``closed``.
+  ``invite`` (the default: only with a link the operator's staff made; the link is signed,
+  expires, and is spent once an account with its email exists), ``open`` (anyone may have the
+  same kind of link mailed to an address they read: :meth:`AccountService.request_signup`; the
+  answer, and the time it takes, is the same whether or not the address has an account, which
+  is mailed a note to sign in instead) or ``closed``.
   A developer holds no management right (``CredentialKind.DEVELOPER_SESSION``): it registers
   apps, which stay pending until the operator approves them, and sees only its own.
 
@@ -52,8 +55,11 @@ from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_passwor
 from keyplane.services.sessions import SESSION_TOKEN_BYTES
 from keyplane.services.throttle import FailureThrottle, client_key
 
-#: open sign-up: new developer accounts per client address (the throttle's shared store)
+#: open sign-up: links mailed per client address, and per email address (nobody floods
+#: someone else's inbox), in the throttle's shared store
 SIGNUPS_PER_IP = Limit(5, 3600, "signup")
+SIGNUPS_PER_ADDRESS = Limit(3, 3600, "signup")
+SIGNUP_LINK_LIFETIME = timedelta(hours=24)  # a link someone asked for, not the staff's
 
 Repos = Callable[[UnitOfWork], AccountRepos]
 TOKEN_PREFIX = "a."  # tells an account's session cookie from a member's at a glance
@@ -173,11 +179,7 @@ class AccountService:
             raise Conflict("partner sign-up is closed (KEYPLANE_PARTNER_SIGNUP=closed)",
                            code="signup_closed")
         address = v.email(email)
-        expires = self.ctx.clock.now() + self.invite_lifetime
-        stamp = int(expires.timestamp())
-        encoded = base64.urlsafe_b64encode(address.encode()).decode().rstrip("=")
-        token = f"{stamp}.{encoded}.{self._invite_mac(stamp, address)}"
-        link = f"{self.base_url}/partners/signup?invitation={token}"
+        token, link, expires = self._signup_link(address, self.invite_lifetime)
         with self.ctx.uow() as uow:
             if self.repos(uow).accounts.by_email(AccountKind.DEVELOPER, address) is not None:
                 raise Conflict("email: this developer has an account already",
@@ -190,6 +192,56 @@ class AccountService:
                 f"{expires:%Y-%m-%d %H:%M} UTC):\n\n{link}\n")
             uow.commit()
         return Invitation(email=address, token=token, expires_at=expires, mailed=mailed)
+
+    def _signup_link(self, address: str, lifetime: timedelta) -> tuple[str, str, datetime]:
+        """A signed sign-up link for ``address``: (token, link, expiry)."""
+        expires = self.ctx.clock.now() + lifetime
+        stamp = int(expires.timestamp())
+        encoded = base64.urlsafe_b64encode(address.encode()).decode().rstrip("=")
+        token = f"{stamp}.{encoded}.{self._invite_mac(stamp, address)}"
+        return token, f"{self.base_url}/partners/signup?invitation={token}", expires
+
+    def request_signup(self, email: Any, *, ip: str | None) -> str:
+        """Open sign-up's first step: check the address and the limits (counted per address
+        and per client address whether or not an account exists, so the limits say nothing
+        either). Returns the address for :meth:`send_signup`, which the caller runs after
+        answering, so the answer takes as long whether or not there is an account."""
+        if self.signup is not PartnerSignup.OPEN:
+            raise PermissionDenied("partner sign-up is by invitation; ask the operator for a "
+                                   "link", code="invitation_required")
+        address = v.email(email)
+        for limit, kind, ident in ((SIGNUPS_PER_ADDRESS, "signup-address", address),
+                                   (SIGNUPS_PER_IP, "signup", client_key(ip) if ip else "")):
+            if ident and not self.throttle.count(limit, kind, ident):
+                raise RateLimited("too many sign-up requests; try again later",
+                                  retry_after=self.throttle.wait(limit, kind, ident) or 60,
+                                  limit=limit.amount, remaining=0)
+        return address
+
+    def send_signup(self, address: str, *, ip: str | None,
+                    request_id: str | None = None) -> None:
+        """Mail ``address`` a sign-up link, or, when a developer account has it already, a
+        note to sign in (or reset the password) instead."""
+        actor = Caller(kind=CredentialKind.DEVELOPER_SESSION, scopes=frozenset(), ip=ip,
+                       request_id=request_id, name="partner-signup")
+        with self.ctx.uow() as uow:
+            exists = self.repos(uow).accounts.by_email(AccountKind.DEVELOPER, address)
+            if exists is not None:
+                subject = "You already have a partner developer account"
+                text = ("Someone (we hope you) asked to sign up as a partner developer with "
+                        f"this address, which has an account already.\n\nSign in at "
+                        f"{self.base_url}/signin\n\nIf you did not ask, ignore this email.\n")
+            else:
+                _token, link, expires = self._signup_link(address, SIGNUP_LINK_LIFETIME)
+                subject = "Finish creating your partner developer account"
+                text = ("Someone (we hope you) asked to sign up as a partner developer with "
+                        f"this address.\n\nOpen this link to choose your password (it works "
+                        f"until {expires:%Y-%m-%d %H:%M} UTC):\n\n{link}\n\n"
+                        "If you did not ask, ignore this email: nothing is created.\n")
+            self.ctx.audit(uow, actor, "account.developer_signup_requested", address,
+                           tenant_id=None, account_exists=exists is not None)
+            self.ctx.mail_after_commit(uow, [address], subject, text)
+            uow.commit()
 
     def _invite_mac(self, stamp: int, address: str) -> str:
         return self.ctx.hasher.digest(f"partner-invitation:{stamp}:{address}")
@@ -220,23 +272,20 @@ class AccountService:
             raise PermissionDenied("partner sign-up is closed; ask the operator for access",
                                    code="signup_closed")
         fields = {k: body.get(k) for k in ACCOUNT_FIELDS}
-        if self.signup is PartnerSignup.INVITE or body.get("invitation"):
-            if not body.get("invitation"):
-                raise PermissionDenied("partner sign-up is by invitation; ask the operator "
-                                       "for a link", code="invitation_required")
-            invited = self.invited_email(body.get("invitation"))
-            given = body.get("email")
-            if given and (not isinstance(given, str) or given.strip().lower() != invited):
-                raise ValidationError("email: this invitation is for another address",
-                                      field="email")
-            fields["email"] = invited
-        elif ip:  # open sign-up: an address makes a few accounts an hour, not thousands
-            who = client_key(ip)
-            wait = self.throttle.wait(SIGNUPS_PER_IP, "signup", who)
-            if wait is not None or not self.throttle.count(SIGNUPS_PER_IP, "signup", who):
-                raise RateLimited("too many sign-ups from this address; try again later",
-                                  retry_after=wait or 3600, limit=SIGNUPS_PER_IP.amount,
-                                  remaining=0)
+        # every account proves its email with a link: the staff's invitation, or (open
+        # sign-up) the one request_signup mailed
+        if not body.get("invitation"):
+            raise PermissionDenied(
+                "open sign-up mails you a link first: ask for one with your email"
+                if self.signup is PartnerSignup.OPEN else
+                "partner sign-up is by invitation; ask the operator for a link",
+                code="invitation_required")
+        invited = self.invited_email(body.get("invitation"))
+        given = body.get("email")
+        if given and (not isinstance(given, str) or given.strip().lower() != invited):
+            raise ValidationError("email: this invitation is for another address",
+                                  field="email")
+        fields["email"] = invited
         actor = Caller(kind=CredentialKind.DEVELOPER_SESSION, scopes=frozenset(), ip=ip,
                        request_id=request_id, name="partner-signup")
         account = self._add(actor, AccountKind.DEVELOPER, fields)

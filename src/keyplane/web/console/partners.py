@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
@@ -15,8 +16,9 @@ from starlette.responses import RedirectResponse, Response
 from keyplane.core import scopes as sc
 from keyplane.core.accounts import AccountKind, PartnerSignup
 from keyplane.core.apps import AppStatus
-from keyplane.core.errors import AuthenticationError, KeyplaneError, RateLimited
+from keyplane.core.errors import AuthenticationError, KeyplaneError, RateLimited, ValidationError
 from keyplane.core.rights import SYSTEM
+from keyplane.services.accounts import SIGNUP_LINK_LIFETIME
 from keyplane.services.apps import IssuedSecret
 from keyplane.web import pages
 from keyplane.web.console import present
@@ -29,6 +31,7 @@ from keyplane.web.console.accounts import (
     text,
 )
 from keyplane.web.console.base import read_form, render, sentence
+from keyplane.web.errors import ratelimit_headers
 
 router = APIRouter(include_in_schema=False)
 DEV = AccountKind.DEVELOPER
@@ -64,7 +67,8 @@ def _errors(exc: KeyplaneError, fields: tuple[str, ...]) -> dict[str, str]:
 # -- signing up -------------------------------------------------------------------------------
 
 def _signup_page(request: Request, *, values: dict[str, str], errors: dict[str, str],
-                 status: int = 200) -> Response:
+                 status: int = 200, sent: str = "",
+                 headers: dict[str, str] | None = None) -> Response:
     env = pages.env_of(request)
     cookies: list[tuple[str, str]] = []
     binding = pages.csrf_binding(request, None, None, cookies)
@@ -77,11 +81,14 @@ def _signup_page(request: Request, *, values: dict[str, str], errors: dict[str, 
             errors = {**errors, "invitation": sentence(exc.message)}
     response = render(request, "console/partner_signup.html", {
         "values": values, "errors": errors, "mode": mode.value, "invited": invited,
-        "open": mode is PartnerSignup.OPEN or (mode is PartnerSignup.INVITE and invited),
+        "open": mode is not PartnerSignup.CLOSED and bool(invited),  # the account form
+        "ask": mode is PartnerSignup.OPEN and not invited,  # "email me a link"
+        "sent": sent, "hours": int(SIGNUP_LINK_LIFETIME.total_seconds() // 3600),
         "csrf_token": env.sessions.csrf_token(binding),
     }, status=status)
     for name, value in cookies:
         pages.set_cookie(request, response, name, value, max_age=None)
+    response.headers.update(headers or {})
     return response
 
 
@@ -111,13 +118,12 @@ async def signup(request: Request) -> Response:
             return _signup_page(request, values=shown, status=400, errors={
                 "": "This form has expired. Please try again."})
         body: dict[str, Any] = {k: v for k, v in values.items() if v}
+        ip = pages.client_ip(request)
+        request_id = request.scope.get("keyplane.request_id")
+        if env.accounts.signup is PartnerSignup.OPEN and not values["invitation"]:
+            return _request_link(request, values["email"], ip=ip, request_id=request_id)
         try:
-            raw, _who = env.accounts.sign_up(body, ip=pages.client_ip(request),
-                                             request_id=request.scope.get(
-                                                 "keyplane.request_id"))
-        except RateLimited:
-            return _signup_page(request, values=shown, status=429, errors={
-                "": "Too many sign-ups from your address. Please try again in an hour."})
+            raw, _who = env.accounts.sign_up(body, ip=ip, request_id=request_id)
         except KeyplaneError as exc:
             return _signup_page(request, values=shown, status=400,
                                 errors=_errors(exc, ("email", "name", "password")))
@@ -127,6 +133,27 @@ async def signup(request: Request) -> Response:
         return response
 
     return await run_in_threadpool(run)
+
+
+def _request_link(request: Request, email: str, *, ip: str | None,
+                  request_id: str | None) -> Response:
+    """Open sign-up's first step: the same answer whether or not the address has an account;
+    the lookup and the mail run after it is sent, so it takes as long either way."""
+    accounts = pages.env_of(request).accounts
+    values = {"email": email, "name": "", "invitation": ""}
+    try:
+        address = accounts.request_signup(email, ip=ip)
+    except ValidationError:
+        return _signup_page(request, values=values, status=422,
+                            errors={"email": "Enter the email address to send the link to."})
+    except RateLimited as exc:
+        return _signup_page(request, values=values, status=429, errors={
+            "": "Too many sign-up requests. Please try again in an hour."},
+            headers=ratelimit_headers(exc.retry_after, exc.limit, exc.remaining))
+    answer = _signup_page(request, values=values, errors={}, sent=address)
+    answer.background = BackgroundTask(accounts.send_signup, address, ip=ip,
+                                       request_id=request_id)
+    return answer
 
 
 # -- apps -------------------------------------------------------------------------------------
