@@ -9,6 +9,7 @@ interleaved, and the spread of the per-round ratios is printed with the median.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -346,14 +347,29 @@ class Comparison:
 def compare(targets: Sequence[Target], baseline: str, *, tool: str, rounds: int,
             duration: float, connections: int, warmup: float = 1.0,
             progress: Callable[[str], None] | None = None,
-            load_cpus: set[int] | None = None) -> Comparison:
+            load_cpus: set[int] | None = None, together: bool = False) -> Comparison:
     """Each target in turn, ``rounds`` times; the load generator on ``load_cpus`` if given
-    (the targets are then expected on the other CPUs: see :func:`split_cpus`)."""
+    (the targets are then expected on the other CPUs: see :func:`split_cpus`).
+
+    ``together``: in each round every target at once, each under its own load generator
+    (``connections`` each), for servers that share one CPU: the kernel gives each the same
+    share of it, so their rates compare their costs per request even while the machine's
+    speed drifts (measured one after the other, a drift between two runs is read as a
+    difference between the servers)."""
     result = Comparison(baseline)
     for t in targets:  # warm caches, connections and the JIT-less interpreter alike
         measure(tool, t, warmup, connections, load_cpus)
     for r in range(rounds):
         result.loads.append(os.getloadavg()[0])
+        if together:
+            if progress:
+                progress(f"round {r + 1}/{rounds}: " + " + ".join(t.name for t in targets))
+            with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+                runs = [pool.submit(measure, tool, t, duration, connections, load_cpus)
+                        for t in targets]
+                for t, run in zip(targets, runs, strict=True):
+                    result.add(t.name, run.result())
+            continue
         for t in targets:
             if progress:
                 progress(f"round {r + 1}/{rounds}: {t.name}")
