@@ -18,6 +18,7 @@ from keyplane.bootstrap import Keyplane
 from keyplane.core.rights import SYSTEM
 from tests.conftest import Tenant, auth, make_tenant, serving
 from tests.integration.helpers import create_key
+from tests.integration.oauth_support import approved_app, exchange, get_code, register
 from tests.integration.procs import wait_until
 from tests.support import SettableClock
 from tests.webhook_receiver import Receiver
@@ -269,24 +270,37 @@ def test_unknown_keys_are_guesses_slowed_per_address(database: tuple[str, str | 
         assert r.status_code == 200 and r.json()["code"] == "RATE_LIMITED", r.text
 
 
-def test_a_rule_names_only_a_registered_app(site: Site, receivers: list[Receiver]) -> None:
+def test_a_rule_names_only_an_app_the_tenant_registered_or_connected(
+        site: Site, receivers: list[Receiver]) -> None:
     kp, http, tenant, _verifier = site
     hook = webhook(http, tenant, receivers[0])
     body = {"name": "via Zap", "event": "contact.created", "webhook_ids": [hook]}
-    r = http.post("/v1/automations", json={**body, "app_id": "app_nothere"},
-                  headers=auth(tenant.management_key))
-    assert r.status_code == 404, r.text  # a typo would otherwise be a rule that never fires
-    assert r.json()["error"]["field"] == "app_id"
-    assert http.get("/v1/automations", headers=auth(tenant.management_key)).json()["items"] == []
-    # any tenant's registered app may be named, connected or not yet
+
+    def named(app_id: str) -> httpx2.Response:
+        return http.post("/v1/automations", json={**body, "app_id": app_id},
+                         headers=auth(tenant.management_key))
+
+    missing = named("app_nothere")  # a typo would otherwise be a rule that never fires
+    assert missing.status_code == 404, missing.text
+    assert missing.json()["error"]["field"] == "app_id"
+    # another tenant's app, approved but not connected here: it does not exist, word for word
+    operator = kp.keys.create(SYSTEM, None, {"name": "platform", "scopes": ["platform:write"],
+                                             "require_tls": False}, operator=True).secret
     other = make_tenant(kp, name="Partner")
-    r = http.post("/v1/apps", json={"name": "Zap", "redirect_uris": ["https://zap.example/cb"],
-                                    "homepage": "https://zap.example",
-                                    "scopes": ["contacts:read"]},
-                  headers=auth(other.management_key))
-    assert r.status_code == 201, r.text
-    made = rule(http, tenant, **body, app_id=r.json()["id"])
-    assert made["app_id"] == r.json()["id"]
+    theirs = approved_app(http, other.management_key, operator, name="Zap")
+    r = named(theirs.app_id)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"] == {**missing.json()["error"], "message": missing.json()[
+        "error"]["message"].replace("app_nothere", theirs.app_id)}
+    assert http.get("/v1/automations", headers=auth(tenant.management_key)).json()["items"] == []
+    # once this tenant's admin has connected it, it may be named
+    code, code_verifier = get_code(http, theirs, tenant.admin_email, tenant.admin_password)
+    assert exchange(http, theirs, code, code_verifier).status_code == 200
+    assert rule(http, tenant, **body, app_id=theirs.app_id)["app_id"] == theirs.app_id
+    # and so may an app it registered itself, connected or not
+    ours = register(http, tenant.management_key, name="Our own sync")
+    assert ours.status_code == 201, ours.text
+    made = rule(http, tenant, **body, app_id=ours.json()["id"])
     r = http.patch(f"/v1/automations/{made['id']}", json={"app_id": "app_gone"},
                    headers=auth(tenant.management_key))
     assert r.status_code == 404 and r.json()["error"]["field"] == "app_id", r.text

@@ -78,7 +78,7 @@ class AutomationService:
         self.ctx = ctx
         self.repos = repos
         self.webhooks = webhooks
-        self.apps = apps  # a rule's app_id must name a registered partner app
+        self.apps = apps  # a rule's app_id must name an app the tenant knows
         self.outbox = outbox
         # VerifyService.identify: whose key, is it live, may the caller know it (another
         # tenant's key is unknown), and the guess throttle (429 for an address over it)
@@ -108,8 +108,8 @@ class AutomationService:
 
     def _apply(self, uow: UnitOfWork, tid: str, a: Automation, body: dict[str, Any]) -> None:
         """Validates and sets the fields in ``body``; ids must name the tenant's own objects
-        (another tenant's do not exist: 404), and ``app_id`` a registered partner app (any
-        tenant may connect one: a rule may name an app before it is connected)."""
+        (another tenant's do not exist: 404), and ``app_id`` an app the tenant registered or
+        has connected (now or before)."""
         if "name" in body:
             a.name = v.text(body["name"], "name", max_len=v.MAX_NAME)
         if "description" in body:
@@ -130,8 +130,9 @@ class AutomationService:
                                f"{a.principal_id}", field="principal_id")
         if "app_id" in body:
             a.app_id = self._id(body["app_id"], "app_id")
-            if a.app_id is not None and self.apps(uow).apps.get(a.app_id) is None:
-                raise NotFound(f"app_id: no such app {a.app_id}", field="app_id")
+            if a.app_id is not None and not self._knows_app(uow, tid, a.app_id):
+                raise NotFound(f"app_id: no app {a.app_id} is connected to this account",
+                               field="app_id")
         if "webhook_ids" in body:
             value = body["webhook_ids"]
             if not isinstance(value, list) or not value or len(value) > MAX_RULE_WEBHOOKS:
@@ -146,6 +147,15 @@ class AutomationService:
                 if wid not in out:
                     out.append(wid)
             a.webhook_ids = out
+
+    def _knows_app(self, uow: UnitOfWork, tid: str, app_id: str) -> bool:
+        """An app the tenant may name: one it registered, or one connected to it now or
+        before. Any other app, another tenant's pending one included, does not exist here
+        (its id is not confirmed either)."""
+        repos = self.apps(uow)
+        app = repos.apps.get(app_id)
+        return app is not None and (app.owner_tenant_id == tid
+                                    or repos.connections.connected(tid, app_id))
 
     def create(self, caller: Caller, tenant_id: str | None, body: dict[str, Any]) -> Automation:
         tid = self._tenant(caller, tenant_id, write=True)

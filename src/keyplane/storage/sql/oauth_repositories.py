@@ -188,6 +188,11 @@ class SqlConnections:
         c = o.oauth_connections.c
         return [i for (i,) in self.conn.execute(sa.select(c.id).where(c.app_id == app_id))]
 
+    def connected(self, tenant_id: str, app_id: str) -> bool:
+        c = o.oauth_connections.c
+        return self.conn.execute(sa.select(c.id).where(
+            c.tenant_id == tenant_id, c.app_id == app_id).limit(1)).first() is not None
+
     def record_usage(self, last_used: dict[str, datetime],
                      counts: dict[str, tuple[int, int]]) -> None:
         c = o.oauth_connections.c
