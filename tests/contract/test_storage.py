@@ -164,6 +164,34 @@ def test_principal_and_group_round_trip(keyplane: Keyplane) -> None:
         assert u.groups.member_ids(g1.id) == []
 
 
+def test_principals_read_in_bulk_keep_their_groups_and_their_tenant(keyplane: Keyplane) -> None:
+    tenant, other = make_tenant(keyplane), make_tenant(keyplane, name="Other")
+    groups = [Group(id=ids.new_id("grp"), tenant_id=tenant.id, name=f"g{i}", scopes=[],
+                    created_at=T0) for i in range(3)]
+    people = [Principal(id=ids.new_id("svc"), tenant_id=tenant.id,
+                        kind=PrincipalKind.SERVICE_ACCOUNT, name=f"bot {i}", role=Role.MEMBER,
+                        created_at=T0, email=None, password_hash=None,
+                        group_ids=sorted(g.id for g in groups[:i]))
+              for i in range(4)]  # no group, one, two, three
+    theirs = Principal(id=ids.new_id("svc"), tenant_id=other.id,
+                       kind=PrincipalKind.SERVICE_ACCOUNT, name="theirs", role=Role.MEMBER,
+                       created_at=T0, email=None, password_hash=None)
+    with uow(keyplane) as u:
+        for g in groups:
+            u.groups.add(g)
+        for p in [*people, theirs]:
+            u.principals.add(p)
+        u.commit()
+    with uow(keyplane, readonly=True) as u:
+        found = u.principals.many(tenant.id, [p.id for p in people] + [theirs.id, "svc_none"])
+        assert found == {p.id: p for p in people}  # another tenant's is left out
+        assert u.principals.many(tenant.id, []) == {}
+        page = u.principals.page(tenant.id, kind=None, limit=3, cursor=None)
+        assert page.items == sorted(people, key=lambda p: p.id, reverse=True)[:3]
+        rest = u.principals.page(tenant.id, kind=None, limit=3, cursor=page.next_cursor)
+        assert rest.items == sorted(people, key=lambda p: p.id)[:1] and rest.next_cursor is None
+
+
 def test_api_key_and_secret_round_trip_every_field(keyplane: Keyplane) -> None:
     tenant = make_tenant(keyplane)
     owner = make_principal(keyplane, tenant.id)

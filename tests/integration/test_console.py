@@ -299,3 +299,43 @@ def test_an_api_user_can_own_a_key_made_in_the_console(
     assert "<dd>Zapier robot (API user)</dd>" in r.text
     assert "<td class=\"owner\" data-label=\"Owner\">Zapier robot (API user)</td>" in \
         http.get("/keys").text
+
+
+def test_owners_and_actors_are_named_however_many_principals_the_tenant_has(
+        http: httpx2.Client, tenant: Tenant, keyplane: Keyplane,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyplane.core.model import PrincipalKind
+    from keyplane.core.rights import SYSTEM
+    from keyplane.web.console import keys as console_keys
+
+    # the owner list offers the newest principals only (2000; 2 here): the rows, the hygiene
+    # report and the audit log still name everyone else
+    monkeypatch.setattr(console_keys, "MAX_PRINCIPALS", 2)
+    forms = keyplane.groups.create(SYSTEM, tenant.id, {"name": "Forms",
+                                                       "scopes": ["forms:read"]})
+    robot = keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
+                                       {"name": "Old robot", "group_ids": [forms.id]})
+    for n in range(2):
+        keyplane.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
+                                   {"name": f"New robot {n}"})
+    admin = keyplane.principals.get(SYSTEM, tenant.id, tenant.admin_id)
+    r = http.post("/v1/keys", headers=auth(tenant.management_key), json={
+        "name": "Nightly export", "owner_id": robot.id, "scopes": ["forms:read"],
+        "expires_in_days": 3})
+    assert r.status_code == 201, r.text
+    key_id = r.json()["id"]
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    token, version = detail_form(http, key_id)
+    assert http.post(f"/keys/{key_id}/lock", data={"csrf_token": token,
+                                                   "version": version}).status_code == 303
+
+    listed = http.get("/keys").text
+    assert '<option value="' + robot.id + '"' not in listed  # not offered in the filter
+    assert '<td class="owner" data-label="Owner">Old robot (API user)</td>' in listed
+    filtered = http.get("/keys", params={"owner": robot.id}).text  # a filter by URL works
+    assert ">Nightly export</a>" in filtered
+    assert '<td class="owner" data-label="Owner">Old robot (API user)</td>' in \
+        http.get("/hygiene", params={"reason": "expiring"}).text
+    audit = http.get("/audit").text
+    assert f'data-label="Actor">{admin.name}<span class="sub">Session</span>' in audit
+    assert "A removed member" not in audit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Iterable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from keyplane.services.context import Context
 from keyplane.services.passwords import MAX_PASSWORD, MIN_PASSWORD, hash_password
 
 LAST_ADMIN = "last_admin"
+MAX_NAMED = 1000  # principals named in one read (a page names at most a few dozen)
 
 
 def _role(value: Any) -> Role:
@@ -184,6 +186,21 @@ class PrincipalService:
         if principal is None:
             raise NotFound("no such member or service account")
         return principal
+
+    def named(self, caller: Caller, tenant_id: str | None,
+              principal_ids: Iterable[str]) -> dict[str, Principal]:
+        """The tenant's members and API users among ``principal_ids``, by id, in one read
+        (for naming the owners and actors on a page; another tenant's ids are left out)."""
+        tid = caller.tenant_for(tenant_id)
+        caller.require("members:read")
+        ids = {i for i in principal_ids if i}
+        if len(ids) > MAX_NAMED:
+            raise ValidationError(f"principal_ids: at most {MAX_NAMED} at once",
+                                  field="principal_ids")
+        if not ids:
+            return {}
+        with self.ctx.uow(readonly=True) as uow:
+            return uow.principals.many(tid, ids)
 
     def list(
         self,

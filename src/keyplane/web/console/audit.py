@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from keyplane.core.errors import KeyplaneError
-from keyplane.core.model import AuditEvent
+from keyplane.core.model import ApiKey, AuditEvent
 from keyplane.core.webhooks import EVENT_TYPES
 from keyplane.services.audit import CURSOR
 from keyplane.web.console import present
@@ -67,19 +67,23 @@ class Actor:
 
 
 def _actors(c: Console, events: list[AuditEvent]) -> dict[str, Actor]:
-    people = owner_names(c)
+    actors = {e.actor: e.actor.partition(":") for e in events}
+    keys: dict[str, ApiKey | None] = {}
+    for kind, _, ref in actors.values():
+        if kind == "key" and ref not in keys:
+            try:
+                keys[ref] = c.kp.keys.get(c.caller, c.tenant_id, ref)
+            except KeyplaneError:  # not a key of this tenant: the operator's
+                keys[ref] = None
+    people = owner_names(c, [ref for kind, _, ref in actors.values() if kind == "principal"]
+                         + [k.owner_id for k in keys.values() if k is not None])
     out: dict[str, Actor] = {}
-    for event in events:
-        actor = event.actor
-        if actor in out:
-            continue
-        kind, _, ref = actor.partition(":")
+    for actor, (kind, _, ref) in actors.items():
         if kind == "principal":
             out[actor] = Actor(people.get(ref, "A removed member"), "Session")
         elif kind == "key":
-            try:
-                key = c.kp.keys.get(c.caller, c.tenant_id, ref)
-            except KeyplaneError:  # not a key of this tenant: the operator's
+            key = keys[ref]
+            if key is None:
                 out[actor] = Actor("An operator key", "Operator")
             else:
                 owner = people.get(key.owner_id or "", "")

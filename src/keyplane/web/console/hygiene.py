@@ -47,7 +47,7 @@ async def hygiene(request: Request) -> Response:
         result = c.kp.hygiene.report(c.caller, c.tenant_id,
                                      thresholds=hy.Thresholds(unused, expiring),
                                      reason=reason or None, limit=PAGE_SIZE, cursor=cursor)
-        owners = owner_names(c)
+        owners = owner_names(c, [i.key.owner_id for i in result.items])
         now = c.kp.ctx.clock.now()
         query = {"unused_days": unused, "expiring_days": expiring, "reason": reason}
         next_url = None

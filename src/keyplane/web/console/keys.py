@@ -4,7 +4,7 @@ redirect or a cookie."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
@@ -21,7 +21,7 @@ from keyplane.web.console.base import Console, action, page
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 25
-MAX_PRINCIPALS = 2000  # owners offered and named; later pages will search instead
+MAX_PRINCIPALS = 2000  # owners offered in a form's list (the newest); names are read as needed
 STATES = {"all": None, "enabled": True, "locked": False}
 NOTICES = {
     "saved": "Saved. Scope changes take effect at once.",
@@ -44,7 +44,8 @@ def principals_of(c: Console) -> list[Principal]:
     out: list[Principal] = []
     cursor = None
     while len(out) < MAX_PRINCIPALS:
-        batch = c.kp.principals.list(c.caller, c.tenant_id, kind=None, limit=200, cursor=cursor)
+        batch = c.kp.principals.list(c.caller, c.tenant_id, kind=None,
+                                     limit=min(200, MAX_PRINCIPALS - len(out)), cursor=cursor)
         out.extend(batch.items)
         cursor = batch.next_cursor
         if cursor is None:
@@ -52,8 +53,11 @@ def principals_of(c: Console) -> list[Principal]:
     return out
 
 
-def owner_names(c: Console) -> dict[str, str]:
-    return {p.id: present.owner_name(p) for p in principals_of(c)}
+def owner_names(c: Console, principal_ids: Iterable[str | None]) -> dict[str, str]:
+    """How a page names these owners or actors (ids of no principal of this tenant are left
+    out), read in one go however many principals the tenant has."""
+    named = c.kp.principals.named(c.caller, c.tenant_id, (i for i in principal_ids if i))
+    return {pid: present.owner_name(p) for pid, p in named.items()}
 
 
 def _key_url(key_id: str, done: str | None = None) -> str:
@@ -83,11 +87,13 @@ async def list_keys(request: Request) -> Response:
         state = params.get("state") or "all"
         state = state if state in STATES else "all"
         cursor = c.cursor
-        owners = owner_names(c)
-        owner = params.get("owner") or ""
-        owner = owner if owner in owners else ""  # another tenant's id: no filter, no oracle
+        owner = (params.get("owner") or "")[:100]
+        # another tenant's id: no filter, no oracle
+        owner = owner if owner and owner_names(c, [owner]) else ""
         result = c.kp.keys.list(c.caller, c.tenant_id, enabled=STATES[state], q=searched or None,
                                 owner_id=owner or None, limit=PAGE_SIZE, cursor=cursor)
+        owners = owner_names(c, [k.owner_id for k in result.items])
+        choices = {p.id: present.owner_name(p) for p in principals_of(c)}
         now = c.kp.ctx.clock.now()
         next_url = None
         filters = {"q": q, "state": state, "owner": owner}
@@ -98,7 +104,7 @@ async def list_keys(request: Request) -> Response:
                                           if v and v != "all"})
         return c.render("console/keys.html", {
             "rows": [present.key_row(k, now, owners) for k in result.items],
-            "owner": owner, "owners": sorted(owners.items(), key=lambda item: item[1].lower()),
+            "owner": owner, "owners": sorted(choices.items(), key=lambda item: item[1].lower()),
             "q": q, "state": state, "paged": cursor is not None, "next_url": next_url,
             "first_url": first_url.rstrip("?"), "can_write": c.can("keys:write"),
             "notice": _notice(c), "times": present.Times(now),
