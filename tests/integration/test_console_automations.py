@@ -323,3 +323,30 @@ def test_another_tenants_ids_are_not_found_and_forms_need_their_token(site: Site
             assert r.status_code == 400 and "This form has expired" in r.text, path
     [kept] = rules_of(kp, tenant)
     assert kept.name == "Mine" and kept.enabled is True  # type: ignore[attr-defined]
+
+
+def test_a_rules_filters_are_named_beyond_the_pickers_choices(
+        site: Site, receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keyplane.web.console import automations as console_automations
+    from keyplane.web.console import keys as console_keys
+
+    kp, http, tenant, _verifier = site
+    # the pickers offer the newest principals and keys only (2000 and 1000; 1 and 2 here)
+    monkeypatch.setattr(console_keys, "MAX_PRINCIPALS", 1)
+    monkeypatch.setattr(console_automations, "MAX_SHOWN", 2)
+    robot = kp.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT,
+                                 {"name": "Old robot"})
+    kp.principals.create(SYSTEM, tenant.id, PrincipalKind.SERVICE_ACCOUNT, {"name": "New one"})
+    old_key = kp.keys.create(SYSTEM, tenant.id, {"name": "Old key",
+                                                  "owner_id": tenant.admin_id}).key
+    for n in range(2):
+        kp.keys.create(SYSTEM, tenant.id, {"name": f"New key {n}", "owner_id": tenant.admin_id})
+    hook = add_webhook(kp, tenant, receiver.url, "CRM", receiver)
+    for body in ({"principal_id": robot.id}, {"key_id": old_key.id}):
+        r = http.post("/v1/automations", headers=auth(tenant.management_key), json={
+            "name": f"only {body}", "event": "contact.created", "webhook_ids": [hook], **body})
+        assert r.status_code == 201, r.text
+    signed_in(http, tenant.admin_email, tenant.admin_password)
+    page = http.get("/automations").text
+    assert "Old robot (API user)" in page and ">Old key<" in page
+    assert "no longer exists" not in page

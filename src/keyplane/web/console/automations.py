@@ -7,6 +7,7 @@ are managed with ``/v1/webhooks``."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -68,7 +69,7 @@ def _all(fetch: Callable[[str | None], Page[_T]]) -> list[_T]:
         cursor = batch.next_cursor
         if cursor is None:
             break
-    return out
+    return out[:MAX_SHOWN]
 
 
 def activity(event: str) -> str:
@@ -125,15 +126,23 @@ class Names:
         return out
 
 
-def _names(c: Console) -> Names:
-    keys = _all(lambda cur: c.kp.keys.list(c.caller, c.tenant_id, limit=BATCH, cursor=cur))
+def _names(c: Console, rules: list[Automation] | None = None) -> Names:
+    """The pickers' choices (the newest MAX_SHOWN keys, the owner list's principals), and the
+    keys and people ``rules`` name beyond those, read one by one (a rule's filter is named
+    however many keys or members the tenant has)."""
+    keys = {k.id: k.name for k in _all(lambda cur: c.kp.keys.list(
+        c.caller, c.tenant_id, limit=BATCH, cursor=cur))}
     views = _all(lambda cur: c.kp.connections.list(c.caller, c.tenant_id,
                                                               limit=BATCH, cursor=cur))
     hooks = _all(lambda cur: c.kp.webhooks.list(c.caller, c.tenant_id, limit=BATCH,
                                                 cursor=cur))
-    return Names(keys={k.id: k.name for k in keys},
-                 people={p.id: p for p in principals_of(c)},
-                 apps={v.app.id: v.app.name for v in views},
+    people = {p.id: p for p in principals_of(c)}
+    for key_id in {a.key_id for a in rules or () if a.key_id and a.key_id not in keys}:
+        with contextlib.suppress(NotFound):  # deleted since: named so
+            keys[key_id] = c.kp.keys.get(c.caller, c.tenant_id, key_id).name
+    people.update(c.kp.principals.named(c.caller, c.tenant_id, {
+        a.principal_id for a in rules or () if a.principal_id and a.principal_id not in people}))
+    return Names(keys=keys, people=people, apps={v.app.id: v.app.name for v in views},
                  webhooks={w.id: w for w in hooks})
 
 
@@ -151,7 +160,7 @@ async def list_automations(request: Request) -> Response:
     def view(c: Console) -> Response:
         rules = _all(lambda cur: c.kp.automations.list(c.caller, c.tenant_id, limit=BATCH,
                                                        cursor=cur))
-        names = _names(c)
+        names = _names(c, rules)
         return c.render("console/automations.html", {
             "rules": sorted(rules, key=lambda a: a.name.lower()), "names": names,
             "webhooks": sorted(names.webhooks.values(), key=lambda w: w.url),
