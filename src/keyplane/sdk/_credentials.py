@@ -58,7 +58,7 @@ class Credentials:
                     found = rest
                     break
                 # the first Authorization is not a Bearer credential: no later one counts
-                return self._without_bearer(headers)
+                return self.extract([h for h in headers if h[0] != b"authorization"])
             if name == b"x-api-key":
                 if api is None:
                     api = value
@@ -69,18 +69,6 @@ class Credentials:
         # "<name>:<key>" is accepted too; a key never contains ':' (not `b":" in found`: for
         # bytes, `in` first tries its operand as an integer and formats a TypeError)
         return found.rpartition(b":")[2].strip()
-
-    def _without_bearer(self, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
-        """The key in the first ``X-API-Key`` or legacy header."""
-        api = legacy = None
-        names = self.legacy
-        for name, value in headers:
-            if name == b"x-api-key":
-                if api is None:
-                    api = value
-            elif names and legacy is None and name in names:
-                legacy = value
-        return self._named(api, legacy)
 
     @staticmethod
     def _named(api: bytes | None, legacy: bytes | None) -> bytes | None:

@@ -221,7 +221,7 @@ class AccountService:
     def send_signup(self, address: str, *, ip: str | None,
                     request_id: str | None = None) -> None:
         """Mail ``address`` a sign-up link, or, when a developer account has it already, a
-        note to sign in (or reset the password) instead."""
+        note to sign in instead."""
         actor = Caller(kind=CredentialKind.DEVELOPER_SESSION, scopes=frozenset(), ip=ip,
                        request_id=request_id, name="partner-signup")
         with self.ctx.uow() as uow:
